@@ -1,0 +1,388 @@
+//! Checking: name resolution, shapes, train blocks and lints over the AST, producing
+//! [`CheckedModel`]s and [`TrainConfig`]s, or diagnostics.
+
+pub mod args;
+pub mod catalog;
+pub mod graph;
+pub mod lints;
+mod model;
+pub mod shape;
+pub mod train;
+
+pub use graph::CheckedModel;
+pub use train::TrainConfig;
+
+use crate::diag::{Diagnostic, Severity};
+use crate::span::{FileId, Sources, Span};
+use crate::syntax::{ast, parse_source};
+use graph::{Activation, Init, LayerKind, LossKind, Op, ParamRole};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// How lints are reported: `--allow CODE`, `--deny CODE`, `--deny warnings`.
+#[derive(Clone, Debug, Default)]
+pub struct LintLevels {
+    /// Codes (or lint names) silenced.
+    pub allow: Vec<String>,
+    /// Codes (or lint names) turned into errors; `warnings` denies all.
+    pub deny: Vec<String>,
+}
+
+impl LintLevels {
+    fn matches(list: &[String], code: &str) -> bool {
+        list.iter().any(|x| {
+            x.eq_ignore_ascii_case(code)
+                || x == "warnings"
+                || crate::diag::lookup(x).is_some_and(|c| c.code == code)
+        })
+    }
+}
+
+/// Everything a file declares, checked.
+#[derive(Clone, Debug, Default)]
+pub struct Program {
+    /// Models in source order.
+    pub models: Vec<CheckedModel>,
+    /// Train blocks in source order.
+    pub trains: Vec<TrainConfig>,
+}
+
+impl Program {
+    /// The model called `name`, or the only/first one.
+    pub fn model(&self, name: Option<&str>) -> Option<&CheckedModel> {
+        match name {
+            Some(n) => self.models.iter().find(|m| m.name == n),
+            None => self.models.first(),
+        }
+    }
+
+    /// The first train block of model `name`.
+    pub fn train(&self, name: &str) -> Option<&TrainConfig> {
+        self.trains.iter().find(|t| t.model == name)
+    }
+}
+
+/// The result of checking: the program (when there are no errors) and all diagnostics.
+#[derive(Debug)]
+pub struct Checked {
+    /// Present when no error was found.
+    pub program: Option<Program>,
+    /// Errors and warnings in source order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Checked {
+    /// True when any diagnostic is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Parses and checks file `file` of `sources` (loading files it `use`s into `sources`).
+pub fn check_file(sources: &mut Sources, file: FileId, levels: &LintLevels) -> Checked {
+    let mut diags = Vec::new();
+    let text = sources.get(file).text.clone();
+    let parsed = match parse_source(&text, file) {
+        Ok(f) => f,
+        Err(d) => {
+            return Checked {
+                program: None,
+                diagnostics: vec![d],
+            }
+        }
+    };
+    let base = sources
+        .get(file)
+        .path
+        .as_ref()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let mut blocks: HashMap<String, ast::BlockDecl> = HashMap::new();
+    let mut stack = vec![sources.get(file).path.clone().unwrap_or_default()];
+    collect_blocks(
+        sources,
+        &parsed,
+        base.as_deref(),
+        &mut blocks,
+        &mut stack,
+        &mut diags,
+    );
+
+    let mut program = Program::default();
+    let mut model_spans: HashMap<String, Span> = HashMap::new();
+    for item in &parsed.items {
+        let ast::Item::Model(decl) = item else {
+            continue;
+        };
+        if let Some(prev) = model_spans.insert(decl.name.name.clone(), decl.name.span) {
+            diags.push(
+                Diagnostic::error(
+                    "E0204",
+                    format!("model `{}` is declared twice", decl.name.name),
+                    decl.name.span,
+                )
+                .with_label(prev, "first declared here"),
+            );
+            continue;
+        }
+        let r = model::check_model(decl, &blocks);
+        let failed = !r.errors.is_empty();
+        diags.extend(r.errors);
+        let mut m = r.model;
+        if !failed {
+            he_before_relu(&mut m);
+            for w in lints::lint_model(&m, &r.unused_layers) {
+                if !r.allowed.iter().any(|a| a == w.code) {
+                    diags.push(w);
+                }
+            }
+        }
+        program.models.push(m);
+    }
+    for item in &parsed.items {
+        let ast::Item::Train(decl) = item else {
+            continue;
+        };
+        let cfg = train::check_train(decl, base.as_deref(), &mut diags);
+        match program.models.iter().find(|m| m.name == cfg.model) {
+            None => {
+                let names: Vec<&str> = program.models.iter().map(|m| m.name.as_str()).collect();
+                let mut d = Diagnostic::error(
+                    "E0208",
+                    format!("no model named `{}`", cfg.model),
+                    decl.model.span,
+                )
+                .primary_label("unknown model");
+                if let Some(s) = crate::diag::did_you_mean(&cfg.model, names) {
+                    d = d.with_help(format!("did you mean `{s}`?"));
+                }
+                diags.push(d);
+            }
+            Some(m) => {
+                if let Some(d) = trainable(m, decl.model.span) {
+                    diags.push(d);
+                }
+            }
+        }
+        program.trains.push(cfg);
+    }
+    finish(diags, program, levels)
+}
+
+/// Why a model cannot be trained, if it cannot.
+pub fn trainable(m: &CheckedModel, at: Span) -> Option<Diagnostic> {
+    let Some(loss) = m.loss else {
+        return Some(
+            Diagnostic::error(
+                "E0404",
+                format!("model `{}` has no `loss` to train", m.name),
+                at,
+            )
+            .with_label(m.span, "declared here")
+            .with_help("add a loss to the model, e.g. `loss cross_entropy(logits, label)`"),
+        );
+    };
+    let mut stack = vec![loss];
+    let mut seen = HashSet::new();
+    while let Some(n) = stack.pop() {
+        if !seen.insert(n) {
+            continue;
+        }
+        let node = &m.nodes[n];
+        if node.op == Op::Loss(LossKind::ZeroOne) {
+            return Some(
+                Diagnostic::error("E0404", "`zero_one` cannot be trained", node.span)
+                    .primary_label("its gradient is zero almost everywhere")
+                    .with_label(at, "training requested here")
+                    .with_help(
+                        "train with `cross_entropy` and report accuracy with `metrics accuracy`",
+                    ),
+            );
+        }
+        stack.extend(&node.inputs);
+    }
+    None
+}
+
+fn collect_blocks(
+    sources: &mut Sources,
+    file: &ast::File,
+    base: Option<&Path>,
+    blocks: &mut HashMap<String, ast::BlockDecl>,
+    stack: &mut Vec<PathBuf>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for item in &file.items {
+        match item {
+            ast::Item::Block(b) => {
+                if let Some(prev) = blocks.get(&b.name.name) {
+                    diags.push(
+                        Diagnostic::error(
+                            "E0204",
+                            format!("block `{}` is declared twice", b.name.name),
+                            b.name.span,
+                        )
+                        .with_label(prev.name.span, "first declared here"),
+                    );
+                } else {
+                    blocks.insert(b.name.name.clone(), b.clone());
+                }
+            }
+            ast::Item::Use(u) => {
+                let path = base.map_or_else(|| PathBuf::from(&u.path), |b| b.join(&u.path));
+                let canon = path.canonicalize().unwrap_or_else(|_| path.clone());
+                if stack.contains(&canon) {
+                    diags.push(
+                        Diagnostic::error("E0210", format!("`{}` imports itself", u.path), u.span)
+                            .primary_label("import cycle"),
+                    );
+                    continue;
+                }
+                let text = match std::fs::read(&path) {
+                    Ok(bytes) => match String::from_utf8(bytes) {
+                        Ok(t) => t,
+                        Err(_) => {
+                            diags.push(Diagnostic::error(
+                                "E0104",
+                                format!("`{}` is not valid UTF-8", u.path),
+                                u.span,
+                            ));
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        diags.push(
+                            Diagnostic::error(
+                                "E0210",
+                                format!("cannot read `{}`: {e}", u.path),
+                                u.span,
+                            )
+                            .primary_label(format!("looked for {}", path.display()))
+                            .with_note("paths in `use` are relative to the importing file"),
+                        );
+                        continue;
+                    }
+                };
+                let id = match sources.find_path(&canon) {
+                    Some(id) => id,
+                    None => sources.add(path.display().to_string(), Some(&canon), text.clone()),
+                };
+                match parse_source(&text, id) {
+                    Ok(f) => {
+                        stack.push(canon.clone());
+                        let sub_base = canon.parent().map(Path::to_path_buf);
+                        collect_blocks(sources, &f, sub_base.as_deref(), blocks, stack, diags);
+                        stack.pop();
+                    }
+                    Err(d) => diags.push(d),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Layers with default initialization followed by a ReLU-family activation (possibly
+/// through normalization or dropout) start with He initialization; others keep Xavier.
+fn he_before_relu(m: &mut CheckedModel) {
+    let mut users: Vec<Vec<usize>> = vec![vec![]; m.nodes.len()];
+    for (i, n) in m.nodes.iter().enumerate() {
+        for &j in &n.inputs {
+            users[j].push(i);
+        }
+    }
+    let relu_family = |op: &Op| {
+        matches!(
+            op,
+            Op::Activation(
+                Activation::Relu
+                    | Activation::LeakyRelu(_)
+                    | Activation::Rrelu(..)
+                    | Activation::Elu(_)
+                    | Activation::Gelu { .. }
+                    | Activation::Silu
+            )
+        )
+    };
+    for i in 0..m.nodes.len() {
+        let Op::Layer(l) = m.nodes[i].op else {
+            continue;
+        };
+        let layer = &m.layers[l];
+        if !layer.default_init
+            || !matches!(layer.kind, LayerKind::Dense { .. } | LayerKind::Conv { .. })
+        {
+            continue;
+        }
+        let mut cur = i;
+        let feeds_relu = loop {
+            let [next] = users[cur].as_slice() else {
+                break false;
+            };
+            let op = &m.nodes[*next].op;
+            if relu_family(op)
+                || matches!(op, Op::Layer(p) if m.layers[*p].kind == LayerKind::Prelu)
+            {
+                break true;
+            }
+            let passes = matches!(op, Op::Dropout(_))
+                || matches!(op, Op::Layer(p) if matches!(m.layers[*p].kind, LayerKind::BatchNorm { .. } | LayerKind::LayerNorm { .. }));
+            if !passes {
+                break false;
+            }
+            cur = *next;
+        };
+        if feeds_relu {
+            for &p in &m.layers[l].params {
+                if m.params[p].role == ParamRole::Weight {
+                    m.params[p].init = Init::He;
+                }
+            }
+        }
+    }
+}
+
+fn finish(mut diags: Vec<Diagnostic>, program: Program, levels: &LintLevels) -> Checked {
+    let mut seen = HashSet::new();
+    diags.retain(|d| seen.insert((d.code, d.span(), d.message.clone())));
+    diags.retain(|d| d.is_error() || !LintLevels::matches(&levels.allow, d.code));
+    for d in &mut diags {
+        if d.severity == Severity::Warning && LintLevels::matches(&levels.deny, d.code) {
+            d.severity = Severity::Error;
+            d.notes
+                .push(format!("`{}` is denied on the command line", d.code));
+        }
+    }
+    diags.sort_by_key(|d| (d.span().file, d.span().start));
+    let failed = diags.iter().any(Diagnostic::is_error);
+    Checked {
+        program: (!failed).then_some(program),
+        diagnostics: diags,
+    }
+}
+
+/// Reads a model file into `sources`. Non-UTF-8 bytes become an E0104 diagnostic (the
+/// text is kept with replacement characters so the diagnostic can point at them).
+pub fn load_file(
+    sources: &mut Sources,
+    path: &Path,
+) -> std::io::Result<(FileId, Option<Diagnostic>)> {
+    let bytes = std::fs::read(path)?;
+    let name = path.display().to_string();
+    let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => (sources.add(name, Some(&canon), text), None),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let id = sources.add(name, Some(&canon), text);
+            let d = Diagnostic::error(
+                "E0104",
+                "the file is not valid UTF-8",
+                Span::new(id, at, at + 1),
+            )
+            .primary_label("invalid byte here")
+            .with_help("save the file as UTF-8");
+            (id, Some(d))
+        }
+    })
+}

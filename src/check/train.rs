@@ -1,0 +1,655 @@
+//! Validation of `train` blocks into a [`TrainConfig`] (E04xx).
+
+use super::args::{bind, eval, Bound, CVal, Const};
+use super::catalog::Def::{self, *};
+use crate::diag::{did_you_mean, Diagnostic};
+use crate::span::Span;
+use crate::syntax::ast::{Ident, Setting, TrainDecl};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// An optimizer with its hyperparameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Optimizer {
+    /// Stochastic gradient descent (PyTorch's formulation of momentum and nesterov).
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum in [0, 1).
+        momentum: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64,
+    },
+    /// Adam; `decoupled` is AdamW.
+    Adam {
+        /// Learning rate.
+        lr: f64,
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator epsilon.
+        eps: f64,
+        /// Weight decay.
+        weight_decay: f64,
+        /// AdamW: decay applied to the weights, not the gradient.
+        decoupled: bool,
+    },
+    /// RMSprop.
+    Rmsprop {
+        /// Learning rate.
+        lr: f64,
+        /// Square-average decay.
+        alpha: f64,
+        /// Denominator epsilon.
+        eps: f64,
+        /// Momentum.
+        momentum: f64,
+    },
+}
+
+impl Optimizer {
+    /// The base learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Optimizer::Sgd { lr, .. }
+            | Optimizer::Adam { lr, .. }
+            | Optimizer::Rmsprop { lr, .. } => *lr,
+        }
+    }
+}
+
+/// A learning-rate schedule, stepped once per epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Schedule {
+    /// The base rate throughout.
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step {
+        /// Epochs between decays.
+        every: u64,
+        /// Factor.
+        gamma: f64,
+    },
+    /// Multiply by `gamma` every epoch.
+    Exponential {
+        /// Factor.
+        gamma: f64,
+    },
+    /// Half a cosine from the base rate down to `min_lr` over the run.
+    Cosine {
+        /// Final rate.
+        min_lr: f64,
+    },
+    /// Linear warm-up over `epochs`, then another schedule.
+    Warmup {
+        /// Warm-up length.
+        epochs: u64,
+        /// What follows.
+        then: Box<Schedule>,
+    },
+}
+
+/// Gradient clipping.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Clip {
+    /// Scale all gradients so their global L2 norm is at most this.
+    Norm(f64),
+    /// Clamp every gradient value to ±this.
+    Value(f64),
+}
+
+/// Early stopping.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EarlyStop {
+    /// `val_loss`, `val_accuracy`, `loss`, `accuracy`.
+    pub monitor: String,
+    /// Epochs without improvement before stopping.
+    pub patience: u64,
+    /// Smallest change that counts as improvement.
+    pub min_delta: f64,
+    /// Restore the best weights at the end.
+    pub restore_best: bool,
+}
+
+/// Metrics to report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Fraction correct.
+    Accuracy,
+    /// Per class and macro.
+    Precision,
+    /// Per class and macro.
+    Recall,
+    /// Per class and macro.
+    F1,
+    /// Confusion matrix.
+    Confusion,
+}
+
+/// A validated `train` block, with defaults filled in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// The model it trains.
+    pub model: String,
+    /// The `train NAME` span.
+    pub span: Span,
+    /// Default training data (resolved against the model file's folder).
+    pub train_data: Option<PathBuf>,
+    /// Default test data.
+    pub test_data: Option<PathBuf>,
+    /// The optimizer (default `adam(lr: 0.001)`).
+    pub optimizer: Optimizer,
+    /// The schedule (default constant).
+    pub schedule: Schedule,
+    /// Batch size (default 32).
+    pub batch: u64,
+    /// Epochs (default 10).
+    pub epochs: u64,
+    /// Clipping.
+    pub clip: Option<Clip>,
+    /// Early stopping.
+    pub early_stop: Option<EarlyStop>,
+    /// Fraction of the training data held out for validation (default 0).
+    pub validation: f64,
+    /// Metrics (default: accuracy for classifiers, chosen at run time).
+    pub metrics: Vec<Metric>,
+    /// Seed of all randomness (default 0).
+    pub seed: u64,
+    /// Standardize inputs with the training set's statistics.
+    pub standardize: bool,
+}
+
+const SETTINGS: &[&str] = &[
+    "data",
+    "optimizer",
+    "schedule",
+    "batch",
+    "epochs",
+    "clip",
+    "early_stop",
+    "validation",
+    "metrics",
+    "seed",
+    "standardize",
+];
+
+/// Validates one train block. `base` is the model file's folder, for `data` paths.
+pub fn check_train(
+    decl: &TrainDecl,
+    base: Option<&Path>,
+    diags: &mut Vec<Diagnostic>,
+) -> TrainConfig {
+    let mut cfg = TrainConfig {
+        model: decl.model.name.clone(),
+        span: decl.model.span,
+        train_data: None,
+        test_data: None,
+        optimizer: Optimizer::Adam {
+            lr: 0.001,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+        },
+        schedule: Schedule::Constant,
+        batch: 32,
+        epochs: 10,
+        clip: None,
+        early_stop: None,
+        validation: 0.0,
+        metrics: vec![],
+        seed: 0,
+        standardize: false,
+    };
+    let mut seen: HashMap<&str, Span> = HashMap::new();
+    for s in &decl.settings {
+        let key = s.key.name.as_str();
+        let Some(&known) = SETTINGS.iter().find(|k| **k == key) else {
+            let mut d = Diagnostic::error(
+                "E0401",
+                format!("unknown train setting `{key}`"),
+                s.key.span,
+            )
+            .primary_label("not a train setting");
+            d = match did_you_mean(key, SETTINGS.iter().copied()) {
+                Some(k) => d.with_help(format!("did you mean `{k}`?")),
+                None => d.with_note(format!("settings: {}", SETTINGS.join(", "))),
+            };
+            diags.push(d);
+            continue;
+        };
+        if let Some(prev) = seen.insert(known, s.key.span) {
+            diags.push(
+                Diagnostic::error("E0204", format!("`{key}` is set twice"), s.key.span)
+                    .primary_label("second setting")
+                    .with_label(prev, "first set here"),
+            );
+            continue;
+        }
+        if let Err(d) = apply(&mut cfg, known, s, base) {
+            diags.push(d);
+        }
+    }
+    cfg
+}
+
+/// Positional and named constant arguments.
+type Consts = (Vec<Const>, Vec<(Ident, Const)>);
+
+fn consts(s: &Setting) -> Result<Consts, Diagnostic> {
+    let none = HashMap::new();
+    let mut pos = Vec::new();
+    let mut named = Vec::new();
+    for a in &s.args {
+        let c = eval(&a.value, &none)?;
+        match &a.name {
+            Some(n) => named.push((n.clone(), c)),
+            None => pos.push(c),
+        }
+    }
+    Ok((pos, named))
+}
+
+fn single(s: &Setting, what: &str) -> Result<Const, Diagnostic> {
+    let (pos, named) = consts(s)?;
+    if pos.len() != 1 || !named.is_empty() {
+        return Err(Diagnostic::error(
+            "E0205",
+            format!("`{}` takes one value: {what}", s.key.name),
+            s.span,
+        )
+        .primary_label(format!(
+            "{} value{}",
+            pos.len() + named.len(),
+            if pos.len() + named.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        )));
+    }
+    Ok(pos.into_iter().next().expect("one value"))
+}
+
+fn bound_one(key: &str, c: Const) -> Result<Bound, Diagnostic> {
+    let params: &'static [(&'static str, Def)] = &[("value", Required)];
+    let span = c.span;
+    bind(key, params, vec![c], vec![], span)
+}
+
+fn apply(
+    cfg: &mut TrainConfig,
+    key: &str,
+    s: &Setting,
+    base: Option<&Path>,
+) -> Result<(), Diagnostic> {
+    match key {
+        "batch" | "epochs" | "seed" => {
+            let b = bound_one(key, single(s, "an integer")?)?;
+            let min = if key == "seed" { 0 } else { 1 };
+            let v = b.int("value", min).map_err(|d| rename(d, key))? as u64;
+            match key {
+                "batch" => cfg.batch = v,
+                "epochs" => cfg.epochs = v,
+                _ => cfg.seed = v,
+            }
+        }
+        "validation" => {
+            let b = bound_one(key, single(s, "a fraction in [0, 1)")?)?;
+            cfg.validation = b
+                .float_in("value", |v| (0.0..1.0).contains(&v), "must be in [0, 1)")
+                .map_err(|d| range(rename(d, key)))?;
+        }
+        "standardize" => {
+            let b = bound_one(key, single(s, "`true` or `false`")?)?;
+            cfg.standardize = b.boolean("value").map_err(|d| rename(d, key))?;
+        }
+        "data" => {
+            let (pos, named) = consts(s)?;
+            let params: &'static [(&'static str, Def)] = &[("train", Required), ("test", Optional)];
+            let b = bind("data", params, pos, named, s.span)?;
+            for (slot, name) in [(&mut cfg.train_data, "train"), (&mut cfg.test_data, "test")] {
+                let Some(c) = b.get(name) else { continue };
+                let CVal::Str(p) = &c.v else {
+                    return Err(Diagnostic::error(
+                        "E0206",
+                        format!("`{name}` must be a path in quotes"),
+                        c.span,
+                    )
+                    .with_help(format!("data {name}: \"data/file.csv\"")));
+                };
+                let path = base.map_or_else(|| PathBuf::from(p), |b| b.join(p));
+                if base.is_some() && !path.exists() {
+                    return Err(Diagnostic::error(
+                        "E0405",
+                        format!("data file `{p}` does not exist"),
+                        c.span,
+                    )
+                    .primary_label(format!("looked for {}", path.display()))
+                    .with_note("data paths are relative to the model file"));
+                }
+                *slot = Some(path);
+            }
+        }
+        "optimizer" => cfg.optimizer = optimizer(&single(s, "an optimizer like `sgd(lr: 0.1)`")?)?,
+        "schedule" => {
+            cfg.schedule = schedule(&single(s, "a schedule like `step(every: 5, gamma: 0.5)`")?)?
+        }
+        "clip" => {
+            let c = single(s, "`norm(x)` or `value(x)`")?;
+            let (name, b) = call(
+                &c,
+                &[
+                    ("norm", &[("max", Required)]),
+                    ("value", &[("max", Required)]),
+                ],
+                "clipping",
+            )?;
+            let v = b
+                .float_in("max", |v| v > 0.0, "must be positive")
+                .map_err(range)?;
+            cfg.clip = Some(if name == "norm" {
+                Clip::Norm(v)
+            } else {
+                Clip::Value(v)
+            });
+        }
+        "early_stop" => {
+            let (pos, named) = consts(s)?;
+            let params: &'static [(&'static str, Def)] = &[
+                ("monitor", Word("val_loss")),
+                ("patience", Int(5)),
+                ("min_delta", Float(0.0)),
+                ("restore_best", Bool(true)),
+            ];
+            let b = bind("early_stop", params, pos, named, s.span)?;
+            let monitor = b
+                .choice("monitor", &["val_loss", "val_accuracy", "loss", "accuracy"])
+                .map_err(unknown_choice)?;
+            cfg.early_stop = Some(EarlyStop {
+                monitor: monitor.to_string(),
+                patience: b.int("patience", 0).map_err(range)? as u64,
+                min_delta: b
+                    .float_in("min_delta", |v| v >= 0.0, "must be at least 0")
+                    .map_err(range)?,
+                restore_best: b.boolean("restore_best")?,
+            });
+        }
+        _ => {
+            // metrics
+            let (pos, named) = consts(s)?;
+            if let Some((n, _)) = named.first() {
+                return Err(Diagnostic::error(
+                    "E0206",
+                    "`metrics` takes a list of names",
+                    n.span,
+                ));
+            }
+            if pos.is_empty() {
+                return Err(Diagnostic::error(
+                    "E0205",
+                    "`metrics` needs at least one metric",
+                    s.span,
+                ));
+            }
+            let all = ["accuracy", "precision", "recall", "f1", "confusion"];
+            for c in pos {
+                let found = match &c.v {
+                    CVal::Word(w) => all.iter().position(|m| m == w),
+                    _ => None,
+                };
+                let Some(i) = found else {
+                    let w = match &c.v {
+                        CVal::Word(w) => w.clone(),
+                        _ => String::new(),
+                    };
+                    let mut d = Diagnostic::error("E0402", format!("unknown metric `{w}`"), c.span)
+                        .primary_label("not a metric");
+                    d = match did_you_mean(&w, all) {
+                        Some(m) => d.with_help(format!("did you mean `{m}`?")),
+                        None => d.with_note("metrics: accuracy, precision, recall, f1, confusion"),
+                    };
+                    return Err(d);
+                };
+                let m = [
+                    Metric::Accuracy,
+                    Metric::Precision,
+                    Metric::Recall,
+                    Metric::F1,
+                    Metric::Confusion,
+                ][i];
+                if !cfg.metrics.contains(&m) {
+                    cfg.metrics.push(m);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites a message about the placeholder parameter `value` to name the setting.
+fn rename(mut d: Diagnostic, key: &str) -> Diagnostic {
+    d.message = d.message.replace("`value`", &format!("`{key}`"));
+    range(d)
+}
+
+/// Out-of-range settings are training-configuration errors.
+fn range(mut d: Diagnostic) -> Diagnostic {
+    if d.code == "E0313" {
+        d.code = "E0403";
+    }
+    d
+}
+
+fn unknown_choice(mut d: Diagnostic) -> Diagnostic {
+    if d.code == "E0206" && d.message.contains("must be one of") {
+        d.code = "E0402";
+    }
+    d
+}
+
+type Table<'a> = &'a [(&'static str, &'static [(&'static str, Def)])];
+
+/// Binds a call (or bare word) against one of several signatures.
+fn call(c: &Const, table: Table, what: &str) -> Result<(&'static str, Bound), Diagnostic> {
+    let (name, args) = match &c.v {
+        CVal::Word(w) => (w.as_str(), vec![]),
+        CVal::Call(n, args) => (n.as_str(), args.clone()),
+        other => {
+            let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+            return Err(Diagnostic::error(
+                "E0206",
+                format!("expected {what}, found {}", super::args::describe(other)),
+                c.span,
+            )
+            .with_note(format!("choices: {}", names.join(", "))));
+        }
+    };
+    let Some((known, params)) = table.iter().find(|(n, _)| *n == name) else {
+        let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+        let mut d = Diagnostic::error("E0402", format!("unknown {what} `{name}`"), c.span)
+            .primary_label(format!("not a {what}"));
+        d = match did_you_mean(name, names.iter().copied()) {
+            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+            None => d.with_note(format!("choices: {}", names.join(", "))),
+        };
+        return Err(d);
+    };
+    let mut pos = vec![];
+    let mut named = vec![];
+    for (n, v) in args {
+        match n {
+            Some(n) => named.push((
+                Ident {
+                    name: n,
+                    span: v.span,
+                },
+                v,
+            )),
+            None => pos.push(v),
+        }
+    }
+    Ok((known, bind(known, params, pos, named, c.span)?))
+}
+
+const SGD: &[(&str, Def)] = &[
+    ("lr", Float(0.01)),
+    ("momentum", Float(0.0)),
+    ("nesterov", Bool(false)),
+    ("weight_decay", Float(0.0)),
+];
+const ADAM: &[(&str, Def)] = &[
+    ("lr", Float(0.001)),
+    ("beta1", Float(0.9)),
+    ("beta2", Float(0.999)),
+    ("eps", Float(1e-8)),
+    ("weight_decay", Float(0.0)),
+];
+const ADAMW: &[(&str, Def)] = &[
+    ("lr", Float(0.001)),
+    ("beta1", Float(0.9)),
+    ("beta2", Float(0.999)),
+    ("eps", Float(1e-8)),
+    ("weight_decay", Float(0.01)),
+];
+const RMSPROP: &[(&str, Def)] = &[
+    ("lr", Float(0.01)),
+    ("alpha", Float(0.99)),
+    ("eps", Float(1e-8)),
+    ("momentum", Float(0.0)),
+];
+
+/// The optimizers with their arguments, for docs and completion.
+pub const OPTIMIZERS: Table<'static> = &[
+    ("sgd", SGD),
+    ("adam", ADAM),
+    ("adamw", ADAMW),
+    ("rmsprop", RMSPROP),
+];
+
+fn optimizer(c: &Const) -> Result<Optimizer, Diagnostic> {
+    let (name, b) = call(c, OPTIMIZERS, "optimizer")?;
+    let unit = |v: f64| (0.0..1.0).contains(&v);
+    let lr = b
+        .float_in("lr", |v| v > 0.0, "must be positive")
+        .map_err(range)?;
+    Ok(match name {
+        "sgd" => {
+            let momentum = b
+                .float_in("momentum", unit, "must be in [0, 1)")
+                .map_err(range)?;
+            let nesterov = b.boolean("nesterov")?;
+            if nesterov && momentum == 0.0 {
+                return Err(Diagnostic::error(
+                    "E0403",
+                    "nesterov momentum needs a momentum above 0",
+                    b.span_of("nesterov"),
+                )
+                .with_help("set `momentum: 0.9`"));
+            }
+            Optimizer::Sgd {
+                lr,
+                momentum,
+                nesterov,
+                weight_decay: b
+                    .float_in("weight_decay", |v| v >= 0.0, "must be at least 0")
+                    .map_err(range)?,
+            }
+        }
+        "adam" | "adamw" => Optimizer::Adam {
+            lr,
+            beta1: b
+                .float_in("beta1", unit, "must be in [0, 1)")
+                .map_err(range)?,
+            beta2: b
+                .float_in("beta2", unit, "must be in [0, 1)")
+                .map_err(range)?,
+            eps: b
+                .float_in("eps", |v| v > 0.0, "must be positive")
+                .map_err(range)?,
+            weight_decay: b
+                .float_in("weight_decay", |v| v >= 0.0, "must be at least 0")
+                .map_err(range)?,
+            decoupled: name == "adamw",
+        },
+        _ => Optimizer::Rmsprop {
+            lr,
+            alpha: b
+                .float_in("alpha", unit, "must be in [0, 1)")
+                .map_err(range)?,
+            eps: b
+                .float_in("eps", |v| v > 0.0, "must be positive")
+                .map_err(range)?,
+            momentum: b
+                .float_in("momentum", unit, "must be in [0, 1)")
+                .map_err(range)?,
+        },
+    })
+}
+
+/// The schedules with their arguments.
+pub const SCHEDULES: Table<'static> = &[
+    ("constant", &[]),
+    ("step", &[("every", Required), ("gamma", Float(0.1))]),
+    ("exponential", &[("gamma", Required)]),
+    ("cosine", &[("min_lr", Float(0.0))]),
+    ("warmup", &[("epochs", Required)]),
+];
+
+fn schedule(c: &Const) -> Result<Schedule, Diagnostic> {
+    let parts: Vec<Const> = match &c.v {
+        CVal::Then(parts) => parts.clone(),
+        _ => vec![c.clone()],
+    };
+    let mut out: Option<Schedule> = None;
+    for (i, p) in parts.iter().enumerate().rev() {
+        let (name, b) = call(p, SCHEDULES, "schedule")?;
+        let gamma = |b: &Bound| {
+            b.float_in("gamma", |v| v > 0.0 && v <= 1.0, "must be in (0, 1]")
+                .map_err(range)
+        };
+        let s = match name {
+            "constant" => Schedule::Constant,
+            "step" => Schedule::Step {
+                every: b.int("every", 1).map_err(range)? as u64,
+                gamma: gamma(&b)?,
+            },
+            "exponential" => Schedule::Exponential { gamma: gamma(&b)? },
+            "cosine" => Schedule::Cosine {
+                min_lr: b
+                    .float_in("min_lr", |v| v >= 0.0, "must be at least 0")
+                    .map_err(range)?,
+            },
+            _ => {
+                let epochs = b.int("epochs", 1).map_err(range)? as u64;
+                let Some(then) = out.take() else {
+                    let _ = i;
+                    return Err(Diagnostic::error(
+                        "E0402",
+                        "`warmup` must be followed by `then <schedule>`",
+                        p.span,
+                    )
+                    .with_help("for example `warmup(2) then cosine(min_lr: 0)`"));
+                };
+                Schedule::Warmup {
+                    epochs,
+                    then: Box::new(then),
+                }
+            }
+        };
+        if out.is_some() && !matches!(s, Schedule::Warmup { .. }) {
+            return Err(Diagnostic::error(
+                "E0402",
+                "only `warmup(...)` can come before `then`",
+                p.span,
+            )
+            .with_help("for example `warmup(2) then cosine(min_lr: 0)`"));
+        }
+        out = Some(s);
+    }
+    Ok(out.unwrap_or(Schedule::Constant))
+}

@@ -1,0 +1,434 @@
+//! Diagnostics: the codes and their explanations, the [`Diagnostic`] value, and rendering
+//! with codespan-reporting (as text for people, as JSON for editors).
+
+use crate::span::{Sources, Span};
+use codespan_reporting::diagnostic as cs;
+use codespan_reporting::term::{self, termcolor};
+use serde::Serialize;
+
+/// How serious a diagnostic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The input is wrong: nothing runs.
+    Error,
+    /// The input works but likely not as meant.
+    Warning,
+}
+
+/// A span with a message under it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Label {
+    /// Where.
+    pub span: Span,
+    /// What to print under the span (may be empty).
+    pub message: String,
+    /// The primary label is the place the diagnostic is about.
+    pub primary: bool,
+}
+
+/// One error or warning, with its code, spans and an optional fix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// `E0301`, `W0003`, ...
+    pub code: &'static str,
+    /// Lowercase, no final period.
+    pub message: String,
+    /// Primary first, then secondary labels.
+    pub labels: Vec<Label>,
+    /// Extra notes (`= note: ...`).
+    pub notes: Vec<String>,
+    /// The fix, when one exists (`= help: ...`).
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    /// An error with code `code` whose primary span is `span`.
+    pub fn error(code: &'static str, message: impl Into<String>, span: Span) -> Self {
+        Self::new(Severity::Error, code, message, span)
+    }
+
+    /// A warning with code `code` whose primary span is `span`.
+    pub fn warning(code: &'static str, message: impl Into<String>, span: Span) -> Self {
+        Self::new(Severity::Warning, code, message, span)
+    }
+
+    fn new(severity: Severity, code: &'static str, message: impl Into<String>, span: Span) -> Self {
+        Diagnostic {
+            severity,
+            code,
+            message: message.into(),
+            labels: vec![Label {
+                span,
+                message: String::new(),
+                primary: true,
+            }],
+            notes: Vec::new(),
+            help: None,
+        }
+    }
+
+    /// An error without a source location (e.g. a flag that names no model).
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// Sets the message under the primary span.
+    pub fn primary_label(mut self, message: impl Into<String>) -> Self {
+        self.labels[0].message = message.into();
+        self
+    }
+
+    /// Adds a secondary label.
+    pub fn with_label(mut self, span: Span, message: impl Into<String>) -> Self {
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+            primary: false,
+        });
+        self
+    }
+
+    /// Adds a note.
+    pub fn with_note(mut self, note: impl Into<String>) -> Self {
+        self.notes.push(note.into());
+        self
+    }
+
+    /// Sets the help line.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// The primary span.
+    pub fn span(&self) -> Span {
+        self.labels[0].span
+    }
+}
+
+/// A diagnostic code with its one-line title and its explanation (`kiln explain`).
+#[derive(Debug)]
+pub struct CodeInfo {
+    /// `E0101`.
+    pub code: &'static str,
+    /// For lints: the name usable in `allow` (`unused`); empty for errors.
+    pub lint: &'static str,
+    /// One line.
+    pub title: &'static str,
+    /// Why it is an error or warning, and what to do.
+    pub explanation: &'static str,
+}
+
+macro_rules! codes {
+    ($( $code:literal $lint:literal $title:literal $expl:literal ;)*) => {
+        /// Every diagnostic code Kiln emits, in order.
+        pub static CODES: &[CodeInfo] = &[
+            $( CodeInfo { code: $code, lint: $lint, title: $title, explanation: $expl }, )*
+        ];
+    };
+}
+
+codes! {
+    "E0101" "" "syntax error"
+        "The file does not follow Kiln's grammar at the marked place. The message says which \
+         tokens could come there. Statements end at the end of a line; a line that begins with \
+         `|>` or a binary operator continues the statement above, and so does any line inside \
+         open brackets.";
+    "E0102" "" "invalid number"
+        "A number literal is malformed or too large. Integers (dimensions, counts) must fit in \
+         a 64-bit integer and dimensions must be below 2^31; floats must be finite.";
+    "E0103" "" "nesting too deep"
+        "Brackets or expressions are nested deeper than Kiln accepts (256 levels). No real model \
+         needs this; split the expression into several bindings.";
+    "E0104" "" "file is not valid UTF-8"
+        "Kiln model files are UTF-8 text. Re-save the file as UTF-8.";
+    "E0201" "" "unknown name"
+        "A name is used that no `input`, `target`, binding, `layer` or block argument defines \
+         before this point. Definitions must come before their uses.";
+    "E0202" "" "unknown layer or function"
+        "The called name is not a layer, activation, loss, reduction, block or `layer` value. \
+         The language reference lists every layer (docs/LANGUAGE.md).";
+    "E0203" "" "unknown argument"
+        "A named argument that the called layer or function does not take. The message lists the \
+         arguments it does take.";
+    "E0204" "" "duplicate definition"
+        "The same name is defined twice: a binding, an input, a model, a block, a train block \
+         setting, or a parameter name (two `as` aliases that collide). Rename one of them.";
+    "E0205" "" "wrong number of arguments"
+        "A call passes too many or too few positional arguments, or misses a required one. The \
+         piped value of `x |> f(...)` is the first argument of `f`.";
+    "E0206" "" "argument of the wrong type"
+        "An argument has the wrong kind of value: e.g. a float where an integer is needed, a \
+         tensor where a number is needed, or a name that is not one of the accepted choices.";
+    "E0207" "" "value of the wrong kind"
+        "A value is used in a way its kind does not allow: a layer value or a block where a \
+         tensor is expected, class labels in arithmetic, a tensor where labels are required, or \
+         `as` on something that is not a layer.";
+    "E0208" "" "unknown model"
+        "A `train` block or the `--model` flag names a model that the file does not declare.";
+    "E0209" "" "statement not allowed here"
+        "Some statements belong only in a model (`input`, `target`, `output`, `loss`, \
+         `regularize`), some only in a block (`return`), and a file has only `model`, `block`, \
+         `train` and `use` at the top level.";
+    "E0210" "" "cannot import file"
+        "A `use` names a file that cannot be read, or the imports form a cycle. Paths are \
+         relative to the importing file.";
+    "E0211" "" "missing statement"
+        "A block must end in `return`; a model needs at least one `input` and one `output` (or a \
+         `loss`).";
+    "E0212" "" "recursive block"
+        "A block uses itself, directly or through other blocks. Networks in Kiln are finite \
+         graphs: unroll the repetition by hand.";
+    "E0301" "" "shapes do not broadcast"
+        "Elementwise operations broadcast as NumPy does: shapes are aligned at the right and each \
+         pair of dimensions must be equal or one of them 1. Project one side to the other's shape \
+         (a 1×1 convolution or a dense layer) or reshape it.";
+    "E0302" "" "wrong rank"
+        "The layer expects a tensor with a different number of dimensions: dense takes \
+         `[N, ..., F]`, conv1d `[N, C, L]`, conv2d `[N, C, H, W]`, recurrent layers `[N, T, F]`. \
+         `flatten` or `reshape` changes the rank.";
+    "E0303" "" "window does not fit"
+        "A sliding window (convolution or pooling) produces an output size of zero or less: \
+         floor((L + 2·pad − dilation·(k − 1) − 1) / stride) + 1 must be at least 1. Use a \
+         smaller kernel, more padding, or a larger input.";
+    "E0304" "" "annotation does not match"
+        "A binding's shape annotation (`h: [N, 256] = ...`) disagrees with the shape the checker \
+         computed for the expression.";
+    "E0305" "" "block argument does not match its signature"
+        "The shape given to a block does not fit its signature: a rank differs, a fixed \
+         dimension differs, or a symbol that appears twice gets two different sizes.";
+    "E0306" "" "matrix product dimensions do not match"
+        "For `a @ b` the last dimension of `a` must equal the second-to-last of `b` (or the only \
+         dimension of a vector).";
+    "E0307" "" "class count does not match"
+        "A classification loss compares logits `[N, K]` with labels `class[N] of K`: the last \
+         dimension of the logits must equal the number of classes of the labels.";
+    "E0308" "" "loss operands do not match"
+        "A loss compares a prediction with a target of the same shape (or labels with logits for \
+         classification losses).";
+    "E0309" "" "bad axis"
+        "The axis is outside the tensor's rank, or it is the batch axis 0, which reductions, \
+         softmax and concat may not touch (the batch size is only known at run time).";
+    "E0310" "" "reshape changes the number of elements"
+        "`reshape` must keep the number of elements per sample. At most one dimension may be -1, \
+         and the batch dimension must stay first.";
+    "E0311" "" "bad dimension"
+        "A dimension of an `input` or `target` must be a positive integer below 2^31, except the \
+         first, which is the batch symbol (the same in every input and target). Symbols other \
+         than the batch exist only in block signatures.";
+    "E0312" "" "loss is not a scalar"
+        "`loss` takes a scalar: a loss function (`cross_entropy(...)`) or a weighted sum of \
+         them. Reduce a tensor with `mean(...)` first.";
+    "E0313" "" "invalid layer configuration"
+        "A layer argument is outside its valid range: sizes and kernels must be at least 1, pooling \
+         padding smaller than the kernel, probabilities in [0, 1), and so on.";
+    "E0314" "" "shared layer used with different shapes"
+        "A `layer` value has one set of parameters, so every use must give it inputs of the same \
+         feature shape. Declare a second layer for the other shape.";
+    "E0315" "" "concat dimensions do not match"
+        "Tensors joined by `concat` must have the same rank and equal sizes on every axis except \
+         the one they are joined along.";
+    "E0401" "" "unknown train setting"
+        "A `train` block takes `data`, `optimizer`, `schedule`, `batch`, `epochs`, `clip`, \
+         `early_stop`, `validation`, `metrics` and `seed`.";
+    "E0402" "" "unknown optimizer, schedule or metric"
+        "Optimizers: sgd, adam, adamw, rmsprop. Schedules: constant, step, exponential, cosine, \
+         warmup(...) then <schedule>. Clipping: norm(x), value(x). Metrics: accuracy, precision, \
+         recall, f1, confusion, loss.";
+    "E0403" "" "value out of range"
+        "A training hyperparameter is outside the range that makes sense: learning rates must be \
+         positive, momentum and betas in [0, 1), the validation fraction in [0, 1), batch and \
+         epochs at least 1.";
+    "E0404" "" "model cannot be trained"
+        "The model has no `loss` statement, or its loss is `zero_one`, a metric whose gradient \
+         is zero almost everywhere.";
+    "E0405" "" "data file not found"
+        "A `data` path of a train block does not exist. Paths are relative to the model file.";
+    "W0001" "symmetric_init" "symmetric weight initialization"
+        "All weights start equal (zeros, ones or a constant), so every unit of the layer \
+         computes the same function and receives the same gradient: symmetry is never broken \
+         and the layer behaves like one unit. Use a random initializer (`he`, `xavier`, \
+         `normal`, `uniform`).";
+    "W0002" "activation_before_regression_loss" "activation directly before a regression loss"
+        "A squashing or clipping activation (sigmoid, tanh, relu, softmax, ...) right before \
+         `mse` or `mae` limits the predictions' range and, once saturated, stops the gradient. \
+         Regression outputs are usually linear; use `bce` or `cross_entropy` for probabilities.";
+    "W0003" "double_softmax" "softmax fed into cross_entropy"
+        "`cross_entropy` applies softmax itself (fused and numerically stable). Feeding it \
+         probabilities applies softmax twice, which squashes the gradient. Pass the logits.";
+    "W0004" "mse_on_labels" "mse against class labels"
+        "Squared error treats class ids as numbers on a line (class 9 is 'far' from class 0). \
+         For classification use `cross_entropy` with logits of shape [N, K].";
+    "W0005" "vanishing_gradients" "deep stack of saturating activations"
+        "The derivative of sigmoid is at most 0.25 and that of tanh at most 1, and both vanish \
+         when saturated; many of them in a row multiply small factors and the first layers stop \
+         learning. Use the ReLU family, batchnorm or layernorm, or residual connections.";
+    "W0006" "dropout_before_batchnorm" "dropout directly before batchnorm"
+        "Dropout changes the variance of its output between training and evaluation, so the \
+         batchnorm after it learns running statistics that do not match evaluation. Put dropout \
+         after batchnorm (and its activation).";
+    "W0007" "unused" "value does not reach the loss or an output"
+        "The binding, layer or input is computed but never contributes to the loss or an \
+         output: its parameters would never train. Remove it or connect it.";
+}
+
+/// Looks up a code (`E0301`, `w0003`) or a lint name (`unused`).
+pub fn lookup(code: &str) -> Option<&'static CodeInfo> {
+    CODES
+        .iter()
+        .find(|c| c.code.eq_ignore_ascii_case(code) || (!c.lint.is_empty() && c.lint == code))
+}
+
+/// How diagnostics are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColorChoice {
+    /// Plain text.
+    Never,
+    /// ANSI colors.
+    Always,
+}
+
+/// Renders diagnostics as rustc-style text.
+pub fn render(sources: &Sources, diags: &[Diagnostic], color: ColorChoice) -> String {
+    let mut buf = match color {
+        ColorChoice::Never => termcolor::Buffer::no_color(),
+        ColorChoice::Always => termcolor::Buffer::ansi(),
+    };
+    let config = term::Config::default();
+    for d in diags {
+        // Writing to an in-memory buffer with valid spans cannot fail; a span outside
+        // its file would be a compiler bug, rendered as the bare message instead.
+        if term::emit(&mut buf, &config, sources, &to_codespan(d)).is_err() {
+            buf.clear();
+            return diags
+                .iter()
+                .map(|d| format!("{}[{}]: {}\n", severity_word(d.severity), d.code, d.message))
+                .collect();
+        }
+    }
+    String::from_utf8_lossy(buf.as_slice()).into_owned()
+}
+
+fn severity_word(s: Severity) -> &'static str {
+    match s {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    }
+}
+
+fn to_codespan(d: &Diagnostic) -> cs::Diagnostic<usize> {
+    let severity = match d.severity {
+        Severity::Error => cs::Severity::Error,
+        Severity::Warning => cs::Severity::Warning,
+    };
+    let labels = d
+        .labels
+        .iter()
+        .map(|l| {
+            let style = if l.primary {
+                cs::LabelStyle::Primary
+            } else {
+                cs::LabelStyle::Secondary
+            };
+            cs::Label::new(style, l.span.file, l.span.range()).with_message(l.message.clone())
+        })
+        .collect();
+    let mut notes = d.notes.clone();
+    if let Some(h) = &d.help {
+        notes.push(format!("help: {h}"));
+    }
+    cs::Diagnostic::new(severity)
+        .with_code(d.code)
+        .with_message(d.message.clone())
+        .with_labels(labels)
+        .with_notes(notes)
+}
+
+/// A label as editors receive it.
+#[derive(Serialize)]
+struct JsonLabel<'a> {
+    file: &'a str,
+    line: usize,
+    column: usize,
+    end_line: usize,
+    end_column: usize,
+    message: &'a str,
+    primary: bool,
+}
+
+/// A diagnostic as editors receive it.
+#[derive(Serialize)]
+struct JsonDiagnostic<'a> {
+    code: &'a str,
+    severity: Severity,
+    message: &'a str,
+    file: &'a str,
+    line: usize,
+    column: usize,
+    labels: Vec<JsonLabel<'a>>,
+    notes: &'a [String],
+    help: Option<&'a str>,
+}
+
+/// Renders diagnostics as a JSON array, one object each.
+pub fn render_json(sources: &Sources, diags: &[Diagnostic]) -> String {
+    let out: Vec<JsonDiagnostic> = diags
+        .iter()
+        .map(|d| {
+            let labels: Vec<JsonLabel> = d
+                .labels
+                .iter()
+                .map(|l| {
+                    let (line, column) = sources.line_col(l.span.file, l.span.start);
+                    let (end_line, end_column) = sources.line_col(l.span.file, l.span.end);
+                    JsonLabel {
+                        file: &sources.get(l.span.file).name,
+                        line,
+                        column,
+                        end_line,
+                        end_column,
+                        message: &l.message,
+                        primary: l.primary,
+                    }
+                })
+                .collect();
+            JsonDiagnostic {
+                code: d.code,
+                severity: d.severity,
+                message: &d.message,
+                file: labels[0].file,
+                line: labels[0].line,
+                column: labels[0].column,
+                labels,
+                notes: &d.notes,
+                help: d.help.as_deref(),
+            }
+        })
+        .collect();
+    serde_json::to_string_pretty(&out).unwrap_or_else(|_| "[]".into())
+}
+
+/// "did you mean `x`?" — the closest candidate within a small edit distance.
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    let mut best: Option<(&str, f64)> = None;
+    for c in candidates {
+        if c == name {
+            continue;
+        }
+        let d = strsim::damerau_levenshtein(name, c);
+        let limit = (name.chars().count().max(3) / 3).max(1);
+        if d <= limit {
+            let score = d as f64 - strsim::jaro_winkler(name, c);
+            if best.is_none_or(|(_, s)| score < s) {
+                best = Some((c, score));
+            }
+        }
+    }
+    best.map(|(c, _)| c.to_string())
+}

@@ -1,0 +1,625 @@
+//! Source text → [`ast::File`], with parse errors worded for people (E01xx).
+
+use super::ast::*;
+use crate::diag::Diagnostic;
+use crate::span::{FileId, Span};
+use pest::error::InputLocation;
+use pest::iterators::Pair;
+use pest::Parser as _;
+use pest_derive::Parser;
+use std::collections::BTreeSet;
+
+#[derive(Parser)]
+#[grammar = "../grammar/kiln.pest"]
+struct KilnParser;
+
+/// Brackets nest at most this deep; deeper input is refused before pest sees it, so no
+/// input can exhaust the stack.
+pub const MAX_NESTING: usize = 64;
+
+/// Parses one file's text. `file` is the id its spans refer to.
+pub fn parse_source(text: &str, file: FileId) -> Result<File, Diagnostic> {
+    check_nesting(text, file)?;
+    pest::set_error_detail(true);
+    let mut pairs =
+        KilnParser::parse(Rule::file, text).map_err(|e| syntax_error(text, file, &e))?;
+    let b = Builder { file };
+    let root = pairs.next().into_iter().flat_map(|p| p.into_inner());
+    let mut items = Vec::new();
+    for p in root {
+        match p.as_rule() {
+            Rule::model_decl => items.push(Item::Model(b.model(p)?)),
+            Rule::block_decl => items.push(Item::Block(b.block(p)?)),
+            Rule::train_decl => items.push(Item::Train(b.train(p)?)),
+            Rule::use_decl => items.push(Item::Use(b.use_decl(p))),
+            _ => {}
+        }
+    }
+    Ok(File { items })
+}
+
+fn check_nesting(text: &str, file: FileId) -> Result<(), Diagnostic> {
+    let mut depth = 0usize;
+    let mut in_comment = false;
+    let mut in_string = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '\n' => {
+                in_comment = false;
+                in_string = false;
+            }
+            _ if in_comment => {}
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '#' => in_comment = true,
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Diagnostic::error(
+                        "E0103",
+                        format!("brackets nested more than {MAX_NESTING} deep"),
+                        Span::new(file, i, i + 1),
+                    )
+                    .primary_label("this bracket is too deep")
+                    .with_help("split the expression into several bindings"));
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn describe_rule(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::ident | Rule::stage => "a name",
+        Rule::arg_name => "an argument name",
+        Rule::number | Rule::integer => "a number",
+        Rule::dim => "a dimension",
+        Rule::string => "a string",
+        Rule::expr | Rule::sum | Rule::product | Rule::unary | Rule::call | Rule::then_expr => {
+            "an expression"
+        }
+        Rule::class_type | Rule::shape => "a shape like `[N, 4]`",
+        Rule::setting | Rule::setting_args | Rule::setting_arg => "a train setting",
+        Rule::input_stmt
+        | Rule::target_stmt
+        | Rule::layer_stmt
+        | Rule::output_stmt
+        | Rule::loss_stmt
+        | Rule::regularize_stmt
+        | Rule::return_stmt
+        | Rule::allow_stmt
+        | Rule::let_stmt => "a statement",
+        Rule::model_decl | Rule::block_decl | Rule::train_decl | Rule::use_decl => {
+            "`model`, `block`, `train` or `use`"
+        }
+        Rule::EOI => "end of file",
+        Rule::kw_on => "`on`",
+        Rule::kw_as => "`as`",
+        Rule::kw_then => "`then`",
+        Rule::kw_of => "`of`",
+        Rule::pipe_op | Rule::add_op | Rule::mul_op => "an operator",
+        _ => return None,
+    })
+}
+
+fn describe_token(tok: &str) -> Option<String> {
+    match tok {
+        "\n" | "\r\n" | "\r" | ";" => Some("end of line".into()),
+        "|>" | "+" | "-" | "*" | "/" | "@" => Some("an operator".into()),
+        "#" => None,
+        t => Some(format!("`{t}`")),
+    }
+}
+
+/// What the text at `pos` looks like, for "found ...".
+fn describe_found(text: &str, pos: usize) -> String {
+    let rest = &text[pos.min(text.len())..];
+    let Some(c) = rest.chars().next() else {
+        return "end of file".into();
+    };
+    if c == '\n' || c == '\r' {
+        return "end of line".into();
+    }
+    if c.is_ascii_alphanumeric() || c == '_' {
+        let word: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+            .take(40)
+            .collect();
+        return format!("`{word}`");
+    }
+    if rest.starts_with("|>") {
+        return "`|>`".into();
+    }
+    if c == '"' {
+        return "a string".into();
+    }
+    format!("`{}`", c.escape_debug())
+}
+
+fn syntax_error(text: &str, file: FileId, e: &pest::error::Error<Rule>) -> Diagnostic {
+    let pos = match e.location {
+        InputLocation::Pos(p) => p,
+        InputLocation::Span((s, _)) => s,
+    };
+    let mut expected: BTreeSet<String> = BTreeSet::new();
+    if let Some(attempts) = e.parse_attempts() {
+        for tok in attempts.expected_tokens() {
+            // Literal tokens print as themselves; ranges and built-in rules are
+            // covered by the rule names below.
+            let token = tok.to_string();
+            if token != "BUILTIN_RULE" && !(token.chars().count() == 4 && token.contains("..")) {
+                expected.extend(describe_token(&token));
+            }
+        }
+        for stack in attempts.call_stacks() {
+            let rule = stack.deepest.get_rule().or(stack.parent.as_ref());
+            if let Some(d) = rule.copied().and_then(describe_rule) {
+                expected.insert(d.to_string());
+            }
+        }
+    }
+    if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
+        expected.extend(
+            positives
+                .iter()
+                .filter_map(|r| describe_rule(*r))
+                .map(String::from),
+        );
+    }
+    // Closers and separators first, then words, then the generic "an operator".
+    let mut list: Vec<String> = expected.into_iter().collect();
+    list.sort_by_key(|s| (s == "an operator", !s.starts_with('`'), s.clone()));
+    let found = describe_found(text, pos);
+    let end = text[pos.min(text.len())..]
+        .chars()
+        .next()
+        .map_or(pos, |c| pos + c.len_utf8());
+    let unclosed_string = found == "end of line" && list.iter().any(|s| s == "`\"`");
+    let message = if unclosed_string {
+        "unterminated string".to_string()
+    } else if list.is_empty() {
+        format!("unexpected {found}")
+    } else {
+        format!("expected {}, found {found}", join_or(&list))
+    };
+    let mut d = Diagnostic::error("E0101", message, Span::new(file, pos, end.max(pos)));
+    d = d.primary_label(if unclosed_string {
+        "the string ends here without `\"`".to_string()
+    } else {
+        format!("unexpected {found}")
+    });
+    if found == "end of line" && list.iter().any(|s| s == "an operator") && !unclosed_string {
+        d = d.with_help("a statement continues on the next line only when that line begins with `|>` or an operator, or inside brackets");
+    }
+    d
+}
+
+fn join_or(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [a] => a.clone(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+struct Builder {
+    file: FileId,
+}
+
+type PResult<T> = Result<T, Diagnostic>;
+
+impl Builder {
+    fn span(&self, p: &Pair<Rule>) -> Span {
+        let s = p.as_span();
+        Span::new(self.file, s.start(), s.end())
+    }
+
+    fn ident(&self, p: Pair<Rule>) -> Ident {
+        Ident {
+            name: p.as_str().to_string(),
+            span: self.span(&p),
+        }
+    }
+
+    fn model(&self, p: Pair<Rule>) -> PResult<ModelDecl> {
+        let span = self.span(&p);
+        let mut it = p.into_inner().filter(|p| p.as_rule() != Rule::kw_model);
+        let name = self.ident(it.next().expect("grammar: model name"));
+        let body = self.body(it.next().expect("grammar: model body"))?;
+        Ok(ModelDecl { name, body, span })
+    }
+
+    fn block(&self, p: Pair<Rule>) -> PResult<BlockDecl> {
+        let span = self.span(&p);
+        let mut name = None;
+        let mut params = Vec::new();
+        let mut body = Vec::new();
+        for q in p.into_inner() {
+            match q.as_rule() {
+                Rule::ident => name = Some(self.ident(q)),
+                Rule::block_param => {
+                    let mut it = q.into_inner();
+                    let name = self.ident(it.next().expect("grammar: param name"));
+                    let ty = self.type_expr(it.next().expect("grammar: param type"))?;
+                    params.push(BlockParam { name, ty });
+                }
+                Rule::body => body = self.body(q)?,
+                _ => {}
+            }
+        }
+        Ok(BlockDecl {
+            name: name.expect("grammar: block name"),
+            params,
+            body,
+            span,
+        })
+    }
+
+    fn train(&self, p: Pair<Rule>) -> PResult<TrainDecl> {
+        let span = self.span(&p);
+        let mut model = None;
+        let mut settings = Vec::new();
+        for q in p.into_inner() {
+            match q.as_rule() {
+                Rule::ident => model = Some(self.ident(q)),
+                Rule::setting => settings.push(self.setting(q)?),
+                _ => {}
+            }
+        }
+        Ok(TrainDecl {
+            model: model.expect("grammar: train model"),
+            settings,
+            span,
+        })
+    }
+
+    fn setting(&self, p: Pair<Rule>) -> PResult<Setting> {
+        let span = self.span(&p);
+        let mut it = p.into_inner();
+        let key = self.ident(it.next().expect("grammar: setting key"));
+        let mut args = Vec::new();
+        if let Some(q) = it.next() {
+            for a in q.into_inner() {
+                args.push(match a.as_rule() {
+                    Rule::setting_arg => {
+                        let aspan = self.span(&a);
+                        let mut name = None;
+                        let mut value = None;
+                        for x in a.into_inner() {
+                            match x.as_rule() {
+                                Rule::arg_name => name = Some(self.ident(x)),
+                                _ => value = Some(self.then_expr(x)?),
+                            }
+                        }
+                        Arg {
+                            name,
+                            value: value.expect("grammar: setting value"),
+                            span: aspan,
+                        }
+                    }
+                    _ => self.arg(a)?,
+                });
+            }
+        }
+        Ok(Setting { key, args, span })
+    }
+
+    fn then_expr(&self, p: Pair<Rule>) -> PResult<Expr> {
+        let span = self.span(&p);
+        let parts = p
+            .into_inner()
+            .filter(|q| q.as_rule() == Rule::expr)
+            .map(|q| self.expr(q))
+            .collect::<PResult<Vec<_>>>()?;
+        Ok(if parts.len() == 1 {
+            parts.into_iter().next().expect("one part")
+        } else {
+            Expr {
+                kind: ExprKind::Then(parts),
+                span,
+            }
+        })
+    }
+
+    fn use_decl(&self, p: Pair<Rule>) -> UseDecl {
+        let span = self.span(&p);
+        let path = p
+            .into_inner()
+            .find(|q| q.as_rule() == Rule::string)
+            .and_then(|s| s.into_inner().next())
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default();
+        UseDecl { path, span }
+    }
+
+    fn body(&self, p: Pair<Rule>) -> PResult<Vec<Stmt>> {
+        p.into_inner().map(|s| self.stmt(s)).collect()
+    }
+
+    fn stmt(&self, p: Pair<Rule>) -> PResult<Stmt> {
+        let span = self.span(&p);
+        let rule = p.as_rule();
+        let parts: Vec<Pair<Rule>> = p
+            .into_inner()
+            .filter(|q| {
+                !matches!(
+                    q.as_rule(),
+                    Rule::kw_input
+                        | Rule::kw_target
+                        | Rule::kw_layer
+                        | Rule::kw_output
+                        | Rule::kw_loss
+                        | Rule::kw_regularize
+                        | Rule::kw_return
+                        | Rule::kw_allow
+                        | Rule::kw_on
+                )
+            })
+            .collect();
+        let annotated = parts.len() == 3;
+        let mut parts = parts.into_iter();
+        let mut take = || parts.next().expect("grammar: statement part");
+        Ok(match rule {
+            Rule::input_stmt | Rule::target_stmt => {
+                let name = self.ident(take());
+                let ty = self.type_expr(take())?;
+                if rule == Rule::input_stmt {
+                    Stmt::Input { name, ty, span }
+                } else {
+                    Stmt::Target { name, ty, span }
+                }
+            }
+            Rule::layer_stmt => {
+                let name = self.ident(take());
+                let value = self.expr(take())?;
+                Stmt::Layer { name, value, span }
+            }
+            Rule::output_stmt => {
+                let name = self.ident(take());
+                let value = parts.next().map(|q| self.expr(q)).transpose()?;
+                Stmt::Output { name, value, span }
+            }
+            Rule::loss_stmt => Stmt::Loss {
+                value: self.expr(take())?,
+                span,
+            },
+            Rule::return_stmt => Stmt::Return {
+                value: self.expr(take())?,
+                span,
+            },
+            Rule::regularize_stmt => {
+                let value = self.expr(take())?;
+                let on = parts.map(|q| self.ident(q)).collect();
+                Stmt::Regularize { value, on, span }
+            }
+            Rule::allow_stmt => Stmt::Allow {
+                lints: parts.map(|q| self.ident(q)).collect(),
+                span,
+            },
+            Rule::let_stmt => {
+                let name = self.ident(take());
+                let (annotation, value) = if annotated {
+                    (Some(self.type_expr(take())?), self.expr(take())?)
+                } else {
+                    (None, self.expr(take())?)
+                };
+                Stmt::Let {
+                    name,
+                    annotation,
+                    value,
+                    span,
+                }
+            }
+            r => unreachable!("grammar: unexpected statement rule {r:?}"),
+        })
+    }
+
+    fn type_expr(&self, p: Pair<Rule>) -> PResult<TypeExpr> {
+        let span = self.span(&p);
+        match p.as_rule() {
+            Rule::shape => Ok(TypeExpr::Tensor(self.shape(p)?)),
+            _ => {
+                let mut it = p
+                    .into_inner()
+                    .filter(|q| !matches!(q.as_rule(), Rule::kw_class | Rule::kw_of));
+                let shape = self.shape(it.next().expect("grammar: class shape"))?;
+                let classes = self.dim(it.next().expect("grammar: class count"))?;
+                Ok(TypeExpr::Class {
+                    shape,
+                    classes,
+                    span,
+                })
+            }
+        }
+    }
+
+    fn shape(&self, p: Pair<Rule>) -> PResult<ShapeExpr> {
+        let span = self.span(&p);
+        let dims = p
+            .into_inner()
+            .map(|d| self.dim(d))
+            .collect::<PResult<_>>()?;
+        Ok(ShapeExpr { dims, span })
+    }
+
+    fn dim(&self, p: Pair<Rule>) -> PResult<Dim> {
+        let span = self.span(&p);
+        let inner = p.into_inner().next().expect("grammar: dim");
+        let kind = match inner.as_rule() {
+            Rule::integer => DimKind::Size(inner.as_str().parse().map_err(|_| {
+                Diagnostic::error("E0102", "dimension is too large", span)
+                    .primary_label("does not fit in 64 bits")
+            })?),
+            _ => DimKind::Sym(inner.as_str().to_string()),
+        };
+        Ok(Dim { kind, span })
+    }
+
+    fn expr(&self, p: Pair<Rule>) -> PResult<Expr> {
+        let span = self.span(&p);
+        match p.as_rule() {
+            Rule::expr => {
+                let mut it = p.into_inner();
+                let head = self.expr(it.next().expect("grammar: expr head"))?;
+                let stages: Vec<Call> = it
+                    .filter(|q| q.as_rule() == Rule::stage)
+                    .map(|q| self.call(q))
+                    .collect::<PResult<_>>()?;
+                if stages.is_empty() {
+                    Ok(head)
+                } else {
+                    Ok(Expr {
+                        kind: ExprKind::Pipe {
+                            head: Box::new(head),
+                            stages,
+                        },
+                        span,
+                    })
+                }
+            }
+            Rule::sum | Rule::product => {
+                let mut it = p.into_inner();
+                let mut lhs = self.expr(it.next().expect("grammar: operand"))?;
+                while let Some(op) = it.next() {
+                    let rhs = self.expr(it.next().expect("grammar: right operand"))?;
+                    let op_span = self.span(&op);
+                    let op = match op.as_str() {
+                        "+" => BinOp::Add,
+                        "-" => BinOp::Sub,
+                        "*" => BinOp::Mul,
+                        "/" => BinOp::Div,
+                        _ => BinOp::MatMul,
+                    };
+                    let span = lhs.span.to(rhs.span);
+                    lhs = Expr {
+                        kind: ExprKind::Binary {
+                            op,
+                            op_span,
+                            lhs: Box::new(lhs),
+                            rhs: Box::new(rhs),
+                        },
+                        span,
+                    };
+                }
+                Ok(lhs)
+            }
+            Rule::unary => {
+                let parts: Vec<Pair<Rule>> = p.into_inner().collect();
+                let (negs, prim) = parts.split_at(parts.len() - 1);
+                let mut e = self.expr(prim[0].clone())?;
+                for n in negs.iter().rev() {
+                    let s = self.span(n).to(e.span);
+                    e = Expr {
+                        kind: ExprKind::Neg(Box::new(e)),
+                        span: s,
+                    };
+                }
+                Ok(e)
+            }
+            Rule::number => {
+                let text = p.as_str();
+                let is_int = !text.contains(['.', 'e', 'E']);
+                let value: f64 = text.parse().unwrap_or(f64::INFINITY);
+                if !value.is_finite() || (is_int && text.parse::<u64>().is_err()) {
+                    return Err(
+                        Diagnostic::error("E0102", "number literal is too large", span)
+                            .primary_label("out of range"),
+                    );
+                }
+                Ok(Expr {
+                    kind: ExprKind::Number { value, is_int },
+                    span,
+                })
+            }
+            Rule::string => {
+                let s = p
+                    .into_inner()
+                    .next()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                Ok(Expr {
+                    kind: ExprKind::Str(s),
+                    span,
+                })
+            }
+            Rule::ident => Ok(Expr {
+                kind: ExprKind::Name(self.ident(p)),
+                span,
+            }),
+            Rule::call => Ok(Expr {
+                kind: ExprKind::Call(self.call(p)?),
+                span,
+            }),
+            Rule::group => self.expr(p.into_inner().next().expect("grammar: group")),
+            Rule::tuple | Rule::list => {
+                let items = p
+                    .clone()
+                    .into_inner()
+                    .map(|q| self.expr(q))
+                    .collect::<PResult<_>>()?;
+                Ok(Expr {
+                    kind: if p.as_rule() == Rule::tuple {
+                        ExprKind::Tuple(items)
+                    } else {
+                        ExprKind::List(items)
+                    },
+                    span,
+                })
+            }
+            r => unreachable!("grammar: unexpected expression rule {r:?}"),
+        }
+    }
+
+    fn call(&self, p: Pair<Rule>) -> PResult<Call> {
+        let span = self.span(&p);
+        let mut callee = None;
+        let mut args = None;
+        let mut alias = None;
+        for q in p.into_inner() {
+            match q.as_rule() {
+                Rule::ident => callee = Some(self.ident(q)),
+                Rule::args => {
+                    args = Some(
+                        q.into_inner()
+                            .map(|a| self.arg(a))
+                            .collect::<PResult<_>>()?,
+                    )
+                }
+                Rule::alias => {
+                    alias = q
+                        .into_inner()
+                        .find(|x| x.as_rule() == Rule::ident)
+                        .map(|x| self.ident(x))
+                }
+                _ => {}
+            }
+        }
+        Ok(Call {
+            callee: callee.expect("grammar: callee"),
+            args,
+            alias,
+            span,
+        })
+    }
+
+    fn arg(&self, p: Pair<Rule>) -> PResult<Arg> {
+        let span = self.span(&p);
+        let mut name = None;
+        let mut value = None;
+        for q in p.into_inner() {
+            match q.as_rule() {
+                Rule::arg_name => name = Some(self.ident(q)),
+                _ => value = Some(self.expr(q)?),
+            }
+        }
+        Ok(Arg {
+            name,
+            value: value.expect("grammar: argument value"),
+            span,
+        })
+    }
+}
