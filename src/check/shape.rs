@@ -270,7 +270,8 @@ mod tests {
                     prop_assert!(y == Dim::Fixed(1) || y == *d);
                 }
             } else {
-                let mismatch = a.iter().rev().zip(b.iter().rev()).any(|(x, y)| x != y && *x != 1 && *y != 1);
+                let one = Dim::Fixed(1);
+                let mismatch = sa.0.iter().rev().zip(sb.0.iter().rev()).any(|(x, y)| x != y && *x != one && *y != one);
                 prop_assert!(mismatch);
             }
         }
