@@ -1,7 +1,7 @@
 //! Source text → [`ast::File`], with parse errors worded for people (E01xx).
 
 use super::ast::*;
-use crate::diag::Diagnostic;
+use crate::diag::{did_you_mean, Diagnostic};
 use crate::span::{FileId, Span};
 use pest::error::InputLocation;
 use pest::iterators::Pair;
@@ -109,7 +109,9 @@ fn describe_token(tok: &str) -> Option<String> {
     match tok {
         "\n" | "\r\n" | "\r" | ";" => Some("end of line".into()),
         "|>" | "+" | "-" | "*" | "/" | "@" => Some("an operator".into()),
-        "#" => None,
+        // Whitespace, comments and the first characters of names, numbers, strings and
+        // bracketed expressions are covered by the rule descriptions.
+        " " | "\t" | "#" | "_" | "\"" | "(" | "[" => None,
         t => Some(format!("`{t}`")),
     }
 }
@@ -140,11 +142,14 @@ fn describe_found(text: &str, pos: usize) -> String {
     format!("`{}`", c.escape_debug())
 }
 
+const KEYWORDS: &[&str] = &["model", "block", "train", "use"];
+
 fn syntax_error(text: &str, file: FileId, e: &pest::error::Error<Rule>) -> Diagnostic {
     let pos = match e.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
-    };
+    }
+    .min(text.len());
     let mut expected: BTreeSet<String> = BTreeSet::new();
     if let Some(attempts) = e.parse_attempts() {
         for tok in attempts.expected_tokens() {
@@ -170,30 +175,65 @@ fn syntax_error(text: &str, file: FileId, e: &pest::error::Error<Rule>) -> Diagn
                 .map(String::from),
         );
     }
-    // Closers and separators first, then words, then the generic "an operator".
+    // Continuing an expression is always possible; name operators only where little
+    // else fits, so the message lists what most likely was meant.
+    let after_stage = expected.contains("`as`");
+    let closers = expected
+        .iter()
+        .any(|s| matches!(s.as_str(), "`)`" | "`]`" | "`,`" | "`}`"));
+    if expected.contains("an expression") {
+        expected.remove("an operator");
+    }
+    if closers {
+        expected.remove("an operator");
+        expected.remove("`as`");
+    }
     let mut list: Vec<String> = expected.into_iter().collect();
-    list.sort_by_key(|s| (s == "an operator", !s.starts_with('`'), s.clone()));
+    list.sort_by_key(|s| (s == "end of line", !s.starts_with('`'), s.clone()));
     let found = describe_found(text, pos);
-    let end = text[pos.min(text.len())..]
-        .chars()
-        .next()
-        .map_or(pos, |c| pos + c.len_utf8());
-    let unclosed_string = found == "end of line" && list.iter().any(|s| s == "`\"`");
-    let message = if unclosed_string {
-        "unterminated string".to_string()
-    } else if list.is_empty() {
+    let rest = &text[pos..];
+    let line_rest = rest.split('\n').next().unwrap_or("");
+    let at_eol = found == "end of line" || found == "end of file";
+    // At the end of a line, point just after the last token rather than at the newline.
+    let span = if at_eol {
+        Span::new(file, pos, pos)
+    } else {
+        let len = match found.strip_prefix('`').and_then(|f| f.strip_suffix('`')) {
+            Some(tok) if !tok.is_empty() && rest.starts_with(tok) => tok.len(),
+            _ => rest.chars().next().map_or(0, char::len_utf8),
+        };
+        Span::new(file, pos, pos + len)
+    };
+    if rest.starts_with('"') && !line_rest[1..].contains('"') {
+        return Diagnostic::error(
+            "E0101",
+            "unterminated string",
+            Span::new(file, pos, pos + line_rest.len()),
+        )
+        .primary_label("this string has no closing `\"` on its line");
+    }
+    let message = if list.is_empty() {
         format!("unexpected {found}")
     } else {
         format!("expected {}, found {found}", join_or(&list))
     };
-    let mut d = Diagnostic::error("E0101", message, Span::new(file, pos, end.max(pos)));
-    d = d.primary_label(if unclosed_string {
-        "the string ends here without `\"`".to_string()
+    let label = if at_eol {
+        format!("expected {} here", join_or(&list[..list.len().min(2)]))
     } else {
         format!("unexpected {found}")
-    });
-    if found == "end of line" && list.iter().any(|s| s == "an operator") && !unclosed_string {
-        d = d.with_help("a statement continues on the next line only when that line begins with `|>` or an operator, or inside brackets");
+    };
+    let mut d = Diagnostic::error("E0101", message, span).primary_label(label);
+    let word = found.trim_matches('`');
+    if list.iter().any(|s| s == "`model`") {
+        if let Some(k) = did_you_mean(word, KEYWORDS.iter().copied()) {
+            d = d.with_help(format!("did you mean `{k}`?"));
+        }
+    }
+    if !at_eol && after_stage && ["`+`", "`-`", "`*`", "`/`", "`@`"].contains(&found.as_str()) {
+        d = d.with_help("`|>` binds loosest, so a pipeline cannot be followed by an operator: wrap it in parentheses, `(x |> f) + y`");
+    }
+    if at_eol && list.iter().any(|s| s == "an expression") {
+        d = d.with_help("a statement continues on the next line only after an operator, `|>`, `=` or an opening bracket, or when the next line begins with `|>` or an operator");
     }
     d
 }
