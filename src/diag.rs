@@ -221,7 +221,8 @@ codes! {
          than the batch exist only in block signatures.";
     "E0312" "" "loss is not a scalar"
         "`loss` takes a scalar: a loss function (`cross_entropy(...)`) or a weighted sum of \
-         them. Reduce a tensor with `mean(...)` first.";
+         them, or per-sample values `[N]` (such as `mean(x)`, which reduces every non-batch \
+         axis), which are averaged over the batch.";
     "E0313" "" "invalid layer configuration"
         "A layer argument is outside its valid range: sizes and kernels must be at least 1, pooling \
          padding smaller than the kernel, probabilities in [0, 1), and so on.";
@@ -233,11 +234,11 @@ codes! {
          the one they are joined along.";
     "E0401" "" "unknown train setting"
         "A `train` block takes `data`, `optimizer`, `schedule`, `batch`, `epochs`, `clip`, \
-         `early_stop`, `validation`, `metrics` and `seed`.";
+         `early_stop`, `validation`, `metrics`, `seed` and `standardize`.";
     "E0402" "" "unknown optimizer, schedule or metric"
         "Optimizers: sgd, adam, adamw, rmsprop. Schedules: constant, step, exponential, cosine, \
          warmup(...) then <schedule>. Clipping: norm(x), value(x). Metrics: accuracy, precision, \
-         recall, f1, confusion, loss.";
+         recall, f1, confusion. Early stopping monitors: val_loss, val_accuracy, loss, accuracy.";
     "E0403" "" "value out of range"
         "A training hyperparameter is outside the range that makes sense: learning rates must be \
          positive, momentum and betas in [0, 1), the validation fraction in [0, 1), batch and \

@@ -135,8 +135,7 @@ pub fn render_summary(m: &CheckedModel) -> String {
     let _ = writeln!(out, "Model: {}", m.name);
     let rule = "─".repeat(total_width);
     let line = |out: &mut String, c: &[String; 5]| {
-        let _ = writeln!(
-            out,
+        let row = format!(
             "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}",
             c[0],
             c[1],
@@ -149,6 +148,7 @@ pub fn render_summary(m: &CheckedModel) -> String {
             w3 = w[3],
             w4 = w[4]
         );
+        let _ = writeln!(out, "{}", row.trim_end());
     };
     let _ = writeln!(out, "{rule}");
     line(&mut out, &headers.map(String::from));

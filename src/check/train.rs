@@ -234,6 +234,16 @@ pub fn check_train(
             diags.push(d);
         }
     }
+    if let (Some(es), Some(at)) = (&cfg.early_stop, seen.get("early_stop")) {
+        if es.monitor.starts_with("val_") && cfg.validation == 0.0 {
+            diags.push(
+                Diagnostic::error("E0403", format!("early stopping on `{}` needs a validation split", es.monitor), *at)
+                    .primary_label("monitors validation data")
+                    .with_note("validation rows come from the training data; the test set never steers training")
+                    .with_help("hold out a fraction of the training rows: `validation 0.1`"),
+            );
+        }
+    }
     cfg
 }
 
