@@ -194,7 +194,7 @@ pub fn check_model(decl: &ast::ModelDecl, blocks: &HashMap<String, ast::BlockDec
             )
             .with_help("declare one: `input x: [N, 4]`"),
         );
-    } else if e.m.outputs.is_empty() && loss_span.is_none() {
+    } else if !decl.body.iter().any(|s| matches!(s, Stmt::Output { .. })) && loss_span.is_none() {
         e.diags.push(
             Diagnostic::error(
                 "E0211",
