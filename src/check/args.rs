@@ -289,6 +289,24 @@ pub fn bind(
     })
 }
 
+/// Binds the arguments of a constant call such as `normal(0.02)` or `sgd(lr: 0.1)`.
+pub fn bind_call(
+    what: &str,
+    params: &'static [(&'static str, Def)],
+    args: Vec<(Option<String>, Const)>,
+    call_span: Span,
+) -> Result<Bound, Diagnostic> {
+    let mut positional = Vec::new();
+    let mut named = Vec::new();
+    for (n, v) in args {
+        match n {
+            Some(name) => named.push((crate::syntax::ast::Ident { name, span: v.span }, v)),
+            None => positional.push(v),
+        }
+    }
+    bind(what, params, positional, named, call_span)
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""

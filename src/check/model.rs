@@ -1,7 +1,7 @@
 //! Name resolution and shape checking of one model: elaborates the body (pipelines,
 //! blocks, shared layers) into a [`CheckedModel`], reporting every independent error.
 
-use super::args::{bind, eval, Bound, CVal, Const};
+use super::args::{bind, bind_call, eval, Bound, CVal, Const};
 use super::catalog::{self, Kind, Sig, MANY};
 use super::graph::*;
 use super::shape::{broadcast, matmul, window_out, Dim, Shape, MAX_DIM};
@@ -1498,23 +1498,14 @@ impl Elab<'_> {
         Ok((Op::Layer(id), out))
     }
 
-    /// Kind, output type, parameters (name, shape, init, role, trainable) and MACs per sample.
-    #[allow(clippy::type_complexity)]
+    /// Kind, output type, parameters and MACs per sample of a built-in layer.
     fn layer_rule(
         &mut self,
         sig: &Sig,
         a: &Bound,
         in_ty: &Ty,
         in_span: Span,
-    ) -> Result<
-        (
-            LayerKind,
-            Ty,
-            Vec<(&'static str, Vec<u64>, Init, ParamRole, bool)>,
-            u64,
-        ),
-        Diagnostic,
-    > {
+    ) -> Result<LayerRule, Diagnostic> {
         let name = sig.name;
         if name == "embedding" {
             let Ty::Labels { shape, classes } = in_ty else {
@@ -1670,15 +1661,8 @@ impl Elab<'_> {
                     "must be in [0, 1]",
                 )?;
                 let eps = a.float_in("eps", |v| v > 0.0, "must be positive")?;
-                let ps = vec![
-                    (
-                        "weight",
-                        vec![c],
-                        Init::Constant(1.0),
-                        ParamRole::Norm,
-                        true,
-                    ),
-                    ("bias", vec![c], Init::Constant(0.0), ParamRole::Norm, true),
+                let mut ps = scale_shift(c);
+                ps.extend([
                     (
                         "running_mean",
                         vec![c],
@@ -1693,7 +1677,7 @@ impl Elab<'_> {
                         ParamRole::State,
                         false,
                     ),
-                ];
+                ]);
                 Ok((
                     LayerKind::BatchNorm { momentum, eps },
                     Ty::Tensor(shape),
@@ -1710,17 +1694,12 @@ impl Elab<'_> {
                 }
                 let f = shape.last().unwrap_or(1);
                 let eps = a.float_in("eps", |v| v > 0.0, "must be positive")?;
-                let ps = vec![
-                    (
-                        "weight",
-                        vec![f],
-                        Init::Constant(1.0),
-                        ParamRole::Norm,
-                        true,
-                    ),
-                    ("bias", vec![f], Init::Constant(0.0), ParamRole::Norm, true),
-                ];
-                Ok((LayerKind::LayerNorm { eps }, Ty::Tensor(shape), ps, 0))
+                Ok((
+                    LayerKind::LayerNorm { eps },
+                    Ty::Tensor(shape),
+                    scale_shift(f),
+                    0,
+                ))
             }
             "prelu" => {
                 let c = if shape.rank() >= 2 {
@@ -1880,21 +1859,7 @@ impl Elab<'_> {
             };
             return Err(d);
         };
-        let mut positional = vec![];
-        let mut named = vec![];
-        for (n, v) in args {
-            match n {
-                Some(n) => named.push((
-                    ast::Ident {
-                        name: n,
-                        span: v.span,
-                    },
-                    v,
-                )),
-                None => positional.push(v),
-            }
-        }
-        let b = bind(name, sig.params, positional, named, c.span)?;
+        let b = bind_call(name, sig.params, args, c.span)?;
         Ok(match name {
             "he" => Init::He,
             "xavier" => Init::Xavier,
@@ -2430,6 +2395,26 @@ impl Elab<'_> {
             }
         }
     }
+}
+
+/// A parameter of a layer: name, shape, initializer, role, trainable.
+type ParamDef = (&'static str, Vec<u64>, Init, ParamRole, bool);
+
+/// What a layer rule computes: kind, output type, parameters, MACs per sample.
+type LayerRule = (LayerKind, Ty, Vec<ParamDef>, u64);
+
+/// The scale (γ, ones) and shift (β, zeros) of a normalization over `c` features.
+fn scale_shift(c: u64) -> Vec<ParamDef> {
+    vec![
+        (
+            "weight",
+            vec![c],
+            Init::Constant(1.0),
+            ParamRole::Norm,
+            true,
+        ),
+        ("bias", vec![c], Init::Constant(0.0), ParamRole::Norm, true),
+    ]
 }
 
 /// Is this argument a tensor expression (not a constant)?

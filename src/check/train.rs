@@ -1,6 +1,6 @@
 //! Validation of `train` blocks into a [`TrainConfig`] (E04xx).
 
-use super::args::{bind, eval, Bound, CVal, Const};
+use super::args::{bind, bind_call, eval, Bound, CVal, Const};
 use super::catalog::Def::{self, *};
 use crate::diag::{did_you_mean, Diagnostic};
 use crate::span::Span;
@@ -489,25 +489,11 @@ fn call(c: &Const, table: Table, what: &str) -> Result<(&'static str, Bound), Di
         };
         return Err(d);
     };
-    let mut pos = vec![];
-    let mut named = vec![];
-    for (n, v) in args {
-        match n {
-            Some(n) => named.push((
-                Ident {
-                    name: n,
-                    span: v.span,
-                },
-                v,
-            )),
-            None => pos.push(v),
-        }
-    }
-    Ok((known, bind(known, params, pos, named, c.span)?))
+    Ok((known, bind_call(known, params, args, c.span)?))
 }
 
 const SGD: &[(&str, Def)] = &[
-    ("lr", Float(0.01)),
+    ("lr", Required),
     ("momentum", Float(0.0)),
     ("nesterov", Bool(false)),
     ("weight_decay", Float(0.0)),
