@@ -141,7 +141,7 @@ codes! {
         "A number literal is malformed or too large. Integers (dimensions, counts) must fit in \
          a 64-bit integer and dimensions must be below 2^31; floats must be finite.";
     "E0103" "" "nesting too deep"
-        "Brackets or expressions are nested deeper than Kiln accepts (256 levels). No real model \
+        "Brackets or expressions are nested deeper than Kiln accepts (64 levels). No real model \
          needs this; split the expression into several bindings.";
     "E0104" "" "file is not valid UTF-8"
         "Kiln model files are UTF-8 text. Re-save the file as UTF-8.";
@@ -337,7 +337,7 @@ fn to_codespan(d: &Diagnostic) -> cs::Diagnostic<usize> {
             cs::Label::new(style, l.span.file, l.span.range()).with_message(l.message.clone())
         })
         .collect();
-    let mut notes = d.notes.clone();
+    let mut notes: Vec<String> = d.notes.iter().map(|n| format!("note: {n}")).collect();
     if let Some(h) = &d.help {
         notes.push(format!("help: {h}"));
     }

@@ -89,11 +89,14 @@ impl Sources {
         &self.files[id]
     }
 
-    /// The id of an already loaded file with this path.
-    pub fn find_path(&self, path: &Path) -> Option<FileId> {
-        self.files
-            .iter()
-            .position(|f| f.path.as_deref() == Some(path))
+    /// The id of an already loaded file with this canonical path.
+    pub fn find_path(&self, canonical: &Path) -> Option<FileId> {
+        self.files.iter().position(|f| {
+            f.path
+                .as_deref()
+                .and_then(|p| p.canonicalize().ok())
+                .is_some_and(|p| p == canonical)
+        })
     }
 
     /// The text a span covers.

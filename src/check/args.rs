@@ -5,7 +5,7 @@ use super::catalog::Def;
 use super::shape::{Dim, MAX_DIM};
 use crate::diag::{did_you_mean, Diagnostic};
 use crate::span::Span;
-use crate::syntax::ast::{BinOp, Expr, ExprKind};
+use crate::syntax::ast::{BinOp, Expr, ExprKind, Ident};
 use std::collections::HashMap;
 
 /// A constant value.
@@ -27,7 +27,7 @@ pub enum CVal {
     /// `[a, b]`.
     List(Vec<Const>),
     /// `normal(0.02)`.
-    Call(String, Vec<(Option<String>, Const)>),
+    Call(String, Vec<(Option<Ident>, Const)>),
     /// A dimension symbol (the batch, or a block symbol bound to a size).
     Dim(Dim),
     /// `a then b`.
@@ -166,12 +166,7 @@ pub fn eval(e: &Expr, syms: &HashMap<String, Dim>) -> Result<Const, Diagnostic> 
             let args = c
                 .args()
                 .iter()
-                .map(|a| {
-                    Ok((
-                        a.name.as_ref().map(|n| n.name.clone()),
-                        eval(&a.value, syms)?,
-                    ))
-                })
+                .map(|a| Ok((a.name.clone(), eval(&a.value, syms)?)))
                 .collect::<Result<_, Diagnostic>>()?;
             CVal::Call(c.callee.name.clone(), args)
         }
@@ -293,14 +288,14 @@ pub fn bind(
 pub fn bind_call(
     what: &str,
     params: &'static [(&'static str, Def)],
-    args: Vec<(Option<String>, Const)>,
+    args: Vec<(Option<Ident>, Const)>,
     call_span: Span,
 ) -> Result<Bound, Diagnostic> {
     let mut positional = Vec::new();
     let mut named = Vec::new();
     for (n, v) in args {
         match n {
-            Some(name) => named.push((crate::syntax::ast::Ident { name, span: v.span }, v)),
+            Some(name) => named.push((name, v)),
             None => positional.push(v),
         }
     }

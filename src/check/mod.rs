@@ -97,7 +97,8 @@ pub fn check_file(sources: &mut Sources, file: FileId, levels: &LintLevels) -> C
         .as_ref()
         .and_then(|p| p.parent().map(Path::to_path_buf));
     let mut blocks: HashMap<String, ast::BlockDecl> = HashMap::new();
-    let mut stack = vec![sources.get(file).path.clone().unwrap_or_default()];
+    let main_path = sources.get(file).path.clone().unwrap_or_default();
+    let mut stack = vec![main_path.canonicalize().unwrap_or(main_path)];
     collect_blocks(
         sources,
         &parsed,
@@ -106,6 +107,8 @@ pub fn check_file(sources: &mut Sources, file: FileId, levels: &LintLevels) -> C
         &mut stack,
         &mut diags,
     );
+    // A block that failed to import is reported once, at its `use`, not at every call.
+    let import_failed = diags.iter().any(|d| d.code != "E0204");
 
     let mut program = Program::default();
     let mut model_spans: HashMap<String, Span> = HashMap::new();
@@ -126,7 +129,11 @@ pub fn check_file(sources: &mut Sources, file: FileId, levels: &LintLevels) -> C
         }
         let r = model::check_model(decl, &blocks);
         let failed = !r.errors.is_empty();
-        diags.extend(r.errors);
+        diags.extend(
+            r.errors
+                .into_iter()
+                .filter(|d| !(import_failed && d.code == "E0202")),
+        );
         let mut m = r.model;
         if !failed {
             he_before_relu(&mut m);
@@ -231,10 +238,21 @@ fn collect_blocks(
                 let path = base.map_or_else(|| PathBuf::from(&u.path), |b| b.join(&u.path));
                 let canon = path.canonicalize().unwrap_or_else(|_| path.clone());
                 if stack.contains(&canon) {
-                    diags.push(
-                        Diagnostic::error("E0210", format!("`{}` imports itself", u.path), u.span)
-                            .primary_label("import cycle"),
-                    );
+                    let chain: Vec<String> = stack
+                        .iter()
+                        .skip(1)
+                        .map(|p| format!("`{}`", p.display()))
+                        .collect();
+                    let mut d = Diagnostic::error(
+                        "E0210",
+                        format!("importing `{}` forms a cycle", u.path),
+                        u.span,
+                    )
+                    .primary_label("this file is already being imported");
+                    if !chain.is_empty() {
+                        d = d.with_note(format!("import chain: {}", chain.join(" → ")));
+                    }
+                    diags.push(d);
                     continue;
                 }
                 let text = match std::fs::read(&path) {
@@ -251,20 +269,16 @@ fn collect_blocks(
                     },
                     Err(e) => {
                         diags.push(
-                            Diagnostic::error(
-                                "E0210",
-                                format!("cannot read `{}`: {e}", u.path),
-                                u.span,
-                            )
-                            .primary_label(format!("looked for {}", path.display()))
-                            .with_note("paths in `use` are relative to the importing file"),
+                            Diagnostic::error("E0210", format!("cannot read `{}`", u.path), u.span)
+                                .primary_label(format!("{e}: {}", path.display()))
+                                .with_note("paths in `use` are relative to the importing file"),
                         );
                         continue;
                     }
                 };
                 let id = match sources.find_path(&canon) {
                     Some(id) => id,
-                    None => sources.add(path.display().to_string(), Some(&canon), text.clone()),
+                    None => sources.add(path.display().to_string(), Some(&path), text.clone()),
                 };
                 match parse_source(&text, id) {
                     Ok(f) => {
@@ -368,13 +382,12 @@ pub fn load_file(
 ) -> std::io::Result<(FileId, Option<Diagnostic>)> {
     let bytes = std::fs::read(path)?;
     let name = path.display().to_string();
-    let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     Ok(match String::from_utf8(bytes) {
-        Ok(text) => (sources.add(name, Some(&canon), text), None),
+        Ok(text) => (sources.add(name, Some(path), text), None),
         Err(e) => {
             let at = e.utf8_error().valid_up_to();
             let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            let id = sources.add(name, Some(&canon), text);
+            let id = sources.add(name, Some(path), text);
             let d = Diagnostic::error(
                 "E0104",
                 "the file is not valid UTF-8",

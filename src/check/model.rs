@@ -125,7 +125,8 @@ pub fn check_model(decl: &ast::ModelDecl, blocks: &HashMap<String, ast::BlockDec
                     Some(v) => e.binding(&mut scope, name, None, v, true),
                     None => e.lookup(&scope, name),
                 };
-                if let Some(prev) = e.m.outputs.iter().find(|o| o.name == name.name) {
+                let prev = e.m.outputs.iter().find(|o| o.name == name.name);
+                if let (Some(prev), None) = (prev, value) {
                     let d = Diagnostic::error(
                         "E0204",
                         format!("output `{}` is declared twice", name.name),
@@ -451,6 +452,10 @@ impl Elab<'_> {
         value: &Expr,
         top: bool,
     ) -> Val {
+        if !self.define(scope, name, Val::Error) {
+            return Val::Error;
+        }
+        scope.values.remove(&name.name);
         let mut naming = self.naming(&name.name, value);
         let mut v = self.expr(scope, &mut naming, value);
         let created = self.finish_naming(naming);
@@ -547,6 +552,7 @@ impl Elab<'_> {
                         .primary_label("not a layer")
                         .with_help("for example `layer enc = dense(64)`"),
                 );
+                scope.values.entry(name.name.clone()).or_insert(Val::Error);
                 return;
             }
         };
@@ -564,10 +570,12 @@ impl Elab<'_> {
                     .primary_label("not a layer with parameters")
                     .with_help(format!("use `{}` directly where it is needed", sig.name)),
                 );
+                scope.values.entry(name.name.clone()).or_insert(Val::Error);
                 return;
             }
             None => {
                 self.unknown_callee(scope, &callee);
+                scope.values.entry(name.name.clone()).or_insert(Val::Error);
                 return;
             }
         }
@@ -725,6 +733,9 @@ impl Elab<'_> {
     }
 
     fn unknown_callee(&mut self, scope: &Scope, callee: &ast::Ident) -> Val {
+        if let Some(Val::Error) = scope.values.get(&callee.name) {
+            return Val::Error;
+        }
         if scope.values.contains_key(&callee.name) {
             return self.err(
                 Diagnostic::error("E0207", format!("`{}` is a tensor, not a layer", callee.name), callee.span)
@@ -869,7 +880,17 @@ impl Elab<'_> {
             } => {
                 let a = self.expr(scope, naming, lhs);
                 let b = self.expr(scope, naming, rhs);
-                self.binary(*op, *op_span, (a, lhs.span), (b, rhs.span), e.span)
+                let lhs_name = match &lhs.kind {
+                    ExprKind::Name(id) => Some(id.name.as_str()),
+                    _ => None,
+                };
+                self.binary(
+                    *op,
+                    *op_span,
+                    (a, lhs.span, lhs_name),
+                    (b, rhs.span),
+                    e.span,
+                )
             }
             ExprKind::Neg(x) => {
                 let v = self.expr(scope, naming, x);
@@ -925,7 +946,7 @@ impl Elab<'_> {
         &mut self,
         op: BinOp,
         op_span: Span,
-        (a, sa): (Val, Span),
+        (a, sa, lhs_name): (Val, Span, Option<&str>),
         (b, sb): (Val, Span),
         span: Span,
     ) -> Val {
@@ -964,7 +985,7 @@ impl Elab<'_> {
                     )
                     .primary_label(format!("{ta}"))
                     .with_label(sb, format!("{tb}"));
-                    if let Some(h) = projection_help(&ta, &tb, &self.m, na) {
+                    if let Some(h) = lhs_name.and_then(|n| projection_help(&ta, &tb, n)) {
                         d = d.with_help(h);
                     }
                     return self.err(d);
@@ -2420,11 +2441,10 @@ fn scale_shift(c: u64) -> Vec<ParamDef> {
 /// Is this argument a tensor expression (not a constant)?
 fn is_tensor_expr(e: &Expr, scope: &Scope) -> bool {
     match &e.kind {
-        ExprKind::Number { .. }
-        | ExprKind::Str(_)
-        | ExprKind::Tuple(_)
-        | ExprKind::List(_)
-        | ExprKind::Then(_) => false,
+        ExprKind::Number { .. } | ExprKind::Tuple(_) | ExprKind::List(_) | ExprKind::Then(_) => {
+            false
+        }
+        ExprKind::Str(_) => true,
         ExprKind::Name(id) => {
             !scope.syms.contains_key(&id.name)
                 && !matches!(id.name.as_str(), "true" | "false")
@@ -2471,16 +2491,12 @@ fn check_size(n: u64, span: Span) -> Result<(), Diagnostic> {
 }
 
 /// A help line for a broadcast failure that a projection would fix.
-fn projection_help(a: &Shape, b: &Shape, m: &CheckedModel, lhs: NodeId) -> Option<String> {
+fn projection_help(a: &Shape, b: &Shape, name: &str) -> Option<String> {
     if a.rank() != b.rank() || a.rank() < 2 {
         return None;
     }
     let diff: Vec<usize> = (0..a.rank()).filter(|&i| a.0[i] != b.0[i]).collect();
     let target = b.fixed(diff[0])?;
-    let name = match &m.nodes[lhs].label {
-        l if l.chars().all(|c| c.is_alphanumeric() || c == '_') => l.clone(),
-        _ => "x".to_string(),
-    };
     match diff.as_slice() {
         [1] if a.rank() == 3 => Some(format!("a 1-wide convolution projects {name} to {target} channels: {name} |> conv1d({target}, 1)")),
         [1] if a.rank() == 4 => Some(format!("a 1×1 convolution projects {name} to {target} channels: {name} |> conv2d({target}, 1)")),

@@ -482,7 +482,7 @@ fn call(c: &Const, table: Table, what: &str) -> Result<(&'static str, Bound), Di
     let Some((known, params)) = table.iter().find(|(n, _)| *n == name) else {
         let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
         let mut d = Diagnostic::error("E0402", format!("unknown {what} `{name}`"), c.span)
-            .primary_label(format!("not a {what}"));
+            .primary_label(format!("not a known {what}"));
         d = match did_you_mean(name, names.iter().copied()) {
             Some(s) => d.with_help(format!("did you mean `{s}`?")),
             None => d.with_note(format!("choices: {}", names.join(", "))),
@@ -602,7 +602,23 @@ fn schedule(c: &Const) -> Result<Schedule, Diagnostic> {
         _ => vec![c.clone()],
     };
     let mut out: Option<Schedule> = None;
-    for (i, p) in parts.iter().enumerate().rev() {
+    let last = parts.len() - 1;
+    for p in &parts[..last] {
+        let name = match &p.v {
+            CVal::Call(n, _) | CVal::Word(n) => n.as_str(),
+            _ => "",
+        };
+        if name != "warmup" {
+            return Err(Diagnostic::error(
+                "E0402",
+                "only `warmup(...)` can come before `then`",
+                p.span,
+            )
+            .primary_label(format!("`{name}` runs to the end of training"))
+            .with_help("for example `warmup(2) then cosine(min_lr: 0)`"));
+        }
+    }
+    for p in parts.iter().rev() {
         let (name, b) = call(p, SCHEDULES, "schedule")?;
         let gamma = |b: &Bound| {
             b.float_in("gamma", |v| v > 0.0 && v <= 1.0, "must be in (0, 1]")
@@ -623,7 +639,6 @@ fn schedule(c: &Const) -> Result<Schedule, Diagnostic> {
             _ => {
                 let epochs = b.int("epochs", 1).map_err(range)? as u64;
                 let Some(then) = out.take() else {
-                    let _ = i;
                     return Err(Diagnostic::error(
                         "E0402",
                         "`warmup` must be followed by `then <schedule>`",
@@ -637,14 +652,6 @@ fn schedule(c: &Const) -> Result<Schedule, Diagnostic> {
                 }
             }
         };
-        if out.is_some() && !matches!(s, Schedule::Warmup { .. }) {
-            return Err(Diagnostic::error(
-                "E0402",
-                "only `warmup(...)` can come before `then`",
-                p.span,
-            )
-            .with_help("for example `warmup(2) then cosine(min_lr: 0)`"));
-        }
         out = Some(s);
     }
     Ok(out.unwrap_or(Schedule::Constant))

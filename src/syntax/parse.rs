@@ -188,6 +188,10 @@ fn syntax_error(text: &str, file: FileId, e: &pest::error::Error<Rule>) -> Diagn
         expected.remove("an operator");
         expected.remove("`as`");
     }
+    let found_eol = matches!(text[pos..].chars().next(), None | Some('\n' | '\r'));
+    if found_eol {
+        expected.remove("end of line");
+    }
     let mut list: Vec<String> = expected.into_iter().collect();
     list.sort_by_key(|s| (s == "end of line", !s.starts_with('`'), s.clone()));
     let found = describe_found(text, pos);
@@ -253,9 +257,11 @@ struct Builder {
 type PResult<T> = Result<T, Diagnostic>;
 
 impl Builder {
+    /// The pair's span without the trailing whitespace pest may include.
     fn span(&self, p: &Pair<Rule>) -> Span {
         let s = p.as_span();
-        Span::new(self.file, s.start(), s.end())
+        let trimmed = p.as_str().trim_end().len();
+        Span::new(self.file, s.start(), s.start() + trimmed)
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
