@@ -141,8 +141,9 @@ codes! {
         "A number literal is malformed or too large. Integers (dimensions, counts) must fit in \
          a 64-bit integer and dimensions must be below 2^31; floats must be finite.";
     "E0103" "" "nesting too deep"
-        "Brackets or expressions are nested deeper than Kiln accepts (64 levels). No real model \
-         needs this; split the expression into several bindings.";
+        "Brackets or expressions are nested deeper than Kiln accepts (32 levels), or one expression \
+         chains more than 64 binary operators. No real model needs this; split the expression \
+         into several bindings.";
     "E0104" "" "file is not valid UTF-8"
         "Kiln model files are UTF-8 text. Re-save the file as UTF-8.";
     "E0201" "" "unknown name"

@@ -15,7 +15,11 @@ struct KilnParser;
 
 /// Brackets nest at most this deep; deeper input is refused before pest sees it, so no
 /// input can exhaust the stack.
-pub const MAX_NESTING: usize = 64;
+pub const MAX_NESTING: usize = 32;
+
+/// Binary operators in one chain (`a + b + ...`) at most; longer chains are refused so
+/// that the left-deep tree they build cannot exhaust the stack of later stages.
+pub const MAX_CHAIN: usize = 64;
 
 /// Parses one file's text. `file` is the id its spans refer to.
 pub fn parse_source(text: &str, file: FileId) -> Result<File, Diagnostic> {
@@ -530,7 +534,18 @@ impl Builder {
             Rule::sum | Rule::product => {
                 let mut it = p.into_inner();
                 let mut lhs = self.expr(it.next().expect("grammar: operand"))?;
+                let mut ops = 0;
                 while let Some(op) = it.next() {
+                    ops += 1;
+                    if ops > MAX_CHAIN {
+                        return Err(Diagnostic::error(
+                            "E0103",
+                            format!("more than {MAX_CHAIN} operators in one expression"),
+                            self.span(&op),
+                        )
+                        .primary_label("expression too long")
+                        .with_help("split the expression into several bindings"));
+                    }
                     let rhs = self.expr(it.next().expect("grammar: right operand"))?;
                     let op_span = self.span(&op);
                     let op = match op.as_str() {
@@ -556,6 +571,14 @@ impl Builder {
             Rule::unary => {
                 let parts: Vec<Pair<Rule>> = p.into_inner().collect();
                 let (negs, prim) = parts.split_at(parts.len() - 1);
+                if negs.len() > MAX_CHAIN {
+                    return Err(Diagnostic::error(
+                        "E0103",
+                        format!("more than {MAX_CHAIN} operators in one expression"),
+                        self.span(&negs[MAX_CHAIN]),
+                    )
+                    .primary_label("expression too long"));
+                }
                 let mut e = self.expr(prim[0].clone())?;
                 for n in negs.iter().rev() {
                     let s = self.span(n).to(e.span);
