@@ -141,8 +141,8 @@ codes! {
         "A number literal is malformed or too large. Integers (dimensions, counts) must fit in \
          a 64-bit integer and dimensions must be below 2^31; floats must be finite.";
     "E0103" "" "nesting too deep"
-        "Brackets or expressions are nested deeper than Kiln accepts (32 levels), or one expression \
-         chains more than 64 binary operators. No real model needs this; split the expression \
+        "Brackets or expressions are nested deeper than Kiln accepts (32 levels), or one statement \
+         holds more than 128 operators. No real model needs this; split the expression \
          into several bindings.";
     "E0104" "" "file is not valid UTF-8"
         "Kiln model files are UTF-8 text. Re-save the file as UTF-8.";
@@ -180,9 +180,12 @@ codes! {
     "E0211" "" "missing statement"
         "A block must end in `return`; a model needs at least one `input` and one `output` (or a \
          `loss`).";
-    "E0212" "" "recursive block"
-        "A block uses itself, directly or through other blocks. Networks in Kiln are finite \
-         graphs: unroll the repetition by hand.";
+    "E0212" "" "recursive or too deeply expanded block"
+        "A block uses itself, directly or through other blocks, or blocks expand too far: \
+         more than 32 levels of blocks calling blocks, or more than 10,000 block instances in \
+         one model (a block that uses another twice doubles at every level). Networks in Kiln \
+         are finite graphs: unroll a repetition by hand, or share one instance with \
+         `layer NAME = block`.";
     "E0301" "" "shapes do not broadcast"
         "Elementwise operations broadcast as NumPy does: shapes are aligned at the right and each \
          pair of dimensions must be equal or one of them 1. Project one side to the other's shape \

@@ -2,6 +2,7 @@
 
 use crate::check::graph::{CheckedModel, Op, ParamRole, Ty};
 use crate::check::shape::matmul;
+use crate::syntax::ast::BinOp;
 use std::collections::HashSet;
 use std::fmt::Write;
 
@@ -41,8 +42,6 @@ pub fn summarize(m: &CheckedModel) -> (Vec<Row>, Totals) {
     for node in &m.nodes {
         let (kind, params, macs) = match &node.op {
             Op::Const(_) => continue,
-            Op::Input(_) => ("input".to_string(), 0, 0),
-            Op::Target(_) => ("target".to_string(), 0, 0),
             Op::Layer(l) => {
                 let layer = &m.layers[*l];
                 let params = if seen_layers.insert(*l) {
@@ -50,32 +49,24 @@ pub fn summarize(m: &CheckedModel) -> (Vec<Row>, Totals) {
                 } else {
                     0
                 };
-                (layer.kind.word().to_string(), params, layer.macs)
+                (layer.kind.word(), params, layer.macs)
             }
-            Op::Binary(op) => {
-                let macs = match (op, &m.nodes[node.inputs[0]].ty, &m.nodes[node.inputs[1]].ty) {
-                    (crate::syntax::ast::BinOp::MatMul, Ty::Tensor(a), Ty::Tensor(b)) => {
-                        let k = a.last().unwrap_or(1);
-                        matmul(a, b)
-                            .and_then(|s| s.per_sample())
-                            .unwrap_or(0)
-                            .saturating_mul(k)
-                    }
+            Op::Binary(BinOp::MatMul) => {
+                let macs = match (&m.nodes[node.inputs[0]].ty, &m.nodes[node.inputs[1]].ty) {
+                    (Ty::Tensor(a), Ty::Tensor(b)) => matmul(a, b)
+                        .and_then(|s| s.per_sample())
+                        .unwrap_or(0)
+                        .saturating_mul(a.last().unwrap_or(1)),
                     _ => 0,
                 };
-                (op.symbol().to_string(), 0, macs)
+                ("@", 0, macs)
             }
-            Op::Neg => ("-".to_string(), 0, 0),
-            _ => (
-                node.label.rsplit('.').next().unwrap_or("").to_string(),
-                0,
-                0,
-            ),
+            op => (op.word(), 0, 0),
         };
         totals.macs = totals.macs.saturating_add(macs);
         rows.push(Row {
             name: node.label.clone(),
-            kind,
+            kind: kind.to_string(),
             output: node.ty.to_string(),
             params,
             macs,

@@ -269,6 +269,28 @@ pub enum Activation {
     Abs,
 }
 
+impl Activation {
+    /// The DSL word.
+    pub fn word(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::LeakyRelu(_) => "leaky_relu",
+            Activation::Rrelu(..) => "rrelu",
+            Activation::Elu(_) => "elu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Identity => "identity",
+            Activation::Gelu { .. } => "gelu",
+            Activation::Silu => "silu",
+            Activation::Softplus => "softplus",
+            Activation::Exp => "exp",
+            Activation::Log => "log",
+            Activation::Sqrt => "sqrt",
+            Activation::Abs => "abs",
+        }
+    }
+}
+
 /// Pooling kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
@@ -375,6 +397,56 @@ pub enum Op {
     Concat(usize),
     /// A loss of (prediction, target).
     Loss(LossKind),
+}
+
+impl Op {
+    /// The DSL word of a node that is not a parameterized layer (`relu`, `maxpool2d`,
+    /// `+`); layers are named by [`LayerKind::word`].
+    pub fn word(&self) -> &'static str {
+        match self {
+            Op::Input(_) => "input",
+            Op::Target(_) => "target",
+            Op::Const(_) => "constant",
+            Op::Layer(_) => "layer",
+            Op::Activation(a) => a.word(),
+            Op::Softmax(_) => "softmax",
+            Op::LogSoftmax(_) => "log_softmax",
+            Op::Dropout(_) => "dropout",
+            Op::Pool { kind, kernel, .. } => match (kind, kernel.len()) {
+                (PoolKind::Max, 1) => "maxpool1d",
+                (PoolKind::Max, _) => "maxpool2d",
+                (PoolKind::Avg, 1) => "avgpool1d",
+                (PoolKind::Avg, _) => "avgpool2d",
+            },
+            Op::GlobalPool(PoolKind::Max) => "global_maxpool",
+            Op::GlobalPool(PoolKind::Avg) => "global_avgpool",
+            Op::Spp(_) => "spp",
+            Op::Flatten => "flatten",
+            Op::Reshape => "reshape",
+            Op::Last => "last",
+            Op::First => "first",
+            Op::Binary(op) => op.symbol(),
+            Op::Neg => "-",
+            Op::Reduce { kind, .. } => match kind {
+                ReduceKind::Sum => "sum",
+                ReduceKind::Mean => "mean",
+                ReduceKind::Max => "max",
+                ReduceKind::Min => "min",
+            },
+            Op::Concat(_) => "concat",
+            Op::Loss(l) => match l {
+                LossKind::Mae => "mae",
+                LossKind::Mse => "mse",
+                LossKind::Huber(_) => "huber",
+                LossKind::Exponential => "exponential",
+                LossKind::Hinge => "hinge",
+                LossKind::CrossEntropy(_) => "cross_entropy",
+                LossKind::Bce => "bce",
+                LossKind::Focal(..) => "focal",
+                LossKind::ZeroOne => "zero_one",
+            },
+        }
+    }
 }
 
 /// One node of the checked graph.

@@ -51,12 +51,8 @@ fn is_squashing(op: &Op) -> bool {
     )
 }
 
-fn op_word(node: &Node) -> String {
-    node.label
-        .rsplit('.')
-        .next()
-        .unwrap_or(&node.label)
-        .to_string()
+fn op_word(node: &Node) -> &'static str {
+    node.op.word()
 }
 
 fn loss_inputs(m: &CheckedModel, out: &mut Vec<Diagnostic>) {

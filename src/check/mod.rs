@@ -255,15 +255,38 @@ fn collect_blocks(
                     diags.push(d);
                     continue;
                 }
-                let text = match std::fs::read(&path) {
+                if stack.len() > MAX_IMPORT_DEPTH {
+                    diags.push(
+                        Diagnostic::error(
+                            "E0210",
+                            format!("imports are nested more than {MAX_IMPORT_DEPTH} files deep"),
+                            u.span,
+                        )
+                        .primary_label("one import too many")
+                        .with_help("import the blocks from fewer levels of files"),
+                    );
+                    continue;
+                }
+                if sources.find_path(&canon).is_some() {
+                    // Already imported through another path: its blocks are known.
+                    continue;
+                }
+                let text = match read_source(&path) {
                     Ok(bytes) => match String::from_utf8(bytes) {
                         Ok(t) => t,
-                        Err(_) => {
-                            diags.push(Diagnostic::error(
-                                "E0104",
-                                format!("`{}` is not valid UTF-8", u.path),
-                                u.span,
-                            ));
+                        Err(e) => {
+                            diags.push(
+                                Diagnostic::error(
+                                    "E0104",
+                                    format!("`{}` is not valid UTF-8", u.path),
+                                    u.span,
+                                )
+                                .primary_label(format!(
+                                    "invalid byte at offset {}",
+                                    e.utf8_error().valid_up_to()
+                                ))
+                                .with_help("save the file as UTF-8"),
+                            );
                             continue;
                         }
                     },
@@ -276,14 +299,11 @@ fn collect_blocks(
                         continue;
                     }
                 };
-                let id = match sources.find_path(&canon) {
-                    Some(id) => id,
-                    None => sources.add(path.display().to_string(), Some(&path), text.clone()),
-                };
+                let id = sources.add(path.display().to_string(), Some(&path), text.clone());
                 match parse_source(&text, id) {
                     Ok(f) => {
                         stack.push(canon.clone());
-                        let sub_base = canon.parent().map(Path::to_path_buf);
+                        let sub_base = path.parent().map(Path::to_path_buf);
                         collect_blocks(sources, &f, sub_base.as_deref(), blocks, stack, diags);
                         stack.pop();
                     }
@@ -374,13 +394,35 @@ fn finish(mut diags: Vec<Diagnostic>, program: Program, levels: &LintLevels) -> 
     }
 }
 
+/// Model files larger than this are refused (a `use "/dev/zero"` must not eat memory).
+pub const MAX_SOURCE_BYTES: u64 = 16 << 20;
+
+/// Imports nest at most this deep.
+pub const MAX_IMPORT_DEPTH: usize = 32;
+
+/// Reads a source file of at most [`MAX_SOURCE_BYTES`].
+fn read_source(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_SOURCE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_SOURCE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB, the limit for model files",
+            MAX_SOURCE_BYTES >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Reads a model file into `sources`. Non-UTF-8 bytes become an E0104 diagnostic (the
 /// text is kept with replacement characters so the diagnostic can point at them).
 pub fn load_file(
     sources: &mut Sources,
     path: &Path,
 ) -> std::io::Result<(FileId, Option<Diagnostic>)> {
-    let bytes = std::fs::read(path)?;
+    let bytes = read_source(path)?;
     let name = path.display().to_string();
     Ok(match String::from_utf8(bytes) {
         Ok(text) => (sources.add(name, Some(path), text), None),

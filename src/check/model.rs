@@ -10,6 +10,13 @@ use crate::span::Span;
 use crate::syntax::ast::{self, BinOp, Expr, ExprKind, Stmt, TypeExpr};
 use std::collections::{HashMap, HashSet};
 
+/// Blocks may call blocks at most this deep.
+pub const MAX_BLOCK_DEPTH: usize = 32;
+
+/// A model expands to at most this many block instances: a block that uses another
+/// twice doubles at every level.
+pub const MAX_BLOCK_USES: usize = 10_000;
+
 /// A value in scope.
 #[derive(Clone, Debug)]
 enum Val {
@@ -92,6 +99,7 @@ pub fn check_model(decl: &ast::ModelDecl, blocks: &HashMap<String, ast::BlockDec
         layers_by_name: HashMap::new(),
         layer_vals: vec![],
         block_stack: vec![],
+        block_uses: 0,
         binding_layers: HashMap::new(),
         allowed: vec![],
         batch_span: None,
@@ -226,6 +234,8 @@ struct Elab<'a> {
     layers_by_name: HashMap<String, LayerId>,
     layer_vals: Vec<LayerVal>,
     block_stack: Vec<String>,
+    /// Block instances created so far (bounded by [`MAX_BLOCK_USES`]).
+    block_uses: usize,
     binding_layers: HashMap<String, Vec<LayerId>>,
     allowed: Vec<String>,
     batch_span: Option<Span>,
@@ -796,9 +806,7 @@ impl Elab<'_> {
 
     fn count_call(&self, call: &ast::Call, totals: &mut HashMap<String, usize>) {
         let name = &call.callee.name;
-        let counted = call.alias.is_none()
-            && (self.blocks.contains_key(name)
-                || catalog::lookup(name).is_some_and(|s| s.kind == Kind::Layer));
+        let counted = call.alias.is_none();
         for a in call.args() {
             self.count_layers(&a.value, totals);
         }
@@ -828,7 +836,8 @@ impl Elab<'_> {
         }
     }
 
-    /// The name prefix of the next layer of kind `word` in this statement.
+    /// The name of the next layer (or operation, for labels) of kind `word` in this
+    /// statement: `<binding>.<word>[.<k>]`, `k` counting uses of `word` in the statement.
     fn layer_name(
         &self,
         scope: &Scope,
@@ -1131,7 +1140,10 @@ impl Elab<'_> {
             }
         }
         let spans: Vec<Span> = operands.iter().map(|(_, s)| *s).collect();
-        let label = format!("{}{}.{name}", scope.prefix, naming.binding);
+        let label = match sig.kind {
+            Kind::Layer => String::new(),
+            _ => self.layer_name(scope, naming, name, None),
+        };
         let result = match sig.kind {
             Kind::Layer => {
                 let lname = self.layer_name(scope, naming, name, call.alias.as_ref());
@@ -1269,6 +1281,26 @@ impl Elab<'_> {
     ) -> Val {
         let block = &self.blocks[&call.callee.name];
         let name = block.name.name.clone();
+        self.block_uses += 1;
+        if self.block_stack.len() >= MAX_BLOCK_DEPTH || self.block_uses > MAX_BLOCK_USES {
+            if self.block_uses > MAX_BLOCK_USES + 1 {
+                return Val::Error;
+            }
+            let msg = if self.block_stack.len() >= MAX_BLOCK_DEPTH {
+                format!("blocks call each other more than {MAX_BLOCK_DEPTH} deep")
+            } else {
+                format!("blocks expand to more than {MAX_BLOCK_USES} instances")
+            };
+            self.block_uses = MAX_BLOCK_USES + 1;
+            return self.err(
+                Diagnostic::error("E0212", msg, call.callee.span)
+                    .primary_label("expanded here")
+                    .with_note("each use of a block creates its own copy of its layers")
+                    .with_help(
+                        "share one instance with `layer NAME = block`, or flatten the nesting",
+                    ),
+            );
+        }
         if self.block_stack.contains(&name) {
             let chain = self.block_stack.join("` → `");
             return self.err(

@@ -601,6 +601,13 @@ fn schedule(c: &Const) -> Result<Schedule, Diagnostic> {
         CVal::Then(parts) => parts.clone(),
         _ => vec![c.clone()],
     };
+    if parts.len() > 2 {
+        return Err(
+            Diagnostic::error("E0402", "a schedule has at most one `then`", parts[2].span)
+                .primary_label("second `then`")
+                .with_help("for example `warmup(2) then cosine(min_lr: 0)`"),
+        );
+    }
     let mut out: Option<Schedule> = None;
     let last = parts.len() - 1;
     for p in &parts[..last] {

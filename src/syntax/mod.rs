@@ -3,4 +3,4 @@
 pub mod ast;
 mod parse;
 
-pub use parse::{parse_source, MAX_NESTING};
+pub use parse::{parse_source, MAX_NESTING, MAX_OPERATORS};

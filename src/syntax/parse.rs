@@ -7,6 +7,7 @@ use pest::error::InputLocation;
 use pest::iterators::Pair;
 use pest::Parser as _;
 use pest_derive::Parser;
+use std::cell::Cell;
 use std::collections::BTreeSet;
 
 #[derive(Parser)]
@@ -17,9 +18,9 @@ struct KilnParser;
 /// input can exhaust the stack.
 pub const MAX_NESTING: usize = 32;
 
-/// Binary operators in one chain (`a + b + ...`) at most; longer chains are refused so
-/// that the left-deep tree they build cannot exhaust the stack of later stages.
-pub const MAX_CHAIN: usize = 64;
+/// Operators (binary and unary minus) in one statement at most; more are refused so that
+/// the expression trees they build cannot exhaust the stack of later stages.
+pub const MAX_OPERATORS: usize = 128;
 
 /// Parses one file's text. `file` is the id its spans refer to.
 pub fn parse_source(text: &str, file: FileId) -> Result<File, Diagnostic> {
@@ -27,7 +28,10 @@ pub fn parse_source(text: &str, file: FileId) -> Result<File, Diagnostic> {
     pest::set_error_detail(true);
     let mut pairs =
         KilnParser::parse(Rule::file, text).map_err(|e| syntax_error(text, file, &e))?;
-    let b = Builder { file };
+    let b = Builder {
+        file,
+        ops: Cell::new(0),
+    };
     let root = pairs.next().into_iter().flat_map(|p| p.into_inner());
     let mut items = Vec::new();
     for p in root {
@@ -256,6 +260,8 @@ fn join_or(items: &[String]) -> String {
 
 struct Builder {
     file: FileId,
+    /// Operators seen in the current statement.
+    ops: Cell<usize>,
 }
 
 type PResult<T> = Result<T, Diagnostic>;
@@ -327,7 +333,23 @@ impl Builder {
         })
     }
 
+    /// Counts an operator of the current statement against [`MAX_OPERATORS`].
+    fn count_operator(&self, op: &Pair<Rule>) -> PResult<()> {
+        self.ops.set(self.ops.get() + 1);
+        if self.ops.get() > MAX_OPERATORS {
+            return Err(Diagnostic::error(
+                "E0103",
+                format!("more than {MAX_OPERATORS} operators in one statement"),
+                self.span(op),
+            )
+            .primary_label("statement too long")
+            .with_help("split the expression into several bindings"));
+        }
+        Ok(())
+    }
+
     fn setting(&self, p: Pair<Rule>) -> PResult<Setting> {
+        self.ops.set(0);
         let span = self.span(&p);
         let mut it = p.into_inner();
         let key = self.ident(it.next().expect("grammar: setting key"));
@@ -391,6 +413,7 @@ impl Builder {
     }
 
     fn stmt(&self, p: Pair<Rule>) -> PResult<Stmt> {
+        self.ops.set(0);
         let span = self.span(&p);
         let rule = p.as_rule();
         let parts: Vec<Pair<Rule>> = p
@@ -510,6 +533,26 @@ impl Builder {
     }
 
     fn expr(&self, p: Pair<Rule>) -> PResult<Expr> {
+        // Each bracket level wraps its content in expr → sum → product → unary; walk
+        // through the levels with one child without recursing, so nesting costs one
+        // stack frame per bracket.
+        let mut p = p;
+        loop {
+            let single = match p.as_rule() {
+                Rule::expr | Rule::sum | Rule::product | Rule::unary | Rule::group => {
+                    let mut inner = p.clone().into_inner();
+                    match (inner.next(), inner.next()) {
+                        (Some(only), None) => Some(only),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            match single {
+                Some(only) => p = only,
+                None => break,
+            }
+        }
         let span = self.span(&p);
         match p.as_rule() {
             Rule::expr => {
@@ -534,18 +577,8 @@ impl Builder {
             Rule::sum | Rule::product => {
                 let mut it = p.into_inner();
                 let mut lhs = self.expr(it.next().expect("grammar: operand"))?;
-                let mut ops = 0;
                 while let Some(op) = it.next() {
-                    ops += 1;
-                    if ops > MAX_CHAIN {
-                        return Err(Diagnostic::error(
-                            "E0103",
-                            format!("more than {MAX_CHAIN} operators in one expression"),
-                            self.span(&op),
-                        )
-                        .primary_label("expression too long")
-                        .with_help("split the expression into several bindings"));
-                    }
+                    self.count_operator(&op)?;
                     let rhs = self.expr(it.next().expect("grammar: right operand"))?;
                     let op_span = self.span(&op);
                     let op = match op.as_str() {
@@ -571,13 +604,8 @@ impl Builder {
             Rule::unary => {
                 let parts: Vec<Pair<Rule>> = p.into_inner().collect();
                 let (negs, prim) = parts.split_at(parts.len() - 1);
-                if negs.len() > MAX_CHAIN {
-                    return Err(Diagnostic::error(
-                        "E0103",
-                        format!("more than {MAX_CHAIN} operators in one expression"),
-                        self.span(&negs[MAX_CHAIN]),
-                    )
-                    .primary_label("expression too long"));
+                for n in negs {
+                    self.count_operator(n)?;
                 }
                 let mut e = self.expr(prim[0].clone())?;
                 for n in negs.iter().rev() {

@@ -1,0 +1,468 @@
+//! The `kiln` binary end to end: exit codes (0 ok, 1 input wrong, 2 usage or I/O error),
+//! what goes to stdout and stderr, `--format json`, lint levels, `summary` and `explain`.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `kiln ARGS` from the repository root, with colors off via `--color` where the
+/// subcommand has it (stderr is a pipe here, so `auto` is off anyway).
+fn kiln(args: &[&str]) -> Output {
+    Command::new(KILN)
+        .args(args)
+        .current_dir(root())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run kiln")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).expect("stderr is UTF-8")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited normally, not by a signal")
+}
+
+/// Writes `text` to a fresh file for test `test`.
+fn temp(test: &str, name: &str, text: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temp path")
+}
+
+/// A model whose only problem is an unused binding (lint W0007).
+const UNUSED: &str = "model m {
+  input x: [N, 4]
+  target y: [N, 1]
+  unused = x |> dense(3)
+  h = x |> dense(1)
+  output h
+  loss mse(h, y)
+}
+";
+
+/// A model with one error: an unknown name (E0201) on line 4, column 7.
+const UNKNOWN_NAME: &str = "model m {
+  input x: [N, 4]
+  target y: [N, 1]
+  h = xx |> dense(1)
+  output h
+  loss mse(h, y)
+}
+";
+
+fn examples() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "kiln"))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 5, "examples/*.kiln");
+    v
+}
+
+// ---------------------------------------------------------------- check
+
+#[test]
+fn every_example_checks_silently() {
+    for ex in examples() {
+        let o = kiln(&["check", s(&ex)]);
+        assert_eq!(code(&o), 0, "{}: {}", ex.display(), stderr(&o));
+        assert_eq!(stderr(&o), "", "{}", ex.display());
+        assert_eq!(stdout(&o), "", "{}", ex.display());
+    }
+    // All at once, with relative paths as a person would type them.
+    let rel: Vec<String> = examples()
+        .iter()
+        .map(|p| format!("examples/{}", p.file_name().unwrap().to_str().unwrap()))
+        .collect();
+    let mut args = vec!["check"];
+    args.extend(rel.iter().map(String::as_str));
+    let o = kiln(&args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+}
+
+#[test]
+fn an_error_exits_1_and_names_its_code() {
+    let p = temp("error", "bad.kiln", UNKNOWN_NAME.as_bytes());
+    let o = kiln(&["check", "--color", "never", s(&p)]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("error[E0201]"), "{err}");
+    assert!(err.contains("bad.kiln:4:7"), "points at the name: {err}");
+    assert!(err.contains("found 1 error"), "{err}");
+    assert_eq!(stdout(&o), "");
+    // Colors only when asked for.
+    assert!(!err.contains('\x1b'), "no ANSI escapes with --color never");
+    let o = kiln(&["check", "--color", "always", s(&p)]);
+    assert!(
+        stderr(&o).contains('\x1b'),
+        "ANSI escapes with --color always"
+    );
+}
+
+#[test]
+fn a_syntax_error_exits_1() {
+    let p = temp("syntax", "syntax.kiln", b"model m {\n  h = x |>\n}\n");
+    let o = kiln(&["check", s(&p)]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("E0101"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_non_utf8_file_exits_1_with_e0104() {
+    let p = temp("utf8", "latin1.kiln", b"# caf\xe9\nmodel m {}\n");
+    let o = kiln(&["check", s(&p)]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("E0104"), "{}", stderr(&o));
+}
+
+#[test]
+fn deep_nesting_exits_1_not_a_crash() {
+    let text = format!(
+        "model m {{\n  h = {}x{}\n}}\n",
+        "(".repeat(100_000),
+        ")".repeat(100_000)
+    );
+    let p = temp("deep", "deep.kiln", text.as_bytes());
+    let o = kiln(&["check", s(&p)]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("E0103"));
+}
+
+#[test]
+fn a_missing_file_exits_2_with_one_line_naming_it() {
+    let missing = root().join("no/such/dir/missing.kiln");
+    let o = kiln(&["check", s(&missing)]);
+    assert_eq!(code(&o), 2);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "exactly one line: {err:?}");
+    assert!(err.ends_with('\n'));
+    assert!(err.contains(s(&missing)), "names the path: {err:?}");
+    assert!(err.starts_with("error"), "{err:?}");
+    assert_eq!(stdout(&o), "");
+
+    // Also when it comes after a good file, and for `summary`.
+    let o = kiln(&["check", "examples/xor.kiln", "missing.kiln"]);
+    assert_eq!(code(&o), 2);
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    let o = kiln(&["summary", "missing.kiln"]);
+    assert_eq!(code(&o), 2);
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("missing.kiln"));
+}
+
+#[test]
+fn a_directory_exits_2() {
+    let o = kiln(&["check", "examples"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("examples"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["check", "--bogus", "examples/xor.kiln"][..],
+        &["check"],
+        &["frobnicate"],
+        &[],
+        &["check", "--format", "xml", "examples/xor.kiln"],
+        &["check", "--color", "sometimes", "examples/xor.kiln"],
+    ] {
+        let o = kiln(args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.starts_with("error:") || err.starts_with("Usage:") || err.contains("\nUsage:"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(stdout(&o), "", "{args:?}");
+    }
+    // An unknown flag gets clap's usage line.
+    let o = kiln(&["check", "--bogus", "examples/xor.kiln"]);
+    assert!(stderr(&o).contains("'--bogus'"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Usage: kiln check"), "{}", stderr(&o));
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let o = kiln(&["--help"]);
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains("check"));
+    let o = kiln(&["--version"]);
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains(env!("CARGO_PKG_VERSION")));
+}
+
+// ---------------------------------------------------------------- --format json
+
+fn json(o: &Output) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&stdout(o))
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(o)));
+    v.as_array().expect("a JSON array").clone()
+}
+
+fn assert_diag_fields(d: &Value) {
+    for key in ["code", "severity", "message", "file"] {
+        assert!(d[key].is_string(), "`{key}` is a string: {d}");
+    }
+    for key in ["line", "column"] {
+        assert!(
+            d[key].as_u64().is_some_and(|n| n >= 1),
+            "`{key}` is one-based: {d}"
+        );
+    }
+    let labels = d["labels"].as_array().expect("labels is an array");
+    assert!(!labels.is_empty());
+    for l in labels {
+        for key in ["line", "column", "end_line", "end_column"] {
+            assert!(
+                l[key].as_u64().is_some_and(|n| n >= 1),
+                "label `{key}`: {l}"
+            );
+        }
+        assert!(l["file"].is_string() && l["message"].is_string() && l["primary"].is_boolean());
+    }
+    assert_eq!(
+        labels.iter().filter(|l| l["primary"] == true).count(),
+        1,
+        "one primary label: {d}"
+    );
+}
+
+#[test]
+fn json_reports_an_error() {
+    let p = temp("json", "bad.kiln", UNKNOWN_NAME.as_bytes());
+    let o = kiln(&["check", "--format", "json", s(&p)]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(stderr(&o), "", "JSON mode keeps stderr clean");
+    let diags = json(&o);
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    let d = &diags[0];
+    assert_diag_fields(d);
+    assert_eq!(d["code"], "E0201");
+    assert_eq!(d["severity"], "error");
+    assert!(d["message"].as_str().unwrap().contains("xx"), "{d}");
+    assert!(d["file"].as_str().unwrap().ends_with("bad.kiln"));
+    assert_eq!(d["line"], 4);
+    assert_eq!(d["column"], 7);
+    let l = &d["labels"][0];
+    assert_eq!(
+        (l["line"].as_u64(), l["end_column"].as_u64()),
+        (Some(4), Some(9))
+    );
+}
+
+#[test]
+fn json_reports_warnings_and_clean_files() {
+    let p = temp("json-warn", "lint.kiln", UNUSED.as_bytes());
+    let o = kiln(&["check", "--format", "json", s(&p)]);
+    assert_eq!(code(&o), 0);
+    let diags = json(&o);
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert_diag_fields(&diags[0]);
+    assert_eq!(diags[0]["code"], "W0007");
+    assert_eq!(diags[0]["severity"], "warning");
+
+    let o = kiln(&["check", "--format", "json", "examples/xor.kiln"]);
+    assert_eq!(code(&o), 0);
+    assert!(json(&o).is_empty());
+}
+
+#[test]
+fn json_is_valid_for_awkward_input() {
+    // Quotes, backslashes, control characters and non-ASCII in names and messages.
+    let p = temp(
+        "json-odd",
+        "odd \"name\".kiln",
+        "model m {\n  input x: [N, 4]\n  h = x |> dense(\"a\\\\b\t\u{e9}\u{1F600}\")\n}\n"
+            .as_bytes(),
+    );
+    let o = kiln(&["check", "--format", "json", s(&p)]);
+    assert_eq!(code(&o), 1);
+    let diags = json(&o);
+    assert!(!diags.is_empty());
+    for d in &diags {
+        assert_diag_fields(d);
+        assert!(d["file"].as_str().unwrap().ends_with("odd \"name\".kiln"));
+    }
+    // A non-UTF-8 file: the E0104 diagnostic is JSON as well.
+    let p = temp("json-odd", "latin1.kiln", b"model \xe9 {}\n");
+    let o = kiln(&["check", "--format", "json", s(&p)]);
+    assert_eq!(code(&o), 1);
+    let diags = json(&o);
+    assert_eq!(diags[0]["code"], "E0104");
+    assert_eq!(
+        (diags[0]["line"].as_u64(), diags[0]["column"].as_u64()),
+        (Some(1), Some(7))
+    );
+}
+
+// ---------------------------------------------------------------- lint levels
+
+#[test]
+fn a_lint_warns_and_exits_0() {
+    let p = temp("lint", "lint.kiln", UNUSED.as_bytes());
+    let o = kiln(&["check", s(&p)]);
+    assert_eq!(code(&o), 0);
+    let err = stderr(&o);
+    assert!(err.contains("warning[W0007]"), "{err}");
+    assert!(err.contains("1 warning emitted"), "{err}");
+}
+
+#[test]
+fn deny_warnings_makes_a_lint_an_error() {
+    let p = temp("deny", "lint.kiln", UNUSED.as_bytes());
+    for deny in ["warnings", "W0007", "unused"] {
+        let o = kiln(&["check", "--deny", deny, s(&p)]);
+        assert_eq!(code(&o), 1, "--deny {deny}");
+        let err = stderr(&o);
+        assert!(err.contains("error[W0007]"), "--deny {deny}: {err}");
+        assert!(err.contains("denied on the command line"), "{err}");
+    }
+    // Denying another lint leaves this one a warning.
+    let o = kiln(&["check", "--deny", "W0003", s(&p)]);
+    assert_eq!(code(&o), 0);
+    // JSON shows the new severity.
+    let o = kiln(&["check", "--deny", "warnings", "--format", "json", s(&p)]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(json(&o)[0]["severity"], "error");
+}
+
+#[test]
+fn allow_silences_a_lint() {
+    let p = temp("allow", "lint.kiln", UNUSED.as_bytes());
+    for allow in ["W0007", "w0007", "unused"] {
+        let o = kiln(&["check", "--allow", allow, s(&p)]);
+        assert_eq!(code(&o), 0, "--allow {allow}");
+        assert_eq!(stderr(&o), "", "--allow {allow}");
+    }
+    // Allowing does not hide errors.
+    let bad = temp("allow", "bad.kiln", UNKNOWN_NAME.as_bytes());
+    let o = kiln(&["check", "--allow", "warnings", s(&bad)]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("E0201"));
+}
+
+// ---------------------------------------------------------------- summary
+
+#[test]
+fn summary_of_digits_mlp() {
+    // examples/digits_mlp.kiln: 64 → dense(128) → relu → dense(64) → relu → dense(10).
+    let src = std::fs::read_to_string(root().join("examples/digits_mlp.kiln")).unwrap();
+    for needle in ["[N, 64]", "dense(128)", "dense(64)", "dense(10)"] {
+        assert!(
+            src.contains(needle),
+            "the example changed: {needle} is gone"
+        );
+    }
+    let trainable = (64 * 128 + 128) + (128 * 64 + 64) + (64 * 10 + 10);
+    assert_eq!(trainable, 17_226);
+
+    let o = kiln(&["summary", "examples/digits_mlp.kiln"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    let out = stdout(&o);
+    for name in ["logits.dense.0", "logits.dense.1", "logits.dense.2"] {
+        assert!(out.contains(name), "{name} missing:\n{out}");
+    }
+    let totals = out
+        .lines()
+        .find(|l| l.starts_with("Trainable params:"))
+        .unwrap_or_else(|| panic!("no totals line:\n{out}"));
+    assert!(totals.ends_with("17,226"), "{totals}");
+    // Per-layer counts, too.
+    for count in ["8,320", "8,256", "650"] {
+        assert!(out.contains(count), "{count} missing:\n{out}");
+    }
+}
+
+#[test]
+fn summary_of_every_example_exits_0() {
+    for ex in examples() {
+        let o = kiln(&["summary", s(&ex)]);
+        assert_eq!(code(&o), 0, "{}: {}", ex.display(), stderr(&o));
+        assert!(stdout(&o).contains("Trainable params:"), "{}", ex.display());
+    }
+}
+
+#[test]
+fn summary_errors() {
+    let bad = temp("summary", "bad.kiln", UNKNOWN_NAME.as_bytes());
+    let o = kiln(&["summary", s(&bad)]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("E0201"));
+    assert_eq!(stdout(&o), "");
+
+    let o = kiln(&["summary", "--model", "nope", "examples/xor.kiln"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("E0208"), "{}", stderr(&o));
+
+    let empty = temp("summary", "empty.kiln", b"# nothing here\n");
+    let o = kiln(&["check", s(&empty)]);
+    assert_eq!(code(&o), 0, "an empty file is a valid file: {}", stderr(&o));
+    let o = kiln(&["summary", s(&empty)]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("E0211"), "{}", stderr(&o));
+}
+
+// ---------------------------------------------------------------- explain
+
+#[test]
+fn explain_a_code() {
+    let o = kiln(&["explain", "E0301"]);
+    assert_eq!(code(&o), 0);
+    let out = stdout(&o);
+    assert!(out.starts_with("E0301: shapes do not broadcast"), "{out}");
+    assert!(out.contains("broadcast as NumPy does"), "{out}");
+    assert_eq!(stderr(&o), "");
+
+    // Lints by code and by name.
+    for q in ["W0007", "unused", "e0301"] {
+        let o = kiln(&["explain", q]);
+        assert_eq!(code(&o), 0, "explain {q}: {}", stderr(&o));
+        assert!(!stdout(&o).is_empty());
+    }
+}
+
+#[test]
+fn explain_an_unknown_code_exits_2() {
+    let o = kiln(&["explain", "E9999"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("E9999"), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+}
+
+#[test]
+fn explain_lists_every_code() {
+    let o = kiln(&["explain"]);
+    assert_eq!(code(&o), 0);
+    let out = stdout(&o);
+    for c in kiln::diag::CODES {
+        assert!(out.contains(c.code), "{} is not listed", c.code);
+    }
+    // Every listed code explains itself.
+    for c in kiln::diag::CODES {
+        let o = kiln(&["explain", c.code]);
+        assert_eq!(code(&o), 0, "{}", c.code);
+    }
+}
