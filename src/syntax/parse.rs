@@ -150,14 +150,40 @@ fn describe_found(text: &str, pos: usize) -> String {
     format!("`{}`", c.escape_debug())
 }
 
+/// Where to report a parse error. The expected tokens are those of the furthest position
+/// any attempt reached; when the parser got there only by skipping line breaks, the
+/// error belongs at the end of the line before them.
+fn error_position(text: &str, located: usize, furthest: Option<usize>) -> usize {
+    let located = located.min(text.len());
+    let Some(max) = furthest.map(|m| m.min(text.len())).filter(|m| *m > located) else {
+        return located;
+    };
+    let mut pos = max;
+    let trimmed = text[..max].trim_end().len();
+    if text[trimmed..max].contains('\n') {
+        pos = trimmed.max(located);
+    }
+    if matches!(text[pos..].chars().next(), Some(' ' | '\t')) {
+        return located;
+    }
+    pos
+}
+
+/// A string starting at `pos` that does not close on its line: its start and length.
+fn unterminated_string(text: &str, pos: usize) -> Option<(usize, usize)> {
+    let rest = &text[pos..];
+    let line = rest.split('\n').next().unwrap_or("").trim_end_matches('\r');
+    (line.starts_with('"') && !line[1..].contains('"')).then_some((pos, line.len()))
+}
+
 const KEYWORDS: &[&str] = &["model", "block", "train", "use"];
 
 fn syntax_error(text: &str, file: FileId, e: &pest::error::Error<Rule>) -> Diagnostic {
-    let pos = match e.location {
+    let located = match e.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
-    }
-    .min(text.len());
+    };
+    let pos = error_position(text, located, e.parse_attempts().map(|a| a.max_position));
     let mut expected: BTreeSet<String> = BTreeSet::new();
     if let Some(attempts) = e.parse_attempts() {
         for tok in attempts.expected_tokens() {
@@ -204,7 +230,6 @@ fn syntax_error(text: &str, file: FileId, e: &pest::error::Error<Rule>) -> Diagn
     list.sort_by_key(|s| (s == "end of line", !s.starts_with('`'), s.clone()));
     let found = describe_found(text, pos);
     let rest = &text[pos..];
-    let line_rest = rest.split('\n').next().unwrap_or("");
     let at_eol = found == "end of line" || found == "end of file";
     // At the end of a line, point just after the last token rather than at the newline.
     let span = if at_eol {
@@ -216,11 +241,13 @@ fn syntax_error(text: &str, file: FileId, e: &pest::error::Error<Rule>) -> Diagn
         };
         Span::new(file, pos, pos + len)
     };
-    if rest.starts_with('"') && !line_rest[1..].contains('"') {
+    if let Some((start, len)) = unterminated_string(text, located.min(text.len()))
+        .or_else(|| unterminated_string(text, pos))
+    {
         return Diagnostic::error(
             "E0101",
             "unterminated string",
-            Span::new(file, pos, pos + line_rest.len()),
+            Span::new(file, start, start + len),
         )
         .primary_label("this string has no closing `\"` on its line");
     }
