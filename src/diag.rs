@@ -278,6 +278,9 @@ codes! {
     "W0007" "unused" "value does not reach the loss or an output"
         "The binding, layer or input is computed but never contributes to the loss or an \
          output: its parameters would never train. Remove it or connect it.";
+    "W0008" "unknown_lint" "unknown lint in `allow`"
+        "An `allow` statement names a code or lint that does not exist, so it silences \
+         nothing. `kiln explain` lists the lints with their codes and names.";
 }
 
 /// Looks up a code (`E0301`, `w0003`) or a lint name (`unused`).
@@ -421,15 +424,25 @@ pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
+    let candidates: Vec<&str> = candidates.into_iter().filter(|c| *c != name).collect();
+    let lower = name.to_ascii_lowercase();
+    // Names from other frameworks first (`Dense`, `swish`, `batch_size`), then spelling.
+    if let Some((_, ours)) = SYNONYMS.iter().find(|(theirs, _)| *theirs == lower) {
+        if candidates.contains(ours) {
+            return Some(ours.to_string());
+        }
+    }
+    if let Some(c) = candidates.iter().find(|c| c.eq_ignore_ascii_case(name)) {
+        return Some(c.to_string());
+    }
     let mut best: Option<(&str, f64)> = None;
     for c in candidates {
-        if c == name {
-            continue;
-        }
-        let d = strsim::damerau_levenshtein(name, c);
-        let limit = (name.chars().count().max(3) / 3).max(1);
+        let d = strsim::damerau_levenshtein(&lower, c);
+        // A one-letter name is too short for a spelling guess to mean anything.
+        let len = name.chars().count();
+        let limit = if len < 2 { 0 } else { (len / 3).max(1) };
         if d <= limit {
-            let score = d as f64 - strsim::jaro_winkler(name, c);
+            let score = d as f64 - strsim::jaro_winkler(&lower, c);
             if best.is_none_or(|(_, s)| score < s) {
                 best = Some((c, score));
             }
@@ -437,3 +450,72 @@ pub fn did_you_mean<'a>(
     }
     best.map(|(c, _)| c.to_string())
 }
+
+/// Words other frameworks and papers use for what Kiln calls otherwise.
+const SYNONYMS: &[(&str, &str)] = &[
+    ("linear", "dense"),
+    ("fc", "dense"),
+    ("conv", "conv2d"),
+    ("conv2", "conv2d"),
+    ("convolution2d", "conv2d"),
+    ("batch_norm", "batchnorm"),
+    ("batchnorm1d", "batchnorm"),
+    ("batchnorm2d", "batchnorm"),
+    ("batchnormalization", "batchnorm"),
+    ("layer_norm", "layernorm"),
+    ("layernormalization", "layernorm"),
+    ("max_pool2d", "maxpool2d"),
+    ("maxpooling2d", "maxpool2d"),
+    ("max_pool1d", "maxpool1d"),
+    ("avg_pool2d", "avgpool2d"),
+    ("averagepooling2d", "avgpool2d"),
+    ("adaptiveavgpool2d", "global_avgpool"),
+    ("globalaveragepooling2d", "global_avgpool"),
+    ("swish", "silu"),
+    ("leakyrelu", "leaky_relu"),
+    ("logsoftmax", "log_softmax"),
+    ("crossentropy", "cross_entropy"),
+    ("categorical_crossentropy", "cross_entropy"),
+    ("sparse_categorical_crossentropy", "cross_entropy"),
+    ("crossentropyloss", "cross_entropy"),
+    ("nll_loss", "cross_entropy"),
+    ("binary_crossentropy", "bce"),
+    ("bce_with_logits", "bce"),
+    ("bcewithlogitsloss", "bce"),
+    ("mean_squared_error", "mse"),
+    ("mseloss", "mse"),
+    ("mean_absolute_error", "mae"),
+    ("smooth_l1", "huber"),
+    ("cat", "concat"),
+    ("concatenate", "concat"),
+    ("view", "reshape"),
+    ("kaiming", "he"),
+    ("kaiming_normal", "he"),
+    ("glorot", "xavier"),
+    ("glorot_uniform", "xavier"),
+    ("xavier_uniform", "xavier"),
+    ("learning_rate", "lr"),
+    ("kernel_size", "k"),
+    ("kernel", "k"),
+    ("padding", "pad"),
+    ("strides", "stride"),
+    ("filters", "out"),
+    ("out_channels", "out"),
+    ("hidden_size", "h"),
+    ("hidden", "h"),
+    ("num_embeddings", "vocab"),
+    ("embedding_dim", "dim"),
+    ("rate", "p"),
+    ("use_bias", "bias"),
+    ("keepdim", "keepdims"),
+    ("dim", "axis"),
+    ("batch_size", "batch"),
+    ("epoch", "epochs"),
+    ("num_epochs", "epochs"),
+    ("acc", "accuracy"),
+    ("f1_score", "f1"),
+    ("val_acc", "val_accuracy"),
+    ("val_accuracy_score", "val_accuracy"),
+    ("clipnorm", "clip"),
+    ("weight_decay", "l2"),
+];

@@ -499,6 +499,19 @@ pub struct Binding {
     pub span: Span,
 }
 
+/// A binding inside one instance of a block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockBinding {
+    /// The name inside the block.
+    pub name: String,
+    /// Its node in this instance.
+    pub node: NodeId,
+    /// The name's span in the block body.
+    pub span: Span,
+    /// The node the instance returns.
+    pub ret: NodeId,
+}
+
 /// A model after checking.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckedModel {

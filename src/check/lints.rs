@@ -9,13 +9,17 @@ use crate::span::Span;
 pub const SATURATING_DEPTH: usize = 5;
 
 /// Runs every lint over a checked model.
-pub fn lint_model(m: &CheckedModel, unused_layers: &[(String, Span)]) -> Vec<Diagnostic> {
+pub fn lint_model(
+    m: &CheckedModel,
+    unused_layers: &[(String, Span)],
+    block_bindings: &[BlockBinding],
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     symmetric_init(m, &mut out);
     loss_inputs(m, &mut out);
     saturating_stack(m, &mut out);
     dropout_before_batchnorm(m, &mut out);
-    unused(m, unused_layers, &mut out);
+    unused(m, unused_layers, block_bindings, &mut out);
     out
 }
 
@@ -152,7 +156,12 @@ fn dropout_before_batchnorm(m: &CheckedModel, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn unused(m: &CheckedModel, unused_layers: &[(String, Span)], out: &mut Vec<Diagnostic>) {
+fn unused(
+    m: &CheckedModel,
+    unused_layers: &[(String, Span)],
+    block_bindings: &[BlockBinding],
+    out: &mut Vec<Diagnostic>,
+) {
     let mut live = vec![false; m.nodes.len()];
     let mut stack: Vec<NodeId> = m.outputs.iter().map(|o| o.node).chain(m.loss).collect();
     while let Some(n) = stack.pop() {
@@ -195,6 +204,22 @@ fn unused(m: &CheckedModel, unused_layers: &[(String, Span)], out: &mut Vec<Diag
                 "remove it, or name it as a result: `output {}`",
                 b.name
             )),
+        );
+    }
+    // Inside a block: dead in an instance whose result is used (a dead result is
+    // reported where the block is used).
+    for b in block_bindings
+        .iter()
+        .filter(|b| live[b.ret] && !live[b.node])
+    {
+        out.push(
+            Diagnostic::warning(
+                "W0007",
+                format!("`{}` does not reach the block's result", b.name),
+                b.span,
+            )
+            .primary_label("computed but never used")
+            .with_help("remove it, or use it in the block's `return`"),
         );
     }
     for (name, span) in unused_layers {

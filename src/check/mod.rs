@@ -128,7 +128,7 @@ pub fn check_file(sources: &mut Sources, file: FileId, levels: &LintLevels) -> C
             continue;
         }
         let r = model::check_model(decl, &blocks);
-        let failed = !r.errors.is_empty();
+        let failed = r.errors.iter().any(Diagnostic::is_error);
         diags.extend(
             r.errors
                 .into_iter()
@@ -137,7 +137,7 @@ pub fn check_file(sources: &mut Sources, file: FileId, levels: &LintLevels) -> C
         let mut m = r.model;
         if !failed {
             he_before_relu(&mut m);
-            for w in lints::lint_model(&m, &r.unused_layers) {
+            for w in lints::lint_model(&m, &r.unused_layers, &r.block_bindings) {
                 if !r.allowed.iter().any(|a| a == w.code) {
                     diags.push(w);
                 }

@@ -41,6 +41,8 @@ struct LayerVal {
     used: bool,
     /// Layer instances created by its uses.
     layers: Vec<LayerId>,
+    /// For a shared block: the input type and span of its first use.
+    block_input: Option<(Ty, Span)>,
 }
 
 /// What is visible while elaborating a model or block body.
@@ -54,6 +56,29 @@ struct Scope {
     shared: bool,
     /// Layer values declared in this body.
     layer_vals: HashMap<String, usize>,
+    /// Every name the body defines, with where, to explain uses before definitions.
+    later: HashMap<String, Span>,
+}
+
+/// The names a body defines and where.
+fn definitions(body: &[Stmt]) -> HashMap<String, Span> {
+    let mut out = HashMap::new();
+    for stmt in body {
+        let name = match stmt {
+            Stmt::Input { name, .. }
+            | Stmt::Target { name, .. }
+            | Stmt::Let { name, .. }
+            | Stmt::Layer { name, .. } => name,
+            Stmt::Output {
+                name,
+                value: Some(_),
+                ..
+            } => name,
+            _ => continue,
+        };
+        out.entry(name.name.clone()).or_insert(name.span);
+    }
+    out
 }
 
 /// Naming of the layers created by one statement.
@@ -73,6 +98,8 @@ pub struct ModelResult {
     pub allowed: Vec<String>,
     /// Spans of `layer` values never used (name, span).
     pub unused_layers: Vec<(String, Span)>,
+    /// Bindings inside block instances.
+    pub block_bindings: Vec<BlockBinding>,
     /// Nodes created inside block bodies (not model-level bindings).
     pub errors: Vec<Diagnostic>,
 }
@@ -100,6 +127,7 @@ pub fn check_model(decl: &ast::ModelDecl, blocks: &HashMap<String, ast::BlockDec
         layer_vals: vec![],
         block_stack: vec![],
         block_uses: 0,
+        block_bindings: vec![],
         binding_layers: HashMap::new(),
         allowed: vec![],
         batch_span: None,
@@ -110,6 +138,7 @@ pub fn check_model(decl: &ast::ModelDecl, blocks: &HashMap<String, ast::BlockDec
         prefix: String::new(),
         shared: false,
         layer_vals: HashMap::new(),
+        later: definitions(&decl.body),
     };
     let mut regularizers = Vec::new();
     let mut loss_span: Option<Span> = None;
@@ -223,6 +252,7 @@ pub fn check_model(decl: &ast::ModelDecl, blocks: &HashMap<String, ast::BlockDec
         model: e.m,
         allowed: e.allowed,
         unused_layers,
+        block_bindings: e.block_bindings,
         errors: e.diags,
     }
 }
@@ -236,6 +266,8 @@ struct Elab<'a> {
     block_stack: Vec<String>,
     /// Block instances created so far (bounded by [`MAX_BLOCK_USES`]).
     block_uses: usize,
+    /// Bindings inside block instances, for the unused-value lint.
+    block_bindings: Vec<BlockBinding>,
     binding_layers: HashMap<String, Vec<LayerId>>,
     allowed: Vec<String>,
     batch_span: Option<Span>,
@@ -272,12 +304,12 @@ impl Elab<'_> {
                 _ => {
                     let lint_names = crate::diag::CODES.iter().filter(|c| !c.lint.is_empty());
                     let mut d =
-                        Diagnostic::error("E0201", format!("unknown lint `{}`", l.name), l.span)
+                        Diagnostic::warning("W0008", format!("unknown lint `{}`", l.name), l.span)
                             .primary_label("not a lint code or name");
                     if let Some(s) = did_you_mean(&l.name, lint_names.map(|c| c.lint)) {
                         d = d.with_help(format!("did you mean `{s}`?"));
                     } else {
-                        d = d.with_help("`kiln explain` lists the lints (W0001 to W0007)");
+                        d = d.with_help("`kiln explain` lists the lints");
                     }
                     self.diags.push(d);
                 }
@@ -601,6 +633,7 @@ impl Elab<'_> {
             name_span: name.span,
             used: false,
             layers: vec![],
+            block_input: None,
         });
         scope
             .layer_vals
@@ -722,6 +755,18 @@ impl Elab<'_> {
                     name.span,
                 )
                 .with_help(format!("apply it: `x |> {}`", name.name)),
+            );
+        }
+        if let Some(&def) = scope.later.get(&name.name) {
+            return self.err(
+                Diagnostic::error(
+                    "E0201",
+                    format!("`{}` is used before it is defined", name.name),
+                    name.span,
+                )
+                .primary_label("used here")
+                .with_label(def, "defined later here")
+                .with_help("statements run in order: move the definition above this use"),
             );
         }
         let mut d = Diagnostic::error(
@@ -1223,6 +1268,26 @@ impl Elab<'_> {
                     call.span,
                 ));
             }
+            // One set of parameters: every use must see the same input type.
+            if let Some((Val::Node(n), span)) = &first {
+                let ty = self.m.nodes[*n].ty.clone();
+                match &self.layer_vals[lv].block_input {
+                    Some((first_ty, first_span)) if *first_ty != ty && ty != Ty::Error => {
+                        let msg = format!(
+                            "shared block `{}` is applied to {ty}, but earlier to {first_ty}",
+                            decl.prefix
+                        );
+                        return self.err(
+                            Diagnostic::error("E0314", msg, *span)
+                                .primary_label(format!("{ty}"))
+                                .with_label(*first_span, format!("first applied to {first_ty}"))
+                                .with_help("declare a second `layer` for inputs of this shape"),
+                        );
+                    }
+                    Some(_) => {}
+                    None => self.layer_vals[lv].block_input = Some((ty, *span)),
+                }
+            }
             return self.apply_block(scope, naming, &fake, first, Some(decl.prefix.clone()));
         }
         if operands.len() != 1 {
@@ -1407,17 +1472,19 @@ impl Elab<'_> {
                 scope.shared,
             ),
         };
+        let block = self.blocks[&call.callee.name].clone();
         let mut inner = Scope {
             values,
             syms,
             prefix,
             shared,
             layer_vals: HashMap::new(),
+            later: definitions(&block.body),
         };
-        let block = self.blocks[&call.callee.name].clone();
         self.block_stack.push(name.clone());
         let first_layer = self.m.layers.len();
         let mut result = None;
+        let mut inner_bindings = Vec::new();
         for stmt in &block.body {
             match stmt {
                 Stmt::Let {
@@ -1426,7 +1493,10 @@ impl Elab<'_> {
                     value,
                     ..
                 } => {
-                    self.binding(&mut inner, name, annotation.as_ref(), value, false);
+                    let v = self.binding(&mut inner, name, annotation.as_ref(), value, false);
+                    if let Val::Node(n) = v {
+                        inner_bindings.push((name.name.clone(), n, name.span));
+                    }
                 }
                 Stmt::Layer { name, value, span } => {
                     self.layer_decl(&mut inner, name, value, *span)
@@ -1465,6 +1535,16 @@ impl Elab<'_> {
         }
         self.block_stack.pop();
         naming.created.extend(first_layer..self.m.layers.len());
+        if let Some(Val::Node(ret)) = result {
+            for (name, node, span) in inner_bindings {
+                self.block_bindings.push(BlockBinding {
+                    name,
+                    node,
+                    span,
+                    ret,
+                });
+            }
+        }
         match result {
             Some(v) => v,
             None => self.err(
