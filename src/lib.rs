@@ -6,3 +6,4 @@ pub mod diag;
 pub mod span;
 pub mod summary;
 pub mod syntax;
+pub mod runtime;

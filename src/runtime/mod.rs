@@ -1,0 +1,7 @@
+//! The training runtime: data, randomness, parameters, optimizers, the training loop,
+//! metrics and checkpoints. Execution itself is a backend's job (the interpreter today).
+
+pub mod checkpoint;
+pub mod data;
+pub mod metrics;
+pub mod rng;
