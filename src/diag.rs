@@ -252,6 +252,28 @@ codes! {
          is zero almost everywhere.";
     "E0405" "" "data file not found"
         "A `data` path of a train block does not exist. Paths are relative to the model file.";
+    "E0406" "" "layer cannot run yet"
+        "The model is well formed, but a layer in it has no implementation in this version's \
+         runtime. `kiln check` and `kiln summary` work for it; training and prediction do not \
+         yet.";
+    "E0500" "" "cannot read data file"
+        "The data file could not be opened or read. The message gives the operating system's \
+         reason.";
+    "E0501" "" "malformed data"
+        "A data file cannot be parsed: a cell is not a number, the file has no rows, or its \
+         format is unknown (Kiln reads .csv with a header, .npy and .npz).";
+    "E0502" "" "data width does not match the model"
+        "The number of columns differs from what the model's inputs and targets need, or a row \
+         has a different number of fields than the header. The message gives the expected and \
+         the found counts.";
+    "E0503" "" "bad class label"
+        "A class label is not an integer in 0..K for a target declared `class[N] of K`.";
+    "E0504" "" "missing data"
+        "A column or array the model needs is not in the file (e.g. an .npz without the key of \
+         an input), or the format cannot hold what is needed.";
+    "E0505" "" "data shape does not match the model"
+        "An array has a different shape than the model's input or target, or inputs and targets \
+         have different numbers of rows.";
     "W0001" "symmetric_init" "symmetric weight initialization"
         "All weights start equal (zeros, ones or a constant), so every unit of the layer \
          computes the same function and receives the same gradient: symmetry is never broken \

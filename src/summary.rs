@@ -1,7 +1,7 @@
 //! `kiln summary`: a Keras-style table of a checked model.
 
 use crate::check::graph::{CheckedModel, Op, ParamRole, Ty};
-use crate::check::shape::matmul;
+use crate::ir::shape::matmul;
 use crate::syntax::ast::BinOp;
 use std::collections::HashSet;
 use std::fmt::Write;

@@ -194,6 +194,9 @@ fn ui() {
     let missing: Vec<&str> = CODES
         .iter()
         .map(|c| c.code)
+        // Data errors (E05xx) and what the runtime cannot run yet (E0406) never come from
+        // `kiln check`; tests/data.rs and tests/train.rs cover them.
+        .filter(|code| !code.starts_with("E05") && *code != "E0406")
         .filter(|code| !all_expected.contains(&format!("[{code}]")))
         .collect();
     if !missing.is_empty() {

@@ -2,8 +2,8 @@
 //! initializer calls, block symbols) and binding them to a signature.
 
 use super::catalog::Def;
-use super::shape::{Dim, MAX_DIM};
 use crate::diag::{did_you_mean, Diagnostic};
+use crate::ir::shape::{Dim, MAX_DIM};
 use crate::span::Span;
 use crate::syntax::ast::{BinOp, Expr, ExprKind, Ident};
 use std::collections::HashMap;

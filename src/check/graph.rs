@@ -2,7 +2,7 @@
 //! span on every node, the parameter table, and the model's outputs, loss and
 //! regularizers. This is what the checker produces and what lowering to the IR consumes.
 
-use super::shape::Shape;
+use crate::ir::shape::Shape;
 use crate::span::Span;
 
 /// Index of a node in [`CheckedModel::nodes`].
@@ -313,28 +313,7 @@ pub enum ReduceKind {
     Min,
 }
 
-/// Losses (LANGUAGE.md §8). Each is a mean over the batch and other non-class dims.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum LossKind {
-    /// |pred − y|.
-    Mae,
-    /// (pred − y)².
-    Mse,
-    /// Huber with this delta.
-    Huber(f64),
-    /// exp(−y·score).
-    Exponential,
-    /// max(0, 1 − y·score), or multi-class hinge with labels.
-    Hinge,
-    /// Softmax cross-entropy with label smoothing.
-    CrossEntropy(f64),
-    /// Sigmoid binary cross-entropy.
-    Bce,
-    /// Focal loss (gamma, alpha).
-    Focal(f64, f64),
-    /// Fraction misclassified (a metric).
-    ZeroOne,
-}
+pub use crate::ir::op::LossKind;
 
 /// A node's operation.
 #[derive(Clone, Debug, PartialEq)]

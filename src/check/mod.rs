@@ -6,7 +6,7 @@ pub mod catalog;
 pub mod graph;
 pub mod lints;
 mod model;
-pub mod shape;
+
 pub mod train;
 
 pub use graph::CheckedModel;

@@ -4,8 +4,8 @@
 use super::args::{bind, bind_call, eval, Bound, CVal, Const};
 use super::catalog::{self, Kind, Sig, MANY};
 use super::graph::*;
-use super::shape::{broadcast, matmul, window_out, Dim, Shape, MAX_DIM};
 use crate::diag::{did_you_mean, Diagnostic};
+use crate::ir::shape::{broadcast, matmul, window_out, Dim, Shape, MAX_DIM};
 use crate::span::Span;
 use crate::syntax::ast::{self, BinOp, Expr, ExprKind, Stmt, TypeExpr};
 use std::collections::{HashMap, HashSet};

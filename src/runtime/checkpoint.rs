@@ -1,1 +1,399 @@
-//! Being written (see the runtime module docs).
+//! Checkpoints: named f32 tensors and string metadata in a safetensors file.
+//!
+//! Saving is atomic: the file is written to `<path>.tmp-<pid>` next to the target,
+//! flushed and fsynced, then renamed over the target (and the directory fsynced on Unix),
+//! so a reader, or a run killed mid-write, sees either the previous complete checkpoint
+//! or the new one, never a partial file.
+//!
+//! Loading accepts files exported from other frameworks: F64, F16, BF16 and integer
+//! tensors are converted to f32. Every malformed file is an error, never a panic.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, IxDyn};
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use sha2::{Digest, Sha256};
+
+/// A checkpoint: named f32 tensors and string metadata.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Checkpoint {
+    /// The tensors, by name.
+    pub tensors: BTreeMap<String, ArrayD<f32>>,
+    /// Free-form string metadata (model hash, step, ...), stored in the safetensors header.
+    pub meta: BTreeMap<String, String>,
+}
+
+/// Errors reading a checkpoint; `Display` names the file.
+#[derive(Debug)]
+pub enum CheckpointError {
+    /// The file could not be read.
+    Io {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The file was read but is not a checkpoint Kiln can load: not a safetensors file,
+    /// or a tensor of a dtype that cannot be converted to f32.
+    Format {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl fmt::Display for CheckpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointError::Io { path, source } => {
+                write!(f, "cannot read checkpoint `{}`: {source}", path.display())
+            }
+            CheckpointError::Format { path, message } => {
+                write!(
+                    f,
+                    "`{}` is not a valid checkpoint: {message}",
+                    path.display()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for CheckpointError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CheckpointError::Io { source, .. } => Some(source),
+            CheckpointError::Format { .. } => None,
+        }
+    }
+}
+
+/// The key safetensors reserves for the header's metadata.
+const METADATA_KEY: &str = "__metadata__";
+
+/// One f32 tensor, serialized little-endian in logical (row-major) order.
+struct F32Bytes {
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &F32Bytes {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+impl Checkpoint {
+    /// An empty checkpoint.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The file's bytes in safetensors format.
+    fn to_bytes(&self) -> io::Result<Vec<u8>> {
+        if self.tensors.contains_key(METADATA_KEY) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a tensor cannot be named `{METADATA_KEY}` in a safetensors file"),
+            ));
+        }
+        let views: Vec<(&str, F32Bytes)> = self
+            .tensors
+            .iter()
+            .map(|(name, array)| {
+                let mut bytes = Vec::with_capacity(array.len() * 4);
+                for value in array.iter() {
+                    bytes.extend_from_slice(&value.to_le_bytes());
+                }
+                let view = F32Bytes {
+                    shape: array.shape().to_vec(),
+                    bytes,
+                };
+                (name.as_str(), view)
+            })
+            .collect();
+        let meta: Option<HashMap<String, String>> = if self.meta.is_empty() {
+            None
+        } else {
+            Some(
+                self.meta
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
+        };
+        safetensors::serialize(views.iter().map(|(name, view)| (*name, view)), meta)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    }
+
+    /// Writes to `<path>.tmp-<pid>` in the same directory, flushes and fsyncs it, then
+    /// renames it over `path` (and fsyncs the directory on Unix), so a reader — or a run
+    /// killed mid-write — always sees either the previous complete checkpoint or the new
+    /// one, never a partial file.
+    ///
+    /// A stale temporary file left by an earlier crashed run with the same pid is
+    /// overwritten. On error the temporary file is removed and `path` is untouched.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let bytes = self.to_bytes()?;
+        let tmp = temp_path(path);
+        let written = (|| {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.flush()?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        sync_dir(path)
+    }
+
+    /// Reads a safetensors file. F32 tensors load as is; F64, F16, BF16 and integer
+    /// tensors are converted to f32 (files exported from other frameworks); anything else
+    /// is a Format error naming the tensor.
+    pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes).map_err(|message| CheckpointError::Format {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses the bytes of a safetensors file.
+    fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, String> {
+        let (header_len, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| format!("not a safetensors file ({e})"))?;
+        // `read_metadata` has checked that the offsets tile the data exactly.
+        let data = bytes.get(8 + header_len..).unwrap_or(&[]);
+        let mut checkpoint = Checkpoint::new();
+        if let Some(meta) = header.metadata() {
+            checkpoint.meta = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        // Sorted, so that the first problem reported does not depend on hashing.
+        let infos: BTreeMap<String, _> = header.tensors().into_iter().collect();
+        for (name, info) in infos {
+            let (start, end) = info.data_offsets;
+            let raw = data
+                .get(start..end)
+                .ok_or_else(|| format!("tensor `{name}` lies outside the file"))?;
+            let values = to_f32(info.dtype, raw).ok_or_else(|| unsupported(&name, info.dtype))?;
+            let array = ArrayD::from_shape_vec(IxDyn(&info.shape), values).map_err(|e| {
+                format!(
+                    "tensor `{name}` has shape {:?} that does not match its data ({e})",
+                    info.shape
+                )
+            })?;
+            checkpoint.tensors.insert(name, array);
+        }
+        Ok(checkpoint)
+    }
+}
+
+/// `<path>.tmp-<pid>`.
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(format!(".tmp-{}", std::process::id()));
+    PathBuf::from(name)
+}
+
+/// Makes the rename of `path` durable by fsyncing its directory (Unix only).
+#[cfg(unix)]
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(parent_dir(path))?.sync_all()
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+#[cfg(any(unix, test))]
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// Directories cannot be fsynced portably outside Unix; the rename is still atomic.
+#[cfg(not(unix))]
+fn sync_dir(_path: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// The message for a tensor whose dtype cannot be converted.
+fn unsupported(name: &str, dtype: Dtype) -> String {
+    format!(
+        "tensor `{name}` has dtype {dtype:?}, which Kiln cannot convert to f32 \
+         (supported: F32, F64, F16, BF16 and integer tensors)"
+    )
+}
+
+/// Little-endian elements of `dtype` converted to f32; `None` for an unsupported dtype.
+fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    fn each<const N: usize>(data: &[u8], convert: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+        data.chunks_exact(N)
+            .map(|chunk| {
+                let mut bytes = [0u8; N];
+                bytes.copy_from_slice(chunk);
+                convert(bytes)
+            })
+            .collect()
+    }
+    let values = match dtype {
+        Dtype::F32 => each(data, f32::from_le_bytes),
+        Dtype::F64 => each(data, |b| f64::from_le_bytes(b) as f32),
+        Dtype::F16 => each(data, |b| f16_to_f32(u16::from_le_bytes(b))),
+        Dtype::BF16 => each(data, |b| {
+            f32::from_bits(u32::from(u16::from_le_bytes(b)) << 16)
+        }),
+        Dtype::I8 => each(data, |b| f32::from(i8::from_le_bytes(b))),
+        Dtype::U8 => each(data, |b| f32::from(u8::from_le_bytes(b))),
+        Dtype::I16 => each(data, |b| f32::from(i16::from_le_bytes(b))),
+        Dtype::U16 => each(data, |b| f32::from(u16::from_le_bytes(b))),
+        Dtype::I32 => each(data, |b| i32::from_le_bytes(b) as f32),
+        Dtype::U32 => each(data, |b| u32::from_le_bytes(b) as f32),
+        Dtype::I64 => each(data, |b| i64::from_le_bytes(b) as f32),
+        Dtype::U64 => each(data, |b| u64::from_le_bytes(b) as f32),
+        _ => return None,
+    };
+    Some(values)
+}
+
+/// IEEE 754 half precision to single precision (exact).
+fn f16_to_f32(half: u16) -> f32 {
+    let sign = u32::from(half >> 15) << 31;
+    let exponent = u32::from((half >> 10) & 0x1f);
+    let mantissa = u32::from(half & 0x3ff);
+    match exponent {
+        0 => {
+            // Zero or subnormal: mantissa × 2^-24, exactly representable in f32.
+            let magnitude = mantissa as f32 * f32::from_bits(0x3380_0000);
+            if sign != 0 {
+                -magnitude
+            } else {
+                magnitude
+            }
+        }
+        0x1f => f32::from_bits(sign | 0x7f80_0000 | (mantissa << 13)),
+        _ => f32::from_bits(sign | ((exponent + 112) << 23) | (mantissa << 13)),
+    }
+}
+
+/// Compares the tensors a model expects with those present: returns a list of
+/// human-readable problems, each naming the tensor: missing (with the expected shape),
+/// unexpected (with its shape), or mis-shaped (with both shapes; when the file's shape is
+/// the reverse of a 2-D expected one, with a hint to transpose a PyTorch `nn.Linear`
+/// weight). Expected tensors come first, in the given order, then unexpected ones by name.
+/// An empty list means the checkpoint fits.
+pub fn compare(expected: &[(String, Vec<usize>)], found: &Checkpoint) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (name, shape) in expected {
+        if !seen.insert(name.as_str()) {
+            continue;
+        }
+        match found.tensors.get(name) {
+            None => problems.push(format!(
+                "`{name}` is missing from the file (the model needs shape {shape:?})"
+            )),
+            Some(array) if array.shape() != shape.as_slice() => {
+                let actual = array.shape();
+                let mut problem = format!(
+                    "`{name}` has shape {actual:?} in the file but the model needs {shape:?}"
+                );
+                if shape.len() == 2
+                    && actual.len() == 2
+                    && actual[0] == shape[1]
+                    && actual[1] == shape[0]
+                {
+                    problem.push_str(
+                        " (a PyTorch `nn.Linear` weight is stored [out, in]; \
+                         Kiln's dense weight is [in, out]: transpose it)",
+                    );
+                }
+                problems.push(problem);
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, array) in &found.tensors {
+        if !seen.contains(name.as_str()) {
+            problems.push(format!(
+                "`{name}` (shape {:?}) is in the file but the model has no such tensor",
+                array.shape()
+            ));
+        }
+    }
+    problems
+}
+
+/// A stable hex digest (sha256, 64 lowercase hex digits) of a string, for the model hash
+/// stored in checkpoint metadata.
+pub fn digest(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_file_sits_next_to_the_target() {
+        let pid = std::process::id();
+        assert_eq!(
+            temp_path(Path::new("runs/a/model.safetensors")),
+            PathBuf::from(format!("runs/a/model.safetensors.tmp-{pid}"))
+        );
+        assert_eq!(
+            parent_dir(Path::new("runs/a/model.safetensors")),
+            Path::new("runs/a")
+        );
+        assert_eq!(parent_dir(Path::new("model.safetensors")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("/model.safetensors")), Path::new("/"));
+    }
+
+    #[test]
+    fn f16_conversion_is_exact() {
+        // Every finite f16 converts to the value its fields describe.
+        for bits in 0u16..=u16::MAX {
+            let exponent = i32::from((bits >> 10) & 0x1f);
+            let mantissa = f64::from(bits & 0x3ff);
+            let sign = if bits >> 15 == 1 { -1.0 } else { 1.0 };
+            let value = f16_to_f32(bits);
+            match exponent {
+                0 => assert_eq!(f64::from(value), sign * mantissa * 2f64.powi(-24)),
+                0x1f if mantissa == 0.0 => assert_eq!(f64::from(value), sign * f64::INFINITY),
+                0x1f => assert!(value.is_nan()),
+                _ => assert_eq!(
+                    f64::from(value),
+                    sign * (1.0 + mantissa / 1024.0) * 2f64.powi(exponent - 15)
+                ),
+            }
+        }
+    }
+}

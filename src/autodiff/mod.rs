@@ -1,0 +1,253 @@
+//! Reverse-mode automatic differentiation and the training graph: the forward graph is
+//! extended, in the same IR, with the backward pass, gradient clipping and the optimizer
+//! update, so that a backend runs a whole training step as one function.
+
+mod vjp;
+
+pub use vjp::vjp;
+
+use crate::check::train::{Clip, Optimizer};
+use crate::ir::build::Builder;
+use crate::ir::{Binary, DType, Func, Graph, Hyper, NodeId, Op, Slot, Tensor};
+
+/// Adds the gradient of `g.objective` with respect to every trainable parameter to
+/// `g.grads`. Frozen parameters, inputs and targets get no gradient.
+pub fn differentiate(g: &mut Graph) {
+    let Some(objective) = g.objective else { return };
+    // Which nodes depend on a trainable parameter.
+    let mut requires = vec![false; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        requires[i] = match n.op {
+            Op::Param(p) => g.params[p].trainable,
+            _ => n.args.iter().any(|&a| requires[a]),
+        };
+    }
+    let mut grads: Vec<Option<NodeId>> = vec![None; g.nodes.len()];
+    let mut b = Builder::new(g);
+    b.name = "backward".into();
+    grads[objective] = Some(b.constant(1.0));
+    for n in (0..=objective).rev() {
+        let Some(gn) = grads[n] else { continue };
+        if !requires[n] {
+            continue;
+        }
+        b.span = b.g.nodes[n].span;
+        b.name = format!("∂{}", b.g.nodes[n].name);
+        let args = b.g.nodes[n].args.clone();
+        for (arg, ga) in args.iter().zip(vjp(&mut b, n, gn)) {
+            let Some(ga) = ga else { continue };
+            if !requires[*arg] {
+                continue;
+            }
+            grads[*arg] = Some(match grads[*arg] {
+                Some(prev) => b.add(prev, ga),
+                None => ga,
+            });
+        }
+    }
+    for (i, node) in g.nodes.iter().enumerate().take(objective + 1) {
+        if let (Op::Param(p), Some(gr)) = (&node.op, grads[i]) {
+            g.grads.push((*p, gr));
+        }
+    }
+    g.grads.sort_by_key(|(p, _)| *p);
+}
+
+/// Rescales (by norm) or clamps (by value) the gradients in `g.grads`; the threshold is
+/// the run-time hyperparameter [`Hyper::Clip`].
+pub fn clip(g: &mut Graph, clip: Clip) {
+    let grads = g.grads.clone();
+    let mut b = Builder::new(g);
+    b.name = "clip".into();
+    let c = b.hyper(Hyper::Clip);
+    match clip {
+        Clip::Norm(_) => {
+            let mut total: Option<NodeId> = None;
+            for (_, gr) in &grads {
+                let sq = b.map(Func::Square, *gr);
+                let s = b.sum_all(sq);
+                total = Some(match total {
+                    Some(t) => b.add(t, s),
+                    None => s,
+                });
+            }
+            let Some(total) = total else { return };
+            // scale = min(1, c / (‖g‖ + 1e-6)), as torch.nn.utils.clip_grad_norm_.
+            let norm = b.map(Func::Sqrt, total);
+            let tiny = b.constant(1e-6);
+            let denom = b.add(norm, tiny);
+            let ratio = b.div(c, denom);
+            let one = b.constant(1.0);
+            let scale = b.binary(Binary::Min, ratio, one);
+            for (p, gr) in &grads {
+                let clipped = b.mul(*gr, scale);
+                replace_grad(b.g, *p, clipped);
+            }
+        }
+        Clip::Value(_) => {
+            let neg = b.map(Func::Neg, c);
+            for (p, gr) in &grads {
+                let lo = b.binary(Binary::Min, *gr, c);
+                let clipped = b.binary(Binary::Max, lo, neg);
+                replace_grad(b.g, *p, clipped);
+            }
+        }
+    }
+}
+
+fn replace_grad(g: &mut Graph, p: usize, node: NodeId) {
+    if let Some(entry) = g.grads.iter_mut().find(|(q, _)| *q == p) {
+        entry.1 = node;
+    }
+}
+
+/// The optimizer-state tensors of each trainable parameter, with PyTorch's names.
+pub fn state_names(opt: &Optimizer) -> &'static [&'static str] {
+    match opt {
+        Optimizer::Sgd { momentum, .. } if *momentum > 0.0 => &["momentum_buffer"],
+        Optimizer::Sgd { .. } => &[],
+        Optimizer::Adam { .. } => &["exp_avg", "exp_avg_sq"],
+        Optimizer::Rmsprop { momentum, .. } if *momentum > 0.0 => {
+            &["square_avg", "momentum_buffer"]
+        }
+        Optimizer::Rmsprop { .. } => &["square_avg"],
+    }
+}
+
+/// Adds the optimizer update of every parameter that has a gradient to `g.updates`
+/// (and its state tensors to `g.states`). The formulas are PyTorch's `torch.optim`
+/// (single-tensor implementations); every coefficient is a run-time hyperparameter.
+pub fn optimizer_update(g: &mut Graph, opt: &Optimizer) {
+    let grads = g.grads.clone();
+    let names = state_names(opt);
+    for (p, grad) in grads {
+        let pname = g.params[p].tensor.name.clone();
+        let shape = g.params[p].tensor.shape.clone();
+        let first_state = g.states.len();
+        for s in names {
+            g.states.push(Tensor {
+                name: format!("{pname}.{s}"),
+                shape: shape.clone(),
+                dtype: DType::F32,
+            });
+        }
+        let mut b = Builder::new(g);
+        b.name = format!("{pname}.update");
+        let w = b.push(Op::Param(p), vec![], shape.clone());
+        let state =
+            |b: &mut Builder, k: usize| b.push(Op::State(first_state + k), vec![], shape.clone());
+        let lr = b.hyper(Hyper::Lr);
+        let one = b.constant(1.0);
+        // g' = g + wd·w (coupled weight decay), then the rule.
+        let coupled = |b: &mut Builder, grad: NodeId| {
+            let wd = b.hyper(Hyper::WeightDecay);
+            let decay = b.mul(wd, w);
+            b.add(grad, decay)
+        };
+        let mut updates = Vec::new();
+        let step = match opt {
+            Optimizer::Sgd {
+                momentum, nesterov, ..
+            } => {
+                let d = coupled(&mut b, grad);
+                if *momentum > 0.0 {
+                    let mu = b.hyper(Hyper::Momentum);
+                    let buf = state(&mut b, 0);
+                    let kept = b.mul(mu, buf);
+                    let buf2 = b.add(kept, d);
+                    updates.push((Slot::State(first_state), buf2));
+                    if *nesterov {
+                        let ahead = b.mul(mu, buf2);
+                        b.add(d, ahead)
+                    } else {
+                        buf2
+                    }
+                } else {
+                    d
+                }
+            }
+            Optimizer::Adam { decoupled, .. } => {
+                let d = if *decoupled {
+                    grad
+                } else {
+                    coupled(&mut b, grad)
+                };
+                let (b1, b2) = (b.hyper(Hyper::Beta1), b.hyper(Hyper::Beta2));
+                let (m, v) = (state(&mut b, 0), state(&mut b, 1));
+                let m_keep = b.mul(b1, m);
+                let c1 = b.sub(one, b1);
+                let m_new = b.mul(c1, d);
+                let m2 = b.add(m_keep, m_new);
+                let v_keep = b.mul(b2, v);
+                let c2 = b.sub(one, b2);
+                let d2 = b.map(Func::Square, d);
+                let v_new = b.mul(c2, d2);
+                let v2 = b.add(v_keep, v_new);
+                updates.push((Slot::State(first_state), m2));
+                updates.push((Slot::State(first_state + 1), v2));
+                // step = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
+                let (bc1, bc2, eps) = (
+                    b.hyper(Hyper::Bias1),
+                    b.hyper(Hyper::Bias2),
+                    b.hyper(Hyper::Eps),
+                );
+                let mhat = b.div(m2, bc1);
+                let sv = b.map(Func::Sqrt, v2);
+                let sbc = b.map(Func::Sqrt, bc2);
+                let vhat = b.div(sv, sbc);
+                let denom = b.add(vhat, eps);
+                b.div(mhat, denom)
+            }
+            Optimizer::Rmsprop { momentum, .. } => {
+                let (alpha, eps) = (b.hyper(Hyper::Alpha), b.hyper(Hyper::Eps));
+                let sq = state(&mut b, 0);
+                let keep = b.mul(alpha, sq);
+                let ca = b.sub(one, alpha);
+                let g2 = b.map(Func::Square, grad);
+                let new = b.mul(ca, g2);
+                let sq2 = b.add(keep, new);
+                updates.push((Slot::State(first_state), sq2));
+                let root = b.map(Func::Sqrt, sq2);
+                let denom = b.add(root, eps);
+                let d = b.div(grad, denom);
+                if *momentum > 0.0 {
+                    let mu = b.hyper(Hyper::Momentum);
+                    let buf = state(&mut b, 1);
+                    let kept = b.mul(mu, buf);
+                    let buf2 = b.add(kept, d);
+                    updates.push((Slot::State(first_state + 1), buf2));
+                    buf2
+                } else {
+                    d
+                }
+            }
+        };
+        // AdamW shrinks the weights before the step: w ← w − lr·wd·w.
+        let base = match opt {
+            Optimizer::Adam {
+                decoupled: true, ..
+            } => {
+                let wd = b.hyper(Hyper::WeightDecay);
+                let lw = b.mul(lr, wd);
+                let shrink = b.mul(lw, w);
+                b.sub(w, shrink)
+            }
+            _ => w,
+        };
+        let delta = b.mul(lr, step);
+        let w2 = b.sub(base, delta);
+        updates.push((Slot::Param(p), w2));
+        g.updates.extend(updates);
+    }
+}
+
+/// The training graph of a forward graph: backward, clipping, optimizer update.
+pub fn training_graph(forward: &Graph, opt: &Optimizer, clip_by: Option<Clip>) -> Graph {
+    let mut g = forward.clone();
+    differentiate(&mut g);
+    if let Some(c) = clip_by {
+        clip(&mut g, c);
+    }
+    optimizer_update(&mut g, opt);
+    g
+}

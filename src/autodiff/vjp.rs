@@ -1,0 +1,189 @@
+//! The vector-Jacobian product of every differentiable operation, in one table: given a
+//! node and the gradient `g` of the objective with respect to its result, the gradients
+//! with respect to its arguments (None where an argument gets none, e.g. targets).
+
+use crate::ir::build::{reduced, Builder};
+use crate::ir::{Binary, Dim, Func, NodeId, Op, Reduce, Shape};
+
+/// The VJP of node `n` for upstream gradient `g`. Panics only on operations that never
+/// appear in a forward graph (gradient operations themselves): an internal error.
+pub fn vjp(b: &mut Builder, n: NodeId, g: NodeId) -> Vec<Option<NodeId>> {
+    let node = b.g.nodes[n].clone();
+    let a = &node.args;
+    let shape_of = |b: &Builder, i: usize| b.shape(a[i]).clone();
+    match &node.op {
+        Op::Input(_)
+        | Op::Target(_)
+        | Op::Param(_)
+        | Op::State(_)
+        | Op::Hyper(_)
+        | Op::BatchSize
+        | Op::Const(_) => vec![],
+        Op::Map(f) => vec![Some(match f {
+            Func::Neg => b.map(Func::Neg, g),
+            _ => b.map_grad(*f, a[0], g),
+        })],
+        Op::Binary(op) => {
+            let (sa, sb) = (shape_of(b, 0), shape_of(b, 1));
+            let (da, db) = match op {
+                Binary::Add => (g, g),
+                Binary::Sub => (g, b.map(Func::Neg, g)),
+                Binary::Mul => (b.mul(g, a[1]), b.mul(g, a[0])),
+                Binary::Div => {
+                    // d(a/b)/db = −(a/b)/b
+                    let da = b.div(g, a[1]);
+                    let q = b.div(da, a[1]);
+                    let t = b.mul(q, a[0]);
+                    (da, b.map(Func::Neg, t))
+                }
+                Binary::Max | Binary::Min => {
+                    // The gradient goes to the argument that was chosen (to both on ties).
+                    let ma = b.binary(Binary::Eq, a[0], n);
+                    let mb = b.binary(Binary::Eq, a[1], n);
+                    (b.mul(g, ma), b.mul(g, mb))
+                }
+                Binary::Eq => return vec![None, None],
+            };
+            vec![Some(b.sum_to(da, sa)), Some(b.sum_to(db, sb))]
+        }
+        Op::MatMul { ta, tb } => {
+            let (da, db) = match (ta, tb) {
+                (false, false) => (
+                    b.matmul(g, a[1], false, true),
+                    b.matmul(a[0], g, true, false),
+                ),
+                (false, true) => (
+                    b.matmul(g, a[1], false, false),
+                    b.matmul(g, a[0], true, false),
+                ),
+                (true, false) => (
+                    b.matmul(a[1], g, false, true),
+                    b.matmul(a[0], g, false, false),
+                ),
+                (true, true) => (b.matmul(a[1], g, true, true), b.matmul(g, a[0], true, true)),
+            };
+            let (sa, sb) = (shape_of(b, 0), shape_of(b, 1));
+            vec![Some(b.reshape(da, sa)), Some(b.reshape(db, sb))]
+        }
+        Op::BatchMatMul { ta, tb } => {
+            let (da, db) = match (ta, tb) {
+                (false, false) => (
+                    b.batch_matmul(g, a[1], false, true),
+                    b.batch_matmul(a[0], g, true, false),
+                ),
+                (false, true) => (
+                    b.batch_matmul(g, a[1], false, false),
+                    b.batch_matmul(g, a[0], true, false),
+                ),
+                (true, false) => (
+                    b.batch_matmul(a[1], g, false, true),
+                    b.batch_matmul(a[0], g, false, false),
+                ),
+                (true, true) => (
+                    b.batch_matmul(a[1], g, true, true),
+                    b.batch_matmul(g, a[0], true, true),
+                ),
+            };
+            let (sa, sb) = (shape_of(b, 0), shape_of(b, 1));
+            vec![Some(b.sum_to(da, sa)), Some(b.sum_to(db, sb))]
+        }
+        Op::Reshape => {
+            let s = shape_of(b, 0);
+            vec![Some(b.reshape(g, s))]
+        }
+        Op::BroadcastTo => {
+            let s = shape_of(b, 0);
+            vec![Some(b.sum_to(g, s))]
+        }
+        Op::SumTo => {
+            let s = shape_of(b, 0);
+            vec![Some(b.broadcast_to(g, s))]
+        }
+        Op::Reduce {
+            kind,
+            axes,
+            keepdims,
+        } => {
+            let s = shape_of(b, 0);
+            let kept = reduced(&s, axes, true);
+            let gk = if *keepdims {
+                g
+            } else {
+                b.reshape(g, kept.clone())
+            };
+            let gb = b.broadcast_to(gk, s.clone());
+            vec![Some(match kind {
+                Reduce::Sum => gb,
+                Reduce::Mean => {
+                    let count = count(b, &s, axes);
+                    b.div(gb, count)
+                }
+                Reduce::Max | Reduce::Min => {
+                    // Ties share the gradient equally.
+                    let yk = if *keepdims { n } else { b.reshape(n, kept) };
+                    let yb = b.broadcast_to(yk, s.clone());
+                    let mask = b.binary(Binary::Eq, a[0], yb);
+                    let ties = b.reduce(Reduce::Sum, mask, axes.clone(), true);
+                    let share = b.div(mask, ties);
+                    b.mul(gb, share)
+                }
+            })]
+        }
+        Op::Softmax(ax) => vec![Some(b.like(Op::SoftmaxGrad(*ax), vec![n, g], n))],
+        Op::LogSoftmax(ax) => vec![Some(b.like(Op::LogSoftmaxGrad(*ax), vec![n, g], n))],
+        Op::Concat(axis) => {
+            let mut start = 0;
+            let mut out = Vec::new();
+            for i in 0..a.len() {
+                let s = shape_of(b, i);
+                let len = s.fixed(*axis).unwrap_or(1) as usize;
+                out.push(Some(b.push(
+                    Op::Slice {
+                        axis: *axis,
+                        start,
+                        len,
+                    },
+                    vec![g],
+                    s,
+                )));
+                start += len;
+            }
+            out
+        }
+        Op::Slice { axis, start, .. } => {
+            let s = shape_of(b, 0);
+            vec![Some(b.push(
+                Op::SliceGrad {
+                    axis: *axis,
+                    start: *start,
+                },
+                vec![g],
+                s,
+            ))]
+        }
+        Op::Loss(kind) => vec![
+            Some(b.like(Op::LossGrad(*kind), vec![a[0], a[1], g], a[0])),
+            None,
+        ],
+        Op::MapGrad(_)
+        | Op::SoftmaxGrad(_)
+        | Op::LogSoftmaxGrad(_)
+        | Op::SliceGrad { .. }
+        | Op::LossGrad(_) => {
+            unreachable!("gradient operations are not differentiated: {}", node.op)
+        }
+    }
+}
+
+/// The number of elements a reduction over `axes` of `s` averages, as a node (the batch
+/// dimension contributes the run-time batch size).
+fn count(b: &mut Builder, s: &Shape, axes: &[usize]) -> NodeId {
+    let fixed: u64 = axes.iter().filter_map(|&i| s.fixed(i)).product();
+    let c = b.constant(fixed as f64);
+    if axes.iter().any(|&i| s.0[i] == Dim::Batch) {
+        let n = b.batch_size();
+        b.mul(c, n)
+    } else {
+        c
+    }
+}

@@ -1,0 +1,730 @@
+//! The reference interpreter: runs any IR graph on ndarray. It is the oracle the JIT is
+//! tested against, so it is written for clarity: every elementwise function, loss and
+//! derivative is computed in f64 from its textbook formula and rounded to the element
+//! type once. It runs in f32 for training and in f64 for gradient checks.
+
+use crate::ir::{Binary, Dim, Func, Graph, Hyper, LossKind, NodeId, Op, Reduce, Shape};
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice, Zip};
+use std::collections::HashMap;
+use std::fmt;
+
+/// Element types the interpreter runs on.
+pub trait Real:
+    num_traits::Float
+    + ndarray::LinalgScalar
+    + ndarray::ScalarOperand
+    + fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// From f64 (rounding).
+    fn of(v: f64) -> Self;
+    /// To f64 (exact).
+    fn f(self) -> f64;
+}
+
+impl Real for f32 {
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    fn f(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    fn of(v: f64) -> Self {
+        v
+    }
+    fn f(self) -> f64 {
+        self
+    }
+}
+
+/// What a graph reads: tensors by slot, hyperparameters and the batch size.
+pub struct Env<'a, T> {
+    /// One array per graph input, `[batch, ...]`.
+    pub inputs: &'a [ArrayD<T>],
+    /// One array per target.
+    pub targets: &'a [ArrayD<T>],
+    /// One array per parameter.
+    pub params: &'a [ArrayD<T>],
+    /// One array per state tensor.
+    pub states: &'a [ArrayD<T>],
+    /// Hyperparameter values.
+    pub hyper: &'a HashMap<Hyper, f64>,
+    /// The batch size.
+    pub batch: usize,
+}
+
+/// Why a graph could not run: bad arguments from the caller (an internal error for the
+/// CLI, which checks them first; a user error for the library).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterpError(pub String);
+
+impl fmt::Display for InterpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for InterpError {}
+
+/// The concrete dims of a shape for batch size `n`.
+pub fn dims(s: &Shape, n: usize) -> Vec<usize> {
+    s.0.iter()
+        .map(|d| match d {
+            Dim::Batch => n,
+            Dim::Fixed(k) => *k as usize,
+        })
+        .collect()
+}
+
+/// Runs the nodes `roots` depend on; returns every computed value by node id.
+pub fn run<T: Real>(
+    g: &Graph,
+    env: &Env<T>,
+    roots: &[NodeId],
+) -> Result<Vec<Option<ArrayD<T>>>, InterpError> {
+    check_env(g, env)?;
+    let live = g.live(roots);
+    let mut vals: Vec<Option<ArrayD<T>>> = vec![None; g.nodes.len()];
+    // Free a value after its last use among the live nodes, except the roots.
+    let mut last_use = vec![0usize; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        if live[i] {
+            for &a in &n.args {
+                last_use[a] = i;
+            }
+        }
+    }
+    let keep: Vec<bool> = {
+        let mut k = vec![false; g.nodes.len()];
+        for &r in roots {
+            k[r] = true;
+        }
+        k
+    };
+    for (i, node) in g.nodes.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        let args: Vec<&ArrayD<T>> = node
+            .args
+            .iter()
+            .map(|&a| {
+                vals[a]
+                    .as_ref()
+                    .ok_or_else(|| InterpError(format!("node %{a} has no value")))
+            })
+            .collect::<Result<_, _>>()?;
+        let out = dims(&node.shape, env.batch);
+        let v = eval(&node.op, &args, &out, env)?;
+        if v.shape() != out.as_slice() {
+            return Err(InterpError(format!(
+                "node %{i} ({}) produced shape {:?}, expected {:?}",
+                node.op,
+                v.shape(),
+                out
+            )));
+        }
+        vals[i] = Some(v);
+        for &a in &node.args {
+            if last_use[a] == i && !keep[a] {
+                vals[a] = None;
+            }
+        }
+    }
+    Ok(vals)
+}
+
+fn check_env<T: Real>(g: &Graph, env: &Env<T>) -> Result<(), InterpError> {
+    let groups: [(&str, &[crate::ir::Tensor], &[ArrayD<T>]); 2] = [
+        ("input", &g.inputs, env.inputs),
+        ("target", &g.targets, env.targets),
+    ];
+    for (what, tensors, arrays) in groups {
+        for (t, a) in tensors.iter().zip(arrays) {
+            let want = dims(&t.shape, env.batch);
+            if a.shape() != want.as_slice() {
+                return Err(InterpError(format!(
+                    "{what} `{}` has shape {:?}, expected {:?}",
+                    t.name,
+                    a.shape(),
+                    want
+                )));
+            }
+        }
+    }
+    for (p, a) in g.params.iter().zip(env.params) {
+        let want = dims(&p.tensor.shape, env.batch);
+        if a.shape() != want.as_slice() {
+            return Err(InterpError(format!(
+                "parameter `{}` has shape {:?}, expected {:?}",
+                p.tensor.name,
+                a.shape(),
+                want
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn get<'a, T>(xs: &'a [ArrayD<T>], k: usize, what: &str) -> Result<&'a ArrayD<T>, InterpError> {
+    xs.get(k)
+        .ok_or_else(|| InterpError(format!("missing {what} #{k}")))
+}
+
+fn scalar<T: Real>(v: f64) -> ArrayD<T> {
+    ArrayD::from_elem(IxDyn(&[]), T::of(v))
+}
+
+fn eval<T: Real>(
+    op: &Op,
+    a: &[&ArrayD<T>],
+    out: &[usize],
+    env: &Env<T>,
+) -> Result<ArrayD<T>, InterpError> {
+    Ok(match op {
+        Op::Input(k) => get(env.inputs, *k, "input")?.clone(),
+        Op::Target(k) => get(env.targets, *k, "target")?.clone(),
+        Op::Param(k) => get(env.params, *k, "parameter")?.clone(),
+        Op::State(k) => get(env.states, *k, "state")?.clone(),
+        Op::Hyper(h) => scalar(
+            *env.hyper
+                .get(h)
+                .ok_or_else(|| InterpError(format!("hyperparameter {h:?} not set")))?,
+        ),
+        Op::BatchSize => scalar(env.batch as f64),
+        Op::Const(c) => scalar(*c),
+        Op::Map(f) => a[0].mapv(|x| T::of(apply(*f, x.f()))),
+        Op::MapGrad(f) => {
+            let mut r = a[1].clone();
+            Zip::from(&mut r)
+                .and(a[0])
+                .for_each(|g, &x| *g = T::of(g.f() * derivative(*f, x.f())));
+            r
+        }
+        Op::Binary(op) => {
+            let (x, y) = (bcast(a[0], out)?, bcast(a[1], out)?);
+            let mut r = ArrayD::zeros(IxDyn(out));
+            Zip::from(&mut r)
+                .and(&x)
+                .and(&y)
+                .for_each(|r, &x, &y| *r = binary(*op, x, y));
+            r
+        }
+        Op::MatMul { ta, tb } => {
+            let m2 = |x: &ArrayD<T>| -> Result<ndarray::Array2<T>, InterpError> {
+                let cols = *x.shape().last().unwrap_or(&1);
+                let rows = x.len() / cols.max(1);
+                x.as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order((rows, cols))
+                    .map_err(|e| InterpError(e.to_string()))
+            };
+            let (x, y) = (m2(a[0])?, m2(a[1])?);
+            let x = if *ta { x.t().to_owned() } else { x };
+            let y = if *tb { y.t().to_owned() } else { y };
+            if x.ncols() != y.nrows() {
+                return Err(InterpError(format!(
+                    "matmul of {:?} and {:?}",
+                    x.shape(),
+                    y.shape()
+                )));
+            }
+            reshape(x.dot(&y).into_dyn(), out)?
+        }
+        Op::BatchMatMul { ta, tb } => {
+            let r = out.len();
+            let lead: Vec<usize> = out[..r - 2].to_vec();
+            let batch: usize = lead.iter().product();
+            let stack = |x: &ArrayD<T>| -> Result<ndarray::Array3<T>, InterpError> {
+                let xr = x.ndim();
+                let mut d = lead.clone();
+                d.extend_from_slice(&x.shape()[xr - 2..]);
+                let b = bcast(x, &d)?;
+                let (p, q) = (d[d.len() - 2], d[d.len() - 1]);
+                b.into_shape_with_order((batch, p, q))
+                    .map_err(|e| InterpError(e.to_string()))
+            };
+            let (x, y) = (stack(a[0])?, stack(a[1])?);
+            let mut res = ndarray::Array3::<T>::zeros((batch, out[r - 2], out[r - 1]));
+            for i in 0..batch {
+                let xi = x.index_axis(Axis(0), i);
+                let yi = y.index_axis(Axis(0), i);
+                let xi = if *ta { xi.t() } else { xi };
+                let yi = if *tb { yi.t() } else { yi };
+                res.index_axis_mut(Axis(0), i).assign(&xi.dot(&yi));
+            }
+            reshape(res.into_dyn(), out)?
+        }
+        Op::Reshape => reshape(a[0].clone(), out)?,
+        Op::BroadcastTo => bcast(a[0], out)?,
+        Op::SumTo => sum_to(a[0], out),
+        Op::Reduce {
+            kind,
+            axes,
+            keepdims,
+        } => reduce(*kind, a[0], axes, *keepdims),
+        Op::Softmax(ax) => softmax(a[0], *ax),
+        Op::LogSoftmax(ax) => log_softmax(a[0], *ax),
+        Op::SoftmaxGrad(ax) => {
+            let (y, g) = (a[0], a[1]);
+            let gy = g * y;
+            let s = gy.sum_axis(Axis(*ax)).insert_axis(Axis(*ax));
+            y * &(g - &s)
+        }
+        Op::LogSoftmaxGrad(ax) => {
+            let (y, g) = (a[0], a[1]);
+            let s = g.sum_axis(Axis(*ax)).insert_axis(Axis(*ax));
+            g - &(y.mapv(|v| T::of(v.f().exp())) * &s)
+        }
+        Op::Concat(ax) => {
+            let views: Vec<ArrayViewD<T>> = a.iter().map(|x| x.view()).collect();
+            ndarray::concatenate(Axis(*ax), &views).map_err(|e| InterpError(e.to_string()))?
+        }
+        Op::Slice { axis, start, len } => a[0]
+            .slice_axis(Axis(*axis), Slice::from(*start..start + len))
+            .to_owned(),
+        Op::SliceGrad { axis, start } => {
+            let mut r = ArrayD::zeros(IxDyn(out));
+            let len = a[0].shape()[*axis];
+            r.slice_axis_mut(Axis(*axis), Slice::from(*start..start + len))
+                .assign(a[0]);
+            r
+        }
+        Op::Loss(kind) => {
+            let (loss, _) = loss_and_grad(*kind, a[0], a[1], false)?;
+            scalar(loss)
+        }
+        Op::LossGrad(kind) => {
+            let (_, grad) = loss_and_grad(*kind, a[0], a[1], true)?;
+            let g = a[2].iter().next().map_or(1.0, |v| v.f());
+            grad.mapv(|d| T::of(d * g))
+        }
+    })
+}
+
+fn reshape<T: Real>(x: ArrayD<T>, out: &[usize]) -> Result<ArrayD<T>, InterpError> {
+    x.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(IxDyn(out))
+        .map_err(|e| InterpError(e.to_string()))
+}
+
+fn bcast<T: Real>(x: &ArrayD<T>, out: &[usize]) -> Result<ArrayD<T>, InterpError> {
+    x.broadcast(IxDyn(out))
+        .map(|v| v.to_owned())
+        .ok_or_else(|| InterpError(format!("cannot broadcast {:?} to {:?}", x.shape(), out)))
+}
+
+/// Sums `x` down to `out` (NumPy broadcasting in reverse).
+fn sum_to<T: Real>(x: &ArrayD<T>, out: &[usize]) -> ArrayD<T> {
+    let mut r = x.clone();
+    while r.ndim() > out.len() {
+        r = r.sum_axis(Axis(0));
+    }
+    for (i, &d) in out.iter().enumerate() {
+        if d == 1 && r.shape()[i] != 1 {
+            r = r.sum_axis(Axis(i)).insert_axis(Axis(i));
+        }
+    }
+    r
+}
+
+fn reduce<T: Real>(kind: Reduce, x: &ArrayD<T>, axes: &[usize], keepdims: bool) -> ArrayD<T> {
+    let mut r = x.clone();
+    let mut count = 1usize;
+    for &ax in axes.iter().rev() {
+        count *= x.shape()[ax];
+        r = match kind {
+            Reduce::Sum | Reduce::Mean => r.sum_axis(Axis(ax)),
+            Reduce::Max => r.fold_axis(Axis(ax), T::neg_infinity(), |&m, &v| {
+                if v > m || v.is_nan() {
+                    v
+                } else {
+                    m
+                }
+            }),
+            Reduce::Min => r.fold_axis(Axis(ax), T::infinity(), |&m, &v| {
+                if v < m || v.is_nan() {
+                    v
+                } else {
+                    m
+                }
+            }),
+        };
+    }
+    if kind == Reduce::Mean {
+        r.mapv_inplace(|v| T::of(v.f() / count as f64));
+    }
+    if keepdims {
+        for &ax in axes {
+            r = r.insert_axis(Axis(ax));
+        }
+    }
+    r
+}
+
+fn softmax<T: Real>(x: &ArrayD<T>, ax: usize) -> ArrayD<T> {
+    log_softmax(x, ax).mapv(|v| T::of(v.f().exp()))
+}
+
+fn log_softmax<T: Real>(x: &ArrayD<T>, ax: usize) -> ArrayD<T> {
+    let mut r = x.clone();
+    for mut lane in r.lanes_mut(Axis(ax)) {
+        let m = lane.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.f()));
+        let lse = m + lane.iter().map(|v| (v.f() - m).exp()).sum::<f64>().ln();
+        lane.mapv_inplace(|v| T::of(v.f() - lse));
+    }
+    r
+}
+
+fn binary<T: Real>(op: Binary, x: T, y: T) -> T {
+    let (a, b) = (x.f(), y.f());
+    T::of(match op {
+        Binary::Add => a + b,
+        Binary::Sub => a - b,
+        Binary::Mul => a * b,
+        Binary::Div => a / b,
+        Binary::Max => a.max(b),
+        Binary::Min => a.min(b),
+        Binary::Eq => f64::from(u8::from(a == b)),
+    })
+}
+
+fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+/// `f(x)`.
+pub fn apply(f: Func, x: f64) -> f64 {
+    match f {
+        Func::Neg => -x,
+        Func::Exp => x.exp(),
+        Func::Log => x.ln(),
+        Func::Sqrt => x.sqrt(),
+        Func::Abs => x.abs(),
+        Func::Square => x * x,
+        Func::Recip => 1.0 / x,
+        Func::Relu => x.max(0.0),
+        Func::LeakyRelu(a) => {
+            if x > 0.0 {
+                x
+            } else {
+                a * x
+            }
+        }
+        Func::Elu(a) => {
+            if x > 0.0 {
+                x
+            } else {
+                a * x.exp_m1()
+            }
+        }
+        Func::Sigmoid => sigmoid(x),
+        Func::Tanh => x.tanh(),
+        Func::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        Func::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()),
+        Func::Silu => x * sigmoid(x),
+        Func::Softplus => {
+            if x > 20.0 {
+                x
+            } else {
+                x.exp().ln_1p()
+            }
+        }
+        Func::Sign => {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        }
+        Func::Step => f64::from(u8::from(x > 0.0)),
+    }
+}
+
+/// `f'(x)` (0 at the kinks of relu, abs, leaky relu and elu, as PyTorch).
+pub fn derivative(f: Func, x: f64) -> f64 {
+    match f {
+        Func::Neg => -1.0,
+        Func::Exp => x.exp(),
+        Func::Log => 1.0 / x,
+        Func::Sqrt => 0.5 / x.sqrt(),
+        Func::Abs => apply(Func::Sign, x),
+        Func::Square => 2.0 * x,
+        Func::Recip => -1.0 / (x * x),
+        Func::Relu => f64::from(u8::from(x > 0.0)),
+        Func::LeakyRelu(a) => {
+            if x > 0.0 {
+                1.0
+            } else {
+                a
+            }
+        }
+        Func::Elu(a) => {
+            if x > 0.0 {
+                1.0
+            } else {
+                a * x.exp()
+            }
+        }
+        Func::Sigmoid => {
+            let s = sigmoid(x);
+            s * (1.0 - s)
+        }
+        Func::Tanh => 1.0 - x.tanh().powi(2),
+        Func::Gelu => {
+            let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            cdf + x * pdf
+        }
+        Func::GeluTanh => {
+            let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+            let t = u.tanh();
+            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+        }
+        Func::Silu => {
+            let s = sigmoid(x);
+            s * (1.0 + x * (1.0 - s))
+        }
+        Func::Softplus => sigmoid(x),
+        Func::Sign | Func::Step => 0.0,
+    }
+}
+
+/// The loss value (a mean) and, when asked, its gradient with respect to the prediction.
+/// Labels (class ids) are recognized by the target having one dimension less than the
+/// prediction, or one value per prediction for regression losses.
+pub fn loss_and_grad<T: Real>(
+    kind: LossKind,
+    pred: &ArrayD<T>,
+    target: &ArrayD<T>,
+    want_grad: bool,
+) -> Result<(f64, ArrayD<f64>), InterpError> {
+    let p: Vec<f64> = pred.iter().map(|v| v.f()).collect();
+    let y: Vec<f64> = target.iter().map(|v| v.f()).collect();
+    let mut grad = vec![0.0; p.len()];
+    let classes = *pred.shape().last().unwrap_or(&1);
+    let labels = y.len() * classes == p.len() && (target.ndim() + 1 == pred.ndim()) && classes > 0;
+    let loss = match kind {
+        LossKind::CrossEntropy(eps) => classify(
+            &p,
+            &y,
+            classes,
+            labels,
+            &mut grad,
+            |lp, q, gr| {
+                // −Σ q log softmax; gradient softmax·Σq − q.
+                let sq: f64 = q.iter().sum();
+                let mut l = 0.0;
+                for j in 0..lp.len() {
+                    l -= q[j] * lp[j];
+                    gr[j] = lp[j].exp() * sq - q[j];
+                }
+                l
+            },
+            eps,
+        )?,
+        LossKind::Focal(gamma, alpha) if labels => classify(
+            &p,
+            &y,
+            classes,
+            true,
+            &mut grad,
+            |lp, q, gr| {
+                let c = q.iter().position(|&v| v > 0.5).unwrap_or(0);
+                let (lt, t) = (lp[c], lp[c].exp());
+                let w = (1.0 - t).max(0.0);
+                let l = -alpha * w.powf(gamma) * lt;
+                // dL/dt = −α(−γ(1−t)^(γ−1) log t + (1−t)^γ / t); dt/dz_j = t(δ_jc − p_j)
+                let dldt = -alpha * (-gamma * w.powf(gamma - 1.0) * lt + w.powf(gamma) / t);
+                for j in 0..lp.len() {
+                    let delta = if j == c { 1.0 } else { 0.0 };
+                    gr[j] = dldt * t * (delta - lp[j].exp());
+                }
+                l
+            },
+            0.0,
+        )?,
+        LossKind::Hinge if labels => classify(
+            &p,
+            &y,
+            classes,
+            true,
+            &mut grad,
+            |lp, q, gr| {
+                // PyTorch MultiMarginLoss: Σ_{j≠c} max(0, 1 − x_c + x_j) / K, on raw scores.
+                let c = q.iter().position(|&v| v > 0.5).unwrap_or(0);
+                let k = lp.len() as f64;
+                let mut l = 0.0;
+                for j in 0..lp.len() {
+                    if j != c {
+                        let m = 1.0 - lp[c] + lp[j];
+                        if m > 0.0 {
+                            l += m / k;
+                            gr[j] += 1.0 / k;
+                            gr[c] -= 1.0 / k;
+                        }
+                    }
+                }
+                l
+            },
+            f64::NAN,
+        )?,
+        LossKind::ZeroOne if labels => {
+            let rows = p.len() / classes;
+            let wrong = (0..rows)
+                .filter(|&r| {
+                    let row = &p[r * classes..(r + 1) * classes];
+                    let best = row
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
+                    best as f64 != y[r]
+                })
+                .count();
+            wrong as f64 / rows.max(1) as f64
+        }
+        _ => {
+            if y.len() != p.len() {
+                return Err(InterpError(format!(
+                    "loss target has {} values for {} predictions",
+                    y.len(),
+                    p.len()
+                )));
+            }
+            let n = p.len().max(1) as f64;
+            let mut total = 0.0;
+            for i in 0..p.len() {
+                let (x, t) = (p[i], y[i]);
+                let (l, d) = elementwise_loss(kind, x, t);
+                total += l;
+                grad[i] = d / n;
+            }
+            total / n
+        }
+    };
+    let g = if want_grad {
+        ArrayD::from_shape_vec(IxDyn(pred.shape()), grad).map_err(|e| InterpError(e.to_string()))?
+    } else {
+        ArrayD::zeros(IxDyn(&[]))
+    };
+    Ok((loss, g))
+}
+
+/// A per-row classification loss over log-probabilities `lp` and target distribution `q`
+/// (one-hot with `smoothing` for labels); the closure returns the row's loss and writes
+/// ∂loss/∂logits. The mean is over rows. For hinge, `smoothing` is NaN: scores are passed raw.
+fn classify(
+    p: &[f64],
+    y: &[f64],
+    k: usize,
+    labels: bool,
+    grad: &mut [f64],
+    row_loss: impl Fn(&[f64], &[f64], &mut [f64]) -> f64,
+    smoothing: f64,
+) -> Result<f64, InterpError> {
+    let rows = p.len() / k.max(1);
+    let mut total = 0.0;
+    for r in 0..rows {
+        let z = &p[r * k..(r + 1) * k];
+        let raw = smoothing.is_nan();
+        let lp: Vec<f64> = if raw {
+            z.to_vec()
+        } else {
+            let m = z.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v));
+            let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            z.iter().map(|v| v - lse).collect()
+        };
+        let eps = if raw { 0.0 } else { smoothing };
+        let q: Vec<f64> = if labels {
+            let c = y[r];
+            if c < 0.0 || c >= k as f64 || c.fract() != 0.0 {
+                return Err(InterpError(format!("class label {c} is not in 0..{k}")));
+            }
+            (0..k)
+                .map(|j| (1.0 - eps) * f64::from(u8::from(j == c as usize)) + eps / k as f64)
+                .collect()
+        } else {
+            y[r * k..(r + 1) * k]
+                .iter()
+                .map(|t| (1.0 - eps) * t + eps / k as f64)
+                .collect()
+        };
+        let mut gr = vec![0.0; k];
+        total += row_loss(&lp, &q, &mut gr);
+        for j in 0..k {
+            grad[r * k + j] = gr[j] / rows as f64;
+        }
+    }
+    Ok(total / rows.max(1) as f64)
+}
+
+/// Loss and derivative of one prediction `x` against target `t`.
+fn elementwise_loss(kind: LossKind, x: f64, t: f64) -> (f64, f64) {
+    match kind {
+        LossKind::Mae => ((x - t).abs(), apply(Func::Sign, x - t)),
+        LossKind::Mse => ((x - t).powi(2), 2.0 * (x - t)),
+        LossKind::Huber(delta) => {
+            let d = x - t;
+            if d.abs() <= delta {
+                (0.5 * d * d, d)
+            } else {
+                (delta * (d.abs() - 0.5 * delta), delta * d.signum())
+            }
+        }
+        LossKind::Exponential => {
+            let e = (-t * x).exp();
+            (e, -t * e)
+        }
+        LossKind::Hinge => {
+            let m = 1.0 - t * x;
+            if m > 0.0 {
+                (m, -t)
+            } else {
+                (0.0, 0.0)
+            }
+        }
+        LossKind::Bce => {
+            // max(x, 0) − x·t + log(1 + e^−|x|): stable for any x.
+            let l = x.max(0.0) - x * t + (-x.abs()).exp().ln_1p();
+            (l, sigmoid(x) - t)
+        }
+        LossKind::Focal(gamma, alpha) => {
+            // torchvision's sigmoid focal loss.
+            let p = sigmoid(x);
+            let pt = p * t + (1.0 - p) * (1.0 - t);
+            let at = alpha * t + (1.0 - alpha) * (1.0 - t);
+            let log_pt = t * log_sigmoid(x) + (1.0 - t) * log_sigmoid(-x);
+            let w = (1.0 - pt).max(0.0);
+            let l = -at * w.powf(gamma) * log_pt;
+            let dldpt = -at * (-gamma * w.powf(gamma - 1.0) * log_pt + w.powf(gamma) / pt);
+            let dptdx = (2.0 * t - 1.0) * p * (1.0 - p);
+            (l, dldpt * dptdx)
+        }
+        LossKind::ZeroOne => (f64::from(u8::from((x > 0.0) != (t > 0.5))), 0.0),
+        LossKind::CrossEntropy(_) => unreachable!("cross-entropy is computed per row"),
+    }
+}
+
+fn log_sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        -(-x).exp().ln_1p()
+    } else {
+        x - x.exp().ln_1p()
+    }
+}

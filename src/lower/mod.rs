@@ -1,0 +1,234 @@
+//! Lowering: a [`CheckedModel`] becomes the forward IR [`Graph`] — layers become matrix
+//! products, additions and elementwise maps; the model's loss and its regularizers form
+//! the objective that autodiff differentiates.
+
+use crate::check::graph::{Activation, CheckedModel, LayerKind, Op as COp, ParamRole, Ty};
+use crate::diag::Diagnostic;
+use crate::ir::build::Builder;
+use crate::ir::{DType, Dim, Func, Graph, NodeId, Op, Param, Reduce, Shape, Tensor};
+use crate::syntax::ast::BinOp;
+
+/// The IR element type of a checked type.
+fn dtype(ty: &Ty) -> DType {
+    match ty {
+        Ty::Labels { classes, .. } => DType::Class(*classes),
+        _ => DType::F32,
+    }
+}
+
+fn shape(ty: &Ty) -> Shape {
+    ty.shape().cloned().unwrap_or_default()
+}
+
+/// The elementwise function of an activation (None: identity).
+pub fn func(a: Activation) -> Option<Func> {
+    Some(match a {
+        Activation::Relu => Func::Relu,
+        Activation::LeakyRelu(x) => Func::LeakyRelu(x),
+        Activation::Elu(x) => Func::Elu(x),
+        Activation::Sigmoid => Func::Sigmoid,
+        Activation::Tanh => Func::Tanh,
+        Activation::Gelu { tanh: false } => Func::Gelu,
+        Activation::Gelu { tanh: true } => Func::GeluTanh,
+        Activation::Silu => Func::Silu,
+        Activation::Softplus => Func::Softplus,
+        Activation::Exp => Func::Exp,
+        Activation::Log => Func::Log,
+        Activation::Sqrt => Func::Sqrt,
+        Activation::Abs => Func::Abs,
+        Activation::Identity | Activation::Rrelu(..) => return None,
+    })
+}
+
+/// A layer or operation the checker accepts that this version cannot run yet.
+fn unsupported(what: &str, span: crate::span::Span) -> Diagnostic {
+    Diagnostic::error("E0406", format!("`{what}` is checked but cannot run yet"), span)
+        .primary_label("not supported by the runtime in this version")
+        .with_note("dense networks run today; convolution, pooling, normalization, dropout, rrelu, embedding and recurrent layers run in the next version")
+}
+
+/// Lowers a checked model to its forward graph (evaluation behaviour).
+pub fn lower_model(m: &CheckedModel) -> Result<Graph, Diagnostic> {
+    let mut g = Graph::default();
+    for p in &m.inputs {
+        let ty = &m.nodes[p.node].ty;
+        g.inputs.push(Tensor {
+            name: p.name.clone(),
+            shape: shape(ty),
+            dtype: dtype(ty),
+        });
+    }
+    for p in &m.targets {
+        let ty = &m.nodes[p.node].ty;
+        g.targets.push(Tensor {
+            name: p.name.clone(),
+            shape: shape(ty),
+            dtype: dtype(ty),
+        });
+    }
+    for p in &m.params {
+        g.params.push(Param {
+            tensor: Tensor {
+                name: p.name.clone(),
+                shape: Shape::new(p.shape.iter().map(|&d| Dim::Fixed(d)).collect()),
+                dtype: DType::F32,
+            },
+            trainable: p.trainable && p.role != ParamRole::State,
+        });
+    }
+    let mut b = Builder::new(&mut g);
+    let mut param_nodes: Vec<Option<NodeId>> = vec![None; m.params.len()];
+    let mut map: Vec<NodeId> = Vec::with_capacity(m.nodes.len());
+    for node in &m.nodes {
+        b.span = Some(node.span);
+        b.name = node.label.clone();
+        let args: Vec<NodeId> = node.inputs.iter().map(|&i| map[i]).collect();
+        let out = shape(&node.ty);
+        let id = match &node.op {
+            COp::Input(i) => b.g.push(
+                Op::Input(*i),
+                vec![],
+                out,
+                dtype(&node.ty),
+                Some(node.span),
+                node.label.clone(),
+            ),
+            COp::Target(i) => b.g.push(
+                Op::Target(*i),
+                vec![],
+                out,
+                dtype(&node.ty),
+                Some(node.span),
+                node.label.clone(),
+            ),
+            COp::Const(v) => b.constant(*v),
+            COp::Layer(l) => {
+                let layer = &m.layers[*l];
+                let mut param = |b: &mut Builder, k: usize| -> NodeId {
+                    let p = layer.params[k];
+                    *param_nodes[p].get_or_insert_with(|| {
+                        let s = b.g.params[p].tensor.shape.clone();
+                        b.g.push(
+                            Op::Param(p),
+                            vec![],
+                            s,
+                            DType::F32,
+                            None,
+                            m.params[p].name.clone(),
+                        )
+                    })
+                };
+                match &layer.kind {
+                    LayerKind::Dense { bias, .. } => {
+                        let w = param(&mut b, 0);
+                        let y = b.matmul(args[0], w, false, false);
+                        if *bias {
+                            let bias = param(&mut b, 1);
+                            b.add(y, bias)
+                        } else {
+                            y
+                        }
+                    }
+                    kind => return Err(unsupported(kind.word(), node.span)),
+                }
+            }
+            COp::Activation(a) => match (func(*a), a) {
+                (Some(f), _) => b.map(f, args[0]),
+                (None, Activation::Identity) => args[0],
+                (None, _) => return Err(unsupported("rrelu", node.span)),
+            },
+            COp::Softmax(ax) => b.like(Op::Softmax(*ax), args.clone(), args[0]),
+            COp::LogSoftmax(ax) => b.like(Op::LogSoftmax(*ax), args.clone(), args[0]),
+            COp::Flatten | COp::Reshape => b.reshape(args[0], out),
+            COp::Last | COp::First => {
+                let s = b.shape(args[0]).clone();
+                let t = s.fixed(1).unwrap_or(1) as usize;
+                let start = if node.op == COp::Last { t - 1 } else { 0 };
+                let mut dims = s.0.clone();
+                dims[1] = Dim::Fixed(1);
+                let sl = b.push(
+                    Op::Slice {
+                        axis: 1,
+                        start,
+                        len: 1,
+                    },
+                    args.clone(),
+                    Shape::new(dims),
+                );
+                b.reshape(sl, out)
+            }
+            COp::Binary(op) => match op {
+                BinOp::Add => b.add(args[0], args[1]),
+                BinOp::Sub => b.sub(args[0], args[1]),
+                BinOp::Mul => b.mul(args[0], args[1]),
+                BinOp::Div => b.div(args[0], args[1]),
+                BinOp::MatMul => {
+                    // Per-sample NumPy semantics: vectors become 1×k rows or k×1 columns.
+                    let (sa, sb) = (b.shape(args[0]).clone(), b.shape(args[1]).clone());
+                    let a = if sa.rank() == 2 {
+                        b.reshape(args[0], Shape::new(vec![sa.0[0], Dim::Fixed(1), sa.0[1]]))
+                    } else {
+                        args[0]
+                    };
+                    let c = if sb.rank() == 2 {
+                        b.reshape(args[1], Shape::new(vec![sb.0[0], sb.0[1], Dim::Fixed(1)]))
+                    } else {
+                        args[1]
+                    };
+                    let y = b.batch_matmul(a, c, false, false);
+                    b.reshape(y, out)
+                }
+            },
+            COp::Neg => b.map(Func::Neg, args[0]),
+            COp::Reduce {
+                kind,
+                axes,
+                keepdims,
+            } => {
+                let kind = match kind {
+                    crate::check::graph::ReduceKind::Sum => Reduce::Sum,
+                    crate::check::graph::ReduceKind::Mean => Reduce::Mean,
+                    crate::check::graph::ReduceKind::Max => Reduce::Max,
+                    crate::check::graph::ReduceKind::Min => Reduce::Min,
+                };
+                b.reduce(kind, args[0], axes.clone(), *keepdims)
+            }
+            COp::Concat(ax) => b.push(Op::Concat(*ax), args.clone(), out),
+            COp::Loss(kind) => b.loss(*kind, args[0], args[1]),
+            COp::Dropout(_) => return Err(unsupported("dropout", node.span)),
+            COp::Pool { .. } => return Err(unsupported("pooling", node.span)),
+            COp::GlobalPool(_) => return Err(unsupported("global pooling", node.span)),
+            COp::Spp(_) => return Err(unsupported("spp", node.span)),
+        };
+        map.push(id);
+    }
+    let mut b = Builder::new(&mut g);
+    for o in &m.outputs {
+        b.g.outputs.push((o.name.clone(), map[o.node]));
+    }
+    if let Some(l) = m.loss {
+        b.span = Some(m.nodes[l].span);
+        b.name = "loss".into();
+        let mut loss = map[l];
+        if b.shape(loss).rank() == 1 {
+            loss = b.reduce(Reduce::Mean, loss, vec![0], false);
+        }
+        b.g.loss = Some(loss);
+        // The objective adds λ·Σ|w| or λ·Σw² per regularizer.
+        let mut objective = loss;
+        for r in &m.regularizers {
+            b.span = Some(r.span);
+            b.name = if r.l1 { "l1" } else { "l2" }.into();
+            for &p in &r.params {
+                let Some(w) = param_nodes[p] else { continue };
+                let f = if r.l1 { Func::Abs } else { Func::Square };
+                let t = b.map(f, w);
+                let s = b.sum_all(t);
+                let term = b.scale(r.lambda, s);
+                objective = b.add(objective, term);
+            }
+        }
+        b.g.objective = Some(objective);
+    }
+    Ok(g)
+}
