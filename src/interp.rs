@@ -141,14 +141,23 @@ pub fn run<T: Real>(
 
 fn check_env<T: Real>(g: &Graph, env: &Env<T>) -> Result<(), InterpError> {
     if env.inputs.len() != g.inputs.len() {
-        return Err(InterpError(format!("{} inputs given, the model has {}", env.inputs.len(), g.inputs.len())));
+        return Err(InterpError(format!(
+            "{} inputs given, the model has {}",
+            env.inputs.len(),
+            g.inputs.len()
+        )));
     }
     let ports = g.inputs.iter().zip(env.inputs).map(|p| ("input", p));
     let targets = g.targets.iter().zip(env.targets).map(|p| ("target", p));
     for (what, (t, a)) in ports.chain(targets) {
         let want = dims(&t.shape, env.batch);
         if a.shape() != want.as_slice() {
-            return Err(InterpError(format!("{what} `{}` has shape {:?}, expected {:?}", t.name, a.shape(), want)));
+            return Err(InterpError(format!(
+                "{what} `{}` has shape {:?}, expected {:?}",
+                t.name,
+                a.shape(),
+                want
+            )));
         }
     }
     for (p, a) in g.params.iter().zip(env.params) {

@@ -162,6 +162,48 @@ pub struct TrainConfig {
     pub standardize: bool,
 }
 
+impl TrainConfig {
+    /// The settings of a `train` block that sets nothing (docs/LANGUAGE.md §13).
+    pub fn defaults(model: &str, span: Span) -> TrainConfig {
+        TrainConfig {
+            model: model.to_string(),
+            span,
+            train_data: None,
+            test_data: None,
+            optimizer: Optimizer::Adam {
+                lr: 0.001,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                decoupled: false,
+            },
+            schedule: Schedule::Constant,
+            batch: 32,
+            epochs: 10,
+            clip: None,
+            early_stop: None,
+            validation: 0.0,
+            metrics: vec![],
+            seed: 0,
+            standardize: false,
+        }
+    }
+}
+
+impl Optimizer {
+    /// The same optimizer with another base learning rate.
+    pub fn with_lr(&self, new: f64) -> Optimizer {
+        let mut o = self.clone();
+        match &mut o {
+            Optimizer::Sgd { lr, .. }
+            | Optimizer::Adam { lr, .. }
+            | Optimizer::Rmsprop { lr, .. } => *lr = new,
+        }
+        o
+    }
+}
+
 const SETTINGS: &[&str] = &[
     "data",
     "optimizer",
@@ -182,29 +224,7 @@ pub fn check_train(
     base: Option<&Path>,
     diags: &mut Vec<Diagnostic>,
 ) -> TrainConfig {
-    let mut cfg = TrainConfig {
-        model: decl.model.name.clone(),
-        span: decl.model.span,
-        train_data: None,
-        test_data: None,
-        optimizer: Optimizer::Adam {
-            lr: 0.001,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            decoupled: false,
-        },
-        schedule: Schedule::Constant,
-        batch: 32,
-        epochs: 10,
-        clip: None,
-        early_stop: None,
-        validation: 0.0,
-        metrics: vec![],
-        seed: 0,
-        standardize: false,
-    };
+    let mut cfg = TrainConfig::defaults(&decl.model.name, decl.model.span);
     let mut seen: HashMap<&str, Span> = HashMap::new();
     for s in &decl.settings {
         let key = s.key.name.as_str();

@@ -89,6 +89,16 @@ impl Shape {
     }
 }
 
+impl Dim {
+    /// The fixed size (None for the batch).
+    pub fn size(self) -> Option<u64> {
+        match self {
+            Dim::Fixed(n) => Some(n),
+            Dim::Batch => None,
+        }
+    }
+}
+
 impl fmt::Display for Dim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -188,15 +188,16 @@ fn no_rows(path: &Path, detail: &str) -> DataError {
     DataError::new(E_FORMAT, path, format!("no rows: {detail}"))
 }
 
-/// Checks a class label; returns the problem, if any, as a message.
-fn label_problem(value: f32, classes: usize) -> Option<String> {
+/// Checks a class label; returns the problem, if any, as a message naming `place`
+/// (" in column `label`").
+fn label_problem(value: f32, classes: usize, place: &str) -> Option<String> {
     let valid = value.fract() == 0.0 && value >= 0.0 && f64::from(value) < classes as f64;
     if valid {
         return None;
     }
     if classes == 0 {
         return Some(format!(
-            "class label {value} is invalid: the target has no classes"
+            "class label {value}{place} is invalid: the target has no classes"
         ));
     }
     let what = if value.fract() == 0.0 {
@@ -205,7 +206,7 @@ fn label_problem(value: f32, classes: usize) -> Option<String> {
         "is not an integer"
     };
     Some(format!(
-        "class label {value} {what}: expected an integer from 0 to {} ({classes} classes)",
+        "class label {value}{place} {what}: expected an integer from 0 to {} ({classes} classes)",
         classes - 1
     ))
 }
@@ -310,16 +311,16 @@ fn load_csv(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset,
                     at(DataError::new(
                         E_FORMAT,
                         path,
-                        format!("expected a number in column `{}`, found {text}", names[column]),
+                        format!(
+                            "expected a number in column `{}`, found {text}",
+                            names[column]
+                        ),
                     ))
                 })?;
                 if let Some(classes) = group.classes {
-                    if let Some(problem) = label_problem(value, classes) {
-                        return Err(at(DataError::new(
-                            E_LABEL,
-                            path,
-                            format!("{problem}, in column `{}`", names[column]),
-                        )));
+                    let place = format!(" in column `{}`", names[column]);
+                    if let Some(problem) = label_problem(value, classes, &place) {
+                        return Err(at(DataError::new(E_LABEL, path, problem)));
                     }
                 }
                 out.push(value);
@@ -359,7 +360,9 @@ fn read_record<R: std::io::Read>(
         let line = e.position().map(|p| p.line() as usize);
         match e.kind() {
             csv::ErrorKind::Io(io) => io_error(path, io).at(line, None),
-            _ => DataError::new(E_FORMAT, path, format!("not a valid CSV file: {e}")).at(line, None),
+            _ => {
+                DataError::new(E_FORMAT, path, format!("not a valid CSV file: {e}")).at(line, None)
+            }
         }
     })
 }
@@ -512,7 +515,7 @@ fn assign_columns(
                     format!("{} for `{}`, not read", ignored.len(), target.name)
                 } else {
                     format!(
-                        "{} for `{}` (column `{column}`), not read",
+                        "{} for `{}` in column `{column}`, not read",
                         ignored.len(),
                         target.name
                     )
@@ -536,7 +539,7 @@ fn assign_columns(
                 parts.push(if column == target.name {
                     format!("{count} for `{}`", target.name)
                 } else {
-                    format!("{count} for `{}` (column `{column}`)", target.name)
+                    format!("{count} for `{}` in column `{column}`", target.name)
                 });
                 groups.push(Group {
                     target: true,
@@ -553,7 +556,8 @@ fn assign_columns(
                         column_names(&target.name, count, count == 1)
                     );
                     if single_target && target.name != "label" {
-                        reason.push_str(&format!(" or {}", column_names("label", count, count == 1)));
+                        reason
+                            .push_str(&format!(" or {}", column_names("label", count, count == 1)));
                     }
                     missing = Some(reason);
                 }
@@ -755,9 +759,7 @@ fn unsupported_dtype(path: &Path, what: &str, descriptor: &str) -> DataError {
     DataError::new(
         E_FORMAT,
         path,
-        format!(
-            "{what} has dtype {descriptor}: expected numbers (float, integer or bool)"
-        ),
+        format!("{what} has dtype {descriptor}: expected numbers (float, integer or bool)"),
     )
 }
 
@@ -796,12 +798,9 @@ fn fit_port(
     if let Some(classes) = port.classes {
         let per_row = port_elements(port).max(1);
         for (k, &value) in values.iter().enumerate() {
-            if let Some(problem) = label_problem(value, classes) {
-                return Err(DataError::new(
-                    E_LABEL,
-                    path,
-                    format!("{problem}, in {what} at row {} (counting from 0)", k / per_row),
-                ));
+            let place = format!(" in {what}, row {} (counting from 0),", k / per_row);
+            if let Some(problem) = label_problem(value, classes, &place) {
+                return Err(DataError::new(E_LABEL, path, problem));
             }
         }
     }
@@ -820,7 +819,11 @@ fn load_npy(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset,
         ));
     };
     if with_targets && !spec.targets.is_empty() {
-        let names: Vec<String> = spec.targets.iter().map(|t| format!("`{}`", t.name)).collect();
+        let names: Vec<String> = spec
+            .targets
+            .iter()
+            .map(|t| format!("`{}`", t.name))
+            .collect();
         return Err(DataError::new(
             E_MISSING,
             path,
@@ -871,7 +874,8 @@ fn load_npy(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset,
 
 fn load_npz(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset, DataError> {
     let file = File::open(path).map_err(|e| io_error(path, &e))?;
-    let invalid = |e: ReadNpzError| DataError::new(E_FORMAT, path, format!("not a valid .npz file: {e}"));
+    let invalid =
+        |e: ReadNpzError| DataError::new(E_FORMAT, path, format!("not a valid .npz file: {e}"));
     let mut npz = NpzReader::new(BufReader::new(file)).map_err(invalid)?;
     let keys = npz.names().map_err(invalid)?;
 
@@ -894,7 +898,7 @@ fn load_npz(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset,
     // The first array read and its number of rows.
     let mut first: Option<(&str, usize)> = None;
     for (is_target, port) in ports {
-        if !keys.iter().any(|k| *k == port.name) {
+        if !keys.contains(&port.name) {
             let present = if keys.is_empty() {
                 "the file holds no arrays".to_string()
             } else {
@@ -905,7 +909,10 @@ fn load_npz(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset,
             return Err(DataError::new(
                 E_MISSING,
                 path,
-                format!("no array `{}` for the {role} `{}`; {present}", port.name, port.name),
+                format!(
+                    "no array `{}` for the {role} `{}`; {present}",
+                    port.name, port.name
+                ),
             ));
         }
         let what = format!("array `{}`", port.name);
@@ -1024,8 +1031,7 @@ impl Dataset {
 
 /// `round(rows · fraction)`, within `0..=rows`.
 fn validation_rows(rows: usize, fraction: f64) -> usize {
-    // `!(x > 0)` also catches NaN.
-    if !(fraction > 0.0) {
+    if fraction.is_nan() || fraction <= 0.0 {
         return 0;
     }
     let held = (rows as f64 * fraction).round();
@@ -1126,8 +1132,9 @@ impl Standardizer {
     }
 
     /// Standardizes the inputs of `data` in place: `x = (x − mean) / std`, computed in
-    /// `f64` from the stored `f32` statistics. Targets are left alone, and so is an input
-    /// whose size does not match the fitted one (see [`Standardizer::matches`]).
+    /// `f64` from the stored `f32` statistics (a stored deviation of 0 counts as 1).
+    /// Targets are left alone, and so is an input whose size does not match the fitted
+    /// one (see [`Standardizer::matches`]).
     pub fn apply(&self, data: &mut Dataset) {
         for (i, input) in data.inputs.iter_mut().enumerate() {
             let m = sample_elements(input);
@@ -1139,7 +1146,13 @@ impl Standardizer {
             }
             for (k, x) in input.iter_mut().enumerate() {
                 let j = k % m;
-                *x = ((f64::from(*x) - f64::from(mean[j])) / f64::from(std[j])) as f32;
+                // A deviation of 0 (only from a damaged checkpoint) only centers.
+                let scale = if std[j] == 0.0 {
+                    1.0
+                } else {
+                    f64::from(std[j])
+                };
+                *x = ((f64::from(*x) - f64::from(mean[j])) / scale) as f32;
             }
         }
     }
@@ -1172,16 +1185,19 @@ mod tests {
 
     #[test]
     fn labels_are_integers_in_range() {
-        assert_eq!(label_problem(0.0, 10), None);
-        assert_eq!(label_problem(9.0, 10), None);
-        let ten = label_problem(10.0, 10).unwrap_or_default();
+        assert_eq!(label_problem(0.0, 10, ""), None);
+        assert_eq!(label_problem(9.0, 10, ""), None);
+        let ten = label_problem(10.0, 10, "").unwrap_or_default();
         assert!(ten.contains("10 is out of range") && ten.contains("0 to 9 (10 classes)"));
-        let half = label_problem(2.5, 10).unwrap_or_default();
-        assert!(half.contains("2.5 is not an integer"), "{half}");
-        assert!(label_problem(-1.0, 10).is_some());
-        assert!(label_problem(f32::NAN, 10).is_some());
-        assert!(label_problem(f32::INFINITY, 10).is_some());
-        assert!(label_problem(0.0, 0).is_some());
+        let half = label_problem(2.5, 10, " in column `c`").unwrap_or_default();
+        assert_eq!(
+            half,
+            "class label 2.5 in column `c` is not an integer: expected an integer from 0 to 9 (10 classes)"
+        );
+        assert!(label_problem(-1.0, 10, "").is_some());
+        assert!(label_problem(f32::NAN, 10, "").is_some());
+        assert!(label_problem(f32::INFINITY, 10, "").is_some());
+        assert!(label_problem(0.0, 0, "").is_some());
     }
 
     #[test]
@@ -1215,8 +1231,14 @@ mod tests {
     fn display_leaves_out_unknown_parts() {
         let e = DataError::new(E_COLUMNS, Path::new("d/x.csv"), "bad");
         assert_eq!(e.to_string(), "error[E0502]: d/x.csv: bad");
-        assert_eq!(e.clone().at(Some(3), None).to_string(), "error[E0502]: d/x.csv:3: bad");
-        assert_eq!(e.at(Some(3), Some(1)).to_string(), "error[E0502]: d/x.csv:3:1: bad");
+        assert_eq!(
+            e.clone().at(Some(3), None).to_string(),
+            "error[E0502]: d/x.csv:3: bad"
+        );
+        assert_eq!(
+            e.at(Some(3), Some(1)).to_string(),
+            "error[E0502]: d/x.csv:3:1: bad"
+        );
     }
 
     #[test]

@@ -3,5 +3,9 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod exec;
+pub mod init;
 pub mod metrics;
 pub mod rng;
+pub mod schedule;
+pub mod train;

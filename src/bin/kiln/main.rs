@@ -9,6 +9,8 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod run;
+
 /// Kiln: a declarative model-definition compiler.
 #[derive(Parser)]
 #[command(name = "kiln", version, about, propagate_version = true)]
@@ -26,7 +28,7 @@ enum Format {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Color {
+pub(crate) enum Color {
     /// Color when stderr is a terminal.
     Auto,
     /// Always color.
@@ -36,16 +38,16 @@ enum Color {
 }
 
 #[derive(clap::Args, Clone)]
-struct LintArgs {
+pub(crate) struct LintArgs {
     /// Silence a lint (code like W0007, or its name like `unused`); repeatable.
     #[arg(long = "allow", value_name = "LINT")]
-    allow: Vec<String>,
+    pub(crate) allow: Vec<String>,
     /// Turn a lint into an error; `--deny warnings` denies all; repeatable.
     #[arg(long = "deny", value_name = "LINT")]
-    deny: Vec<String>,
+    pub(crate) deny: Vec<String>,
     /// When to color diagnostics.
     #[arg(long, value_enum, default_value = "auto")]
-    color: Color,
+    pub(crate) color: Color,
 }
 
 #[derive(Subcommand)]
@@ -71,6 +73,16 @@ enum Command {
         #[command(flatten)]
         lints: LintArgs,
     },
+    /// Train a model: its train block's settings, overridden by flags.
+    Train(run::TrainArgs),
+    /// Loss and metrics of trained weights on a data set.
+    Eval(run::EvalArgs),
+    /// The model's outputs (and classes, for classifiers) on a data set.
+    Predict(run::PredictArgs),
+    /// The loss and every parameter's gradient on one batch.
+    Grad(run::GradArgs),
+    /// Print the IR of a model after a pass.
+    Ir(run::IrArgs),
     /// Explain a diagnostic code (`kiln explain E0301`); without a code, list them all.
     Explain {
         /// A code like E0301 or W0003, or a lint name.
@@ -79,8 +91,8 @@ enum Command {
 }
 
 /// Exit codes: 0 success, 1 the input is wrong, 2 usage or I/O error.
-const EXIT_INPUT: u8 = 1;
-const EXIT_IO: u8 = 2;
+pub(crate) const EXIT_INPUT: u8 = 1;
+pub(crate) const EXIT_IO: u8 = 2;
 
 fn main() -> ExitCode {
     // Deeply nested (but accepted) input recurses; give the checker room.
@@ -107,7 +119,7 @@ fn levels(l: &LintArgs) -> LintLevels {
     }
 }
 
-fn color(c: Color) -> ColorChoice {
+pub(crate) fn color(c: Color) -> ColorChoice {
     match c {
         Color::Always => ColorChoice::Always,
         Color::Never => ColorChoice::Never,
@@ -117,7 +129,11 @@ fn color(c: Color) -> ColorChoice {
 }
 
 /// Loads and checks one file.
-fn check_one(sources: &mut Sources, path: &Path, levels: &LintLevels) -> anyhow::Result<Checked> {
+pub(crate) fn check_one(
+    sources: &mut Sources,
+    path: &Path,
+    levels: &LintLevels,
+) -> anyhow::Result<Checked> {
     let (id, bad_utf8) = check::load_file(sources, path)
         .with_context(|| format!("cannot read `{}`", path.display()))?;
     if let Some(d) = bad_utf8 {
@@ -129,7 +145,7 @@ fn check_one(sources: &mut Sources, path: &Path, levels: &LintLevels) -> anyhow:
     Ok(check::check_file(sources, id, levels))
 }
 
-fn print_diags(sources: &Sources, diags: &[Diagnostic], c: Color) {
+pub(crate) fn print_diags(sources: &Sources, diags: &[Diagnostic], c: Color) {
     let text = diag::render(sources, diags, color(c));
     let mut err = std::io::stderr().lock();
     let _ = err.write_all(text.as_bytes());
@@ -161,6 +177,11 @@ fn plural(n: usize) -> &'static str {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Train(a) => run::train(a),
+        Command::Eval(a) => run::eval(a),
+        Command::Predict(a) => run::predict(a),
+        Command::Grad(a) => run::grad(a),
+        Command::Ir(a) => run::ir(a),
         Command::Check {
             files,
             format,

@@ -1,0 +1,590 @@
+//! The commands that run models: `train`, `eval`, `predict`, `grad`, `ir`.
+
+use crate::{check_one, print_diags, Color, LintArgs, EXIT_INPUT};
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use kiln::check::train::TrainConfig;
+use kiln::check::{CheckedModel, LintLevels, Program as Checked};
+use kiln::diag::{self, ColorChoice};
+use kiln::ir::Graph;
+use kiln::runtime::data::{self, Dataset};
+use kiln::runtime::exec::{Backend, Interpreter};
+use kiln::runtime::train::{self as rt, Program, Run, RunPaths, RuntimeError};
+use kiln::span::Sources;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Which backend runs the model.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BackendChoice {
+    /// The reference interpreter (ndarray).
+    Interp,
+}
+
+/// Arguments every running command shares.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Model file.
+    pub file: PathBuf,
+    /// Which model of the file (default: the first).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Backend that runs the model.
+    #[arg(long, value_enum, default_value = "interp")]
+    pub backend: BackendChoice,
+    #[command(flatten)]
+    pub lints: LintArgs,
+}
+
+/// `kiln train`.
+#[derive(Args, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    /// Training data (default: the train block's `data train:`).
+    #[arg(long)]
+    pub train: Option<PathBuf>,
+    /// Test data (default: the train block's `data test:`).
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// Epochs.
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Batch size.
+    #[arg(long)]
+    pub batch: Option<u64>,
+    /// Base learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Seed of all randomness.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Standardize inputs with the training set's mean and standard deviation.
+    #[arg(long)]
+    pub standardize: bool,
+    /// Checkpoint written after every epoch (default: MODEL.safetensors).
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Write a JSON report: final metrics, per-epoch history, wall time.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Print only the final summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `kiln eval`.
+#[derive(Args, Clone)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    /// Checkpoint or safetensors file with the parameters.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Data (default: the train block's test data, else its training data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// `kiln predict`.
+#[derive(Args, Clone)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    /// Checkpoint or safetensors file with the parameters.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Input data (targets in it are ignored).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to write: .csv, .npy or .npz (default: CSV on standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `kiln grad`.
+#[derive(Args, Clone)]
+pub struct GradArgs {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    /// Data; the first batch of it is used.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Parameters (default: initialized from the seed).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Save the gradients as safetensors.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `kiln ir`.
+#[derive(Args, Clone)]
+pub struct IrArgs {
+    /// Model file.
+    pub file: PathBuf,
+    /// Which model of the file (default: the first).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The pass after which to print: `lower` (forward graph), `autodiff` (with the
+    /// backward pass), `optimizer` (the whole training step).
+    #[arg(long, value_enum, default_value = "lower")]
+    pub after: Pass,
+}
+
+/// The passes `kiln ir --after` can stop after.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Pass {
+    /// The forward graph.
+    Lower,
+    /// With the backward pass.
+    Autodiff,
+    /// The whole training step: backward, clipping, optimizer update.
+    Optimizer,
+}
+
+/// A checked, lowered model with its train block.
+struct Loaded {
+    sources: Sources,
+    program: Program,
+    cfg: TrainConfig,
+}
+
+fn color(c: Color) -> ColorChoice {
+    crate::color(c)
+}
+
+/// Checks the file, picks the model, lowers it; prints diagnostics. `Err(code)` to exit.
+fn load(file: &Path, model: Option<&str>, lints: &LintArgs) -> anyhow::Result<Result<Loaded, u8>> {
+    let mut sources = Sources::new();
+    let levels = LintLevels {
+        allow: lints.allow.clone(),
+        deny: lints.deny.clone(),
+    };
+    let checked = check_one(&mut sources, file, &levels)?;
+    print_diags(&sources, &checked.diagnostics, lints.color);
+    let Some(program) = checked.program else {
+        return Ok(Err(EXIT_INPUT));
+    };
+    let Some(m) = pick(&program, model, file) else {
+        return Ok(Err(EXIT_INPUT));
+    };
+    let cfg = program
+        .train(&m.name)
+        .cloned()
+        .unwrap_or_else(|| TrainConfig::defaults(&m.name, m.span));
+    let lowered = match rt::prepare(m) {
+        Ok(p) => p,
+        Err(d) => {
+            eprint!("{}", diag::render(&sources, &[d], color(lints.color)));
+            return Ok(Err(EXIT_INPUT));
+        }
+    };
+    Ok(Ok(Loaded {
+        sources,
+        program: lowered,
+        cfg,
+    }))
+}
+
+fn pick<'a>(p: &'a Checked, name: Option<&str>, file: &Path) -> Option<&'a CheckedModel> {
+    let found = p.model(name);
+    if found.is_none() {
+        let names: Vec<&str> = p.models.iter().map(|m| m.name.as_str()).collect();
+        match name {
+            Some(n) => eprintln!(
+                "error[E0208]: no model named `{n}` in {} (models: {})",
+                file.display(),
+                names.join(", ")
+            ),
+            None => eprintln!("error[E0211]: {} declares no model", file.display()),
+        }
+    }
+    found
+}
+
+fn backend(_: BackendChoice) -> Box<dyn Backend> {
+    Box::new(Interpreter)
+}
+
+/// Exit code for a runtime error, after printing it.
+fn fail(e: &RuntimeError) -> u8 {
+    match e {
+        RuntimeError::Data(d) => eprintln!("{d}"),
+        other => eprintln!("error: {other}"),
+    }
+    match e {
+        RuntimeError::Io(_) => crate::EXIT_IO,
+        RuntimeError::Data(d) if d.code == "E0500" => crate::EXIT_IO,
+        _ => EXIT_INPUT,
+    }
+}
+
+/// `kiln train`.
+pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
+    let loaded = match load(&a.m.file, a.m.model.as_deref(), &a.m.lints)? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    let mut cfg = loaded.cfg.clone();
+    if let Some(d) = kiln::check::trainable(&loaded.program.model, loaded.program.model.span) {
+        eprint!(
+            "{}",
+            diag::render(&loaded.sources, &[d], color(a.m.lints.color))
+        );
+        return Ok(EXIT_INPUT);
+    }
+    apply_overrides(&mut cfg, &a);
+    let Some(train_path) = a.train.clone().or(cfg.train_data.clone()) else {
+        eprintln!("error: no training data: pass `--train FILE` or name it in the train block (`data train: \"file.csv\"`)");
+        return Ok(crate::EXIT_IO);
+    };
+    let save = a
+        .save
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.safetensors", loaded.program.model.name)));
+    let paths = RunPaths {
+        train: train_path,
+        test: a.test.clone().or(cfg.test_data.clone()),
+        save: Some(save),
+        resume: a.resume.clone(),
+    };
+    let mut run = Run::new(&loaded.program, &cfg);
+    let mut be = backend(a.m.backend);
+    if !a.quiet {
+        println!(
+            "training `{}`: {} parameters, {} epochs, batch {}, seed {}",
+            loaded.program.model.name,
+            kiln::summary::thousands(loaded.program.model.trainable_count()),
+            cfg.epochs,
+            cfg.batch,
+            cfg.seed
+        );
+    }
+    let quiet = a.quiet;
+    let epochs = cfg.epochs;
+    let report = run.train(be.as_mut(), &paths, |r| {
+        if quiet {
+            return;
+        }
+        let mut line = format!("epoch {:>3}/{epochs}  loss {:.5}", r.epoch, r.train_loss);
+        if let Some(v) = r.val_loss {
+            line += &format!("  val_loss {v:.5}");
+        }
+        if let Some(acc) = r.val_accuracy {
+            line += &format!("  val_accuracy {:.2}%", acc * 100.0);
+        }
+        line += &format!("  lr {:.3e}  {:.2}s", r.lr, r.seconds);
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => return Ok(fail(&e)),
+    };
+    if let Some(reason) = &report.stopped_early {
+        println!("stopped early: {reason}");
+    }
+    if let Some(best) = report.best_epoch {
+        println!(
+            "kept the weights of epoch {best} (the best `{}`)",
+            cfg.early_stop.as_ref().map_or("", |e| e.monitor.as_str())
+        );
+    }
+    print_eval("train", &report.train);
+    if let Some(t) = &report.test {
+        print_eval("test", t);
+    }
+    if let Some(c) = &report.checkpoint {
+        println!("checkpoint: {}", c.display());
+    }
+    println!("time: {:.2}s", report.seconds);
+    if let Some(path) = &a.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("cannot write `{}`", path.display()))?;
+    }
+    Ok(0)
+}
+
+fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(b) = a.batch {
+        cfg.batch = b;
+    }
+    if let Some(lr) = a.lr {
+        cfg.optimizer = cfg.optimizer.with_lr(lr);
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    if a.standardize {
+        cfg.standardize = true;
+    }
+}
+
+fn print_eval(what: &str, e: &rt::Evaluation) {
+    let mut line = format!("{what}: {} rows", e.rows);
+    if let Some(l) = e.loss {
+        line += &format!("  loss {l:.5}");
+    }
+    if let Some(c) = &e.classification {
+        line += &format!("  accuracy {:.2}%", c.accuracy * 100.0);
+    }
+    println!("{line}");
+}
+
+/// Loads data and applies the checkpoint's standardization.
+fn load_data(
+    p: &Program,
+    path: &Path,
+    with_targets: bool,
+    st: Option<&data::Standardizer>,
+) -> Result<Dataset, RuntimeError> {
+    let mut d = data::load(path, &rt::data_spec(&p.forward), with_targets)?;
+    if let Some(s) = st {
+        s.apply(&mut d);
+    }
+    Ok(d)
+}
+
+/// `kiln eval`.
+pub fn eval(a: EvalArgs) -> anyhow::Result<u8> {
+    let loaded = match load(&a.m.file, a.m.model.as_deref(), &a.m.lints)? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    let p = &loaded.program;
+    let Some(path) = a
+        .data
+        .clone()
+        .or(loaded.cfg.test_data.clone())
+        .or(loaded.cfg.train_data.clone())
+    else {
+        eprintln!("error: no data: pass `--data FILE`");
+        return Ok(crate::EXIT_IO);
+    };
+    let result = rt::load_weights(p, &a.weights).and_then(|(state, st)| {
+        let d = load_data(p, &path, true, st.as_ref())?;
+        rt::evaluate(
+            p,
+            backend(a.m.backend).as_mut(),
+            &state,
+            &d,
+            loaded.cfg.batch as usize,
+        )
+    });
+    match result {
+        Ok(e) => {
+            println!("{}: {} rows", path.display(), e.rows);
+            if let Some(l) = e.loss {
+                println!("loss: {l:.6}");
+            }
+            if let Some(c) = &e.classification {
+                print!("{}", c.render());
+            }
+            Ok(0)
+        }
+        Err(e) => Ok(fail(&e)),
+    }
+}
+
+/// `kiln predict`.
+pub fn predict(a: PredictArgs) -> anyhow::Result<u8> {
+    let loaded = match load(&a.m.file, a.m.model.as_deref(), &a.m.lints)? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    let p = &loaded.program;
+    let result = rt::load_weights(p, &a.weights).and_then(|(state, st)| {
+        let d = load_data(p, &a.data, false, st.as_ref())?;
+        let (outs, classes) = rt::predict(
+            p,
+            backend(a.m.backend).as_mut(),
+            &state,
+            &d,
+            loaded.cfg.batch as usize,
+        )?;
+        write_predictions(&p.forward, &outs, classes.as_deref(), a.out.as_deref())
+    });
+    match result {
+        Ok(()) => Ok(0),
+        Err(e) => Ok(fail(&e)),
+    }
+}
+
+fn write_predictions(
+    g: &Graph,
+    outs: &[ndarray::ArrayD<f32>],
+    classes: Option<&[usize]>,
+    out: Option<&Path>,
+) -> Result<(), RuntimeError> {
+    let io = |e: std::io::Error, p: &Path| {
+        RuntimeError::Io(format!("cannot write `{}`: {e}", p.display()))
+    };
+    let ext = out
+        .and_then(|p| p.extension())
+        .and_then(|e| e.to_str())
+        .unwrap_or("csv");
+    match (ext, out) {
+        ("npy", Some(path)) => {
+            let first = outs
+                .first()
+                .ok_or_else(|| RuntimeError::Io("the model has no output".into()))?;
+            ndarray_npy::write_npy(path, first)
+                .map_err(|e| RuntimeError::Io(format!("cannot write `{}`: {e}", path.display())))
+        }
+        ("npz", Some(path)) => {
+            let f = std::fs::File::create(path).map_err(|e| io(e, path))?;
+            let mut npz = ndarray_npy::NpzWriter::new(f);
+            for ((name, _), v) in g.outputs.iter().zip(outs) {
+                npz.add_array(name.as_str(), v)
+                    .map_err(|e| RuntimeError::Io(e.to_string()))?;
+            }
+            if let Some(c) = classes {
+                let arr = ndarray::Array1::from_iter(c.iter().map(|&v| v as i64));
+                npz.add_array("class", &arr)
+                    .map_err(|e| RuntimeError::Io(e.to_string()))?;
+            }
+            npz.finish()
+                .map(|_| ())
+                .map_err(|e| RuntimeError::Io(e.to_string()))
+        }
+        _ => {
+            let text = predictions_csv(g, outs, classes);
+            match out {
+                Some(path) => std::fs::write(path, text).map_err(|e| io(e, path)),
+                None => {
+                    print!("{text}");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// A CSV: the class column (classifiers) then every output flattened per row, with a
+/// header `class,probs.0,probs.1,...`.
+fn predictions_csv(g: &Graph, outs: &[ndarray::ArrayD<f32>], classes: Option<&[usize]>) -> String {
+    let rows = outs.first().map_or(classes.map_or(0, <[usize]>::len), |o| {
+        o.shape().first().copied().unwrap_or(0)
+    });
+    let mut header: Vec<String> = Vec::new();
+    if classes.is_some() {
+        header.push("class".into());
+    }
+    let mut flat = Vec::new();
+    for ((name, _), v) in g.outputs.iter().zip(outs) {
+        let width = v.len() / rows.max(1);
+        if width == 1 {
+            header.push(name.clone());
+        } else {
+            header.extend((0..width).map(|i| format!("{name}.{i}")));
+        }
+        let data: Vec<f32> = v.iter().copied().collect();
+        flat.push((width, data));
+    }
+    let mut s = header.join(",") + "\n";
+    for r in 0..rows {
+        let mut cells: Vec<String> = Vec::new();
+        if let Some(c) = classes {
+            cells.push(c[r].to_string());
+        }
+        for (w, data) in &flat {
+            cells.extend(data[r * w..(r + 1) * w].iter().map(|v| v.to_string()));
+        }
+        s += &cells.join(",");
+        s.push('\n');
+    }
+    s
+}
+
+/// `kiln grad`.
+pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
+    let loaded = match load(&a.m.file, a.m.model.as_deref(), &a.m.lints)? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    let p = &loaded.program;
+    if let Some(d) = kiln::check::trainable(&p.model, p.model.span) {
+        eprint!(
+            "{}",
+            diag::render(&loaded.sources, &[d], color(a.m.lints.color))
+        );
+        return Ok(EXIT_INPUT);
+    }
+    let cfg = &loaded.cfg;
+    let result = (|| {
+        let (state, st) = match &a.weights {
+            Some(w) => rt::load_weights(p, w)?,
+            None => (Run::new(p, cfg).state, None),
+        };
+        let d = load_data(p, &a.data, true, st.as_ref())?;
+        let (loss, grads) = rt::gradients(
+            p,
+            cfg,
+            backend(a.m.backend).as_mut(),
+            &state,
+            &d,
+            cfg.batch as usize,
+        )?;
+        println!(
+            "loss: {loss:.6} (first {} rows of {})",
+            d.rows.min(cfg.batch as usize),
+            a.data.display()
+        );
+        let width = grads
+            .iter()
+            .map(|(n, _, _)| n.len())
+            .max()
+            .unwrap_or(9)
+            .max(9);
+        println!("{:<width$}  {:>12}", "parameter", "grad norm");
+        for (name, _, norm) in &grads {
+            println!("{name:<width$}  {norm:>12.6e}");
+        }
+        if let Some(out) = &a.out {
+            let map: BTreeMap<String, ndarray::ArrayD<f32>> =
+                grads.into_iter().map(|(n, g, _)| (n, g)).collect();
+            rt::save_tensors(out, map)?;
+            println!("gradients: {}", out.display());
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(0),
+        Err(e) => Ok(fail(&e)),
+    }
+}
+
+/// `kiln ir`.
+pub fn ir(a: IrArgs) -> anyhow::Result<u8> {
+    let lints = LintArgs {
+        allow: vec![],
+        deny: vec![],
+        color: Color::Auto,
+    };
+    let loaded = match load(&a.file, a.model.as_deref(), &lints)? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    let p = &loaded.program;
+    let g = match a.after {
+        Pass::Lower => p.forward.clone(),
+        Pass::Autodiff => {
+            let mut g = p.forward.clone();
+            kiln::autodiff::differentiate(&mut g);
+            g
+        }
+        Pass::Optimizer => {
+            kiln::autodiff::training_graph(&p.forward, &loaded.cfg.optimizer, loaded.cfg.clip)
+        }
+    };
+    print!("{}", g.print(Some(&loaded.sources)));
+    Ok(0)
+}

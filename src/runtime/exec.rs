@@ -1,0 +1,179 @@
+//! Backends run graphs: the reference interpreter today, the Cranelift JIT next. The
+//! runtime owns the model's state (parameters, optimizer and layer state) and hands it
+//! to a backend for each batch.
+
+use crate::interp::{self, Env};
+use crate::ir::{Graph, Hyper, NodeId, Slot};
+use ndarray::ArrayD;
+use std::collections::HashMap;
+use std::fmt;
+
+/// The mutable tensors of a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    /// Parameters, in the graph's order.
+    pub params: Vec<ArrayD<f32>>,
+    /// State tensors (optimizer state), in the training graph's order.
+    pub states: Vec<ArrayD<f32>>,
+}
+
+/// A failure while running a graph (shapes the caller got wrong, or an internal error).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunError(pub String);
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// What a training step returns.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepResult {
+    /// The model's loss on the batch (before the update).
+    pub loss: f64,
+    /// The differentiated objective (loss plus regularization).
+    pub objective: f64,
+}
+
+/// A loss and the gradient of each trainable parameter (by parameter index).
+pub type LossAndGrads = (f64, Vec<(usize, ArrayD<f32>)>);
+
+/// A way to run graphs.
+pub trait Backend {
+    /// The values of `roots` of `graph` (a forward graph) for one batch.
+    fn forward(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        roots: &[NodeId],
+    ) -> Result<Vec<ArrayD<f32>>, RunError>;
+
+    /// One training step of `graph` (a training graph): forward, backward, update of
+    /// `state` in place.
+    fn step(
+        &mut self,
+        graph: &Graph,
+        state: &mut State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<StepResult, RunError>;
+
+    /// The loss and every trainable parameter's gradient for one batch, without updating.
+    fn gradients(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<LossAndGrads, RunError>;
+}
+
+/// The reference interpreter as a backend (f32).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Interpreter;
+
+fn batch_of(inputs: &[ArrayD<f32>]) -> usize {
+    inputs
+        .first()
+        .and_then(|a| a.shape().first().copied())
+        .unwrap_or(1)
+}
+
+fn run(
+    graph: &Graph,
+    state: &State,
+    inputs: &[ArrayD<f32>],
+    targets: &[ArrayD<f32>],
+    hyper: &HashMap<Hyper, f64>,
+    roots: &[NodeId],
+) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
+    let env = Env {
+        inputs,
+        targets,
+        params: &state.params,
+        states: &state.states,
+        hyper,
+        batch: batch_of(inputs),
+    };
+    interp::run(graph, &env, roots).map_err(|e| RunError(e.0))
+}
+
+fn take(vals: &mut [Option<ArrayD<f32>>], n: NodeId) -> Result<ArrayD<f32>, RunError> {
+    vals[n]
+        .clone()
+        .ok_or_else(|| RunError(format!("node %{n} was not computed")))
+}
+
+fn scalar(a: &ArrayD<f32>) -> f64 {
+    a.iter().next().map_or(f64::NAN, |v| f64::from(*v))
+}
+
+impl Backend for Interpreter {
+    fn forward(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        roots: &[NodeId],
+    ) -> Result<Vec<ArrayD<f32>>, RunError> {
+        let mut vals = run(graph, state, inputs, targets, &HashMap::new(), roots)?;
+        roots.iter().map(|&r| take(&mut vals, r)).collect()
+    }
+
+    fn step(
+        &mut self,
+        graph: &Graph,
+        state: &mut State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<StepResult, RunError> {
+        let (Some(loss), Some(objective)) = (graph.loss, graph.objective) else {
+            return Err(RunError("the graph has no loss".into()));
+        };
+        let mut vals = run(graph, state, inputs, targets, hyper, &graph.step_roots())?;
+        let result = StepResult {
+            loss: scalar(&take(&mut vals, loss)?),
+            objective: scalar(&take(&mut vals, objective)?),
+        };
+        for (slot, n) in &graph.updates {
+            let v = take(&mut vals, *n)?;
+            match slot {
+                Slot::Param(p) => state.params[*p] = v,
+                Slot::State(s) => state.states[*s] = v,
+            }
+        }
+        Ok(result)
+    }
+
+    fn gradients(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<LossAndGrads, RunError> {
+        let Some(loss) = graph.loss else {
+            return Err(RunError("the graph has no loss".into()));
+        };
+        let mut roots = vec![loss];
+        roots.extend(graph.grads.iter().map(|(_, n)| *n));
+        let mut vals = run(graph, state, inputs, targets, hyper, &roots)?;
+        let l = scalar(&take(&mut vals, loss)?);
+        let grads = graph
+            .grads
+            .iter()
+            .map(|(p, n)| Ok((*p, take(&mut vals, *n)?)))
+            .collect::<Result<_, RunError>>()?;
+        Ok((l, grads))
+    }
+}

@@ -1,0 +1,810 @@
+//! The training loop, evaluation, prediction, gradients, and checkpoints of a run.
+
+use super::checkpoint::{self, Checkpoint};
+use super::data::{self, DataSpec, Dataset, PortSpec, Standardizer};
+use super::exec::{Backend, RunError, State};
+use super::init::init_params;
+use super::metrics::{self, Classification};
+use super::schedule::learning_rate;
+use crate::autodiff::training_graph;
+use crate::check::graph::CheckedModel;
+use crate::check::train::{Clip, Optimizer, TrainConfig};
+use crate::diag::Diagnostic;
+use crate::ir::{DType, Graph, Hyper, LossKind, NodeId, Op};
+use crate::lower::lower_model;
+use ndarray::{ArrayD, Axis, IxDyn};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How a classifier's predictions are read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Classifier {
+    /// The forward-graph node holding scores `[rows.., K]` (or one logit for binary).
+    pub scores: NodeId,
+    /// The target holding the true classes.
+    pub target: usize,
+    /// Number of classes.
+    pub classes: usize,
+    /// One logit per row (bce): class 1 when it is positive.
+    pub binary: bool,
+}
+
+/// A model ready to run.
+#[derive(Clone, Debug)]
+pub struct Program {
+    /// The checked model.
+    pub model: CheckedModel,
+    /// Its forward graph (evaluation behaviour).
+    pub forward: Graph,
+    /// A digest of the forward graph: checkpoints of another model are refused.
+    pub hash: String,
+    /// Set when the model is a classifier.
+    pub classifier: Option<Classifier>,
+}
+
+/// Lowers a checked model.
+pub fn prepare(model: &CheckedModel) -> Result<Program, Diagnostic> {
+    let forward = lower_model(model)?;
+    let hash = checkpoint::digest(&forward.print(None));
+    let classifier = find_classifier(&forward);
+    Ok(Program {
+        model: model.clone(),
+        forward,
+        hash,
+        classifier,
+    })
+}
+
+fn find_classifier(g: &Graph) -> Option<Classifier> {
+    let mut stack = vec![g.loss?];
+    while let Some(n) = stack.pop() {
+        let node = &g.nodes[n];
+        if let Op::Loss(kind) = node.op {
+            let (pred, target) = (node.args[0], node.args[1]);
+            let Op::Target(t) = g.nodes[target].op else {
+                return None;
+            };
+            let last = g.nodes[pred].shape.last().unwrap_or(1) as usize;
+            return match (g.nodes[target].dtype, kind) {
+                (DType::Class(k), _) if last == k as usize => Some(Classifier {
+                    scores: pred,
+                    target: t,
+                    classes: k as usize,
+                    binary: false,
+                }),
+                (DType::Class(2), _) | (DType::F32, LossKind::Bce | LossKind::Focal(..))
+                    if last == 1 =>
+                {
+                    Some(Classifier {
+                        scores: pred,
+                        target: t,
+                        classes: 2,
+                        binary: true,
+                    })
+                }
+                _ => None,
+            };
+        }
+        stack.extend(node.args.iter().rev());
+    }
+    None
+}
+
+/// What the data loader needs to read for a model.
+pub fn data_spec(g: &Graph) -> DataSpec {
+    let port = |t: &crate::ir::Tensor| PortSpec {
+        name: t.name.clone(),
+        shape: t.shape.0[1..]
+            .iter()
+            .map(|d| d.size().unwrap_or(1) as usize)
+            .collect(),
+        classes: match t.dtype {
+            DType::Class(k) => Some(k as usize),
+            DType::F32 => None,
+        },
+    };
+    DataSpec {
+        inputs: g.inputs.iter().map(port).collect(),
+        targets: g.targets.iter().map(port).collect(),
+    }
+}
+
+/// The hyperparameters of step `step` (from 1) at learning rate `lr`.
+pub fn hyper(opt: &Optimizer, clip: Option<Clip>, lr: f64, step: u64) -> HashMap<Hyper, f64> {
+    let mut h = HashMap::new();
+    h.insert(Hyper::Lr, lr);
+    match *opt {
+        Optimizer::Sgd {
+            momentum,
+            weight_decay,
+            ..
+        } => {
+            h.insert(Hyper::Momentum, momentum);
+            h.insert(Hyper::WeightDecay, weight_decay);
+        }
+        Optimizer::Adam {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } => {
+            h.insert(Hyper::Beta1, beta1);
+            h.insert(Hyper::Beta2, beta2);
+            h.insert(Hyper::Bias1, 1.0 - beta1.powi(step as i32));
+            h.insert(Hyper::Bias2, 1.0 - beta2.powi(step as i32));
+            h.insert(Hyper::Eps, eps);
+            h.insert(Hyper::WeightDecay, weight_decay);
+        }
+        Optimizer::Rmsprop {
+            alpha,
+            eps,
+            momentum,
+            ..
+        } => {
+            h.insert(Hyper::Alpha, alpha);
+            h.insert(Hyper::Eps, eps);
+            h.insert(Hyper::Momentum, momentum);
+        }
+    }
+    if let Some(Clip::Norm(c) | Clip::Value(c)) = clip {
+        h.insert(Hyper::Clip, c);
+    }
+    h
+}
+
+/// Loss and metrics of a model on a data set.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Evaluation {
+    /// Rows evaluated.
+    pub rows: usize,
+    /// Mean loss (when the data has targets and the model a loss).
+    pub loss: Option<f64>,
+    /// Classification metrics (classifiers only).
+    pub classification: Option<Classification>,
+}
+
+/// Runtime failures: bad data, a checkpoint that does not fit, a diverging run.
+#[derive(Debug)]
+pub enum RuntimeError {
+    /// A data file is wrong.
+    Data(data::DataError),
+    /// A checkpoint is unreadable or belongs to another model.
+    Checkpoint(String),
+    /// Writing an output failed.
+    Io(String),
+    /// The loss or a parameter became NaN or infinite.
+    Diverged(String),
+    /// The backend failed.
+    Run(RunError),
+}
+
+impl std::fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuntimeError::Data(e) => write!(f, "{e}"),
+            RuntimeError::Checkpoint(m) | RuntimeError::Io(m) | RuntimeError::Diverged(m) => {
+                write!(f, "{m}")
+            }
+            RuntimeError::Run(e) => write!(f, "internal error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RuntimeError {}
+
+impl From<RunError> for RuntimeError {
+    fn from(e: RunError) -> Self {
+        RuntimeError::Run(e)
+    }
+}
+
+impl From<data::DataError> for RuntimeError {
+    fn from(e: data::DataError) -> Self {
+        RuntimeError::Data(e)
+    }
+}
+
+/// Evaluates `state` on `data` in batches of `batch` rows.
+pub fn evaluate(
+    p: &Program,
+    backend: &mut dyn Backend,
+    state: &State,
+    d: &Dataset,
+    batch: usize,
+) -> Result<Evaluation, RuntimeError> {
+    let mut roots = Vec::new();
+    let loss = p.forward.loss.filter(|_| !d.targets.is_empty());
+    roots.extend(loss);
+    let cls = p.classifier.as_ref().filter(|_| !d.targets.is_empty());
+    roots.extend(cls.map(|c| c.scores));
+    let mut total = 0.0;
+    let (mut predicted, mut truth) = (Vec::new(), Vec::new());
+    let idx: Vec<usize> = (0..d.rows).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let b = d.select(chunk);
+        let vals = backend.forward(&p.forward, state, &b.inputs, &b.targets, &roots)?;
+        let mut k = 0;
+        if loss.is_some() {
+            total +=
+                f64::from(vals[0].iter().next().copied().unwrap_or(f32::NAN)) * chunk.len() as f64;
+            k = 1;
+        }
+        if let Some(c) = cls {
+            predicted.extend(classes_of(&vals[k], c));
+            truth.extend(truth_of(&b.targets[c.target], c));
+        }
+    }
+    Ok(Evaluation {
+        rows: d.rows,
+        loss: loss.map(|_| total / d.rows.max(1) as f64),
+        classification: cls.map(|c| metrics::classify(&predicted, &truth, c.classes)),
+    })
+}
+
+/// Predicted classes from a batch of scores.
+pub fn classes_of(scores: &ArrayD<f32>, c: &Classifier) -> Vec<usize> {
+    let k = if c.binary { 1 } else { c.classes };
+    let rows = scores.len() / k.max(1);
+    match scores.to_shape((rows, k)) {
+        Ok(view) => metrics::predicted_classes(&view.view()),
+        Err(_) => vec![0; rows],
+    }
+}
+
+fn truth_of(target: &ArrayD<f32>, c: &Classifier) -> Vec<usize> {
+    target
+        .iter()
+        .map(|&v| {
+            if c.binary {
+                usize::from(v > 0.5)
+            } else {
+                v.max(0.0) as usize
+            }
+        })
+        .collect()
+}
+
+/// One epoch of the history.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochRecord {
+    /// Epoch number, from 1.
+    pub epoch: u64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Validation loss, when there is a validation split.
+    pub val_loss: Option<f64>,
+    /// Validation accuracy (classifiers).
+    pub val_accuracy: Option<f64>,
+    /// Wall time of the epoch in seconds.
+    pub seconds: f64,
+}
+
+/// The result of a training run (`--report` writes it as JSON).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The model.
+    pub model: String,
+    /// Epochs run in total (including those of a resumed run).
+    pub epochs: u64,
+    /// Optimizer steps in total.
+    pub steps: u64,
+    /// Per-epoch history.
+    pub history: Vec<EpochRecord>,
+    /// The epoch whose weights were kept (early stopping with restore).
+    pub best_epoch: Option<u64>,
+    /// Why training stopped early, if it did.
+    pub stopped_early: Option<String>,
+    /// Evaluation on the test data.
+    pub test: Option<Evaluation>,
+    /// Evaluation on the training data at the end.
+    pub train: Evaluation,
+    /// Where the checkpoint was written.
+    pub checkpoint: Option<PathBuf>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// Where a run reads and writes.
+#[derive(Clone, Debug, Default)]
+pub struct RunPaths {
+    /// Training data.
+    pub train: PathBuf,
+    /// Test data.
+    pub test: Option<PathBuf>,
+    /// Checkpoint to write after every epoch.
+    pub save: Option<PathBuf>,
+    /// Checkpoint to continue from.
+    pub resume: Option<PathBuf>,
+}
+
+/// Early-stopping bookkeeping.
+#[derive(Clone, Debug, Default)]
+struct Early {
+    best: Option<f64>,
+    best_epoch: Option<u64>,
+    wait: u64,
+    best_params: Option<Vec<ArrayD<f32>>>,
+}
+
+/// A training run in progress.
+pub struct Run<'p> {
+    program: &'p Program,
+    train_graph: Graph,
+    cfg: TrainConfig,
+    /// The model's state.
+    pub state: State,
+    standardizer: Option<Standardizer>,
+    epoch: u64,
+    step: u64,
+    early: Early,
+    history: Vec<EpochRecord>,
+}
+
+impl<'p> Run<'p> {
+    /// A fresh run: parameters initialized from the seed, optimizer state zero.
+    pub fn new(program: &'p Program, cfg: &TrainConfig) -> Run<'p> {
+        let train_graph = training_graph(&program.forward, &cfg.optimizer, cfg.clip);
+        let params = init_params(&program.model, cfg.seed);
+        let states = train_graph
+            .states
+            .iter()
+            .map(|t| ArrayD::zeros(IxDyn(&crate::interp::dims(&t.shape, 1))))
+            .collect();
+        Run {
+            program,
+            train_graph,
+            cfg: cfg.clone(),
+            state: State { params, states },
+            standardizer: None,
+            epoch: 0,
+            step: 0,
+            early: Early::default(),
+            history: Vec::new(),
+        }
+    }
+
+    /// The training graph.
+    pub fn graph(&self) -> &Graph {
+        &self.train_graph
+    }
+
+    /// Runs the whole training: `on_epoch` sees each epoch's record as it ends.
+    pub fn train(
+        &mut self,
+        backend: &mut dyn Backend,
+        paths: &RunPaths,
+        mut on_epoch: impl FnMut(&EpochRecord),
+    ) -> Result<Report, RuntimeError> {
+        let start = Instant::now();
+        let spec = data_spec(&self.program.forward);
+        let all = data::load(&paths.train, &spec, true)?;
+        let (mut train, mut val) = all.split(self.cfg.validation, self.cfg.seed);
+        let mut test = match &paths.test {
+            Some(t) => Some(data::load(t, &spec, true)?),
+            None => None,
+        };
+        if let Some(r) = &paths.resume {
+            self.restore(r)?;
+        } else if self.cfg.standardize {
+            self.standardizer = Some(Standardizer::fit(&train));
+        }
+        if let Some(s) = &self.standardizer {
+            s.apply(&mut train);
+            s.apply(&mut val);
+            if let Some(t) = test.as_mut() {
+                s.apply(t);
+            }
+        }
+        let mut stopped_early = None;
+        let batch = self.cfg.batch as usize;
+        while self.epoch < self.cfg.epochs {
+            let t0 = Instant::now();
+            let lr = learning_rate(
+                &self.cfg.schedule,
+                self.cfg.optimizer.lr(),
+                self.epoch,
+                self.cfg.epochs,
+            );
+            let order = data::epoch_order(train.rows, self.cfg.seed, self.epoch);
+            let mut total = 0.0;
+            for chunk in order.chunks(batch.max(1)) {
+                let b = train.select(chunk);
+                self.step += 1;
+                let h = hyper(&self.cfg.optimizer, self.cfg.clip, lr, self.step);
+                let r = backend.step(
+                    &self.train_graph,
+                    &mut self.state,
+                    &b.inputs,
+                    &b.targets,
+                    &h,
+                )?;
+                if !r.objective.is_finite() {
+                    return Err(RuntimeError::Diverged(format!(
+                        "the loss became {} at epoch {}, step {} (learning rate {lr}); training stopped{}",
+                        r.objective,
+                        self.epoch + 1,
+                        self.step,
+                        if paths.save.is_some() { " and the last checkpoint is kept" } else { "" }
+                    )));
+                }
+                total += r.loss * chunk.len() as f64;
+            }
+            self.epoch += 1;
+            let ev = if val.rows > 0 {
+                Some(evaluate(self.program, backend, &self.state, &val, batch)?)
+            } else {
+                None
+            };
+            let rec = EpochRecord {
+                epoch: self.epoch,
+                lr,
+                train_loss: total / train.rows.max(1) as f64,
+                val_loss: ev.as_ref().and_then(|e| e.loss),
+                val_accuracy: ev
+                    .as_ref()
+                    .and_then(|e| e.classification.as_ref().map(|c| c.accuracy)),
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            on_epoch(&rec);
+            self.history.push(rec.clone());
+            if self.early_stop(&rec, backend, &train)? {
+                stopped_early = Some(format!(
+                    "no improvement of `{}` for {} epochs",
+                    self.cfg.early_stop.as_ref().map_or("", |e| &e.monitor),
+                    self.early.wait
+                ));
+                if let Some(s) = &paths.save {
+                    self.save(s)?;
+                }
+                break;
+            }
+            if let Some(s) = &paths.save {
+                self.save(s)?;
+            }
+        }
+        let restore = self.cfg.early_stop.as_ref().is_some_and(|e| e.restore_best);
+        if let (true, Some(best)) = (restore, self.early.best_params.clone()) {
+            self.state.params = best;
+            if let Some(s) = &paths.save {
+                self.save(s)?;
+            }
+        }
+        let test_eval = match &test {
+            Some(t) => Some(evaluate(self.program, backend, &self.state, t, batch)?),
+            None => None,
+        };
+        let train_eval = evaluate(self.program, backend, &self.state, &train, batch)?;
+        Ok(Report {
+            model: self.program.model.name.clone(),
+            epochs: self.epoch,
+            steps: self.step,
+            history: self.history.clone(),
+            best_epoch: self.early.best_epoch.filter(|_| restore),
+            stopped_early,
+            test: test_eval,
+            train: train_eval,
+            checkpoint: paths.save.clone(),
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Updates early stopping; true when training should stop.
+    fn early_stop(
+        &mut self,
+        rec: &EpochRecord,
+        backend: &mut dyn Backend,
+        train: &Dataset,
+    ) -> Result<bool, RuntimeError> {
+        let Some(es) = self.cfg.early_stop.clone() else {
+            return Ok(false);
+        };
+        let (value, higher_better) = match es.monitor.as_str() {
+            "val_loss" => (rec.val_loss, false),
+            "val_accuracy" => (rec.val_accuracy, true),
+            "loss" => (Some(rec.train_loss), false),
+            _ => {
+                let ev = evaluate(
+                    self.program,
+                    backend,
+                    &self.state,
+                    train,
+                    self.cfg.batch as usize,
+                )?;
+                (ev.classification.map(|c| c.accuracy), true)
+            }
+        };
+        let Some(v) = value else { return Ok(false) };
+        let improved = match self.early.best {
+            None => true,
+            Some(b) if higher_better => v > b + es.min_delta,
+            Some(b) => v < b - es.min_delta,
+        };
+        if improved {
+            self.early.best = Some(v);
+            self.early.best_epoch = Some(rec.epoch);
+            self.early.wait = 0;
+            self.early.best_params = Some(self.state.params.clone());
+            Ok(false)
+        } else {
+            self.early.wait += 1;
+            Ok(self.early.wait >= es.patience.max(1))
+        }
+    }
+
+    /// Writes the run's checkpoint atomically.
+    pub fn save(&self, path: &Path) -> Result<(), RuntimeError> {
+        let mut c = Checkpoint::new();
+        for (p, v) in self.program.forward.params.iter().zip(&self.state.params) {
+            c.tensors.insert(p.tensor.name.clone(), v.clone());
+        }
+        for (s, v) in self.train_graph.states.iter().zip(&self.state.states) {
+            c.tensors.insert(format!("optimizer.{}", s.name), v.clone());
+        }
+        if let Some(best) = &self.early.best_params {
+            for (p, v) in self.program.forward.params.iter().zip(best) {
+                c.tensors
+                    .insert(format!("best.{}", p.tensor.name), v.clone());
+            }
+        }
+        if let Some(st) = &self.standardizer {
+            put_standardizer(&mut c, &self.program.forward, st);
+        }
+        let meta = &mut c.meta;
+        meta.insert("format".into(), "kiln-checkpoint-1".into());
+        meta.insert("model".into(), self.program.model.name.clone());
+        meta.insert("model_hash".into(), self.program.hash.clone());
+        meta.insert("epoch".into(), self.epoch.to_string());
+        meta.insert("step".into(), self.step.to_string());
+        meta.insert("seed".into(), self.cfg.seed.to_string());
+        meta.insert("optimizer".into(), format!("{:?}", self.cfg.optimizer));
+        if let Some(b) = self.early.best {
+            meta.insert("early_stop.best".into(), format!("{b:e}"));
+        }
+        if let Some(e) = self.early.best_epoch {
+            meta.insert("early_stop.best_epoch".into(), e.to_string());
+        }
+        meta.insert("early_stop.wait".into(), self.early.wait.to_string());
+        c.save(path).map_err(|e| {
+            RuntimeError::Io(format!("cannot write checkpoint `{}`: {e}", path.display()))
+        })
+    }
+
+    /// Continues from a checkpoint written by [`Run::save`] for the same model.
+    pub fn restore(&mut self, path: &Path) -> Result<(), RuntimeError> {
+        let c = load_for(self.program, path)?;
+        self.state.params = params_from(self.program, &c, path, "")?;
+        for (i, s) in self.train_graph.states.iter().enumerate() {
+            let key = format!("optimizer.{}", s.name);
+            match c.tensors.get(&key) {
+                Some(v) if v.shape() == self.state.states[i].shape() => self.state.states[i] = v.clone(),
+                _ => {
+                    return Err(RuntimeError::Checkpoint(format!(
+                        "`{}` holds no optimizer state `{key}` for this optimizer: it cannot be resumed with this train block",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        let num = |k: &str| c.meta.get(k).and_then(|v| v.parse::<u64>().ok());
+        self.epoch = num("epoch").unwrap_or(0);
+        self.step = num("step").unwrap_or(0);
+        self.early.wait = num("early_stop.wait").unwrap_or(0);
+        self.early.best_epoch = num("early_stop.best_epoch");
+        self.early.best = c.meta.get("early_stop.best").and_then(|v| v.parse().ok());
+        if self.early.best.is_some() {
+            self.early.best_params = params_from(self.program, &c, path, "best.").ok();
+        }
+        self.standardizer = get_standardizer(&c, &self.program.forward);
+        Ok(())
+    }
+}
+
+fn put_standardizer(c: &mut Checkpoint, g: &Graph, st: &Standardizer) {
+    for (i, t) in g.inputs.iter().enumerate() {
+        if let (Some(m), Some(s)) = (st.mean.get(i), st.std.get(i)) {
+            c.tensors.insert(
+                format!("standardize.{}.mean", t.name),
+                ArrayD::from_shape_vec(IxDyn(&[m.len()]), m.clone()).expect("1-D"),
+            );
+            c.tensors.insert(
+                format!("standardize.{}.std", t.name),
+                ArrayD::from_shape_vec(IxDyn(&[s.len()]), s.clone()).expect("1-D"),
+            );
+        }
+    }
+}
+
+/// The standardization stored in a checkpoint, if any.
+pub fn get_standardizer(c: &Checkpoint, g: &Graph) -> Option<Standardizer> {
+    let mut mean = Vec::new();
+    let mut std = Vec::new();
+    for t in &g.inputs {
+        mean.push(
+            c.tensors
+                .get(&format!("standardize.{}.mean", t.name))?
+                .iter()
+                .copied()
+                .collect(),
+        );
+        std.push(
+            c.tensors
+                .get(&format!("standardize.{}.std", t.name))?
+                .iter()
+                .copied()
+                .collect(),
+        );
+    }
+    Some(Standardizer { mean, std })
+}
+
+/// Loads a checkpoint and refuses one written for another model.
+pub fn load_for(p: &Program, path: &Path) -> Result<Checkpoint, RuntimeError> {
+    let c = Checkpoint::load(path).map_err(|e| RuntimeError::Checkpoint(e.to_string()))?;
+    if let Some(h) = c.meta.get("model_hash") {
+        if *h != p.hash {
+            let other = c
+                .meta
+                .get("model")
+                .map_or(String::new(), |m| format!(" (model `{m}`)"));
+            return Err(RuntimeError::Checkpoint(format!(
+                "`{}` is a checkpoint of a different model{other}: its layers, shapes or names differ from `{}`",
+                path.display(),
+                p.model.name
+            )));
+        }
+    }
+    Ok(c)
+}
+
+/// The parameters of `p` from a checkpoint (keys prefixed by `prefix`), or a message
+/// naming every missing, extra and mis-shaped tensor.
+pub fn params_from(
+    p: &Program,
+    c: &Checkpoint,
+    path: &Path,
+    prefix: &str,
+) -> Result<Vec<ArrayD<f32>>, RuntimeError> {
+    let expected: Vec<(String, Vec<usize>)> = p
+        .forward
+        .params
+        .iter()
+        .map(|t| {
+            (
+                format!("{prefix}{}", t.tensor.name),
+                crate::interp::dims(&t.tensor.shape, 1),
+            )
+        })
+        .collect();
+    // A Kiln checkpoint also holds optimizer state and more; a plain file only parameters.
+    let kiln = c.meta.contains_key("model_hash");
+    let view = if kiln || !prefix.is_empty() {
+        let mut only = Checkpoint::new();
+        for (k, v) in &c.tensors {
+            if expected.iter().any(|(n, _)| n == k) {
+                only.tensors.insert(k.clone(), v.clone());
+            }
+        }
+        for (n, _) in &expected {
+            if !c.tensors.contains_key(n) {
+                only.tensors.remove(n);
+            }
+        }
+        only
+    } else {
+        c.clone()
+    };
+    let problems = checkpoint::compare(&expected, &view);
+    if !problems.is_empty() {
+        return Err(RuntimeError::Checkpoint(format!(
+            "`{}` does not fit model `{}`:\n  {}",
+            path.display(),
+            p.model.name,
+            problems.join("\n  ")
+        )));
+    }
+    Ok(expected
+        .iter()
+        .map(|(n, _)| view.tensors[n].clone())
+        .collect())
+}
+
+/// Parameters (and standardization) for evaluation or prediction from `--weights`.
+pub fn load_weights(
+    p: &Program,
+    path: &Path,
+) -> Result<(State, Option<Standardizer>), RuntimeError> {
+    let c = load_for(p, path)?;
+    let params = params_from(p, &c, path, "")?;
+    Ok((
+        State {
+            params,
+            states: vec![],
+        },
+        get_standardizer(&c, &p.forward),
+    ))
+}
+
+/// Outputs in output order, and the predicted classes of a classifier.
+pub type Predictions = (Vec<ArrayD<f32>>, Option<Vec<usize>>);
+
+/// The model's outputs on `d` (concatenated over batches, in output order) and, for
+/// classifiers, the predicted class of every row.
+pub fn predict(
+    p: &Program,
+    backend: &mut dyn Backend,
+    state: &State,
+    d: &Dataset,
+    batch: usize,
+) -> Result<Predictions, RuntimeError> {
+    let mut roots: Vec<NodeId> = p.forward.outputs.iter().map(|(_, n)| *n).collect();
+    let outputs = roots.len();
+    roots.extend(p.classifier.as_ref().map(|c| c.scores));
+    let mut parts: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); outputs];
+    let mut classes = p.classifier.as_ref().map(|_| Vec::new());
+    let idx: Vec<usize> = (0..d.rows).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let b = d.select(chunk);
+        let vals = backend.forward(&p.forward, state, &b.inputs, &[], &roots)?;
+        for (k, v) in vals.into_iter().enumerate() {
+            match (k < outputs, &mut classes, &p.classifier) {
+                (true, _, _) => parts[k].push(v),
+                (false, Some(cs), Some(c)) => cs.extend(classes_of(&v, c)),
+                _ => {}
+            }
+        }
+    }
+    let outs = parts
+        .into_iter()
+        .map(|vs| {
+            let views: Vec<_> = vs.iter().map(|v| v.view()).collect();
+            ndarray::concatenate(Axis(0), &views)
+                .map_err(|e| RuntimeError::Run(RunError(e.to_string())))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((outs, classes))
+}
+
+/// Gradients of one batch: the loss, and per trainable parameter its name, gradient and norm.
+pub type Gradients = (f64, Vec<(String, ArrayD<f32>, f64)>);
+
+/// The loss and gradients of the first `batch` rows of `d`.
+pub fn gradients(
+    p: &Program,
+    cfg: &TrainConfig,
+    backend: &mut dyn Backend,
+    state: &State,
+    d: &Dataset,
+    batch: usize,
+) -> Result<Gradients, RuntimeError> {
+    let g = training_graph(&p.forward, &cfg.optimizer, None);
+    let rows: Vec<usize> = (0..d.rows.min(batch.max(1))).collect();
+    let b = d.select(&rows);
+    let h = hyper(&cfg.optimizer, None, cfg.optimizer.lr(), 1);
+    let (loss, grads) = backend.gradients(&g, state, &b.inputs, &b.targets, &h)?;
+    Ok((
+        loss,
+        grads
+            .into_iter()
+            .map(|(i, a)| {
+                let norm = a.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+                (p.forward.params[i].tensor.name.clone(), a, norm)
+            })
+            .collect(),
+    ))
+}
+
+/// Writes named arrays as a safetensors file (gradients).
+pub fn save_tensors(
+    path: &Path,
+    tensors: BTreeMap<String, ArrayD<f32>>,
+) -> Result<(), RuntimeError> {
+    let mut c = Checkpoint::new();
+    c.tensors = tensors;
+    c.save(path)
+        .map_err(|e| RuntimeError::Io(format!("cannot write `{}`: {e}", path.display())))
+}
