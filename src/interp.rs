@@ -553,11 +553,14 @@ pub fn loss_and_grad<T: Real>(
                 let (lt, t) = (lp[c], lp[c].exp());
                 let w = (1.0 - t).max(0.0);
                 let l = -alpha * w.powf(gamma) * lt;
-                // dL/dt = −α(−γ(1−t)^(γ−1) log t + (1−t)^γ / t); dt/dz_j = t(δ_jc − p_j)
-                let dldt = -alpha * (-gamma * w.powf(gamma - 1.0) * lt + w.powf(gamma) / t);
+                // dL/dz_j = t·dL/dt · (δ_jc − p_j), since dt/dz_j = t(δ_jc − p_j), and
+                // t·dL/dt = −α·w^γ·(1 − γ·t·log t / w) with log t / w → −1 as w → 0:
+                // no NaN for confident predictions, whatever γ.
+                let ratio = if w > 0.0 { lt / w } else { -1.0 };
+                let t_dldt = -alpha * w.powf(gamma) * (1.0 - gamma * t * ratio);
                 for j in 0..lp.len() {
                     let delta = if j == c { 1.0 } else { 0.0 };
-                    gr[j] = dldt * t * (delta - lp[j].exp());
+                    gr[j] = t_dldt * (delta - lp[j].exp());
                 }
                 l
             },
@@ -715,9 +718,14 @@ fn elementwise_loss(kind: LossKind, x: f64, t: f64) -> (f64, f64) {
             let log_pt = t * log_sigmoid(x) + (1.0 - t) * log_sigmoid(-x);
             let w = (1.0 - pt).max(0.0);
             let l = -at * w.powf(gamma) * log_pt;
-            let dldpt = -at * (-gamma * w.powf(gamma - 1.0) * log_pt + w.powf(gamma) / pt);
+            // d log_pt/dx = t − p; the modulating factor's derivative vanishes at w = 0.
             let dptdx = (2.0 * t - 1.0) * p * (1.0 - p);
-            (l, dldpt * dptdx)
+            let modulating = if w > 0.0 {
+                gamma * w.powf(gamma - 1.0) * dptdx * log_pt
+            } else {
+                0.0
+            };
+            (l, -at * (w.powf(gamma) * (t - p) - modulating))
         }
         LossKind::ZeroOne => (f64::from(u8::from((x > 0.0) != (t > 0.5))), 0.0),
         LossKind::CrossEntropy(_) => unreachable!("cross-entropy is computed per row"),

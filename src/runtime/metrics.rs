@@ -145,6 +145,12 @@ impl Classification {
     /// Scores are printed with 4 decimals. The confusion matrix is left out, with a note,
     /// beyond 32 classes (it stays in the JSON report).
     pub fn render(&self) -> String {
+        self.render_with(true, true)
+    }
+
+    /// The accuracy line, then the per-class table when `scores`, then the confusion
+    /// matrix when `confusion` (what a train block's `metrics` asks for).
+    pub fn render_with(&self, scores: bool, confusion: bool) -> String {
         let total: u64 = self.per_class.iter().map(|s| s.support).sum();
         let correct: u64 = (0..self.classes)
             .filter_map(|c| self.confusion.get(c).and_then(|row| row.get(c)))
@@ -173,9 +179,13 @@ impl Classification {
             format!("{:.4}", self.macro_f1),
             total.to_string(),
         ]);
-        out.push_str(&table(&rows));
-        out.push('\n');
-
+        if scores {
+            out.push_str(&table(&rows));
+            out.push('\n');
+        }
+        if !confusion {
+            return out;
+        }
         if self.classes > RENDER_CONFUSION_MAX_CLASSES {
             let _ = writeln!(
                 out,

@@ -3,7 +3,7 @@
 use crate::{check_one, print_diags, Color, LintArgs, EXIT_INPUT};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use kiln::check::train::TrainConfig;
+use kiln::check::train::{Metric, TrainConfig};
 use kiln::check::{CheckedModel, LintLevels, Program as Checked};
 use kiln::diag::{self, ColorChoice};
 use kiln::ir::Graph;
@@ -298,6 +298,24 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
     print_eval("train", &report.train);
     if let Some(t) = &report.test {
         print_eval("test", t);
+    }
+    // The metrics the train block asks for, on the test data (else the training data).
+    let scores = cfg
+        .metrics
+        .iter()
+        .any(|m| matches!(m, Metric::Precision | Metric::Recall | Metric::F1));
+    let confusion = cfg.metrics.contains(&Metric::Confusion);
+    let shown = report.test.as_ref().unwrap_or(&report.train);
+    if let (true, Some(c)) = (scores || confusion, &shown.classification) {
+        println!(
+            "\n{} metrics:",
+            if report.test.is_some() {
+                "test"
+            } else {
+                "training"
+            }
+        );
+        print!("{}", c.render_with(scores, confusion));
     }
     if let Some(c) = &report.checkpoint {
         println!("checkpoint: {}", c.display());
