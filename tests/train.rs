@@ -457,3 +457,63 @@ fn ir_prints_every_pass() {
         "{opt}"
     );
 }
+
+#[test]
+fn early_stopping_restores_the_best_weights() {
+    let dir = tmp();
+    let d = dir.path();
+    let data = example("data/iris_train.csv");
+    let model = format!(
+        "model iris {{
+  input  features: [N, 4]
+  target label: class[N] of 3
+  logits = features |> dense(64) |> relu |> dense(3)
+  output logits
+  loss cross_entropy(logits, label)
+}}
+train iris {{
+  data train: \"{data}\"
+  optimizer adam(lr: 0.05)
+  epochs 300
+  validation 0.3
+  standardize true
+  early_stop(monitor: val_loss, patience: 3)
+  seed 3
+}}
+"
+    );
+    std::fs::write(d.join("iris.kiln"), model).unwrap();
+    ok(&kiln(
+        &[
+            "train",
+            "iris.kiln",
+            "--quiet",
+            "--save",
+            "es.ckpt",
+            "--report",
+            "r.json",
+        ],
+        d,
+    ));
+    let r = report(&d.join("r.json"));
+    let epochs = r["epochs"].as_u64().unwrap();
+    let best = r["best_epoch"].as_u64().unwrap();
+    assert!(epochs < 300, "stopped after {epochs} epochs");
+    assert!(r["stopped_early"].is_string());
+    assert_eq!(best + 3, epochs, "patience 3 after the best epoch");
+    // The best epoch had the lowest validation loss of the run.
+    let losses: Vec<f64> = r["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["val_loss"].as_f64().unwrap())
+        .collect();
+    let min = losses.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(losses[best as usize - 1], min);
+    // The saved checkpoint holds the restored (best) weights.
+    let c = Checkpoint::load(&d.join("es.ckpt")).unwrap();
+    assert_eq!(
+        c.tensors["logits.dense.0.weight"],
+        c.tensors["best.logits.dense.0.weight"]
+    );
+}
