@@ -476,12 +476,17 @@ fn a_missing_file() {
 
 #[test]
 fn an_unknown_format() {
-    for name in ["x.txt", "x", "x.safetensors"] {
+    for name in ["x.txt", "x", "x.parquet"] {
         let (_dir, path) = temp_file(name, b"x0,x1,y\n0,0,0\n");
         let e = load_err(&path, &xor(), true);
         assert_eq!(e.code, "E0501");
         assert!(e.message.contains("unknown data format"), "{e}");
     }
+    // A CSV named .safetensors is read as safetensors, and refused as malformed.
+    let (_dir, path) = temp_file("x.safetensors", b"x0,x1,y\n0,0,0\n");
+    let e = load_err(&path, &xor(), true);
+    assert_eq!(e.code, "E0501");
+    assert!(e.message.contains("not a valid .safetensors file"), "{e}");
     // The extension is read in any case.
     let (_dir, path) = temp_file("X.CSV", b"x0,x1,y\n0,0,0\n");
     assert_eq!(load_ok(&path, &xor()).rows, 1);
@@ -879,4 +884,49 @@ fn standardizer_on_the_digits() {
     let mut unchanged = train.clone();
     other.apply(&mut unchanged);
     assert_eq!(unchanged, train);
+}
+
+#[test]
+fn safetensors_holds_named_arrays() {
+    use kiln::runtime::checkpoint::Checkpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.safetensors");
+    let mut c = Checkpoint::new();
+    let x = ndarray::ArrayD::from_shape_vec(
+        ndarray::IxDyn(&[3, 2]),
+        vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0],
+    )
+    .unwrap();
+    let y = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[3]), vec![0.0f32, 2.0, 1.0]).unwrap();
+    c.tensors.insert("x".into(), x.clone());
+    c.tensors.insert("y".into(), y);
+    c.save(&path).unwrap();
+    let spec = kiln::runtime::data::DataSpec {
+        inputs: vec![kiln::runtime::data::PortSpec {
+            name: "x".into(),
+            shape: vec![2],
+            classes: None,
+        }],
+        targets: vec![kiln::runtime::data::PortSpec {
+            name: "y".into(),
+            shape: vec![],
+            classes: Some(3),
+        }],
+    };
+    let d = kiln::runtime::data::load(&path, &spec, true).unwrap();
+    assert_eq!(d.rows, 3);
+    assert_eq!(d.inputs[0], x);
+    assert_eq!(
+        d.targets[0].iter().copied().collect::<Vec<_>>(),
+        [0.0, 2.0, 1.0]
+    );
+    // A label out of range is checked as in every format.
+    let mut c = Checkpoint::load(&path).unwrap();
+    c.tensors.insert(
+        "y".into(),
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[3]), vec![0.0f32, 3.0, 1.0]).unwrap(),
+    );
+    c.save(&path).unwrap();
+    let e = kiln::runtime::data::load(&path, &spec, true).unwrap_err();
+    assert_eq!(e.code, "E0503", "{e}");
 }

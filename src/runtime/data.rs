@@ -157,10 +157,11 @@ pub fn load(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset,
         Some("csv") => load_csv(path, spec, with_targets),
         Some("npy") => load_npy(path, spec, with_targets),
         Some("npz") => load_npz(path, spec, with_targets),
+        Some("safetensors") => load_safetensors(path, spec, with_targets),
         _ => Err(DataError::new(
             E_FORMAT,
             path,
-            "unknown data format: expected a .csv, .npy or .npz file",
+            "unknown data format: expected a .csv, .npy, .npz or .safetensors file",
         )),
     }
 }
@@ -878,7 +879,55 @@ fn load_npz(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset,
         |e: ReadNpzError| DataError::new(E_FORMAT, path, format!("not a valid .npz file: {e}"));
     let mut npz = NpzReader::new(BufReader::new(file)).map_err(invalid)?;
     let keys = npz.names().map_err(invalid)?;
+    assemble(path, spec, with_targets, &keys, |name, what| {
+        Ok(match probe_npz(path, &mut npz, name, what)? {
+            Probe::Bytes(array) => {
+                let values = array.iter().map(|&v| v.to_f32()).collect();
+                (array.shape().to_vec(), values)
+            }
+            Probe::Other(elem) => {
+                let mut entry = NpzEntry {
+                    npz: &mut npz,
+                    name,
+                };
+                read_as_f32(&mut entry, elem).map_err(|e| {
+                    DataError::new(E_FORMAT, path, format!("cannot read {what}: {e}"))
+                })?
+            }
+        })
+    })
+}
 
+/// A `.safetensors` data file: tensors named like the inputs and targets.
+fn load_safetensors(
+    path: &Path,
+    spec: &DataSpec,
+    with_targets: bool,
+) -> Result<Dataset, DataError> {
+    let file = super::checkpoint::Checkpoint::load(path).map_err(|e| {
+        DataError::new(
+            E_FORMAT,
+            path,
+            format!("not a valid .safetensors file: {e}"),
+        )
+    })?;
+    let keys: Vec<String> = file.tensors.keys().cloned().collect();
+    assemble(path, spec, with_targets, &keys, |name, _| {
+        let t = &file.tensors[name];
+        Ok((t.shape().to_vec(), t.iter().copied().collect()))
+    })
+}
+
+/// Builds a data set from named arrays (`.npz`, `.safetensors`): `fetch(name, what)`
+/// reads one as (shape, values); every input and (when wanted) target must be among
+/// `keys`, and all must have the same number of rows.
+fn assemble(
+    path: &Path,
+    spec: &DataSpec,
+    with_targets: bool,
+    keys: &[String],
+    mut fetch: impl FnMut(&str, &str) -> Result<(Vec<usize>, Vec<f32>), DataError>,
+) -> Result<Dataset, DataError> {
     let ports: Vec<(bool, &PortSpec)> = spec
         .inputs
         .iter()
@@ -916,21 +965,7 @@ fn load_npz(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset,
             ));
         }
         let what = format!("array `{}`", port.name);
-        let (found, values) = match probe_npz(path, &mut npz, &port.name, &what)? {
-            Probe::Bytes(array) => {
-                let values = array.iter().map(|&v| v.to_f32()).collect();
-                (array.shape().to_vec(), values)
-            }
-            Probe::Other(elem) => {
-                let mut entry = NpzEntry {
-                    npz: &mut npz,
-                    name: &port.name,
-                };
-                read_as_f32(&mut entry, elem).map_err(|e| {
-                    DataError::new(E_FORMAT, path, format!("cannot read {what}: {e}"))
-                })?
-            }
-        };
+        let (found, values) = fetch(&port.name, &what)?;
         let array = fit_port(path, &what, port, &found, values)?;
         let rows = array.len_of(Axis(0));
         match first {

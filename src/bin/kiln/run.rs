@@ -542,7 +542,12 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
             Some(w) => rt::load_weights(p, w)?,
             None => (Run::new(p, cfg).state, None),
         };
-        let d = load_data(p, &a.data, true, st.as_ref())?;
+        // Without a checkpoint's statistics, a train block that standardizes fits them on
+        // this data, as training would.
+        let mut d = load_data(p, &a.data, true, st.as_ref())?;
+        if st.is_none() && cfg.standardize {
+            data::Standardizer::fit(&d).apply(&mut d);
+        }
         let (loss, grads) = rt::gradients(
             p,
             cfg,
