@@ -391,7 +391,15 @@ impl<'p> Run<'p> {
         if let Some(r) = &paths.resume {
             self.restore(r)?;
         } else if self.cfg.standardize {
-            self.standardizer = Some(Standardizer::fit(&train));
+            let mut st = Standardizer::fit(&train);
+            // Class ids (embedding inputs) are indices, not measurements: left as they are.
+            for (i, port) in spec.inputs.iter().enumerate() {
+                if port.classes.is_some() {
+                    st.mean[i].iter_mut().for_each(|m| *m = 0.0);
+                    st.std[i].iter_mut().for_each(|s| *s = 1.0);
+                }
+            }
+            self.standardizer = Some(st);
         }
         if let Some(s) = &self.standardizer {
             s.apply(&mut train);
