@@ -183,7 +183,8 @@ fn scalar<T: Real>(v: f64) -> ArrayD<T> {
     ArrayD::from_elem(IxDyn(&[]), T::of(v))
 }
 
-fn eval<T: Real>(
+/// The value of one operation on argument values, with output dims `out`.
+pub fn eval<T: Real>(
     op: &Op,
     a: &[&ArrayD<T>],
     out: &[usize],

@@ -6,6 +6,7 @@ pub mod check;
 pub mod diag;
 pub mod interp;
 pub mod ir;
+pub mod jit;
 pub mod lower;
 pub mod runtime;
 pub mod span;

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 /// Which backend runs the model.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BackendChoice {
+    /// Native code compiled with Cranelift.
+    Jit,
     /// The reference interpreter (ndarray).
     Interp,
 }
@@ -31,7 +33,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// Backend that runs the model.
-    #[arg(long, value_enum, default_value = "interp")]
+    #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendChoice,
     #[command(flatten)]
     pub lints: LintArgs,
@@ -145,6 +147,9 @@ pub enum Pass {
     Autodiff,
     /// The whole training step: backward, clipping, optimizer update.
     Optimizer,
+    /// The JIT's plan for the training step (or the forward pass of a model without a
+    /// loss): which elementwise operations fuse into one loop, which call kernels.
+    Fuse,
 }
 
 /// A checked, lowered model with its train block.
@@ -207,8 +212,11 @@ fn pick<'a>(p: &'a Checked, name: Option<&str>, file: &Path) -> Option<&'a Check
     found
 }
 
-fn backend(_: BackendChoice) -> Box<dyn Backend> {
-    Box::new(Interpreter)
+fn backend(choice: BackendChoice) -> Box<dyn Backend> {
+    match choice {
+        BackendChoice::Jit => Box::new(kiln::jit::Jit::new()),
+        BackendChoice::Interp => Box::new(Interpreter),
+    }
 }
 
 /// Exit code for a runtime error, after printing it.
@@ -604,10 +612,19 @@ pub fn ir(a: IrArgs) -> anyhow::Result<u8> {
             kiln::autodiff::differentiate(&mut g);
             g
         }
-        Pass::Optimizer => {
+        Pass::Optimizer | Pass::Fuse => {
             kiln::autodiff::training_graph(&p.forward, &loaded.cfg.optimizer, loaded.cfg.clip)
         }
     };
+    if let Pass::Fuse = a.after {
+        let roots = if g.loss.is_some() {
+            g.step_roots()
+        } else {
+            g.outputs.iter().map(|(_, n)| *n).collect()
+        };
+        print!("{}", kiln::jit::plan::plan(&g, &roots).print(&g));
+        return Ok(0);
+    }
     print!("{}", g.print(Some(&loaded.sources)));
     Ok(0)
 }

@@ -1,0 +1,148 @@
+//! The boundary between Rust and generated code: the context the generated function
+//! reads, the functions it calls, and the call itself. All of the JIT's `unsafe` is here.
+
+use super::kernel;
+use crate::interp::{apply, derivative};
+use crate::ir::{Func, Graph};
+use std::cell::RefCell;
+
+/// What a generated function receives (one pointer to this).
+#[repr(C)]
+pub struct Ctx {
+    /// One buffer pointer per graph node (null where the node has none).
+    pub bufs: *const *mut f32,
+    /// The batch size.
+    pub batch: i64,
+    /// The kernels' view of the run.
+    pub env: *const KernelEnv<'static>,
+}
+
+/// Byte offsets of [`Ctx`] fields, for the code generator.
+pub const CTX_BUFS: i32 = 0;
+/// Offset of `batch`.
+pub const CTX_BATCH: i32 = 8;
+
+/// What a kernel needs besides the buffers.
+pub struct KernelEnv<'g> {
+    /// The graph being run.
+    pub graph: &'g Graph,
+    /// Element counts of every node's buffer.
+    pub sizes: Vec<usize>,
+    /// The first error a kernel met (reported after the call returns).
+    pub error: RefCell<Option<String>>,
+}
+
+/// Runs kernel node `node` (called from generated code).
+extern "C" fn kiln_kernel(ctx: *const Ctx, node: i64) {
+    // SAFETY: generated code passes the `Ctx` that `call` built, which outlives the call;
+    // `bufs` has one entry per node, and every buffer a kernel reads or writes was
+    // allocated by `call` with `sizes[n]` elements. The output buffer is an arena slot no
+    // argument aliases (kernels never write external or aliased buffers).
+    let (env, bufs, batch) = unsafe {
+        let ctx = &*ctx;
+        let env = &*ctx.env;
+        (
+            env,
+            std::slice::from_raw_parts(ctx.bufs, env.sizes.len()),
+            ctx.batch as usize,
+        )
+    };
+    let n = node as usize;
+    let node_ref = &env.graph.nodes[n];
+    // SAFETY: see above; argument slices are only read while the output is written, and
+    // the output never overlaps them.
+    let args: Vec<&[f32]> = node_ref
+        .args
+        .iter()
+        .map(|&a| unsafe { std::slice::from_raw_parts(bufs[a], env.sizes[a]) })
+        .collect();
+    let out = unsafe { std::slice::from_raw_parts_mut(bufs[n], env.sizes[n]) };
+    if let Err(e) = kernel::run(env.graph, n, &args, out, batch) {
+        env.error.borrow_mut().get_or_insert(e);
+    }
+}
+
+/// The numbering of [`Func`] shared by the code generator and [`kiln_apply`].
+pub fn func_code(f: Func) -> (i32, f32) {
+    match f {
+        Func::Neg => (0, 0.0),
+        Func::Exp => (1, 0.0),
+        Func::Log => (2, 0.0),
+        Func::Sqrt => (3, 0.0),
+        Func::Abs => (4, 0.0),
+        Func::Square => (5, 0.0),
+        Func::Recip => (6, 0.0),
+        Func::Relu => (7, 0.0),
+        Func::LeakyRelu(a) => (8, a as f32),
+        Func::Elu(a) => (9, a as f32),
+        Func::Sigmoid => (10, 0.0),
+        Func::Tanh => (11, 0.0),
+        Func::Gelu => (12, 0.0),
+        Func::GeluTanh => (13, 0.0),
+        Func::Silu => (14, 0.0),
+        Func::Softplus => (15, 0.0),
+        Func::Sign => (16, 0.0),
+        Func::Step => (17, 0.0),
+    }
+}
+
+fn func_of(code: i32, p: f32) -> Func {
+    let p = f64::from(p);
+    match code {
+        0 => Func::Neg,
+        1 => Func::Exp,
+        2 => Func::Log,
+        3 => Func::Sqrt,
+        4 => Func::Abs,
+        5 => Func::Square,
+        6 => Func::Recip,
+        7 => Func::Relu,
+        8 => Func::LeakyRelu(p),
+        9 => Func::Elu(p),
+        10 => Func::Sigmoid,
+        11 => Func::Tanh,
+        12 => Func::Gelu,
+        13 => Func::GeluTanh,
+        14 => Func::Silu,
+        15 => Func::Softplus,
+        16 => Func::Sign,
+        _ => Func::Step,
+    }
+}
+
+/// `f(x)` for functions the generated code does not inline: the interpreter's formula.
+extern "C" fn kiln_apply(code: i32, p: f32, x: f32) -> f32 {
+    apply(func_of(code, p), f64::from(x)) as f32
+}
+
+/// `f'(x)`, likewise.
+extern "C" fn kiln_derivative(code: i32, p: f32, x: f32) -> f32 {
+    derivative(func_of(code, p), f64::from(x)) as f32
+}
+
+/// The symbols generated code calls, to register with the JIT builder.
+pub fn symbols() -> [(&'static str, *const u8); 3] {
+    [
+        ("kiln_kernel", kiln_kernel as *const u8),
+        ("kiln_apply", kiln_apply as *const u8),
+        ("kiln_derivative", kiln_derivative as *const u8),
+    ]
+}
+
+/// Calls a generated function.
+pub fn call(func: *const u8, bufs: &[*mut f32], batch: usize, env: &KernelEnv) {
+    let ctx = Ctx {
+        bufs: bufs.as_ptr(),
+        batch: batch as i64,
+        // The generated code only passes this pointer back to `kiln_kernel` during the call.
+        env: (env as *const KernelEnv).cast::<KernelEnv<'static>>(),
+    };
+    // SAFETY: `func` was produced by `emit` for a graph whose every node has an entry in
+    // `bufs` with a buffer of `env.sizes[n]` elements (checked by the caller), with the
+    // signature `extern "C" fn(*const Ctx)`; the module that owns the code is alive for
+    // the duration of the call.
+    unsafe {
+        let f: extern "C" fn(*const Ctx) = std::mem::transmute(func);
+        f(&ctx);
+    }
+}

@@ -1,0 +1,68 @@
+//! Kernels: the operations generated code calls instead of writing them inline (matrix
+//! products, reductions, softmax, losses, shape changes). Matrix products go straight to
+//! the library GEMM on the buffers; the others share the interpreter's implementation.
+
+use crate::interp::{self, dims, Env};
+use crate::ir::{Graph, Op};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, IxDyn};
+use std::collections::HashMap;
+
+/// Computes node `n` of `g` from its argument buffers into `out`.
+pub fn run(
+    g: &Graph,
+    n: usize,
+    args: &[&[f32]],
+    out: &mut [f32],
+    batch: usize,
+) -> Result<(), String> {
+    let node = &g.nodes[n];
+    let arg_dims: Vec<Vec<usize>> = node
+        .args
+        .iter()
+        .map(|&a| dims(&g.nodes[a].shape, batch))
+        .collect();
+    let out_dims = dims(&node.shape, batch);
+    if let Op::MatMul { ta, tb } = node.op {
+        let as2 = |d: &[usize]| {
+            let cols = d.last().copied().unwrap_or(1);
+            (d.iter().product::<usize>() / cols.max(1), cols)
+        };
+        let a = ArrayView2::from_shape(as2(&arg_dims[0]), args[0]).map_err(|e| e.to_string())?;
+        let b = ArrayView2::from_shape(as2(&arg_dims[1]), args[1]).map_err(|e| e.to_string())?;
+        let a = if ta { a.reversed_axes() } else { a };
+        let b = if tb { b.reversed_axes() } else { b };
+        let mut c =
+            ArrayViewMut2::from_shape((a.nrows(), b.ncols()), out).map_err(|e| e.to_string())?;
+        general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+        return Ok(());
+    }
+    let owned: Vec<ArrayD<f32>> = args
+        .iter()
+        .zip(&arg_dims)
+        .map(|(a, d)| ArrayD::from_shape_vec(IxDyn(d), a.to_vec()).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let refs: Vec<&ArrayD<f32>> = owned.iter().collect();
+    let hyper = HashMap::new();
+    let env = Env {
+        inputs: &[],
+        targets: &[],
+        params: &[],
+        states: &[],
+        hyper: &hyper,
+        batch,
+    };
+    let v = interp::eval(&node.op, &refs, &out_dims, &env).map_err(|e| e.0)?;
+    let v = v.as_standard_layout();
+    let src = v.as_slice().ok_or("non-contiguous kernel result")?;
+    if src.len() != out.len() {
+        return Err(format!(
+            "kernel {} produced {} values for {}",
+            node.op,
+            src.len(),
+            out.len()
+        ));
+    }
+    out.copy_from_slice(src);
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! The Cranelift JIT backend (the only module that names Cranelift): a graph and the nodes
+//! a call needs become one native function, compiled once and called for every batch of
+//! any size. `plan` decides what is fused, `emit` writes the code, `kernel` holds the
+//! operations the code calls, `abi` is the boundary (and all the `unsafe`).
+
+mod abi;
+mod emit;
+mod kernel;
+pub mod plan;
+
+use crate::interp::dims;
+use crate::ir::{Graph, Hyper, NodeId, Op, Slot};
+use crate::runtime::exec::{Backend, LossAndGrads, RunError, State, StepResult};
+use ndarray::{ArrayD, IxDyn};
+use plan::{Kind, Plan};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A compiled entry point.
+struct Entry {
+    plan: Plan,
+    code: emit::Compiled,
+    roots: Vec<NodeId>,
+}
+
+/// The JIT backend: compiles each (graph, entry point) on first use.
+#[derive(Default)]
+pub struct Jit {
+    cache: HashMap<(usize, usize, Vec<NodeId>), Entry>,
+    /// Total time spent compiling.
+    pub compile_time: Duration,
+}
+
+/// Identifies a graph in the cache: its address and size. Graphs are owned by the run
+/// that calls the backend and are not changed while it runs.
+fn key(g: &Graph, roots: &[NodeId]) -> (usize, usize, Vec<NodeId>) {
+    (g as *const Graph as usize, g.nodes.len(), roots.to_vec())
+}
+
+impl Jit {
+    /// A backend with an empty cache.
+    pub fn new() -> Jit {
+        Jit::default()
+    }
+
+    fn entry(&mut self, g: &Graph, roots: &[NodeId]) -> Result<&Entry, RunError> {
+        let k = key(g, roots);
+        if !self.cache.contains_key(&k) {
+            let t0 = Instant::now();
+            let plan = plan::plan(g, roots);
+            let code = emit::compile(g, &plan)
+                .map_err(|e| RunError(format!("JIT compilation failed: {}", e.0)))?;
+            self.compile_time += t0.elapsed();
+            self.cache.insert(
+                k.clone(),
+                Entry {
+                    plan,
+                    code,
+                    roots: roots.to_vec(),
+                },
+            );
+        }
+        Ok(&self.cache[&k])
+    }
+
+    /// Runs `roots` of `g`; returns their values.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        g: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+        roots: &[NodeId],
+    ) -> Result<Vec<ArrayD<f32>>, RunError> {
+        let batch = inputs
+            .first()
+            .and_then(|a| a.shape().first().copied())
+            .unwrap_or(1);
+        check_shapes(g, inputs, targets, batch)?;
+        let entry = self.entry(g, roots)?;
+        let sizes: Vec<usize> = g
+            .nodes
+            .iter()
+            .map(|n| dims(&n.shape, batch).iter().product())
+            .collect();
+        // One arena for every buffer the code computes, plus scalars the caller supplies.
+        let mut offsets = vec![usize::MAX; g.nodes.len()];
+        let mut total = 0usize;
+        for (i, k) in entry.plan.kinds.iter().enumerate() {
+            if matches!(k, Kind::Loop | Kind::Kernel)
+                || matches!(
+                    (k, &g.nodes[i].op),
+                    (
+                        Kind::External | Kind::Const,
+                        Op::Hyper(_) | Op::BatchSize | Op::Const(_)
+                    )
+                )
+            {
+                offsets[i] = total;
+                total += sizes[i].max(1);
+            }
+        }
+        let mut arena = vec![0f32; total];
+        for (i, n) in g.nodes.iter().enumerate() {
+            if offsets[i] == usize::MAX {
+                continue;
+            }
+            let v = match &n.op {
+                Op::Hyper(h) => *hyper
+                    .get(h)
+                    .ok_or_else(|| RunError(format!("hyperparameter {h:?} not set")))?
+                    as f32,
+                Op::BatchSize => batch as f32,
+                Op::Const(c) => *c as f32,
+                _ => continue,
+            };
+            arena[offsets[i]] = v;
+        }
+        let base = arena.as_mut_ptr();
+        let mut bufs: Vec<*mut f32> = vec![std::ptr::null_mut(); g.nodes.len()];
+        let contiguous = |a: &ArrayD<f32>, what: &str| -> Result<*mut f32, RunError> {
+            a.as_slice()
+                .map(|s| s.as_ptr().cast_mut())
+                .ok_or_else(|| RunError(format!("{what} is not contiguous")))
+        };
+        for (i, n) in g.nodes.iter().enumerate() {
+            if entry.plan.kinds[i] == Kind::Dead {
+                continue;
+            }
+            bufs[i] = if offsets[i] != usize::MAX {
+                base.wrapping_add(offsets[i])
+            } else {
+                match &n.op {
+                    Op::Input(k) => contiguous(get(inputs, *k, "input")?, "an input")?,
+                    Op::Target(k) => contiguous(get(targets, *k, "target")?, "a target")?,
+                    Op::Param(k) => {
+                        contiguous(get(&state.params, *k, "parameter")?, "a parameter")?
+                    }
+                    Op::State(k) => contiguous(get(&state.states, *k, "state")?, "a state tensor")?,
+                    Op::Reshape => bufs[n.args[0]],
+                    _ => std::ptr::null_mut(),
+                }
+            };
+        }
+        let env = abi::KernelEnv {
+            graph: g,
+            sizes: sizes.clone(),
+            error: Default::default(),
+        };
+        abi::call(entry.code.func, &bufs, batch, &env);
+        if let Some(e) = env.error.into_inner() {
+            return Err(RunError(e));
+        }
+        let kinds = &entry.plan.kinds;
+        entry
+            .roots
+            .iter()
+            .map(|&r| {
+                // Follow reshapes to the node that owns the values.
+                let mut src = r;
+                while kinds[src] == Kind::Alias {
+                    src = g.nodes[src].args[0];
+                }
+                let values: Vec<f32> = if offsets[src] != usize::MAX {
+                    arena[offsets[src]..offsets[src] + sizes[src]].to_vec()
+                } else {
+                    match &g.nodes[src].op {
+                        Op::Input(k) => get(inputs, *k, "input")?.iter().copied().collect(),
+                        Op::Target(k) => get(targets, *k, "target")?.iter().copied().collect(),
+                        Op::Param(k) => get(&state.params, *k, "parameter")?
+                            .iter()
+                            .copied()
+                            .collect(),
+                        Op::State(k) => get(&state.states, *k, "state")?.iter().copied().collect(),
+                        op => return Err(RunError(format!("node %{r} ({op}) has no values"))),
+                    }
+                };
+                ArrayD::from_shape_vec(IxDyn(&dims(&g.nodes[r].shape, batch)), values)
+                    .map_err(|e| RunError(e.to_string()))
+            })
+            .collect()
+    }
+}
+
+fn get<'a>(xs: &'a [ArrayD<f32>], k: usize, what: &str) -> Result<&'a ArrayD<f32>, RunError> {
+    xs.get(k)
+        .ok_or_else(|| RunError(format!("missing {what} #{k}")))
+}
+
+fn check_shapes(
+    g: &Graph,
+    inputs: &[ArrayD<f32>],
+    targets: &[ArrayD<f32>],
+    batch: usize,
+) -> Result<(), RunError> {
+    if inputs.len() != g.inputs.len() {
+        return Err(RunError(format!(
+            "{} inputs given, the model has {}",
+            inputs.len(),
+            g.inputs.len()
+        )));
+    }
+    let ports = g
+        .inputs
+        .iter()
+        .zip(inputs)
+        .chain(g.targets.iter().zip(targets));
+    for (t, a) in ports {
+        let want = dims(&t.shape, batch);
+        if a.shape() != want.as_slice() {
+            return Err(RunError(format!(
+                "`{}` has shape {:?}, expected {:?}",
+                t.name,
+                a.shape(),
+                want
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn scalar(a: &ArrayD<f32>) -> f64 {
+    a.iter().next().map_or(f64::NAN, |v| f64::from(*v))
+}
+
+impl Backend for Jit {
+    fn forward(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        roots: &[NodeId],
+    ) -> Result<Vec<ArrayD<f32>>, RunError> {
+        self.run(graph, state, inputs, targets, &HashMap::new(), roots)
+    }
+
+    fn step(
+        &mut self,
+        graph: &Graph,
+        state: &mut State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<StepResult, RunError> {
+        let (Some(loss), Some(objective)) = (graph.loss, graph.objective) else {
+            return Err(RunError("the graph has no loss".into()));
+        };
+        let mut roots = vec![loss, objective];
+        roots.extend(graph.updates.iter().map(|(_, n)| *n));
+        let vals = self.run(graph, state, inputs, targets, hyper, &roots)?;
+        for ((slot, _), v) in graph.updates.iter().zip(&vals[2..]) {
+            match slot {
+                Slot::Param(p) => state.params[*p] = v.clone(),
+                Slot::State(s) => state.states[*s] = v.clone(),
+            }
+        }
+        Ok(StepResult {
+            loss: scalar(&vals[0]),
+            objective: scalar(&vals[1]),
+        })
+    }
+
+    fn gradients(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<LossAndGrads, RunError> {
+        let Some(loss) = graph.loss else {
+            return Err(RunError("the graph has no loss".into()));
+        };
+        let mut roots = vec![loss];
+        roots.extend(graph.grads.iter().map(|(_, n)| *n));
+        let vals = self.run(graph, state, inputs, targets, hyper, &roots)?;
+        Ok((
+            scalar(&vals[0]),
+            graph
+                .grads
+                .iter()
+                .map(|(p, _)| *p)
+                .zip(vals[1..].iter().cloned())
+                .collect(),
+        ))
+    }
+}

@@ -1,0 +1,242 @@
+//! The JIT against the reference interpreter: outputs, loss, every gradient, and the
+//! parameters after three optimizer steps, at batch sizes 1, 7 and 64, for every example
+//! that runs today and for models that use every operation, loss, optimizer and clipping.
+
+use kiln::check::{check_file, LintLevels};
+use kiln::interp::dims;
+use kiln::ir::DType;
+use kiln::jit::Jit;
+use kiln::runtime::exec::{Backend, Interpreter, State};
+use kiln::runtime::train::{self as rt, Program, Run};
+use kiln::span::Sources;
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn program(src: &str) -> (Program, kiln::check::train::TrainConfig) {
+    let mut sources = Sources::new();
+    let id = sources.add("t.kiln", None, src.to_string());
+    let c = check_file(&mut sources, id, &LintLevels::default());
+    let msgs: Vec<String> = c.diagnostics.iter().map(|d| d.message.clone()).collect();
+    let p = c.program.unwrap_or_else(|| panic!("{msgs:?}"));
+    let m = &p.models[0];
+    let cfg = p
+        .train(&m.name)
+        .cloned()
+        .unwrap_or_else(|| kiln::check::train::TrainConfig::defaults(&m.name, m.span));
+    (
+        rt::prepare(m).unwrap_or_else(|d| panic!("{}", d.message)),
+        cfg,
+    )
+}
+
+fn random_batch(
+    p: &Program,
+    batch: usize,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<ArrayD<f32>>, Vec<ArrayD<f32>>) {
+    let gen = |t: &kiln::ir::Tensor, rng: &mut ChaCha8Rng| {
+        let d = dims(&t.shape, batch);
+        let n: usize = d.iter().product();
+        let v: Vec<f32> = match t.dtype {
+            DType::Class(k) => (0..n).map(|_| rng.gen_range(0..k) as f32).collect(),
+            DType::F32 => (0..n).map(|_| rng.gen_range(-1.5f32..1.5)).collect(),
+        };
+        ArrayD::from_shape_vec(IxDyn(&d), v).unwrap()
+    };
+    let inputs = p.forward.inputs.iter().map(|t| gen(t, rng)).collect();
+    let targets = p.forward.targets.iter().map(|t| gen(t, rng)).collect();
+    (inputs, targets)
+}
+
+fn close(what: &str, a: &ArrayD<f32>, b: &ArrayD<f32>) {
+    assert_eq!(a.shape(), b.shape(), "{what}: shapes");
+    for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+        let tol = 1e-5 * x.abs().max(y.abs()).max(1.0);
+        assert!(
+            (x - y).abs() <= tol || (x.is_nan() && y.is_nan()),
+            "{what}[{i}]: interp {x} vs jit {y}"
+        );
+    }
+}
+
+/// Compares the two backends on a model at batch sizes 1, 7 and 64.
+fn compare(src: &str) {
+    let (p, cfg) = program(src);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for batch in [1, 7, 64] {
+        let (inputs, targets) = random_batch(&p, batch, &mut rng);
+        let run = Run::new(&p, &cfg);
+        let state: State = run.state.clone();
+        let (mut interp, mut jit) = (Interpreter, Jit::new());
+        // Forward: every output and the loss.
+        let mut roots: Vec<_> = p.forward.outputs.iter().map(|(_, n)| *n).collect();
+        roots.extend(p.forward.loss);
+        let a = interp
+            .forward(&p.forward, &state, &inputs, &targets, &roots)
+            .unwrap();
+        let b = jit
+            .forward(&p.forward, &state, &inputs, &targets, &roots)
+            .unwrap();
+        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+            close(&format!("batch {batch} forward root {k}"), x, y);
+        }
+        if p.forward.loss.is_none() {
+            continue;
+        }
+        // Gradients.
+        let g = run.graph();
+        let h = rt::hyper(&cfg.optimizer, cfg.clip, 0.01, 1);
+        let (la, ga) = interp.gradients(g, &state, &inputs, &targets, &h).unwrap();
+        let (lb, gb) = jit.gradients(g, &state, &inputs, &targets, &h).unwrap();
+        assert!(
+            (la - lb).abs() <= 1e-5 * la.abs().max(1.0),
+            "batch {batch} loss {la} vs {lb}"
+        );
+        for ((pa, x), (pb, y)) in ga.iter().zip(&gb) {
+            assert_eq!(pa, pb);
+            close(
+                &format!("batch {batch} grad {}", p.forward.params[*pa].tensor.name),
+                x,
+                y,
+            );
+        }
+        // Three optimizer steps.
+        let (mut sa, mut sb) = (state.clone(), state.clone());
+        for step in 1..=3 {
+            let h = rt::hyper(&cfg.optimizer, cfg.clip, cfg.optimizer.lr(), step);
+            let ra = interp.step(g, &mut sa, &inputs, &targets, &h).unwrap();
+            let rb = jit.step(g, &mut sb, &inputs, &targets, &h).unwrap();
+            assert!(
+                (ra.loss - rb.loss).abs() <= 1e-5 * ra.loss.abs().max(1.0),
+                "step {step}: {} vs {}",
+                ra.loss,
+                rb.loss
+            );
+        }
+        for (k, (x, y)) in sa.params.iter().zip(&sb.params).enumerate() {
+            close(
+                &format!(
+                    "batch {batch} param {} after 3 steps",
+                    p.forward.params[k].tensor.name
+                ),
+                x,
+                y,
+            );
+        }
+        for (k, (x, y)) in sa.states.iter().zip(&sb.states).enumerate() {
+            close(
+                &format!("batch {batch} optimizer state {k} after 3 steps"),
+                x,
+                y,
+            );
+        }
+    }
+}
+
+fn strip_train(src: &str) -> String {
+    // The train block's data paths are relative to the examples folder; keep the settings.
+    src.lines()
+        .filter(|l| !l.trim_start().starts_with("data "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn examples_match_the_interpreter() {
+    for name in [
+        "xor.kiln",
+        "iris.kiln",
+        "digits_mlp.kiln",
+        "breast_cancer.kiln",
+    ] {
+        let src = strip_train(&std::fs::read_to_string(format!("examples/{name}")).unwrap());
+        compare(&src);
+    }
+}
+
+const TRAIN: &str = "train m {\n  optimizer sgd(lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 0.01)\n  clip norm(1.0)\n}\n";
+
+#[test]
+fn every_activation_matches() {
+    for act in [
+        "relu",
+        "leaky_relu(alpha: 0.1)",
+        "elu",
+        "sigmoid",
+        "tanh",
+        "gelu",
+        "gelu(approximate: tanh)",
+        "silu",
+        "softplus",
+        "identity",
+        "exp",
+        "abs",
+    ] {
+        let src = format!(
+            "model m {{\n  input x: [N, 5]\n  target y: [N, 3]\n  h = x |> dense(6) |> {act} |> dense(3)\n  output h\n  loss mse(h, y)\n}}\n{TRAIN}"
+        );
+        compare(&src);
+    }
+}
+
+#[test]
+fn arithmetic_reductions_and_shapes_match() {
+    compare(
+        "model m {
+  input x: [N, 4, 3]
+  input z: [N, 3]
+  target y: [N, 2]
+  a = x |> dense(3) |> tanh
+  zz = reshape(z, [N, 1, 3])
+  b = a * zz - zz / (abs(zz) + 1) + 0.5
+  c = concat(mean(b, axis: 2), sum(b, axis: 1), max(b, axis: 2), min(b, axis: 1), axis: 1)
+  d = (b @ reshape(z, [N, 3, 1])) |> flatten
+  e = concat(first(x), last(x), c, d, axis: 1) |> dense(2)
+  output probs = softmax(e)
+  output lp = log_softmax(e)
+  loss huber(e, y, delta: 0.5) + 0.1 * mae(e, y) + 0.01 * mean(-e)
+  regularize l1(0.001)
+  regularize l2(0.01) on e
+}
+train m {
+  optimizer adamw(lr: 0.01, weight_decay: 0.1)
+  clip value(0.5)
+}",
+    );
+}
+
+#[test]
+fn every_loss_matches() {
+    let class = |loss: &str, opt: &str| {
+        format!(
+            "model m {{\n  input x: [N, 6]\n  target y: class[N] of 4\n  s = x |> dense(8) |> relu |> dense(4)\n  output s\n  loss {loss}\n}}\ntrain m {{\n  optimizer {opt}\n}}\n"
+        )
+    };
+    compare(&class("cross_entropy(s, y)", "adam(lr: 0.01)"));
+    compare(&class(
+        "cross_entropy(s, y, smoothing: 0.1)",
+        "rmsprop(lr: 0.01, momentum: 0.5)",
+    ));
+    compare(&class("focal(s, y, gamma: 2)", "rmsprop(lr: 0.01)"));
+    compare(&class("hinge(s, y)", "sgd(lr: 0.1)"));
+    let binary = |loss: &str| {
+        format!(
+            "model m {{\n  input x: [N, 6]\n  target y: [N, 1]\n  s = x |> dense(5) |> elu |> dense(1)\n  output s\n  loss {loss}\n}}\ntrain m {{\n  optimizer adam(lr: 0.01, weight_decay: 0.01)\n}}\n"
+        )
+    };
+    for loss in [
+        "bce(s, y)",
+        "focal(s, y)",
+        "exponential(s, y)",
+        "hinge(s, y)",
+        "mse(s, y)",
+        "mae(s, y)",
+        "huber(s, y)",
+    ] {
+        compare(&binary(loss));
+    }
+    compare(
+        "model m {\n  input x: [N, 6]\n  target y: [N, 3]\n  s = x |> dense(3)\n  output s\n  loss cross_entropy(s, softmax(y))\n}\n",
+    );
+}
