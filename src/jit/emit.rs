@@ -155,6 +155,14 @@ struct Emitter<'a, 'f> {
     funcs: Funcs,
 }
 
+/// A loop position: flat index, row (all dimensions but the last) and column.
+#[derive(Clone, Copy)]
+struct Ix {
+    flat: Value,
+    row: Value,
+    col: Value,
+}
+
 /// Row-major strides of the fixed dimensions after each axis.
 fn strides(s: &Shape) -> Vec<u64> {
     let mut st = vec![1u64; s.rank()];
@@ -188,34 +196,51 @@ impl Emitter<'_, '_> {
         }
     }
 
-    /// `for i in 0..count(shape) { out[i] = value(n, i) }`.
-    fn emit_loop(&mut self, n: NodeId) {
-        let shape = self.g.nodes[n].shape.clone();
-        let count = self.count(&shape);
-        let out = self.buffer(n);
+    /// Emits `for i in lo..hi { body(i) }` (top-tested) and returns to the block after it.
+    fn counted(&mut self, lo: Value, hi: Value, body: impl FnOnce(&mut Self, Value)) {
         let header = self.b.create_block();
-        let body = self.b.create_block();
+        let inner = self.b.create_block();
         let exit = self.b.create_block();
         self.b.append_block_param(header, types::I64);
-        let zero = self.b.ins().iconst(types::I64, 0);
-        self.b.ins().jump(header, &[zero.into()]);
+        self.b.ins().jump(header, &[lo.into()]);
         self.b.switch_to_block(header);
         let i = self.b.block_params(header)[0];
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, i, count);
-        self.b.ins().brif(more, body, &[], exit, &[]);
-        self.b.switch_to_block(body);
-        let v = self.value(n, i, &shape, true);
-        let byte = self.b.ins().ishl_imm_u(i, 2);
-        let addr = self.b.ins().iadd(out, byte);
-        self.b.ins().store(Self::flags(), v, addr, 0);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
+        self.b.ins().brif(more, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        body(self, i);
         let next = self.b.ins().iadd_imm_u(i, 1);
         self.b.ins().jump(header, &[next.into()]);
         self.b.switch_to_block(exit);
     }
 
+    /// `out[i] = value(n, i)` over the shape, as rows × columns (the last dimension), so
+    /// that operands broadcast along rows (a bias) or along columns index without division.
+    fn emit_loop(&mut self, n: NodeId) {
+        let shape = self.g.nodes[n].shape.clone();
+        let cols = shape.0.last().and_then(|d| d.size()).unwrap_or(1).max(1);
+        let count = self.count(&shape);
+        let rows = self.b.ins().udiv_imm_u(count, cols as i64);
+        let out = self.buffer(n);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let width = self.b.ins().iconst(types::I64, cols as i64);
+        self.counted(zero, rows, |e, row| {
+            let base = e.b.ins().imul_imm_u(row, cols as i64);
+            let zero = e.b.ins().iconst(types::I64, 0);
+            e.counted(zero, width, |e, col| {
+                let flat = e.b.ins().iadd(base, col);
+                let ix = Ix { flat, row, col };
+                let v = e.value(n, ix, &shape, true);
+                let byte = e.b.ins().ishl_imm_u(flat, 2);
+                let addr = e.b.ins().iadd(out, byte);
+                e.b.ins().store(Self::flags(), v, addr, 0);
+            });
+        });
+    }
+
     /// The value of node `n` at flat index `i` of a loop over `shape`. `compute` is true
     /// for the loop's own node (computed here even though it owns a buffer).
-    fn value(&mut self, n: NodeId, i: Value, shape: &Shape, compute: bool) -> Value {
+    fn value(&mut self, n: NodeId, i: Ix, shape: &Shape, compute: bool) -> Value {
         let node = &self.g.nodes[n];
         match (&node.op, self.plan.kinds[n]) {
             (Op::Const(c), _) => self.b.ins().f32const(*c as f32),
@@ -226,18 +251,37 @@ impl Emitter<'_, '_> {
     }
 
     /// Loads node `n`'s buffer at the element that broadcasts to index `i` of `shape`.
-    fn load(&mut self, n: NodeId, i: Value, shape: &Shape) -> Value {
+    fn load(&mut self, n: NodeId, ix: Ix, shape: &Shape) -> Value {
         let s = self.g.nodes[n].shape.clone();
         let base = self.buffer(n);
+        let i = ix.flat;
+        let pad = shape.rank() - s.rank().min(shape.rank());
+        let aligned = |d: usize| d.checked_sub(pad).map_or(Dim::Fixed(1), |k| s.0[k]);
+        let last = shape.rank().saturating_sub(1);
+        let numel: u64 =
+            s.0.iter()
+                .map(|d| d.size().unwrap_or(u64::MAX))
+                .fold(1, u64::saturating_mul);
+        let row_vector = shape.rank() > 0
+            && aligned(last) == shape.0[last]
+            && numel == shape.0[last].size().unwrap_or(0);
+        let column = shape.rank() > 0
+            && aligned(last) == Dim::Fixed(1)
+            && (0..last).all(|d| aligned(d) == shape.0[d]);
         let offset = if s == *shape {
             i
         } else if s.0.iter().all(|d| *d == Dim::Fixed(1)) {
             self.b.ins().iconst(types::I64, 0)
+        } else if row_vector {
+            // Broadcast along rows (a bias): the column index.
+            ix.col
+        } else if column {
+            // One value per row.
+            ix.row
         } else {
             // Align at the right; each loop index contributes through the axes where the
             // operand is not broadcast.
             let (so, sn) = (strides(shape), strides(&s));
-            let pad = shape.rank() - s.rank();
             let mut acc = self.b.ins().iconst(types::I64, 0);
             for (d, (&stride, dim)) in so.iter().zip(&shape.0).enumerate() {
                 let Some(nd) = d.checked_sub(pad) else {
@@ -261,7 +305,7 @@ impl Emitter<'_, '_> {
         self.b.ins().load(types::F32, Self::flags(), addr, 0)
     }
 
-    fn compute(&mut self, n: NodeId, i: Value, shape: &Shape) -> Value {
+    fn compute(&mut self, n: NodeId, i: Ix, shape: &Shape) -> Value {
         let node = &self.g.nodes[n];
         let args = node.args.clone();
         match node.op.clone() {

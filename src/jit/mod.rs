@@ -27,6 +27,8 @@ struct Entry {
 #[derive(Default)]
 pub struct Jit {
     cache: HashMap<(usize, usize, Vec<NodeId>), Entry>,
+    /// The buffers of the last call, reused (every buffer is written before it is read).
+    arena: Vec<f32>,
     /// Total time spent compiling.
     pub compile_time: Duration,
 }
@@ -79,6 +81,24 @@ impl Jit {
             .and_then(|a| a.shape().first().copied())
             .unwrap_or(1);
         check_shapes(g, inputs, targets, batch)?;
+        let mut arena = std::mem::take(&mut self.arena);
+        let result = self.run_with(g, state, inputs, targets, hyper, roots, batch, &mut arena);
+        self.arena = arena;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_with(
+        &mut self,
+        g: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+        roots: &[NodeId],
+        batch: usize,
+        arena: &mut Vec<f32>,
+    ) -> Result<Vec<ArrayD<f32>>, RunError> {
         let entry = self.entry(g, roots)?;
         let sizes: Vec<usize> = g
             .nodes
@@ -102,7 +122,9 @@ impl Jit {
                 total += sizes[i].max(1);
             }
         }
-        let mut arena = vec![0f32; total];
+        if arena.len() < total {
+            arena.resize(total, 0.0);
+        }
         for (i, n) in g.nodes.iter().enumerate() {
             if offsets[i] == usize::MAX {
                 continue;

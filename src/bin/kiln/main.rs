@@ -9,6 +9,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod bench;
 mod run;
 
 /// Kiln: a declarative model-definition compiler.
@@ -83,6 +84,8 @@ enum Command {
     Grad(run::GradArgs),
     /// Print the IR of a model after a pass.
     Ir(run::IrArgs),
+    /// Compile time and training/inference throughput on synthetic data.
+    Bench(bench::BenchArgs),
     /// Explain a diagnostic code (`kiln explain E0301`); without a code, list them all.
     Explain {
         /// A code like E0301 or W0003, or a lint name.
@@ -182,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Predict(a) => run::predict(a),
         Command::Grad(a) => run::grad(a),
         Command::Ir(a) => run::ir(a),
+        Command::Bench(a) => bench::bench(a),
         Command::Check {
             files,
             format,

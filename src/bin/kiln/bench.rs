@@ -1,0 +1,212 @@
+//! `kiln bench`: compile time, training and inference throughput of a model on synthetic
+//! data, measured as the peers' harness does (../shared/bench/peers: a pool of 8 batches
+//! cycled, a warm-up, then repetitions of at least a fixed time, the median reported).
+
+use crate::run::{BackendChoice, ModelArgs};
+use crate::{check_one, print_diags, EXIT_INPUT};
+use clap::Args;
+use kiln::check::train::TrainConfig;
+use kiln::check::LintLevels;
+use kiln::interp::dims;
+use kiln::ir::DType;
+use kiln::runtime::exec::{Backend, Interpreter};
+use kiln::runtime::train::{self as rt, Run};
+use kiln::span::Sources;
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// `kiln bench`.
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    /// Batch size (default: the train block's).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Seconds each of the 3 timed repetitions runs at least.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The figures `kiln bench` reports.
+#[derive(Serialize)]
+struct Figures {
+    model: String,
+    backend: String,
+    batch: usize,
+    compile_ms: f64,
+    train_steps_per_s: f64,
+    train_samples_per_s: f64,
+    infer_samples_per_s: f64,
+    infer_b1_samples_per_s: f64,
+}
+
+/// Inputs and targets of one batch.
+type Batch = (Vec<ArrayD<f32>>, Vec<ArrayD<f32>>);
+
+fn pool(
+    p: &rt::Program,
+    batch: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Batch> {
+    let gen = |t: &kiln::ir::Tensor, rng: &mut ChaCha8Rng| {
+        let d = dims(&t.shape, batch);
+        let n: usize = d.iter().product();
+        let v: Vec<f32> = match t.dtype {
+            DType::Class(k) => (0..n).map(|_| rng.gen_range(0..k) as f32).collect(),
+            DType::F32 => (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect(),
+        };
+        ArrayD::from_shape_vec(IxDyn(&d), v).expect("shape fits")
+    };
+    (0..8)
+        .map(|_| {
+            let inputs = p.forward.inputs.iter().map(|t| gen(t, rng)).collect();
+            let targets = p.forward.targets.iter().map(|t| gen(t, rng)).collect();
+            (inputs, targets)
+        })
+        .collect()
+}
+
+/// Median over 3 repetitions of calls per second, each repetition at least `secs` long.
+fn rate(secs: f64, mut call: impl FnMut(usize) -> Result<(), String>) -> Result<f64, String> {
+    let warm = Instant::now();
+    let mut i = 0;
+    while warm.elapsed() < Duration::from_secs_f64((secs / 2.0).min(1.0)) {
+        call(i)?;
+        i += 1;
+    }
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        while t0.elapsed().as_secs_f64() < secs {
+            call(i)?;
+            i += 1;
+            n += 1;
+        }
+        rates.push(n as f64 / t0.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[1])
+}
+
+/// `kiln bench`.
+pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
+    let t_source = Instant::now();
+    let mut sources = Sources::new();
+    let levels = LintLevels {
+        allow: a.m.lints.allow.clone(),
+        deny: a.m.lints.deny.clone(),
+    };
+    let checked = check_one(&mut sources, &a.m.file, &levels)?;
+    let Some(program) = checked.program else {
+        print_diags(&sources, &checked.diagnostics, a.m.lints.color);
+        return Ok(EXIT_INPUT);
+    };
+    let Some(m) = program.model(a.m.model.as_deref()) else {
+        eprintln!("error[E0208]: no such model in {}", a.m.file.display());
+        return Ok(EXIT_INPUT);
+    };
+    let cfg = program
+        .train(&m.name)
+        .cloned()
+        .unwrap_or_else(|| TrainConfig::defaults(&m.name, m.span));
+    let p = match rt::prepare(m) {
+        Ok(p) => p,
+        Err(d) => {
+            eprint!(
+                "{}",
+                kiln::diag::render(&sources, &[d], kiln::diag::ColorChoice::Never)
+            );
+            return Ok(EXIT_INPUT);
+        }
+    };
+    let batch = a.batch.unwrap_or(cfg.batch as usize).max(1);
+    let mut run = Run::new(&p, &cfg);
+    let mut be: Box<dyn Backend> = match a.m.backend {
+        BackendChoice::Jit => Box::new(kiln::jit::Jit::new()),
+        BackendChoice::Interp => Box::new(Interpreter),
+    };
+    // Synthetic data is made outside the timed compile.
+    let front_end = t_source.elapsed();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let data = pool(&p, batch, &mut rng);
+    let data1 = pool(&p, 1, &mut rng);
+    let t_first = Instant::now();
+    let trains = p.forward.loss.is_some();
+    let fail = |e: kiln::runtime::exec::RunError| e.to_string();
+    // Source to the end of the first step: check, lower, differentiate, compile, run.
+    let graph = run.graph().clone();
+    let h = rt::hyper(&cfg.optimizer, cfg.clip, cfg.optimizer.lr(), 1);
+    if trains {
+        be.step(&graph, &mut run.state, &data[0].0, &data[0].1, &h)
+            .map_err(anyhow::Error::msg)?;
+    } else {
+        let roots: Vec<_> = p.forward.outputs.iter().map(|(_, n)| *n).collect();
+        be.forward(&p.forward, &run.state, &data[0].0, &[], &roots)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let compile_ms = (front_end + t_first.elapsed()).as_secs_f64() * 1e3;
+    let train_steps = if trains {
+        let state = &mut run.state;
+        rate(a.seconds, |i| {
+            let (x, y) = &data[i % data.len()];
+            be.step(&graph, state, x, y, &h).map(|_| ()).map_err(fail)
+        })
+        .map_err(anyhow::Error::msg)?
+    } else {
+        0.0
+    };
+    let roots: Vec<_> = p.forward.outputs.iter().map(|(_, n)| *n).collect();
+    let state = &run.state;
+    let mut infer = |d: &[Batch]| {
+        rate(a.seconds, |i| {
+            let (x, _) = &d[i % d.len()];
+            be.forward(&p.forward, state, x, &[], &roots)
+                .map(|_| ())
+                .map_err(fail)
+        })
+    };
+    let infer_calls = infer(&data).map_err(anyhow::Error::msg)?;
+    let infer_b1 = infer(&data1).map_err(anyhow::Error::msg)?;
+    let f = Figures {
+        model: p.model.name.clone(),
+        backend: format!("{:?}", a.m.backend).to_lowercase(),
+        batch,
+        compile_ms,
+        train_steps_per_s: train_steps,
+        train_samples_per_s: train_steps * batch as f64,
+        infer_samples_per_s: infer_calls * batch as f64,
+        infer_b1_samples_per_s: infer_b1,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&f)?);
+    } else {
+        println!(
+            "model {} on {} (batch {batch}, one thread)",
+            f.model, f.backend
+        );
+        println!("compile (source to first step): {:.1} ms", f.compile_ms);
+        if trains {
+            println!(
+                "train: {:.0} steps/s, {:.0} samples/s",
+                f.train_steps_per_s, f.train_samples_per_s
+            );
+        }
+        println!(
+            "inference batch {batch}: {:.0} samples/s",
+            f.infer_samples_per_s
+        );
+        println!(
+            "inference batch 1: {:.0} samples/s",
+            f.infer_b1_samples_per_s
+        );
+    }
+    Ok(0)
+}
