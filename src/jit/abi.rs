@@ -27,7 +27,7 @@ pub struct KernelEnv<'g> {
     /// The graph being run.
     pub graph: &'g Graph,
     /// Element counts of every node's buffer.
-    pub sizes: Vec<usize>,
+    pub sizes: &'g [usize],
     /// The first error a kernel met (reported after the call returns).
     pub error: RefCell<Option<String>>,
 }

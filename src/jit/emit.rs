@@ -8,12 +8,13 @@ use super::plan::{Kind, Plan};
 use crate::ir::{Binary, Dim, Func, Graph, NodeId, Op, Shape};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, FuncRef, InstBuilder, MemFlagsData, UserFuncName, Value,
+    types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
 };
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
+use std::collections::HashMap;
 
 /// A compiled function and the module that owns its code.
 pub struct Compiled {
@@ -115,6 +116,7 @@ pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, CompileError> {
             bufs,
             batch,
             funcs,
+            hoisted: HashMap::new(),
         };
         for n in 0..g.nodes.len() {
             match plan.kinds[n] {
@@ -153,6 +155,8 @@ struct Emitter<'a, 'f> {
     bufs: Value,
     batch: Value,
     funcs: Funcs,
+    /// Loop-invariant operands of the current loop: scalar value and its splat.
+    hoisted: HashMap<NodeId, (Value, Option<Value>)>,
 }
 
 /// A loop position: flat index, row (all dimensions but the last) and column.
@@ -197,7 +201,7 @@ impl Emitter<'_, '_> {
     }
 
     /// Emits `for i in lo..hi { body(i) }` (top-tested) and returns to the block after it.
-    fn counted(&mut self, lo: Value, hi: Value, body: impl FnOnce(&mut Self, Value)) {
+    fn counted(&mut self, lo: Value, hi: Value, step: i64, body: impl FnOnce(&mut Self, Value)) {
         let header = self.b.create_block();
         let inner = self.b.create_block();
         let exit = self.b.create_block();
@@ -205,145 +209,252 @@ impl Emitter<'_, '_> {
         self.b.ins().jump(header, &[lo.into()]);
         self.b.switch_to_block(header);
         let i = self.b.block_params(header)[0];
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
+        // The body needs `step` elements from i: i + step <= hi.
+        let end = self.b.ins().iadd_imm_u(i, step);
+        let more = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, hi);
         self.b.ins().brif(more, inner, &[], exit, &[]);
         self.b.switch_to_block(inner);
         body(self, i);
-        let next = self.b.ins().iadd_imm_u(i, 1);
+        let next = self.b.ins().iadd_imm_u(i, step);
         self.b.ins().jump(header, &[next.into()]);
         self.b.switch_to_block(exit);
     }
 
     /// `out[i] = value(n, i)` over the shape, as rows × columns (the last dimension), so
-    /// that operands broadcast along rows (a bias) or along columns index without division.
+    /// that operands broadcast along rows (a bias) or along columns index without
+    /// division. Loop-invariant operands are loaded once before the loops, per-row ones
+    /// once per row; the inner loop runs on f32x4 vectors when every operation of the
+    /// group has a vector form, with a scalar tail.
     fn emit_loop(&mut self, n: NodeId) {
         let shape = self.g.nodes[n].shape.clone();
         let cols = shape.0.last().and_then(|d| d.size()).unwrap_or(1).max(1);
+        let leaves = self.leaves(n, &shape);
+        let simd = cols >= LANES
+            && self.vectorizable(n)
+            && leaves.iter().all(|(_, a)| *a != Access::General);
         let count = self.count(&shape);
         let rows = self.b.ins().udiv_imm_u(count, cols as i64);
         let out = self.buffer(n);
+        self.hoisted.clear();
+        for &(leaf, access) in &leaves {
+            if access == Access::Scalar {
+                let zero = self.b.ins().iconst(types::I64, 0);
+                let v = self.load_at(leaf, zero, types::F32);
+                self.hoist(leaf, v, simd);
+            }
+        }
         let zero = self.b.ins().iconst(types::I64, 0);
         let width = self.b.ins().iconst(types::I64, cols as i64);
-        self.counted(zero, rows, |e, row| {
+        let vec_end = self
+            .b
+            .ins()
+            .iconst(types::I64, (cols - cols % LANES) as i64);
+        self.counted(zero, rows, 1, |e, row| {
+            for &(leaf, access) in &leaves {
+                if access == Access::Row {
+                    let v = e.load_at(leaf, row, types::F32);
+                    e.hoist(leaf, v, simd);
+                }
+            }
             let base = e.b.ins().imul_imm_u(row, cols as i64);
             let zero = e.b.ins().iconst(types::I64, 0);
-            e.counted(zero, width, |e, col| {
+            let body = |e: &mut Self, col: Value, lanes: Type| {
                 let flat = e.b.ins().iadd(base, col);
                 let ix = Ix { flat, row, col };
-                let v = e.value(n, ix, &shape, true);
-                let byte = e.b.ins().ishl_imm_u(flat, 2);
-                let addr = e.b.ins().iadd(out, byte);
-                e.b.ins().store(Self::flags(), v, addr, 0);
-            });
+                let v = e.value(n, ix, &shape, true, lanes);
+                let addr = e.address(out, flat);
+                e.b.ins().store(unaligned(), v, addr, 0);
+            };
+            let tail_start = if simd {
+                e.counted(zero, vec_end, LANES as i64, |e, col| {
+                    body(e, col, types::F32X4)
+                });
+                vec_end
+            } else {
+                zero
+            };
+            e.counted(tail_start, width, 1, |e, col| body(e, col, types::F32));
         });
     }
 
-    /// The value of node `n` at flat index `i` of a loop over `shape`. `compute` is true
-    /// for the loop's own node (computed here even though it owns a buffer).
-    fn value(&mut self, n: NodeId, i: Ix, shape: &Shape, compute: bool) -> Value {
+    fn hoist(&mut self, n: NodeId, v: Value, simd: bool) {
+        let vector = simd.then(|| self.b.ins().splat(types::F32X4, v));
+        self.hoisted.insert(n, (v, vector));
+    }
+
+    /// The operands a loop loads (through its fused nodes), with how each is indexed.
+    fn leaves(&self, n: NodeId, shape: &Shape) -> Vec<(NodeId, Access)> {
+        let mut out: Vec<(NodeId, Access)> = Vec::new();
+        let mut stack = self.g.nodes[n].args.clone();
+        while let Some(a) = stack.pop() {
+            match (&self.g.nodes[a].op, self.plan.kinds[a]) {
+                (Op::Const(_), _) => {}
+                (_, Kind::Fused) => stack.extend(&self.g.nodes[a].args),
+                _ => {
+                    if !out.iter().any(|(x, _)| *x == a) {
+                        out.push((a, access(&self.g.nodes[a].shape, shape)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// True when every operation computed in the loop of `n` has an f32x4 form.
+    fn vectorizable(&self, n: NodeId) -> bool {
+        let mut stack = vec![n];
+        while let Some(m) = stack.pop() {
+            let ok = match &self.g.nodes[m].op {
+                Op::Map(f) => inline_map(*f),
+                Op::MapGrad(f) => inline_grad(*f),
+                Op::Binary(_) => true,
+                _ => true,
+            };
+            if !ok {
+                return false;
+            }
+            for &a in &self.g.nodes[m].args {
+                if self.plan.kinds[a] == Kind::Fused {
+                    stack.push(a);
+                }
+            }
+        }
+        true
+    }
+
+    fn address(&mut self, base: Value, index: Value) -> Value {
+        let byte = self.b.ins().ishl_imm_u(index, 2);
+        self.b.ins().iadd(base, byte)
+    }
+
+    /// Loads `lanes` values of node `n` from element `index` of its buffer.
+    fn load_at(&mut self, n: NodeId, index: Value, lanes: Type) -> Value {
+        let base = self.buffer(n);
+        let addr = self.address(base, index);
+        self.b.ins().load(lanes, unaligned(), addr, 0)
+    }
+
+    /// The value of node `n` at position `i` of a loop over `shape`. `compute` is true for
+    /// the loop's own node (computed here even though it owns a buffer).
+    fn value(&mut self, n: NodeId, i: Ix, shape: &Shape, compute: bool, lanes: Type) -> Value {
         let node = &self.g.nodes[n];
         match (&node.op, self.plan.kinds[n]) {
-            (Op::Const(c), _) => self.b.ins().f32const(*c as f32),
-            (_, Kind::Fused) => self.compute(n, i, shape),
-            (_, Kind::Loop) if compute => self.compute(n, i, shape),
-            _ => self.load(n, i, shape),
+            (Op::Const(c), _) => {
+                let v = self.b.ins().f32const(*c as f32);
+                self.widen(v, lanes)
+            }
+            (_, Kind::Fused) => self.compute(n, i, shape, lanes),
+            (_, Kind::Loop) if compute => self.compute(n, i, shape, lanes),
+            _ => self.load(n, i, shape, lanes),
         }
     }
 
-    /// Loads node `n`'s buffer at the element that broadcasts to index `i` of `shape`.
-    fn load(&mut self, n: NodeId, ix: Ix, shape: &Shape) -> Value {
-        let s = self.g.nodes[n].shape.clone();
-        let base = self.buffer(n);
-        let i = ix.flat;
-        let pad = shape.rank() - s.rank().min(shape.rank());
-        let aligned = |d: usize| d.checked_sub(pad).map_or(Dim::Fixed(1), |k| s.0[k]);
-        let last = shape.rank().saturating_sub(1);
-        let numel: u64 =
-            s.0.iter()
-                .map(|d| d.size().unwrap_or(u64::MAX))
-                .fold(1, u64::saturating_mul);
-        let row_vector = shape.rank() > 0
-            && aligned(last) == shape.0[last]
-            && numel == shape.0[last].size().unwrap_or(0);
-        let column = shape.rank() > 0
-            && aligned(last) == Dim::Fixed(1)
-            && (0..last).all(|d| aligned(d) == shape.0[d]);
-        let offset = if s == *shape {
-            i
-        } else if s.0.iter().all(|d| *d == Dim::Fixed(1)) {
-            self.b.ins().iconst(types::I64, 0)
-        } else if row_vector {
-            // Broadcast along rows (a bias): the column index.
-            ix.col
-        } else if column {
-            // One value per row.
-            ix.row
+    fn widen(&mut self, v: Value, lanes: Type) -> Value {
+        if lanes == types::F32 {
+            v
         } else {
-            // Align at the right; each loop index contributes through the axes where the
-            // operand is not broadcast.
-            let (so, sn) = (strides(shape), strides(&s));
-            let mut acc = self.b.ins().iconst(types::I64, 0);
-            for (d, (&stride, dim)) in so.iter().zip(&shape.0).enumerate() {
-                let Some(nd) = d.checked_sub(pad) else {
-                    continue;
-                };
-                if s.0[nd] == Dim::Fixed(1) {
-                    continue;
-                }
-                let q = self.b.ins().udiv_imm_u(i, stride as i64);
-                let idx = match (d, dim.size()) {
-                    (0, _) | (_, None) => q,
-                    (_, Some(dim)) => self.b.ins().urem_imm_u(q, dim as i64),
-                };
-                let term = self.b.ins().imul_imm_u(idx, sn[nd] as i64);
-                acc = self.b.ins().iadd(acc, term);
-            }
-            acc
-        };
-        let byte = self.b.ins().ishl_imm_u(offset, 2);
-        let addr = self.b.ins().iadd(base, byte);
-        self.b.ins().load(types::F32, Self::flags(), addr, 0)
+            self.b.ins().splat(lanes, v)
+        }
     }
 
-    fn compute(&mut self, n: NodeId, i: Ix, shape: &Shape) -> Value {
+    /// Node `n`'s element(s) that broadcast to position `ix` of `shape`.
+    fn load(&mut self, n: NodeId, ix: Ix, shape: &Shape, lanes: Type) -> Value {
+        if let Some(&(scalar, vector)) = self.hoisted.get(&n) {
+            return match (lanes == types::F32, vector) {
+                (false, Some(v)) => v,
+                (false, None) => self.b.ins().splat(lanes, scalar),
+                (true, _) => scalar,
+            };
+        }
+        let s = self.g.nodes[n].shape.clone();
+        let offset = match access(&s, shape) {
+            Access::Flat => ix.flat,
+            Access::Col => ix.col,
+            Access::Row => ix.row,
+            Access::Scalar => self.b.ins().iconst(types::I64, 0),
+            Access::General => self.general_offset(&s, shape, ix.flat),
+        };
+        self.load_at(n, offset, lanes)
+    }
+
+    /// The offset in an operand of shape `s` of flat index `i` of `shape` (broadcasting,
+    /// aligned at the right): each loop index contributes where the operand is not 1.
+    fn general_offset(&mut self, s: &Shape, shape: &Shape, i: Value) -> Value {
+        let (so, sn) = (strides(shape), strides(s));
+        let pad = shape.rank() - s.rank();
+        let mut acc = self.b.ins().iconst(types::I64, 0);
+        for (d, (&stride, dim)) in so.iter().zip(&shape.0).enumerate() {
+            let Some(nd) = d.checked_sub(pad) else {
+                continue;
+            };
+            if s.0[nd] == Dim::Fixed(1) {
+                continue;
+            }
+            let q = self.b.ins().udiv_imm_u(i, stride as i64);
+            let idx = match (d, dim.size()) {
+                (0, _) | (_, None) => q,
+                (_, Some(dim)) => self.b.ins().urem_imm_u(q, dim as i64),
+            };
+            let term = self.b.ins().imul_imm_u(idx, sn[nd] as i64);
+            acc = self.b.ins().iadd(acc, term);
+        }
+        acc
+    }
+
+    fn compute(&mut self, n: NodeId, i: Ix, shape: &Shape, lanes: Type) -> Value {
         let node = &self.g.nodes[n];
         let args = node.args.clone();
         match node.op.clone() {
             Op::Map(f) => {
-                let x = self.value(args[0], i, shape, false);
-                self.map(f, x)
+                let x = self.value(args[0], i, shape, false, lanes);
+                self.map(f, x, lanes)
             }
             Op::MapGrad(f) => {
-                let x = self.value(args[0], i, shape, false);
-                let g = self.value(args[1], i, shape, false);
-                self.map_grad(f, x, g)
+                let x = self.value(args[0], i, shape, false, lanes);
+                let g = self.value(args[1], i, shape, false, lanes);
+                self.map_grad(f, x, g, lanes)
             }
             Op::Binary(op) => {
-                let a = self.value(args[0], i, shape, false);
-                let c = self.value(args[1], i, shape, false);
-                self.binary(op, a, c)
+                let a = self.value(args[0], i, shape, false, lanes);
+                let c = self.value(args[1], i, shape, false, lanes);
+                self.binary(op, a, c, lanes)
             }
             other => unreachable!("not elementwise: {other}"),
         }
     }
 
-    fn zero(&mut self) -> Value {
-        self.b.ins().f32const(0.0)
+    fn constant(&mut self, v: f32, lanes: Type) -> Value {
+        let c = self.b.ins().f32const(v);
+        self.widen(c, lanes)
     }
 
-    fn select_gt0(&mut self, x: Value, yes: Value, no: Value) -> Value {
-        let z = self.zero();
+    /// `cond ? yes : no` for scalars or lane-wise for vectors.
+    fn choose(&mut self, cond: Value, yes: Value, no: Value, lanes: Type) -> Value {
+        if lanes == types::F32 {
+            self.b.ins().select(cond, yes, no)
+        } else {
+            let mask = self.b.ins().bitcast(
+                lanes,
+                MemFlagsData::new().with_endianness(Endianness::Little),
+                cond,
+            );
+            self.b.ins().bitselect(mask, yes, no)
+        }
+    }
+
+    fn select_gt0(&mut self, x: Value, yes: Value, no: Value, lanes: Type) -> Value {
+        let z = self.constant(0.0, lanes);
         let c = self.b.ins().fcmp(FloatCC::GreaterThan, x, z);
-        self.b.ins().select(c, yes, no)
+        self.choose(c, yes, no, lanes)
     }
 
-    fn sign(&mut self, x: Value) -> Value {
-        let z = self.zero();
-        let one = self.b.ins().f32const(1.0);
-        let minus = self.b.ins().f32const(-1.0);
+    fn sign(&mut self, x: Value, lanes: Type) -> Value {
+        let z = self.constant(0.0, lanes);
+        let one = self.constant(1.0, lanes);
+        let minus = self.constant(-1.0, lanes);
         let lt = self.b.ins().fcmp(FloatCC::LessThan, x, z);
-        let neg_or_zero = self.b.ins().select(lt, minus, z);
-        self.select_gt0(x, one, neg_or_zero)
+        let neg_or_zero = self.choose(lt, minus, z, lanes);
+        self.select_gt0(x, one, neg_or_zero, lanes)
     }
 
     fn call(&mut self, f: FuncRef, func: Func, x: Value) -> Value {
@@ -354,58 +465,58 @@ impl Emitter<'_, '_> {
         self.b.inst_results(call)[0]
     }
 
-    fn map(&mut self, f: Func, x: Value) -> Value {
+    fn map(&mut self, f: Func, x: Value, lanes: Type) -> Value {
         match f {
             Func::Neg => self.b.ins().fneg(x),
             Func::Abs => self.b.ins().fabs(x),
             Func::Sqrt => self.b.ins().sqrt(x),
             Func::Square => self.b.ins().fmul(x, x),
             Func::Recip => {
-                let one = self.b.ins().f32const(1.0);
+                let one = self.constant(1.0, lanes);
                 self.b.ins().fdiv(one, x)
             }
             Func::Relu => {
-                let z = self.zero();
-                self.select_gt0(x, x, z)
+                let z = self.constant(0.0, lanes);
+                self.select_gt0(x, x, z, lanes)
             }
             Func::LeakyRelu(a) => {
-                let k = self.b.ins().f32const(a as f32);
+                let k = self.constant(a as f32, lanes);
                 let ax = self.b.ins().fmul(x, k);
-                self.select_gt0(x, x, ax)
+                self.select_gt0(x, x, ax, lanes)
             }
             Func::Step => {
-                let (one, z) = (self.b.ins().f32const(1.0), self.zero());
-                self.select_gt0(x, one, z)
+                let (one, z) = (self.constant(1.0, lanes), self.constant(0.0, lanes));
+                self.select_gt0(x, one, z, lanes)
             }
-            Func::Sign => self.sign(x),
+            Func::Sign => self.sign(x, lanes),
             other => self.call(self.funcs.apply, other, x),
         }
     }
 
-    fn map_grad(&mut self, f: Func, x: Value, g: Value) -> Value {
+    fn map_grad(&mut self, f: Func, x: Value, g: Value, lanes: Type) -> Value {
         let d = match f {
             Func::Neg => return self.b.ins().fneg(g),
             Func::Relu => {
-                let z = self.zero();
-                return self.select_gt0(x, g, z);
+                let z = self.constant(0.0, lanes);
+                return self.select_gt0(x, g, z, lanes);
             }
             Func::LeakyRelu(a) => {
-                let k = self.b.ins().f32const(a as f32);
+                let k = self.constant(a as f32, lanes);
                 let ag = self.b.ins().fmul(g, k);
-                return self.select_gt0(x, g, ag);
+                return self.select_gt0(x, g, ag, lanes);
             }
             Func::Square => {
                 let two_x = self.b.ins().fadd(x, x);
                 return self.b.ins().fmul(two_x, g);
             }
-            Func::Abs => self.sign(x),
-            Func::Sign | Func::Step => return self.zero(),
+            Func::Abs => self.sign(x, lanes),
+            Func::Sign | Func::Step => return self.constant(0.0, lanes),
             other => self.call(self.funcs.deriv, other, x),
         };
         self.b.ins().fmul(g, d)
     }
 
-    fn binary(&mut self, op: Binary, a: Value, c: Value) -> Value {
+    fn binary(&mut self, op: Binary, a: Value, c: Value, lanes: Type) -> Value {
         match op {
             Binary::Add => self.b.ins().fadd(a, c),
             Binary::Sub => self.b.ins().fsub(a, c),
@@ -421,13 +532,89 @@ impl Emitter<'_, '_> {
                 let better = self.b.ins().fcmp(cc, a, c);
                 let c_nan = self.b.ins().fcmp(FloatCC::Unordered, c, c);
                 let pick_a = self.b.ins().bor(better, c_nan);
-                self.b.ins().select(pick_a, a, c)
+                self.choose(pick_a, a, c, lanes)
             }
             Binary::Eq => {
                 let eq = self.b.ins().fcmp(FloatCC::Equal, a, c);
-                let (one, z) = (self.b.ins().f32const(1.0), self.zero());
-                self.b.ins().select(eq, one, z)
+                let (one, z) = (self.constant(1.0, lanes), self.constant(0.0, lanes));
+                self.choose(eq, one, z, lanes)
             }
         }
     }
+}
+
+/// Lanes of the vector loops.
+const LANES: u64 = 4;
+
+/// Loads and stores that may be unaligned (vectors start at any element).
+fn unaligned() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// How a loop over `shape` indexes an operand of shape `s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// The same shape: the loop's flat index.
+    Flat,
+    /// One row broadcast to every row (a bias): the column index.
+    Col,
+    /// One value per row: the row index.
+    Row,
+    /// One value: loaded once.
+    Scalar,
+    /// Anything else: computed from the flat index.
+    General,
+}
+
+fn access(s: &Shape, shape: &Shape) -> Access {
+    if s == shape {
+        return Access::Flat;
+    }
+    if s.0.iter().all(|d| *d == Dim::Fixed(1)) {
+        return Access::Scalar;
+    }
+    let r = shape.rank();
+    if r == 0 || s.rank() > r {
+        return Access::General;
+    }
+    let pad = r - s.rank();
+    let aligned = |d: usize| d.checked_sub(pad).map_or(Dim::Fixed(1), |k| s.0[k]);
+    let last = r - 1;
+    if aligned(last) == shape.0[last] && (0..last).all(|d| aligned(d) == Dim::Fixed(1)) {
+        return Access::Col;
+    }
+    if aligned(last) == Dim::Fixed(1) && (0..last).all(|d| aligned(d) == shape.0[d]) {
+        return Access::Row;
+    }
+    Access::General
+}
+
+/// Functions computed inline (with vector forms); the others call the runtime.
+fn inline_map(f: Func) -> bool {
+    matches!(
+        f,
+        Func::Neg
+            | Func::Abs
+            | Func::Sqrt
+            | Func::Square
+            | Func::Recip
+            | Func::Relu
+            | Func::LeakyRelu(_)
+            | Func::Step
+            | Func::Sign
+    )
+}
+
+/// Derivatives computed inline.
+fn inline_grad(f: Func) -> bool {
+    matches!(
+        f,
+        Func::Neg
+            | Func::Relu
+            | Func::LeakyRelu(_)
+            | Func::Square
+            | Func::Abs
+            | Func::Sign
+            | Func::Step
+    )
 }

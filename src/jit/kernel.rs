@@ -8,6 +8,24 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, IxDyn};
 use std::collections::HashMap;
 
+/// Products with at most this many rows skip the GEMM (whose packing of the whole weight
+/// matrix dominates a batch of one) for a row-times-matrix loop.
+const GEMV_ROWS: usize = 4;
+
+/// `out[m×n] = x[m×k] · w[k×n]`, accumulating rows of `w` (contiguous, so the inner loop
+/// vectorizes).
+fn gemv_rows(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
+    for r in 0..m {
+        let o = &mut out[r * n..(r + 1) * n];
+        o.fill(0.0);
+        for (kk, &a) in x[r * k..(r + 1) * k].iter().enumerate() {
+            for (dst, &wv) in o.iter_mut().zip(&w[kk * n..(kk + 1) * n]) {
+                *dst += a * wv;
+            }
+        }
+    }
+}
+
 /// Computes node `n` of `g` from its argument buffers into `out`.
 pub fn run(
     g: &Graph,
@@ -28,6 +46,12 @@ pub fn run(
             let cols = d.last().copied().unwrap_or(1);
             (d.iter().product::<usize>() / cols.max(1), cols)
         };
+        let (m, k) = as2(&arg_dims[0]);
+        let (k2, cols) = as2(&arg_dims[1]);
+        if !ta && !tb && m <= GEMV_ROWS && k == k2 {
+            gemv_rows(args[0], args[1], out, m, k, cols);
+            return Ok(());
+        }
         let a = ArrayView2::from_shape(as2(&arg_dims[0]), args[0]).map_err(|e| e.to_string())?;
         let b = ArrayView2::from_shape(as2(&arg_dims[1]), args[1]).map_err(|e| e.to_string())?;
         let a = if ta { a.reversed_axes() } else { a };

@@ -18,15 +18,60 @@ use std::time::{Duration, Instant};
 
 /// A compiled entry point.
 struct Entry {
+    /// The graph's address and size, and the roots: what this entry was compiled for.
+    key: (usize, usize),
     plan: Plan,
     code: emit::Compiled,
     roots: Vec<NodeId>,
+    /// Buffer layouts by batch size.
+    layouts: HashMap<usize, Layout>,
+}
+
+/// Where each node's values live for one batch size.
+struct Layout {
+    /// Element count of every node.
+    sizes: Vec<usize>,
+    /// Arena offset of every node that has its own buffer (usize::MAX otherwise).
+    offsets: Vec<usize>,
+    /// Arena size.
+    total: usize,
+}
+
+impl Layout {
+    fn new(g: &Graph, plan: &Plan, batch: usize) -> Layout {
+        let sizes: Vec<usize> = g
+            .nodes
+            .iter()
+            .map(|n| dims(&n.shape, batch).iter().product())
+            .collect();
+        // One arena for every buffer the code computes, plus scalars the caller supplies.
+        let mut offsets = vec![usize::MAX; g.nodes.len()];
+        let mut total = 0usize;
+        for (i, k) in plan.kinds.iter().enumerate() {
+            let supplied = matches!(
+                (k, &g.nodes[i].op),
+                (
+                    Kind::External | Kind::Const,
+                    Op::Hyper(_) | Op::BatchSize | Op::Const(_)
+                )
+            );
+            if matches!(k, Kind::Loop | Kind::Kernel) || supplied {
+                offsets[i] = total;
+                total += sizes[i].max(1);
+            }
+        }
+        Layout {
+            sizes,
+            offsets,
+            total,
+        }
+    }
 }
 
 /// The JIT backend: compiles each (graph, entry point) on first use.
 #[derive(Default)]
 pub struct Jit {
-    cache: HashMap<(usize, usize, Vec<NodeId>), Entry>,
+    cache: Vec<Entry>,
     /// The buffers of the last call, reused (every buffer is written before it is read).
     arena: Vec<f32>,
     /// Total time spent compiling.
@@ -35,8 +80,8 @@ pub struct Jit {
 
 /// Identifies a graph in the cache: its address and size. Graphs are owned by the run
 /// that calls the backend and are not changed while it runs.
-fn key(g: &Graph, roots: &[NodeId]) -> (usize, usize, Vec<NodeId>) {
-    (g as *const Graph as usize, g.nodes.len(), roots.to_vec())
+fn key(g: &Graph) -> (usize, usize) {
+    (g as *const Graph as usize, g.nodes.len())
 }
 
 impl Jit {
@@ -45,24 +90,38 @@ impl Jit {
         Jit::default()
     }
 
-    fn entry(&mut self, g: &Graph, roots: &[NodeId]) -> Result<&Entry, RunError> {
-        let k = key(g, roots);
-        if !self.cache.contains_key(&k) {
-            let t0 = Instant::now();
-            let plan = plan::plan(g, roots);
-            let code = emit::compile(g, &plan)
-                .map_err(|e| RunError(format!("JIT compilation failed: {}", e.0)))?;
-            self.compile_time += t0.elapsed();
-            self.cache.insert(
-                k.clone(),
-                Entry {
+    fn entry(&mut self, g: &Graph, roots: &[NodeId], batch: usize) -> Result<&Entry, RunError> {
+        let k = key(g);
+        let at = match self
+            .cache
+            .iter()
+            .position(|e| e.key == k && e.roots == roots)
+        {
+            Some(at) => at,
+            None => {
+                let t0 = Instant::now();
+                let plan = plan::plan(g, roots);
+                let code = emit::compile(g, &plan)
+                    .map_err(|e| RunError(format!("JIT compilation failed: {}", e.0)))?;
+                self.compile_time += t0.elapsed();
+                self.cache.push(Entry {
+                    key: k,
                     plan,
                     code,
                     roots: roots.to_vec(),
-                },
-            );
+                    layouts: HashMap::new(),
+                });
+                self.cache.len() - 1
+            }
+        };
+        let e = &mut self.cache[at];
+        if !e.layouts.contains_key(&batch) {
+            if e.layouts.len() >= 8 {
+                e.layouts.clear();
+            }
+            e.layouts.insert(batch, Layout::new(g, &e.plan, batch));
         }
-        Ok(&self.cache[&k])
+        Ok(&self.cache[at])
     }
 
     /// Runs `roots` of `g`; returns their values.
@@ -99,29 +158,9 @@ impl Jit {
         batch: usize,
         arena: &mut Vec<f32>,
     ) -> Result<Vec<ArrayD<f32>>, RunError> {
-        let entry = self.entry(g, roots)?;
-        let sizes: Vec<usize> = g
-            .nodes
-            .iter()
-            .map(|n| dims(&n.shape, batch).iter().product())
-            .collect();
-        // One arena for every buffer the code computes, plus scalars the caller supplies.
-        let mut offsets = vec![usize::MAX; g.nodes.len()];
-        let mut total = 0usize;
-        for (i, k) in entry.plan.kinds.iter().enumerate() {
-            if matches!(k, Kind::Loop | Kind::Kernel)
-                || matches!(
-                    (k, &g.nodes[i].op),
-                    (
-                        Kind::External | Kind::Const,
-                        Op::Hyper(_) | Op::BatchSize | Op::Const(_)
-                    )
-                )
-            {
-                offsets[i] = total;
-                total += sizes[i].max(1);
-            }
-        }
+        let entry = self.entry(g, roots, batch)?;
+        let layout = &entry.layouts[&batch];
+        let (sizes, offsets, total) = (&layout.sizes, &layout.offsets, layout.total);
         if arena.len() < total {
             arena.resize(total, 0.0);
         }
@@ -168,7 +207,7 @@ impl Jit {
         }
         let env = abi::KernelEnv {
             graph: g,
-            sizes: sizes.clone(),
+            sizes,
             error: Default::default(),
         };
         abi::call(entry.code.func, &bufs, batch, &env);
@@ -273,16 +312,17 @@ impl Backend for Jit {
         let mut roots = vec![loss, objective];
         roots.extend(graph.updates.iter().map(|(_, n)| *n));
         let vals = self.run(graph, state, inputs, targets, hyper, &roots)?;
-        for ((slot, _), v) in graph.updates.iter().zip(&vals[2..]) {
-            match slot {
-                Slot::Param(p) => state.params[*p] = v.clone(),
-                Slot::State(s) => state.states[*s] = v.clone(),
-            }
-        }
-        Ok(StepResult {
+        let result = StepResult {
             loss: scalar(&vals[0]),
             objective: scalar(&vals[1]),
-        })
+        };
+        for ((slot, _), v) in graph.updates.iter().zip(vals.into_iter().skip(2)) {
+            match slot {
+                Slot::Param(p) => state.params[*p] = v,
+                Slot::State(s) => state.states[*s] = v,
+            }
+        }
+        Ok(result)
     }
 
     fn gradients(

@@ -50,11 +50,7 @@ struct Figures {
 /// Inputs and targets of one batch.
 type Batch = (Vec<ArrayD<f32>>, Vec<ArrayD<f32>>);
 
-fn pool(
-    p: &rt::Program,
-    batch: usize,
-    rng: &mut ChaCha8Rng,
-) -> Vec<Batch> {
+fn pool(p: &rt::Program, batch: usize, rng: &mut ChaCha8Rng) -> Vec<Batch> {
     let gen = |t: &kiln::ir::Tensor, rng: &mut ChaCha8Rng| {
         let d = dims(&t.shape, batch);
         let n: usize = d.iter().product();
