@@ -12,6 +12,46 @@ use std::collections::HashMap;
 /// matrix dominates a batch of one) for a row-times-matrix loop.
 const GEMV_ROWS: usize = 4;
 
+/// Products of at most this many multiply-adds skip the GEMM's setup and packing.
+const TINY_MACS: usize = 4096;
+
+/// `out = op(a) · op(b)` by the textbook triple loop, for tiny products. `a` is stored
+/// `ad.0 × ad.1` and `b` `bd.0 × bd.1`, row-major.
+fn tiny_matmul(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    ad: (usize, usize),
+    bd: (usize, usize),
+    ta: bool,
+    tb: bool,
+) {
+    let (m, k) = if ta { (ad.1, ad.0) } else { ad };
+    let n = if tb { bd.0 } else { bd.1 };
+    let at = |i: usize, p: usize| if ta { a[p * ad.1 + i] } else { a[i * ad.1 + p] };
+    let bt = |p: usize, j: usize| if tb { b[j * bd.1 + p] } else { b[p * bd.1 + j] };
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for p in 0..k {
+                acc += at(i, p) * bt(p, j);
+            }
+            out[i * n + j] = acc;
+        }
+    }
+}
+
+/// Sums `x` (rows × `cols`) over its rows into `out` (`cols`): the VJP of a broadcast
+/// bias.
+fn sum_rows(x: &[f32], out: &mut [f32], cols: usize) {
+    out.fill(0.0);
+    for row in x.chunks_exact(cols) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
 /// `out[m×n] = x[m×k] · w[k×n]`, accumulating rows of `w` (contiguous, so the inner loop
 /// vectorizes).
 fn gemv_rows(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
@@ -52,6 +92,10 @@ pub fn run(
             gemv_rows(args[0], args[1], out, m, k, cols);
             return Ok(());
         }
+        if m * k * cols <= TINY_MACS {
+            tiny_matmul(args[0], args[1], out, (m, k), (k2, cols), ta, tb);
+            return Ok(());
+        }
         let a = ArrayView2::from_shape(as2(&arg_dims[0]), args[0]).map_err(|e| e.to_string())?;
         let b = ArrayView2::from_shape(as2(&arg_dims[1]), args[1]).map_err(|e| e.to_string())?;
         let a = if ta { a.reversed_axes() } else { a };
@@ -60,6 +104,16 @@ pub fn run(
             ArrayViewMut2::from_shape((a.nrows(), b.ncols()), out).map_err(|e| e.to_string())?;
         general_mat_mul(1.0, &a, &b, 0.0, &mut c);
         return Ok(());
+    }
+    if let Op::SumTo = node.op {
+        // Summing leading dimensions away, the common case (bias gradients): the output
+        // (without leading 1s) is the input's trailing dimensions.
+        let core: Vec<usize> = out_dims.iter().copied().skip_while(|&d| d == 1).collect();
+        let src = &arg_dims[0];
+        if core.len() <= src.len() && src[src.len() - core.len()..] == core[..] {
+            sum_rows(args[0], out, core.iter().product());
+            return Ok(());
+        }
     }
     let owned: Vec<ArrayD<f32>> = args
         .iter()

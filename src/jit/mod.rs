@@ -38,26 +38,73 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(g: &Graph, plan: &Plan, batch: usize) -> Layout {
+    /// Plans the arena: the scalars the caller supplies first, then every computed
+    /// buffer, reusing the space of buffers whose last reader has run. A node's output
+    /// never shares space with what it reads; the requested roots are never reused.
+    fn new(g: &Graph, plan: &Plan, roots: &[NodeId], batch: usize) -> Layout {
+        let n = g.nodes.len();
         let sizes: Vec<usize> = g
             .nodes
             .iter()
-            .map(|n| dims(&n.shape, batch).iter().product())
+            .map(|node| dims(&node.shape, batch).iter().product())
             .collect();
-        // One arena for every buffer the code computes, plus scalars the caller supplies.
-        let mut offsets = vec![usize::MAX; g.nodes.len()];
+        let mut offsets = vec![usize::MAX; n];
         let mut total = 0usize;
         for (i, k) in plan.kinds.iter().enumerate() {
-            let supplied = matches!(
+            if matches!(
                 (k, &g.nodes[i].op),
                 (
                     Kind::External | Kind::Const,
                     Op::Hyper(_) | Op::BatchSize | Op::Const(_)
                 )
-            );
-            if matches!(k, Kind::Loop | Kind::Kernel) || supplied {
+            ) {
                 offsets[i] = total;
-                total += sizes[i].max(1);
+                total += 1;
+            }
+        }
+        // The node whose buffer holds each node's values (reshapes share their source's).
+        let mut owner: Vec<usize> = (0..n).collect();
+        for i in 0..n {
+            if plan.kinds[i] == Kind::Alias {
+                owner[i] = owner[g.nodes[i].args[0]];
+            }
+        }
+        // The last node that reads each buffer.
+        let mut last = vec![0usize; n];
+        for i in 0..n {
+            if plan.owns_buffer(i) {
+                for r in plan.reads(g, i) {
+                    last[owner[r]] = last[owner[r]].max(i);
+                }
+            }
+        }
+        for &r in roots {
+            last[owner[r]] = usize::MAX;
+        }
+        let mut free: Vec<(usize, usize)> = Vec::new();
+        let mut dying: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for i in 0..n {
+            if !plan.owns_buffer(i) {
+                continue;
+            }
+            let size = sizes[i].max(1);
+            offsets[i] = match free
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, s))| *s >= size)
+                .min_by_key(|(_, (_, s))| *s)
+            {
+                Some((at, _)) => free.swap_remove(at).0,
+                None => {
+                    total += size;
+                    total - size
+                }
+            };
+            if last[i] != usize::MAX && last[i] > i {
+                dying[last[i]].push(i);
+            }
+            for d in std::mem::take(&mut dying[i]) {
+                free.push((offsets[d], sizes[d].max(1)));
             }
         }
         Layout {
@@ -119,7 +166,8 @@ impl Jit {
             if e.layouts.len() >= 8 {
                 e.layouts.clear();
             }
-            e.layouts.insert(batch, Layout::new(g, &e.plan, batch));
+            e.layouts
+                .insert(batch, Layout::new(g, &e.plan, roots, batch));
         }
         Ok(&self.cache[at])
     }

@@ -112,6 +112,21 @@ impl Plan {
         out
     }
 
+    /// The buffers node `n` reads when it runs: its arguments, or for a loop the
+    /// arguments of every node fused into it.
+    pub fn reads(&self, g: &Graph, n: NodeId) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        let mut stack = g.nodes[n].args.clone();
+        while let Some(a) = stack.pop() {
+            if self.kinds[a] == Kind::Fused {
+                stack.extend(&g.nodes[a].args);
+            } else if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
     /// The nodes computed inside the loop of `root`.
     pub fn fused_into(&self, g: &Graph, root: NodeId) -> Vec<NodeId> {
         let mut out = Vec::new();
