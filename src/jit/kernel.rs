@@ -3,7 +3,7 @@
 //! the library GEMM on the buffers; the others share the interpreter's implementation.
 
 use crate::interp::{self, dims, Env};
-use crate::ir::{Graph, Op};
+use crate::ir::{Dim, Graph, Op};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, IxDyn};
 use std::collections::HashMap;
@@ -75,19 +75,13 @@ pub fn run(
     batch: usize,
 ) -> Result<(), String> {
     let node = &g.nodes[n];
-    let arg_dims: Vec<Vec<usize>> = node
-        .args
-        .iter()
-        .map(|&a| dims(&g.nodes[a].shape, batch))
-        .collect();
-    let out_dims = dims(&node.shape, batch);
     if let Op::MatMul { ta, tb } = node.op {
-        let as2 = |d: &[usize]| {
-            let cols = d.last().copied().unwrap_or(1);
-            (d.iter().product::<usize>() / cols.max(1), cols)
+        // Operands as matrices: all leading dimensions are rows.
+        let as2 = |k: usize| {
+            let cols = g.nodes[node.args[k]].shape.last().unwrap_or(1) as usize;
+            (args[k].len() / cols.max(1), cols)
         };
-        let (m, k) = as2(&arg_dims[0]);
-        let (k2, cols) = as2(&arg_dims[1]);
+        let ((m, k), (k2, cols)) = (as2(0), as2(1));
         if !ta && !tb && m <= GEMV_ROWS && k == k2 {
             gemv_rows(args[0], args[1], out, m, k, cols);
             return Ok(());
@@ -96,8 +90,8 @@ pub fn run(
             tiny_matmul(args[0], args[1], out, (m, k), (k2, cols), ta, tb);
             return Ok(());
         }
-        let a = ArrayView2::from_shape(as2(&arg_dims[0]), args[0]).map_err(|e| e.to_string())?;
-        let b = ArrayView2::from_shape(as2(&arg_dims[1]), args[1]).map_err(|e| e.to_string())?;
+        let a = ArrayView2::from_shape((m, k), args[0]).map_err(|e| e.to_string())?;
+        let b = ArrayView2::from_shape((k2, cols), args[1]).map_err(|e| e.to_string())?;
         let a = if ta { a.reversed_axes() } else { a };
         let b = if tb { b.reversed_axes() } else { b };
         let mut c =
@@ -108,13 +102,25 @@ pub fn run(
     if let Op::SumTo = node.op {
         // Summing leading dimensions away, the common case (bias gradients): the output
         // (without leading 1s) is the input's trailing dimensions.
-        let core: Vec<usize> = out_dims.iter().copied().skip_while(|&d| d == 1).collect();
-        let src = &arg_dims[0];
+        let core: Vec<Dim> = node
+            .shape
+            .0
+            .iter()
+            .copied()
+            .skip_while(|d| *d == Dim::Fixed(1))
+            .collect();
+        let src = &g.nodes[node.args[0]].shape.0;
         if core.len() <= src.len() && src[src.len() - core.len()..] == core[..] {
-            sum_rows(args[0], out, core.iter().product());
+            sum_rows(args[0], out, out.len());
             return Ok(());
         }
     }
+    let arg_dims: Vec<Vec<usize>> = node
+        .args
+        .iter()
+        .map(|&a| dims(&g.nodes[a].shape, batch))
+        .collect();
+    let out_dims = dims(&node.shape, batch);
     let owned: Vec<ArrayD<f32>> = args
         .iter()
         .zip(&arg_dims)

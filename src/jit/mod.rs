@@ -25,6 +25,8 @@ struct Entry {
     roots: Vec<NodeId>,
     /// Buffer layouts by batch size.
     layouts: HashMap<usize, Layout>,
+    /// Updates written straight into the parameter or state they update.
+    inplace: Vec<(NodeId, Slot)>,
 }
 
 /// Where each node's values live for one batch size.
@@ -41,7 +43,13 @@ impl Layout {
     /// Plans the arena: the scalars the caller supplies first, then every computed
     /// buffer, reusing the space of buffers whose last reader has run. A node's output
     /// never shares space with what it reads; the requested roots are never reused.
-    fn new(g: &Graph, plan: &Plan, roots: &[NodeId], batch: usize) -> Layout {
+    fn new(
+        g: &Graph,
+        plan: &Plan,
+        roots: &[NodeId],
+        inplace: &[(NodeId, Slot)],
+        batch: usize,
+    ) -> Layout {
         let n = g.nodes.len();
         let sizes: Vec<usize> = g
             .nodes
@@ -84,7 +92,7 @@ impl Layout {
         let mut free: Vec<(usize, usize)> = Vec::new();
         let mut dying: Vec<Vec<usize>> = vec![Vec::new(); n];
         for i in 0..n {
-            if !plan.owns_buffer(i) {
+            if !plan.owns_buffer(i) || inplace.iter().any(|(u, _)| *u == i) {
                 continue;
             }
             let size = sizes[i].max(1);
@@ -151,12 +159,14 @@ impl Jit {
                 let code = emit::compile(g, &plan)
                     .map_err(|e| RunError(format!("JIT compilation failed: {}", e.0)))?;
                 self.compile_time += t0.elapsed();
+                let inplace = inplace_updates(g, &plan, roots);
                 self.cache.push(Entry {
                     key: k,
                     plan,
                     code,
                     roots: roots.to_vec(),
                     layouts: HashMap::new(),
+                    inplace,
                 });
                 self.cache.len() - 1
             }
@@ -166,8 +176,8 @@ impl Jit {
             if e.layouts.len() >= 8 {
                 e.layouts.clear();
             }
-            e.layouts
-                .insert(batch, Layout::new(g, &e.plan, roots, batch));
+            let layout = Layout::new(g, &e.plan, roots, &e.inplace, batch);
+            e.layouts.insert(batch, layout);
         }
         Ok(&self.cache[at])
     }
@@ -177,12 +187,12 @@ impl Jit {
     fn run(
         &mut self,
         g: &Graph,
-        state: &State,
+        state: Slots,
         inputs: &[ArrayD<f32>],
         targets: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
         roots: &[NodeId],
-    ) -> Result<Vec<ArrayD<f32>>, RunError> {
+    ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
         let batch = inputs
             .first()
             .and_then(|a| a.shape().first().copied())
@@ -198,14 +208,14 @@ impl Jit {
     fn run_with(
         &mut self,
         g: &Graph,
-        state: &State,
+        state: Slots,
         inputs: &[ArrayD<f32>],
         targets: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
         roots: &[NodeId],
         batch: usize,
         arena: &mut Vec<f32>,
-    ) -> Result<Vec<ArrayD<f32>>, RunError> {
+    ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
         let entry = self.entry(g, roots, batch)?;
         let layout = &entry.layouts[&batch];
         let (sizes, offsets, total) = (&layout.sizes, &layout.offsets, layout.total);
@@ -244,13 +254,17 @@ impl Jit {
                 match &n.op {
                     Op::Input(k) => contiguous(get(inputs, *k, "input")?, "an input")?,
                     Op::Target(k) => contiguous(get(targets, *k, "target")?, "a target")?,
-                    Op::Param(k) => {
-                        contiguous(get(&state.params, *k, "parameter")?, "a parameter")?
-                    }
-                    Op::State(k) => contiguous(get(&state.states, *k, "state")?, "a state tensor")?,
+                    Op::Param(k) => slot(&state.params, *k)?,
+                    Op::State(k) => slot(&state.states, *k)?,
                     Op::Reshape => bufs[n.args[0]],
                     _ => std::ptr::null_mut(),
                 }
+            };
+        }
+        for (u, target) in &entry.inplace {
+            bufs[*u] = match target {
+                Slot::Param(p) => slot(&state.params, *p)?,
+                Slot::State(k) => slot(&state.states, *k)?,
             };
         }
         let env = abi::KernelEnv {
@@ -267,6 +281,9 @@ impl Jit {
             .roots
             .iter()
             .map(|&r| {
+                if entry.inplace.iter().any(|(u, _)| *u == r) {
+                    return Ok(None);
+                }
                 // Follow reshapes to the node that owns the values.
                 let mut src = r;
                 while kinds[src] == Kind::Alias {
@@ -278,19 +295,96 @@ impl Jit {
                     match &g.nodes[src].op {
                         Op::Input(k) => get(inputs, *k, "input")?.iter().copied().collect(),
                         Op::Target(k) => get(targets, *k, "target")?.iter().copied().collect(),
-                        Op::Param(k) => get(&state.params, *k, "parameter")?
-                            .iter()
-                            .copied()
-                            .collect(),
-                        Op::State(k) => get(&state.states, *k, "state")?.iter().copied().collect(),
                         op => return Err(RunError(format!("node %{r} ({op}) has no values"))),
                     }
                 };
                 ArrayD::from_shape_vec(IxDyn(&dims(&g.nodes[r].shape, batch)), values)
+                    .map(Some)
                     .map_err(|e| RunError(e.to_string()))
             })
             .collect()
     }
+}
+
+/// Buffers of a model's parameters and state: mutable for a training step (whose
+/// updates may be written in place), only read otherwise.
+struct Slots {
+    params: Vec<*mut f32>,
+    states: Vec<*mut f32>,
+}
+
+impl Slots {
+    /// Read-only buffers (never written: only training steps write in place).
+    fn read(state: &State) -> Result<Slots, RunError> {
+        let ptrs = |xs: &[ArrayD<f32>]| -> Result<Vec<*mut f32>, RunError> {
+            xs.iter()
+                .map(|a| {
+                    a.as_slice()
+                        .map(|s| s.as_ptr().cast_mut())
+                        .ok_or_else(|| RunError("a parameter is not contiguous".into()))
+                })
+                .collect()
+        };
+        Ok(Slots {
+            params: ptrs(&state.params)?,
+            states: ptrs(&state.states)?,
+        })
+    }
+
+    /// Buffers the step may update in place.
+    fn write(state: &mut State) -> Result<Slots, RunError> {
+        let ptrs = |xs: &mut [ArrayD<f32>]| -> Result<Vec<*mut f32>, RunError> {
+            xs.iter_mut()
+                .map(|a| {
+                    a.as_slice_mut()
+                        .map(|s| s.as_mut_ptr())
+                        .ok_or_else(|| RunError("a parameter is not contiguous".into()))
+                })
+                .collect()
+        };
+        Ok(Slots {
+            params: ptrs(&mut state.params)?,
+            states: ptrs(&mut state.states)?,
+        })
+    }
+}
+
+fn slot(xs: &[*mut f32], k: usize) -> Result<*mut f32, RunError> {
+    xs.get(k)
+        .copied()
+        .ok_or_else(|| RunError(format!("missing parameter or state #{k}")))
+}
+
+/// Updates that can write straight into their parameter or state: elementwise loops of
+/// the slot's shape after which nothing reads the slot's old value.
+fn inplace_updates(g: &Graph, plan: &Plan, roots: &[NodeId]) -> Vec<(NodeId, Slot)> {
+    let leaf = |mut r: NodeId| {
+        while plan.kinds[r] == Kind::Alias {
+            r = g.nodes[r].args[0];
+        }
+        match g.nodes[r].op {
+            Op::Param(p) => Some(Slot::Param(p)),
+            Op::State(s) => Some(Slot::State(s)),
+            _ => None,
+        }
+    };
+    g.updates
+        .iter()
+        .filter(|(slot, u)| {
+            let shape = match slot {
+                Slot::Param(p) => &g.params[*p].tensor.shape,
+                Slot::State(s) => &g.states[*s].shape,
+            };
+            roots.contains(u)
+                && plan.kinds[*u] == Kind::Loop
+                && g.nodes[*u].shape == *shape
+                && (*u + 1..g.nodes.len()).all(|j| {
+                    !plan.owns_buffer(j)
+                        || plan.reads(g, j).into_iter().all(|r| leaf(r) != Some(*slot))
+                })
+        })
+        .map(|(slot, u)| (*u, *slot))
+        .collect()
 }
 
 fn get<'a>(xs: &'a [ArrayD<f32>], k: usize, what: &str) -> Result<&'a ArrayD<f32>, RunError> {
@@ -343,7 +437,17 @@ impl Backend for Jit {
         targets: &[ArrayD<f32>],
         roots: &[NodeId],
     ) -> Result<Vec<ArrayD<f32>>, RunError> {
-        self.run(graph, state, inputs, targets, &HashMap::new(), roots)
+        let vals = self.run(
+            graph,
+            Slots::read(state)?,
+            inputs,
+            targets,
+            &HashMap::new(),
+            roots,
+        )?;
+        vals.into_iter()
+            .map(|v| v.ok_or_else(|| RunError("a root has no value".into())))
+            .collect()
     }
 
     fn step(
@@ -359,15 +463,18 @@ impl Backend for Jit {
         };
         let mut roots = vec![loss, objective];
         roots.extend(graph.updates.iter().map(|(_, n)| *n));
-        let vals = self.run(graph, state, inputs, targets, hyper, &roots)?;
+        let vals = self.run(graph, Slots::write(state)?, inputs, targets, hyper, &roots)?;
+        let value = |v: &Option<ArrayD<f32>>| v.as_ref().map_or(f64::NAN, scalar);
         let result = StepResult {
-            loss: scalar(&vals[0]),
-            objective: scalar(&vals[1]),
+            loss: value(&vals[0]),
+            objective: value(&vals[1]),
         };
+        // Updates not written in place are copied back.
         for ((slot, _), v) in graph.updates.iter().zip(vals.into_iter().skip(2)) {
-            match slot {
-                Slot::Param(p) => state.params[*p] = v,
-                Slot::State(s) => state.states[*s] = v,
+            match (slot, v) {
+                (Slot::Param(p), Some(v)) => state.params[*p] = v,
+                (Slot::State(s), Some(v)) => state.states[*s] = v,
+                (_, None) => {}
             }
         }
         Ok(result)
@@ -386,7 +493,11 @@ impl Backend for Jit {
         };
         let mut roots = vec![loss];
         roots.extend(graph.grads.iter().map(|(_, n)| *n));
-        let vals = self.run(graph, state, inputs, targets, hyper, &roots)?;
+        let vals = self.run(graph, Slots::read(state)?, inputs, targets, hyper, &roots)?;
+        let vals: Vec<ArrayD<f32>> = vals
+            .into_iter()
+            .map(|v| v.ok_or_else(|| RunError("a root has no value".into())))
+            .collect::<Result<_, _>>()?;
         Ok((
             scalar(&vals[0]),
             graph
