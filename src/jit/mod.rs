@@ -10,7 +10,9 @@ pub mod plan;
 
 use crate::interp::dims;
 use crate::ir::{Graph, Hyper, NodeId, Op, Slot};
-use crate::runtime::exec::{Backend, LossAndGrads, RunError, State, StepResult};
+use crate::runtime::exec::{
+    gradient_roots, loss_nodes, write_back, Backend, LossAndGrads, RunError, State, StepResult,
+};
 use ndarray::{ArrayD, IxDyn};
 use plan::{Kind, Plan};
 use std::collections::HashMap;
@@ -458,9 +460,7 @@ impl Backend for Jit {
         targets: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
     ) -> Result<StepResult, RunError> {
-        let (Some(loss), Some(objective)) = (graph.loss, graph.objective) else {
-            return Err(RunError("the graph has no loss".into()));
-        };
+        let (loss, objective) = loss_nodes(graph)?;
         let mut roots = vec![loss, objective];
         roots.extend(graph.updates.iter().map(|(_, n)| *n));
         let vals = self.run(graph, Slots::write(state)?, inputs, targets, hyper, &roots)?;
@@ -471,10 +471,8 @@ impl Backend for Jit {
         };
         // Updates not written in place are copied back.
         for ((slot, _), v) in graph.updates.iter().zip(vals.into_iter().skip(2)) {
-            match (slot, v) {
-                (Slot::Param(p), Some(v)) => state.params[*p] = v,
-                (Slot::State(s), Some(v)) => state.states[*s] = v,
-                (_, None) => {}
+            if let Some(v) = v {
+                write_back(state, *slot, v);
             }
         }
         Ok(result)
@@ -488,11 +486,7 @@ impl Backend for Jit {
         targets: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
     ) -> Result<LossAndGrads, RunError> {
-        let Some(loss) = graph.loss else {
-            return Err(RunError("the graph has no loss".into()));
-        };
-        let mut roots = vec![loss];
-        roots.extend(graph.grads.iter().map(|(_, n)| *n));
+        let roots = gradient_roots(graph)?;
         let vals = self.run(graph, Slots::read(state)?, inputs, targets, hyper, &roots)?;
         let vals: Vec<ArrayD<f32>> = vals
             .into_iter()

@@ -38,6 +38,30 @@ pub struct StepResult {
     pub objective: f64,
 }
 
+/// The loss and objective nodes of a training graph.
+pub fn loss_nodes(graph: &Graph) -> Result<(NodeId, NodeId), RunError> {
+    match (graph.loss, graph.objective) {
+        (Some(l), Some(o)) => Ok((l, o)),
+        _ => Err(RunError("the graph has no loss".into())),
+    }
+}
+
+/// The roots of a gradients call: the loss, then every trainable parameter's gradient.
+pub fn gradient_roots(graph: &Graph) -> Result<Vec<NodeId>, RunError> {
+    let (loss, _) = loss_nodes(graph)?;
+    Ok(std::iter::once(loss)
+        .chain(graph.grads.iter().map(|(_, n)| *n))
+        .collect())
+}
+
+/// Stores the new value of an updated slot.
+pub fn write_back(state: &mut State, slot: Slot, v: ArrayD<f32>) {
+    match slot {
+        Slot::Param(p) => state.params[p] = v,
+        Slot::State(s) => state.states[s] = v,
+    }
+}
+
 /// A loss and the gradient of each trainable parameter (by parameter index).
 pub type LossAndGrads = (f64, Vec<(usize, ArrayD<f32>)>);
 
@@ -136,20 +160,14 @@ impl Backend for Interpreter {
         targets: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
     ) -> Result<StepResult, RunError> {
-        let (Some(loss), Some(objective)) = (graph.loss, graph.objective) else {
-            return Err(RunError("the graph has no loss".into()));
-        };
+        let (loss, objective) = loss_nodes(graph)?;
         let mut vals = run(graph, state, inputs, targets, hyper, &graph.step_roots())?;
         let result = StepResult {
             loss: scalar(&take(&mut vals, loss)?),
             objective: scalar(&take(&mut vals, objective)?),
         };
         for (slot, n) in &graph.updates {
-            let v = take(&mut vals, *n)?;
-            match slot {
-                Slot::Param(p) => state.params[*p] = v,
-                Slot::State(s) => state.states[*s] = v,
-            }
+            write_back(state, *slot, take(&mut vals, *n)?);
         }
         Ok(result)
     }
@@ -162,11 +180,8 @@ impl Backend for Interpreter {
         targets: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
     ) -> Result<LossAndGrads, RunError> {
-        let Some(loss) = graph.loss else {
-            return Err(RunError("the graph has no loss".into()));
-        };
-        let mut roots = vec![loss];
-        roots.extend(graph.grads.iter().map(|(_, n)| *n));
+        let roots = gradient_roots(graph)?;
+        let loss = roots[0];
         let mut vals = run(graph, state, inputs, targets, hyper, &roots)?;
         let l = scalar(&take(&mut vals, loss)?);
         let grads = graph
