@@ -11,7 +11,8 @@ pub mod plan;
 use crate::interp::dims;
 use crate::ir::{Graph, Hyper, NodeId, Op, Slot};
 use crate::runtime::exec::{
-    gradient_roots, loss_nodes, write_back, Backend, LossAndGrads, RunError, State, StepResult,
+    batch_of, gradient_roots, loss_nodes, scalar, write_back, Backend, LossAndGrads, RunError,
+    State, StepResult,
 };
 use ndarray::{ArrayD, IxDyn};
 use plan::{Kind, Plan};
@@ -195,10 +196,7 @@ impl Jit {
         hyper: &HashMap<Hyper, f64>,
         roots: &[NodeId],
     ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
-        let batch = inputs
-            .first()
-            .and_then(|a| a.shape().first().copied())
-            .unwrap_or(1);
+        let batch = batch_of(inputs);
         check_shapes(g, inputs, targets, batch)?;
         let mut arena = std::mem::take(&mut self.arena);
         let result = self.run_with(g, state, inputs, targets, hyper, roots, batch, &mut arena);
@@ -424,10 +422,6 @@ fn check_shapes(
         }
     }
     Ok(())
-}
-
-fn scalar(a: &ArrayD<f32>) -> f64 {
-    a.iter().next().map_or(f64::NAN, |v| f64::from(*v))
 }
 
 impl Backend for Jit {

@@ -103,7 +103,8 @@ pub trait Backend {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Interpreter;
 
-fn batch_of(inputs: &[ArrayD<f32>]) -> usize {
+/// The batch size of a call: the first dimension of the first input.
+pub fn batch_of(inputs: &[ArrayD<f32>]) -> usize {
     inputs
         .first()
         .and_then(|a| a.shape().first().copied())
@@ -135,7 +136,8 @@ fn take(vals: &mut [Option<ArrayD<f32>>], n: NodeId) -> Result<ArrayD<f32>, RunE
         .ok_or_else(|| RunError(format!("node %{n} was not computed")))
 }
 
-fn scalar(a: &ArrayD<f32>) -> f64 {
+/// The value of a one-element array (NaN when empty).
+pub fn scalar(a: &ArrayD<f32>) -> f64 {
     a.iter().next().map_or(f64::NAN, |v| f64::from(*v))
 }
 
