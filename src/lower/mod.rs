@@ -50,22 +50,16 @@ fn unsupported(what: &str, span: crate::span::Span) -> Diagnostic {
 /// Lowers a checked model to its forward graph (evaluation behaviour).
 pub fn lower_model(m: &CheckedModel) -> Result<Graph, Diagnostic> {
     let mut g = Graph::default();
-    for p in &m.inputs {
+    let port = |p: &crate::check::graph::Port| {
         let ty = &m.nodes[p.node].ty;
-        g.inputs.push(Tensor {
+        Tensor {
             name: p.name.clone(),
             shape: shape(ty),
             dtype: dtype(ty),
-        });
-    }
-    for p in &m.targets {
-        let ty = &m.nodes[p.node].ty;
-        g.targets.push(Tensor {
-            name: p.name.clone(),
-            shape: shape(ty),
-            dtype: dtype(ty),
-        });
-    }
+        }
+    };
+    g.inputs = m.inputs.iter().map(port).collect();
+    g.targets = m.targets.iter().map(port).collect();
     for p in &m.params {
         g.params.push(Param {
             tensor: Tensor {
