@@ -120,6 +120,57 @@ extern "C" fn kiln_derivative(code: i32, p: f32, x: f32) -> f32 {
     derivative(func_of(code, p), f64::from(x)) as f32
 }
 
+/// `dst[m×n] = a · b` where `a` is m×k and `b` is k×n, each given as a slice with row and
+/// column strides (so transposes cost nothing), computed by the `gemm` crate.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        (rows.saturating_sub(1)) * rs + (cols.saturating_sub(1)) * cs + 1
+    };
+    assert!(
+        dst.len() >= m * n
+            && (m == 0 || k == 0 || a.len() >= last(m, k, a_rs, a_cs))
+            && (k == 0 || n == 0 || b.len() >= last(k, n, b_rs, b_cs)),
+        "gemm operands too short"
+    );
+    // SAFETY: the assertion above keeps every element the strides address inside the
+    // slices; `dst` is a unique mutable borrow that cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// The symbols generated code calls, to register with the JIT builder.
 pub fn symbols() -> [(&'static str, *const u8); 3] {
     [
