@@ -192,7 +192,6 @@ pub fn check_model(decl: &ast::ModelDecl, blocks: &HashMap<String, ast::BlockDec
                 loss_span = Some(*span);
                 let mut naming = e.naming("loss", value);
                 let v = e.expr(&mut scope, &mut naming, value);
-                e.finish_naming(naming);
                 if let Val::Node(n) = v {
                     match &e.m.nodes[n].ty {
                         Ty::Tensor(s) if s.rank() == 0 || (s.rank() == 1 && s.has_batch()) => {
@@ -500,7 +499,7 @@ impl Elab<'_> {
         scope.values.remove(&name.name);
         let mut naming = self.naming(&name.name, value);
         let mut v = self.expr(scope, &mut naming, value);
-        let created = self.finish_naming(naming);
+        let created = naming.created;
         if top {
             self.binding_layers
                 .entry(name.name.clone())
@@ -843,10 +842,6 @@ impl Elab<'_> {
             next: HashMap::new(),
             created: vec![],
         }
-    }
-
-    fn finish_naming(&mut self, naming: Naming) -> Vec<LayerId> {
-        naming.created
     }
 
     fn count_call(&self, call: &ast::Call, totals: &mut HashMap<String, usize>) {

@@ -17,7 +17,6 @@ use crate::runtime::exec::{
 use ndarray::{ArrayD, IxDyn};
 use plan::{Kind, Plan};
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 /// A compiled entry point.
 struct Entry {
@@ -132,8 +131,6 @@ pub struct Jit {
     cache: Vec<Entry>,
     /// The buffers of the last call, reused (every buffer is written before it is read).
     arena: Vec<f32>,
-    /// Total time spent compiling.
-    pub compile_time: Duration,
 }
 
 /// Identifies a graph in the cache: its address and size. Graphs are owned by the run
@@ -157,11 +154,9 @@ impl Jit {
         {
             Some(at) => at,
             None => {
-                let t0 = Instant::now();
                 let plan = plan::plan(g, roots);
                 let code = emit::compile(g, &plan)
                     .map_err(|e| RunError(format!("JIT compilation failed: {}", e.0)))?;
-                self.compile_time += t0.elapsed();
                 let inplace = inplace_updates(g, &plan, roots);
                 self.cache.push(Entry {
                     key: k,
