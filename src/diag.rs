@@ -252,10 +252,6 @@ codes! {
          is zero almost everywhere.";
     "E0405" "" "data file not found"
         "A `data` path of a train block does not exist. Paths are relative to the model file.";
-    "E0406" "" "layer cannot run yet"
-        "The model is well formed, but a layer in it has no implementation in this version's \
-         runtime. `kiln check` and `kiln summary` work for it; training and prediction do not \
-         yet.";
     "E0500" "" "cannot read data file"
         "The data file could not be opened or read. The message gives the operating system's \
          reason.";
@@ -274,6 +270,20 @@ codes! {
     "E0505" "" "data shape does not match the model"
         "An array has a different shape than the model's input or target, or inputs and targets \
          have different numbers of rows.";
+    "E0506" "" "non-finite value in data"
+        "An input or target value in the data file is NaN or infinite (a CSV cell `nan`, \
+         `inf`, or a float array holding them). One such value makes the loss NaN and \
+         training diverge, so the data is checked before training and the first one is \
+         reported: for a CSV file its line and column, for an array its name and row \
+         (counting from 0). Remove or fill in the row (e.g. with the column's mean), or fix \
+         the step that wrote the file.";
+    "E0601" "" "training diverged"
+        "A training step's loss became NaN or infinite. Training stops and the last checkpoint \
+         (written at the end of the previous epoch) is kept. The step is replayed on the \
+         reference interpreter from the weights before it, and the diagnostic points at the \
+         first operation whose result is not finite although its operands are, with the likely \
+         causes: a learning rate so high that the weights overflow, exploding gradients (add \
+         `clip norm(1.0)`), the log of zero, or non-finite input data.";
     "W0001" "symmetric_init" "symmetric weight initialization"
         "All weights start equal (zeros, ones or a constant), so every unit of the layer \
          computes the same function and receives the same gradient: symmetry is never broken \
@@ -303,6 +313,40 @@ codes! {
     "W0008" "unknown_lint" "unknown lint in `allow`"
         "An `allow` statement names a code or lint that does not exist, so it silences \
          nothing. `kiln explain` lists the lints with their codes and names.";
+    "W0101" "vanishing_gradients" "vanishing gradients"
+        "Measured while training with `--diagnose` and by `kiln grad`: the first layer's \
+         gradient norm is below 1e-3 times the last layer's, so the first layers barely learn. \
+         Saturating activations (sigmoid's derivative is at most 0.25) multiply the gradient \
+         down layer by layer. Remedies: ReLU-family activations, residual connections, \
+         batchnorm between layers, careful initialization (he for ReLU, xavier for tanh).";
+    "W0102" "exploding_gradients" "exploding gradients"
+        "Measured while training with `--diagnose` and by `kiln grad`: a layer's gradient norm \
+         is above 1e3. The next steps may overflow to NaN. Remedies: gradient clipping \
+         (`clip norm(1.0)`), a lower learning rate, batchnorm, careful initialization.";
+    "W0103" "dead_relu" "dead ReLU units"
+        "Measured while training with `--diagnose` and by `kiln grad`: more than half of a \
+         ReLU's units have a negative input for every row of the batch. Their gradient is zero, \
+         so they never recover. Remedies: a lower learning rate, leaky_relu or elu, he \
+         initialization.";
+    "W0104" "saturated_units" "saturated sigmoid/tanh units"
+        "Measured while training with `--diagnose` and by `kiln grad`: more than half of a \
+         sigmoid's or tanh's outputs are within 0.01 of their bounds, where the derivative is \
+         almost zero. Remedies: batchnorm before the activation, smaller initial weights, a \
+         ReLU-family activation.";
+    "W0201" "constant_column" "constant input column"
+        "An input feature (a CSV column, or one element of an array's rows) has the same value \
+         in every row of the training data. It carries no information: the model cannot learn \
+         anything from it. Drop it if the input's shape allows; otherwise it does no harm, \
+         and `standardize` turns it into 0 in every row. Up to five constant columns are \
+         reported one by one, the others in one more warning.";
+    "W0202" "class_imbalance" "class imbalance"
+        "For a target `class[...] of K`, a class has no rows at all (the model cannot learn \
+         it: add rows, or check that the labels count from 0 and that K is right), or the \
+         most frequent class has at least 10 times the rows of the least frequent one. A \
+         model trained on imbalanced classes tends to predict the frequent ones, and \
+         accuracy hides it: look at per-class recall (`metrics recall, confusion`). Weight \
+         the classes (e.g. repeat the rows of the rare ones) or use `focal(gamma: 2)` as the \
+         loss, which down-weights easy examples.";
 }
 
 /// Looks up a code (`E0301`, `w0003`) or a lint name (`unused`).

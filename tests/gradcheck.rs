@@ -1,7 +1,9 @@
-//! Finite-difference gradient checks in f64: every differentiable IR operation, every
-//! elementwise function and every loss is differentiated by `autodiff::differentiate`,
-//! evaluated by the reference interpreter, and compared with central differences of the
-//! objective; then whole models lowered from source (with regularizers), frozen
+//! Finite-difference gradient checks in f64: every differentiable IR operation (including
+//! convolution, pooling and gather), every elementwise function and every loss is
+//! differentiated by `autodiff::differentiate`, evaluated by the reference interpreter, and
+//! compared with central differences of the objective; then whole models lowered from
+//! source in training mode (with regularizers, and with every layer: batch statistics,
+//! dropout and rrelu noise fixed by the seed and the step, recurrent cells), frozen
 //! parameters, and one step of every optimizer against PyTorch's update rules computed
 //! by hand.
 //!
@@ -15,10 +17,10 @@ use kiln::check::{check_file, LintLevels};
 use kiln::interp::{self, Env};
 use kiln::ir::build::Builder;
 use kiln::ir::{
-    Binary, DType, Dim, Func, Graph, Hyper, LossKind, NodeId, Op, Param, Reduce, Shape, Slot,
-    Tensor,
+    Binary, ConvGeom, DType, Dim, Func, Graph, Hyper, LossKind, NodeId, Op, Param, Pool, PoolKind,
+    Reduce, Shape, Slot, Tensor, Windows,
 };
-use kiln::lower::lower_model;
+use kiln::lower::{lower_model, Mode};
 use kiln::span::Sources;
 use ndarray::{ArrayD, IxDyn};
 use rand::seq::SliceRandom;
@@ -124,6 +126,18 @@ fn panic_text(e: Box<dyn std::any::Any + Send>) -> String {
 
 // ---------------------------------------------------------------- problems
 
+/// The seed of the training-mode graphs (dropout and rrelu noise).
+const SEED: u64 = 5;
+
+/// The training step every evaluation runs at: the noise of a step is fixed, so the
+/// objective is a deterministic function of the parameters.
+const STEP: f64 = 3.0;
+
+/// The run-time hyperparameters a forward graph reads: only the step (for noise).
+fn step_hyper() -> HashMap<Hyper, f64> {
+    HashMap::from([(Hyper::Step, STEP)])
+}
+
 /// A graph with its objective set, and the values it runs on.
 struct Problem {
     g: Graph,
@@ -167,6 +181,20 @@ impl Problem {
         self.params.push(v);
         self.g
             .push(Op::Param(k), vec![], shape.clone(), DType::F32, None, name)
+    }
+
+    /// Adds input `name` of element type `dtype` with value `v` and returns its node.
+    fn input(&mut self, name: &str, shape: &Shape, v: ArrayD<f64>, dtype: DType) -> NodeId {
+        assert_eq!(v.shape(), self.dims(shape).as_slice(), "value of {name}");
+        let k = self.g.inputs.len();
+        self.g.inputs.push(Tensor {
+            name: name.into(),
+            shape: shape.clone(),
+            dtype,
+        });
+        self.inputs.push(v);
+        self.g
+            .push(Op::Input(k), vec![], shape.clone(), dtype, None, name)
     }
 
     /// Adds target `name` with value `v` and returns its node.
@@ -216,7 +244,7 @@ impl Problem {
 
     /// The value of node `n` of the forward graph with these parameter values.
     fn value(&self, n: NodeId, params: &[ArrayD<f64>]) -> Result<ArrayD<f64>, String> {
-        let hyper = HashMap::new();
+        let hyper = step_hyper();
         let env = self.env(params, &hyper);
         let vals = catch_unwind(AssertUnwindSafe(|| interp::run::<f64>(&self.g, &env, &[n])))
             .map_err(|e| format!("the interpreter panicked: {}", panic_text(e)))?
@@ -242,7 +270,7 @@ impl Problem {
         catch_unwind(AssertUnwindSafe(|| differentiate(&mut g)))
             .map_err(|e| format!("differentiate panicked: {}", panic_text(e)))?;
         let roots: Vec<NodeId> = g.grads.iter().map(|&(_, n)| n).collect();
-        let hyper = HashMap::new();
+        let hyper = step_hyper();
         let env = self.env(&self.params, &hyper);
         let vals = catch_unwind(AssertUnwindSafe(|| interp::run::<f64>(&g, &env, &roots)))
             .map_err(|e| {
@@ -840,6 +868,239 @@ fn slice_along_several_axes() {
     f.done("slice");
 }
 
+// ---------------------------------------------------------------- layer operations
+
+fn geom(stride: &[usize], pad: &[usize], dilation: &[usize]) -> ConvGeom {
+    ConvGeom {
+        stride: stride.to_vec(),
+        pad: pad.to_vec(),
+        dilation: dilation.to_vec(),
+    }
+}
+
+/// `Σ conv(x, w)·R` with both x and w trainable: checks Conv and, through its VJP,
+/// ConvGradInput (∂/∂x) and ConvGradWeight (∂/∂w).
+fn conv_problem(sx: &Shape, sw: &Shape, g: ConvGeom, batch: usize, r: &mut ChaCha8Rng) -> Problem {
+    let mut p = Problem::new(batch);
+    let vx = uniform(r, &p.dims(sx), -1.5, 1.5);
+    let vw = uniform(r, &p.dims(sw), -1.0, 1.0);
+    let x = p.param("x", sx, vx, true);
+    let w = p.param("w", sw, vw, true);
+    let y = p.builder().conv(x, w, g);
+    p.weigh(y, r);
+    p
+}
+
+#[test]
+fn conv_1d_and_2d_with_stride_padding_and_dilation() {
+    let mut r = rng(40);
+    let mut f = Failures::default();
+    // (x [N, C, S..], w [O, C, K..], stride, pad, dilation)
+    let cases: Vec<(Shape, Shape, ConvGeom)> = vec![
+        (bt(&[2, 7]), fx(&[3, 2, 3]), geom(&[1], &[0], &[1])),
+        (bt(&[2, 9]), fx(&[2, 2, 3]), geom(&[2], &[1], &[1])),
+        (bt(&[1, 8]), fx(&[2, 1, 2]), geom(&[1], &[2], &[2])),
+        (bt(&[2, 10]), fx(&[1, 2, 3]), geom(&[3], &[1], &[2])),
+        (bt(&[3, 5]), fx(&[2, 3, 1]), geom(&[1], &[0], &[1])),
+        (
+            bt(&[2, 5, 5]),
+            fx(&[3, 2, 3, 3]),
+            geom(&[1, 1], &[1, 1], &[1, 1]),
+        ),
+        // Rectangular kernels and strides.
+        (
+            bt(&[1, 6, 7]),
+            fx(&[2, 1, 2, 3]),
+            geom(&[2, 1], &[0, 1], &[1, 1]),
+        ),
+        (
+            bt(&[2, 7, 6]),
+            fx(&[2, 2, 3, 2]),
+            geom(&[1, 2], &[2, 0], &[2, 1]),
+        ),
+        // Stride 2 over 6 with a window of 3: the last row and column are read by no
+        // window (zero gradient).
+        (
+            bt(&[2, 6, 6]),
+            fx(&[2, 2, 3, 3]),
+            geom(&[2, 2], &[0, 0], &[1, 1]),
+        ),
+        (
+            bt(&[2, 5, 5]),
+            fx(&[2, 2, 3, 3]),
+            geom(&[2, 2], &[1, 1], &[1, 1]),
+        ),
+        // 1×1: a per-position channel mix.
+        (
+            bt(&[3, 4, 4]),
+            fx(&[2, 3, 1, 1]),
+            geom(&[1, 1], &[0, 0], &[1, 1]),
+        ),
+        (
+            bt(&[3, 4, 4]),
+            fx(&[2, 3, 1, 1]),
+            geom(&[2, 2], &[1, 1], &[1, 1]),
+        ),
+    ];
+    for (sx, sw, g) in &cases {
+        for batch in BATCHES {
+            let p = conv_problem(sx, sw, g.clone(), batch, &mut r);
+            f.check(&p, &format!("conv {g} of {sx} by {sw} (batch {batch})"));
+        }
+    }
+    f.done("conv");
+}
+
+/// `Σ pool(x)·R`; max pooling gets pairwise distinct values (no ties in a window).
+fn pool_problem(pool: &Pool, sx: &Shape, batch: usize, r: &mut ChaCha8Rng) -> Problem {
+    let mut p = Problem::new(batch);
+    let d = p.dims(sx);
+    let v = match pool.kind {
+        PoolKind::Max => array(&d, distinct(r, count(&d))),
+        PoolKind::Avg => uniform(r, &d, -2.0, 2.0),
+    };
+    let x = p.param("x", sx, v, true);
+    let y = p.builder().pool(x, pool.clone());
+    p.weigh(y, r);
+    p
+}
+
+fn regular(k: &[usize], stride: &[usize], pad: &[usize], count_pad: bool) -> Windows {
+    Windows::Regular {
+        k: k.to_vec(),
+        stride: stride.to_vec(),
+        pad: pad.to_vec(),
+        count_pad,
+    }
+}
+
+#[test]
+fn pool_max_and_avg_regular_windows() {
+    let mut r = rng(41);
+    let mut f = Failures::default();
+    // (x, k, stride, pad): disjoint, overlapping (stride < k), padded, rectangular.
+    type Case = (Shape, Vec<usize>, Vec<usize>, Vec<usize>);
+    let cases: Vec<Case> = vec![
+        (bt(&[2, 6]), vec![2], vec![2], vec![0]),
+        (bt(&[2, 7]), vec![3], vec![1], vec![1]),
+        (bt(&[1, 8]), vec![3], vec![2], vec![1]),
+        (bt(&[2, 9]), vec![4], vec![3], vec![2]),
+        (bt(&[2, 4, 4]), vec![2, 2], vec![2, 2], vec![0, 0]),
+        (bt(&[2, 5, 5]), vec![3, 3], vec![1, 1], vec![1, 1]),
+        (bt(&[1, 5, 6]), vec![3, 2], vec![2, 1], vec![1, 0]),
+        (bt(&[2, 4, 5]), vec![2, 3], vec![1, 2], vec![1, 1]),
+        (bt(&[1, 7, 7]), vec![3, 3], vec![2, 2], vec![0, 0]),
+        // Padding above k/2 (allowed below k): edge windows hold one real element.
+        (bt(&[2, 5]), vec![3], vec![1], vec![2]),
+        (bt(&[1, 4, 4]), vec![3, 3], vec![2, 1], vec![2, 1]),
+    ];
+    for (sx, k, stride, pad) in &cases {
+        for (kind, count_pad) in [
+            (PoolKind::Max, false),
+            (PoolKind::Avg, true),
+            (PoolKind::Avg, false),
+        ] {
+            let pool = Pool {
+                kind,
+                windows: regular(k, stride, pad, count_pad),
+            };
+            for batch in BATCHES {
+                let p = pool_problem(&pool, sx, batch, &mut r);
+                f.check(&p, &format!("pool {pool} of {sx} (batch {batch})"));
+            }
+        }
+    }
+    f.done("regular pooling");
+}
+
+#[test]
+fn pool_adaptive_bins_even_and_uneven() {
+    let mut r = rng(42);
+    let mut f = Failures::default();
+    // Uneven bins overlap (5 → 3: 0..2, 1..4, 3..5); more bins than elements repeat them.
+    let cases: Vec<(Shape, Vec<usize>)> = vec![
+        (bt(&[2, 5]), vec![3]),
+        (bt(&[2, 6]), vec![3]),
+        (bt(&[1, 3]), vec![4]),
+        (bt(&[2, 7]), vec![1]),
+        (bt(&[2, 3, 3]), vec![2, 2]),
+        (bt(&[1, 5, 4]), vec![3, 3]),
+        (bt(&[2, 7, 5]), vec![3, 2]),
+        (bt(&[1, 4, 4]), vec![4, 4]),
+        (bt(&[2, 5, 5]), vec![1, 1]),
+    ];
+    for (sx, bins) in &cases {
+        for kind in [PoolKind::Max, PoolKind::Avg] {
+            let pool = Pool {
+                kind,
+                windows: Windows::Adaptive { bins: bins.clone() },
+            };
+            for batch in BATCHES {
+                let p = pool_problem(&pool, sx, batch, &mut r);
+                f.check(&p, &format!("pool {pool} of {sx} (batch {batch})"));
+            }
+        }
+    }
+    f.done("adaptive pooling");
+}
+
+#[test]
+fn gather_gradient_with_respect_to_the_table() {
+    let mut r = rng(43);
+    let mut f = Failures::default();
+    // Ids drawn from fewer rows than the table has: ids repeat (their gradients add up)
+    // and some rows are never read (zero gradient).
+    let cases = [
+        (bt(&[6]), 5, 3, 3),
+        (bt(&[]), 4, 2, 2),
+        (bt(&[2, 3]), 6, 4, 4),
+    ];
+    for (ids_shape, vocab, dim, used) in cases {
+        for batch in BATCHES {
+            let mut p = Problem::new(batch);
+            let ids_v = labels(&mut r, &p.dims(&ids_shape), used);
+            let ids = p.input("ids", &ids_shape, ids_v, DType::Class(vocab));
+            let ts = fx(&[vocab, dim]);
+            let tv = uniform(&mut r, &p.dims(&ts), -1.0, 1.0);
+            let table = p.param("table", &ts, tv, true);
+            let y = p.builder().gather(table, ids);
+            p.weigh(y, &mut r);
+            f.check(
+                &p,
+                &format!("gather [{vocab}, {dim}] by ids {ids_shape} (batch {batch})"),
+            );
+        }
+    }
+    f.done("gather");
+    // Repeated ids really accumulate: with ids [0, 0, 2] and objective Σ y, row 0 of
+    // the gradient is 2, row 2 is 1, row 1 is 0.
+    let mut p = Problem::new(1);
+    let s = bt(&[3]);
+    let ids = p.input(
+        "ids",
+        &s,
+        array(&[1, 3], vec![0.0, 0.0, 2.0]),
+        DType::Class(3),
+    );
+    let table = p.param(
+        "table",
+        &fx(&[3, 2]),
+        uniform(&mut r, &[3, 2], -1.0, 1.0),
+        true,
+    );
+    let mut b = p.builder();
+    let y = b.gather(table, ids);
+    let o = b.sum_all(y);
+    p.g.objective = Some(o);
+    let g = p.analytic().expect("differentiates")[0]
+        .clone()
+        .expect("the table gets a gradient");
+    assert_eq!(
+        g.iter().copied().collect::<Vec<f64>>(),
+        vec![2.0, 2.0, 0.0, 0.0, 1.0, 1.0]
+    );
+}
+
 // ---------------------------------------------------------------- losses
 
 /// `loss(pred, y)·R` with a random scalar R (so the loss's upstream gradient is not 1).
@@ -1246,12 +1507,15 @@ fn checked_model(src: &str) -> CheckedModel {
 /// A lowered model with random inputs, targets (class ids for labels) and parameters
 /// (away from 0, for L1).
 fn model_problem(src: &str, batch: usize, r: &mut ChaCha8Rng) -> Problem {
-    let g = lower_model(&checked_model(src)).expect("lowers");
+    let g = lower_model(&checked_model(src), Mode::Train { seed: SEED });
     assert!(g.objective.is_some(), "the model has a loss");
     let mut p = Problem::new(batch);
     for t in &g.inputs {
-        p.inputs
-            .push(uniform(r, &interp::dims(&t.shape, batch), -1.5, 1.5));
+        let d = interp::dims(&t.shape, batch);
+        p.inputs.push(match t.dtype {
+            DType::Class(k) => labels(r, &d, k as usize),
+            DType::F32 => uniform(r, &d, -1.5, 1.5),
+        });
     }
     for t in &g.targets {
         let d = interp::dims(&t.shape, batch);
@@ -1409,6 +1673,219 @@ fn regularizers() {
     );
 }
 
+// ---------------------------------------------------------------- layers in whole models
+
+/// Checks every trainable parameter of a model lowered in training mode at batch 1, 3
+/// and 7, and that the training graph has as many gradients as trainable parameters.
+fn layer_model_gradcheck(f: &mut Failures, name: &str, src: &str, r: &mut ChaCha8Rng) {
+    for batch in BATCHES {
+        let p = model_problem(src, batch, r);
+        let trainable = p.g.params.iter().filter(|q| q.trainable).count();
+        let mut g = p.g.clone();
+        differentiate(&mut g);
+        if g.grads.len() != trainable {
+            f.fail(format!(
+                "{name}: {} gradients for {trainable} trainable parameters",
+                g.grads.len()
+            ));
+        }
+        f.check(&p, &format!("{name} (batch {batch})"));
+    }
+}
+
+/// A model whose hidden features `h` (`[N, F]` after the layers under test) feed
+/// `dense(2)` and an mse loss.
+fn layer_model(input: &str, layers: &str) -> String {
+    format!(
+        "model m {{
+  input x: {input}
+  target y: [N, 2]
+  h = x |> {layers}
+  out = h |> dense(2)
+  output out
+  loss mse(out, y)
+}}"
+    )
+}
+
+#[test]
+fn convolution_and_pooling_models() {
+    let mut r = rng(44);
+    let mut f = Failures::default();
+    let cases = [
+        (
+            "[N, 2, 9]",
+            "conv1d(3, 3, stride: 2, pad: 1, dilation: 2) |> tanh |> maxpool1d(2, stride: 1) |> avgpool1d(2, pad: 1, count_pad: false) |> flatten",
+        ),
+        (
+            "[N, 2, 6, 5]",
+            "conv2d(3, (3, 2), pad: (1, 0), stride: (2, 1)) |> elu |> avgpool2d(2, stride: 1) |> conv2d(2, 1) |> global_maxpool",
+        ),
+        (
+            "[N, 1, 5, 5]",
+            "conv2d(2, 2, dilation: 2, bias: false) |> sigmoid |> spp(levels: [1, 2])",
+        ),
+        (
+            "[N, 2, 5]",
+            "conv1d(2, 1) |> tanh |> global_avgpool",
+        ),
+    ];
+    for (input, layers) in cases {
+        layer_model_gradcheck(&mut f, layers, &layer_model(input, layers), &mut r);
+    }
+    f.done("convolution and pooling models");
+}
+
+#[test]
+fn normalization_models_in_training_mode() {
+    let mut r = rng(45);
+    let mut f = Failures::default();
+    let cases = [
+        // Batch statistics over [N, C]: the gradient flows through the mean and variance.
+        ("[N, 4]", "dense(5) |> batchnorm |> tanh"),
+        (
+            "[N, 4]",
+            "dense(3) |> batchnorm(momentum: 0.3, eps: 0.001) |> dense(3) |> sigmoid",
+        ),
+        // Over [N, C, H, W]: per channel over the batch and both spatial axes.
+        (
+            "[N, 2, 4, 4]",
+            "conv2d(3, 3, pad: 1) |> batchnorm |> tanh |> global_avgpool",
+        ),
+        ("[N, 2, 5]", "conv1d(2, 2) |> batchnorm |> flatten"),
+        ("[N, 3, 4]", "dense(5) |> layernorm |> tanh |> flatten"),
+        ("[N, 4]", "dense(3) |> layernorm(eps: 0.01)"),
+        ("[N, 4]", "dense(5) |> prelu"),
+        ("[N, 2, 3, 3]", "conv2d(3, 2) |> prelu |> flatten"),
+    ];
+    for (input, layers) in cases {
+        layer_model_gradcheck(&mut f, layers, &layer_model(input, layers), &mut r);
+    }
+    f.done("normalization models");
+}
+
+/// Dropout and rrelu draw their noise from the seed and the step: every evaluation of
+/// the objective at step STEP sees the same mask and slopes, so finite differences hold.
+#[test]
+fn noise_models_with_fixed_seed_and_step() {
+    let mut r = rng(46);
+    let mut f = Failures::default();
+    let cases = [
+        ("[N, 5]", "dense(8) |> tanh |> dropout(0.5)"),
+        ("[N, 2, 3, 3]", "conv2d(2, 2) |> dropout(0.3) |> flatten"),
+        ("[N, 5]", "dense(6) |> rrelu(lower: 0.1, upper: 0.4)"),
+        (
+            "[N, 5]",
+            "dense(6) |> rrelu |> dropout(0.2) |> dense(4) |> rrelu",
+        ),
+    ];
+    for (input, layers) in cases {
+        let src = layer_model(input, layers);
+        let g = lower_model(&checked_model(&src), Mode::Train { seed: SEED });
+        assert!(
+            g.nodes.iter().any(|n| matches!(n.op, Op::Noise { .. })),
+            "{layers}: the training graph draws noise"
+        );
+        layer_model_gradcheck(&mut f, layers, &src, &mut r);
+    }
+    f.done("noise models");
+}
+
+#[test]
+fn embedding_models_trainable_and_frozen() {
+    let mut r = rng(47);
+    let mut f = Failures::default();
+    let trainable = "model m {
+  input ids: class[N, 4] of 6
+  target y: [N, 2]
+  e = ids |> embedding(6, 3) |> tanh |> flatten
+  out = e |> dense(2)
+  output out
+  loss mse(out, y)
+}";
+    let frozen = "model m {
+  input ids: class[N, 3] of 5
+  input x: [N, 3, 2]
+  target y: [N, 2]
+  a = ids |> embedding(5, 2, frozen: true)
+  b = ids |> embedding(5, 2)
+  c = concat(a, b, x, axis: 2) |> dense(3) |> tanh |> flatten
+  out = c |> dense(2)
+  output out
+  loss mse(out, y)
+}";
+    layer_model_gradcheck(&mut f, "embedding", trainable, &mut r);
+    layer_model_gradcheck(&mut f, "frozen and trainable embeddings", frozen, &mut r);
+    f.done("embedding models");
+    // The frozen table gets no gradient (and no optimizer update); the other one does.
+    let g = lower_model(&checked_model(frozen), Mode::Train { seed: SEED });
+    let idx = |name: &str| {
+        g.params
+            .iter()
+            .position(|q| q.tensor.name == name)
+            .unwrap_or_else(|| panic!("no parameter `{name}`"))
+    };
+    let (a, b) = (idx("a.embedding.weight"), idx("b.embedding.weight"));
+    assert!(!g.params[a].trainable && g.params[b].trainable);
+    let opt = Optimizer::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+    };
+    let tg = training_graph(&g, &opt, None);
+    assert!(
+        tg.grads.iter().all(|&(k, _)| k != a),
+        "frozen table has a gradient"
+    );
+    assert!(tg.grads.iter().any(|&(k, _)| k == b));
+    assert!(!tg.updates.iter().any(|&(s, _)| s == Slot::Param(a)));
+    assert!(tg.updates.iter().any(|&(s, _)| s == Slot::Param(b)));
+}
+
+#[test]
+fn recurrent_models_every_cell_and_direction() {
+    let mut r = rng(48);
+    let mut f = Failures::default();
+    let cases = [
+        ("[N, 4, 3]", "rnn(3) |> flatten"),
+        (
+            "[N, 3, 2]",
+            "rnn(3, activation: relu, bidirectional: true, sequence: false)",
+        ),
+        ("[N, 3, 3]", "lstm(3) |> last"),
+        ("[N, 4, 2]", "lstm(2, sequence: false)"),
+        ("[N, 3, 2]", "lstm(2, bidirectional: true) |> flatten"),
+        ("[N, 3, 3]", "lstm(2, bidirectional: true, sequence: false)"),
+        ("[N, 4, 3]", "gru(3) |> flatten"),
+        ("[N, 3, 2]", "gru(3, sequence: false)"),
+        ("[N, 3, 3]", "gru(2, bidirectional: true) |> first"),
+        ("[N, 4, 2]", "gru(2, bidirectional: true, sequence: false)"),
+    ];
+    for (input, layers) in cases {
+        layer_model_gradcheck(&mut f, layers, &layer_model(input, layers), &mut r);
+    }
+    f.done("recurrent models");
+}
+
+/// A sequence of one step: the state before it is zero, so `weight_hh`'s gradient is zero
+/// — but it is a trainable parameter like any other, and PyTorch gives it a (zero)
+/// gradient, so weight decay and the optimizer state apply to it as to the others.
+#[test]
+fn recurrent_models_of_one_time_step() {
+    let mut r = rng(49);
+    let mut f = Failures::default();
+    let cases = [
+        ("[N, 1, 3]", "rnn(2) |> flatten"),
+        ("[N, 1, 3]", "lstm(2, bidirectional: true, sequence: false)"),
+        ("[N, 1, 3]", "gru(2, bidirectional: true) |> flatten"),
+    ];
+    for (input, layers) in cases {
+        layer_model_gradcheck(&mut f, layers, &layer_model(input, layers), &mut r);
+    }
+    f.done("recurrent models of one step");
+}
+
 // ---------------------------------------------------------------- optimizer steps
 
 /// The hyperparameters of a step, as `Env::hyper` wants them.
@@ -1473,7 +1950,7 @@ impl Linear {
                loss mse(out, y)
              }}"
         );
-        let g = lower_model(&checked_model(&src)).expect("lowers");
+        let g = lower_model(&checked_model(&src), Mode::Train { seed: SEED });
         let batch = 3;
         let x = uniform(r, &[batch, features], -1.0, 1.0);
         let y = uniform(r, &[batch, 1], -1.0, 1.0);

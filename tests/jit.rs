@@ -1,6 +1,7 @@
 //! The JIT against the reference interpreter: outputs, loss, every gradient, and the
 //! parameters after three optimizer steps, at batch sizes 1, 7 and 64, for every example
-//! that runs today and for models that use every operation, loss, optimizer and clipping.
+//! that runs today and for models that use every operation, layer, loss, optimizer and
+//! clipping.
 
 use kiln::check::{check_file, LintLevels};
 use kiln::interp::dims;
@@ -24,10 +25,7 @@ fn program(src: &str) -> (Program, kiln::check::train::TrainConfig) {
         .train(&m.name)
         .cloned()
         .unwrap_or_else(|| kiln::check::train::TrainConfig::defaults(&m.name, m.span));
-    (
-        rt::prepare(m).unwrap_or_else(|d| panic!("{}", d.message)),
-        cfg,
-    )
+    (rt::prepare(m), cfg)
 }
 
 fn random_batch(
@@ -239,4 +237,202 @@ fn every_loss_matches() {
     compare(
         "model m {\n  input x: [N, 6]\n  target y: [N, 3]\n  s = x |> dense(3)\n  output s\n  loss cross_entropy(s, softmax(y))\n}\n",
     );
+}
+
+#[test]
+fn layer_examples_match_the_interpreter() {
+    for name in ["digits_cnn.kiln", "digits_gru.kiln", "resnet_block.kiln"] {
+        let src = strip_train(&std::fs::read_to_string(format!("examples/{name}")).unwrap());
+        compare(&src);
+    }
+}
+
+/// `digits_bn_dropout` trains with its own Adam. Its dense layer before batchnorm has no
+/// bias: a bias there has a zero true gradient (batchnorm subtracts the batch mean), which
+/// both backends compute as rounding noise, and Adam's normalization would turn that noise
+/// into steps of ±lr/10 whose sign no two summation orders share.
+#[test]
+fn batchnorm_dropout_example_matches_the_interpreter() {
+    let src = strip_train(&std::fs::read_to_string("examples/digits_bn_dropout.kiln").unwrap());
+    assert!(
+        src.contains("dense(256, bias: false) |> batchnorm"),
+        "{src}"
+    );
+    compare(&src);
+}
+
+/// The train block of the layer cases: Adam (state for every parameter), clipping, a seed
+/// for the noise.
+const LAYER_TRAIN: &str = "train m {\n  optimizer adam(lr: 0.01)\n  clip norm(1.0)\n  seed 3\n}\n";
+
+/// A model `h = x |> LAYERS |> dense(2)` on input `x: INPUT` with an mse loss.
+fn layer_model(input: &str, layers: &str) -> String {
+    format!(
+        "model m {{\n  input x: {input}\n  target y: [N, 2]\n  h = x |> {layers} |> dense(2)\n  output h\n  loss mse(h, y)\n}}\n{LAYER_TRAIN}"
+    )
+}
+
+#[test]
+fn convolutions_match() {
+    for (input, layers) in [
+        ("[N, 2, 9]", "conv1d(3, 3) |> tanh |> flatten"),
+        (
+            "[N, 2, 9]",
+            "conv1d(3, 3, stride: 2, pad: 1, dilation: 2) |> relu |> conv1d(2, 1) |> flatten",
+        ),
+        ("[N, 2, 6, 5]", "conv2d(3, 3, pad: 1) |> relu |> flatten"),
+        (
+            "[N, 2, 6, 5]",
+            "conv2d(3, (3, 2), stride: (2, 1), pad: (1, 0)) |> tanh |> conv2d(2, 1, bias: false) |> flatten",
+        ),
+        (
+            "[N, 1, 7, 6]",
+            "conv2d(2, 2, dilation: 2, pad: 1, stride: 2) |> elu |> flatten",
+        ),
+        ("[N, 3, 4, 4]", "conv2d(4, 1) |> flatten"),
+    ] {
+        compare(&layer_model(input, layers));
+    }
+}
+
+#[test]
+fn poolings_match() {
+    for (input, layers) in [
+        ("[N, 2, 9]", "conv1d(2, 2) |> maxpool1d(2) |> flatten"),
+        (
+            "[N, 2, 9]",
+            "conv1d(2, 2) |> tanh |> maxpool1d(3, stride: 1, pad: 1) |> flatten",
+        ),
+        (
+            "[N, 2, 9]",
+            "conv1d(2, 2) |> avgpool1d(3, stride: 2, pad: 1, count_pad: false) |> flatten",
+        ),
+        (
+            "[N, 2, 9]",
+            "conv1d(2, 2) |> avgpool1d(2, pad: 1) |> flatten",
+        ),
+        (
+            "[N, 2, 6, 6]",
+            "conv2d(2, 2, pad: 1) |> relu |> maxpool2d(2) |> flatten",
+        ),
+        (
+            "[N, 2, 6, 6]",
+            "conv2d(2, 2) |> tanh |> maxpool2d(3, stride: 2, pad: 1) |> flatten",
+        ),
+        (
+            "[N, 2, 6, 6]",
+            "conv2d(2, 2) |> avgpool2d((2, 3), stride: 1, pad: (1, 1)) |> flatten",
+        ),
+        (
+            "[N, 2, 6, 6]",
+            "conv2d(2, 2) |> avgpool2d(3, stride: 2, pad: 1, count_pad: false) |> flatten",
+        ),
+        ("[N, 2, 6, 5]", "conv2d(3, 2) |> global_avgpool"),
+        ("[N, 2, 6, 5]", "conv2d(3, 2) |> tanh |> global_maxpool"),
+        ("[N, 2, 9]", "conv1d(3, 2) |> global_maxpool"),
+        ("[N, 2, 7, 5]", "conv2d(2, 2) |> spp(levels: [1, 2, 3])"),
+        (
+            "[N, 2, 9]",
+            "conv1d(2, 2) |> tanh |> maxpool1d(3, stride: 1, pad: 2) |> flatten",
+        ),
+        (
+            "[N, 2, 6, 6]",
+            "conv2d(2, 2) |> avgpool2d(3, stride: 2, pad: 2, count_pad: false) |> flatten",
+        ),
+        ("[N, 1, 4, 4]", "conv2d(2, 2) |> spp(levels: [1, 4])"),
+    ] {
+        compare(&layer_model(input, layers));
+    }
+}
+
+/// Layers right before `batchnorm` have no bias: its gradient would be zero up to
+/// rounding, which Adam amplifies (see `batchnorm_dropout_example_matches_the_interpreter`).
+#[test]
+fn normalization_and_prelu_match() {
+    for (input, layers) in [
+        ("[N, 5]", "dense(6, bias: false) |> batchnorm |> relu"),
+        (
+            "[N, 2, 5, 5]",
+            "conv2d(3, 3, pad: 1, bias: false) |> batchnorm(momentum: 0.3) |> relu |> global_avgpool",
+        ),
+        ("[N, 2, 7]", "conv1d(3, 2, bias: false) |> batchnorm |> flatten"),
+        ("[N, 4, 5]", "dense(6) |> layernorm |> tanh |> flatten"),
+        ("[N, 5]", "dense(6) |> layernorm(eps: 0.001)"),
+        ("[N, 5]", "dense(6) |> prelu"),
+        ("[N, 2, 5, 5]", "conv2d(3, 2) |> prelu |> flatten"),
+    ] {
+        compare(&layer_model(input, layers));
+    }
+}
+
+#[test]
+fn dropout_and_rrelu_match() {
+    for (input, layers) in [
+        ("[N, 5]", "dense(16) |> relu |> dropout(0.5)"),
+        ("[N, 2, 4, 4]", "conv2d(3, 2) |> dropout(0.2) |> flatten"),
+        ("[N, 5]", "dense(16) |> rrelu"),
+        (
+            "[N, 5]",
+            "dense(8) |> rrelu(lower: 0.05, upper: 0.5) |> dropout(0.3) |> dense(8) |> rrelu",
+        ),
+    ] {
+        compare(&layer_model(input, layers));
+    }
+}
+
+#[test]
+fn embeddings_match() {
+    compare(&format!(
+        "model m {{
+  input ids: class[N, 5] of 7
+  target y: class[N] of 3
+  h = ids |> embedding(7, 4) |> flatten |> dense(3)
+  output h
+  loss cross_entropy(h, y)
+}}
+{LAYER_TRAIN}"
+    ));
+    compare(&format!(
+        "model m {{
+  input ids: class[N] of 5
+  target y: [N, 2]
+  h = ids |> embedding(5, 3) |> dense(2)
+  output h
+  loss mse(h, y)
+}}
+{LAYER_TRAIN}"
+    ));
+    compare(&format!(
+        "model m {{
+  input ids: class[N, 4] of 6
+  input x: [N, 4, 2]
+  target y: [N, 2]
+  a = ids |> embedding(6, 3, frozen: true)
+  b = ids |> embedding(6, 2)
+  h = concat(a, b, x, axis: 2) |> dense(3) |> tanh |> flatten |> dense(2)
+  output h
+  loss mse(h, y)
+}}
+{LAYER_TRAIN}"
+    ));
+}
+
+#[test]
+fn recurrent_layers_match() {
+    for layers in [
+        "rnn(3) |> flatten",
+        "rnn(3, activation: relu, bidirectional: true, sequence: false)",
+        "lstm(3) |> last",
+        "lstm(3, bidirectional: true) |> flatten",
+        "lstm(2, bidirectional: true, sequence: false)",
+        "gru(3, sequence: false)",
+        "gru(3, bidirectional: true) |> first",
+        "gru(2, bidirectional: true, sequence: false)",
+    ] {
+        compare(&layer_model("[N, 5, 3]", layers));
+    }
+    compare(&layer_model(
+        "[N, 1, 3]",
+        "lstm(2, bidirectional: true, sequence: false)",
+    ));
 }

@@ -154,6 +154,30 @@ fn iris_reaches_86_percent() {
     assert!(acc >= 0.86, "test accuracy {acc}");
 }
 
+#[test]
+fn digits_cnn_reaches_98_percent() {
+    let acc = test_accuracy("digits_cnn.kiln");
+    assert!(acc >= 0.98, "test accuracy {acc}");
+}
+
+#[test]
+fn digits_gru_reaches_95_percent() {
+    let acc = test_accuracy("digits_gru.kiln");
+    assert!(acc >= 0.95, "test accuracy {acc}");
+}
+
+#[test]
+fn batchnorm_and_dropout_mlp_reaches_97_percent() {
+    let acc = test_accuracy("digits_bn_dropout.kiln");
+    assert!(acc >= 0.97, "test accuracy {acc}");
+}
+
+#[test]
+fn resnet_block_trains() {
+    let acc = test_accuracy("resnet_block.kiln");
+    assert!(acc >= 0.95, "test accuracy {acc}");
+}
+
 fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
     let c = Checkpoint::load(path).unwrap();
     c.tensors
@@ -163,10 +187,10 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
 }
 
 #[test]
-fn same_seed_same_weights_bit_for_bit() {
+fn same_seed_same_weights_bit_for_bit_for_any_thread_count() {
     let dir = tmp();
     let d = dir.path();
-    for name in ["a.ckpt", "b.ckpt"] {
+    for (name, threads) in [("a.ckpt", "1"), ("b.ckpt", "2")] {
         ok(&kiln(
             &[
                 "train",
@@ -174,6 +198,8 @@ fn same_seed_same_weights_bit_for_bit() {
                 "--quiet",
                 "--epochs",
                 "3",
+                "--threads",
+                threads,
                 "--save",
                 name,
             ],
@@ -198,6 +224,39 @@ fn same_seed_same_weights_bit_for_bit() {
         d,
     ));
     assert_ne!(a, tensors(&d.join("c.ckpt")));
+}
+
+#[test]
+fn dropout_and_batchnorm_runs_repeat_bit_for_bit() {
+    // Dropout masks come from the seed and the step; the running statistics are saved.
+    let dir = tmp();
+    let d = dir.path();
+    for (name, threads) in [("a.ckpt", "1"), ("b.ckpt", "2")] {
+        ok(&kiln(
+            &[
+                "train",
+                &example("digits_bn_dropout.kiln"),
+                "--quiet",
+                "--epochs",
+                "2",
+                "--threads",
+                threads,
+                "--save",
+                name,
+            ],
+            d,
+        ));
+    }
+    let (a, b) = (tensors(&d.join("a.ckpt")), tensors(&d.join("b.ckpt")));
+    assert_eq!(a, b);
+    let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("running_var")),
+        "{names:?}"
+    );
+    // The running variance has moved away from its initial ones.
+    let (_, var) = a.iter().find(|(n, _)| n.ends_with("running_var")).unwrap();
+    assert!(var.iter().any(|&bits| f32::from_bits(bits) != 1.0));
 }
 
 #[test]

@@ -165,7 +165,26 @@ pub fn vjp(b: &mut Builder, n: NodeId, g: NodeId) -> Vec<Option<NodeId>> {
             Some(b.like(Op::LossGrad(*kind), vec![a[0], a[1], g], a[0])),
             None,
         ],
+        Op::Conv(geom) => {
+            let (sx, sw) = (shape_of(b, 0), shape_of(b, 1));
+            let dx = b.push(Op::ConvGradInput(geom.clone()), vec![g, a[1]], sx);
+            let dw = b.push(Op::ConvGradWeight(geom.clone()), vec![a[0], g], sw);
+            vec![Some(dx), Some(dw)]
+        }
+        Op::Pool(p) => {
+            let s = shape_of(b, 0);
+            vec![Some(b.push(Op::PoolGrad(p.clone()), vec![a[0], g], s))]
+        }
+        Op::Gather => {
+            let s = shape_of(b, 0);
+            vec![Some(b.push(Op::GatherGrad, vec![a[1], g], s)), None]
+        }
+        Op::Noise { .. } => vec![None],
         Op::MapGrad(_)
+        | Op::ConvGradInput(_)
+        | Op::ConvGradWeight(_)
+        | Op::PoolGrad(_)
+        | Op::GatherGrad
         | Op::SoftmaxGrad(_)
         | Op::LogSoftmaxGrad(_)
         | Op::SliceGrad { .. }

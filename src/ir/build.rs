@@ -2,7 +2,9 @@
 //! through these methods, so every node's shape follows one rule per operation.
 
 use super::shape::{broadcast, Dim, Shape};
-use super::{Binary, DType, Func, Graph, Hyper, LossKind, NodeId, Op, Reduce};
+use super::{
+    Binary, ConvGeom, DType, Func, Graph, Hyper, LossKind, NodeId, Noise, Op, Pool, Reduce, Windows,
+};
 use crate::span::Span;
 
 /// Adds nodes to a graph, labelling them with the current source span and name.
@@ -178,6 +180,57 @@ impl<'g> Builder<'g> {
     pub fn like(&mut self, op: Op, args: Vec<NodeId>, like: NodeId) -> NodeId {
         let s = self.shape(like).clone();
         self.push(op, args, s)
+    }
+
+    /// The convolution of `x` `[N, C, S..]` with `w` `[O, C, K..]`.
+    pub fn conv(&mut self, x: NodeId, w: NodeId, geom: ConvGeom) -> NodeId {
+        let (sx, sw) = (self.shape(x).clone(), self.shape(w).clone());
+        let mut dims = vec![sx.0[0], sw.0[0]];
+        for i in 0..sx.rank() - 2 {
+            let len = sx.fixed(2 + i).unwrap_or(1) as usize;
+            let k = sw.fixed(2 + i).unwrap_or(1) as usize;
+            let span = geom.dilation[i] * (k - 1) + 1;
+            let out = (len + 2 * geom.pad[i] - span) / geom.stride[i] + 1;
+            dims.push(Dim::Fixed(out as u64));
+        }
+        self.push(Op::Conv(geom), vec![x, w], Shape::new(dims))
+    }
+
+    /// A pooling of `x` `[N, C, S..]`.
+    pub fn pool(&mut self, x: NodeId, pool: Pool) -> NodeId {
+        let sx = self.shape(x).clone();
+        let mut dims = sx.0[..2].to_vec();
+        for i in 0..sx.rank() - 2 {
+            let len = sx.fixed(2 + i).unwrap_or(1) as usize;
+            let out = match &pool.windows {
+                Windows::Regular { k, stride, pad, .. } => {
+                    (len + 2 * pad[i] - k[i]) / stride[i] + 1
+                }
+                Windows::Adaptive { bins } => bins[i],
+            };
+            dims.push(Dim::Fixed(out as u64));
+        }
+        self.push(Op::Pool(pool), vec![x], Shape::new(dims))
+    }
+
+    /// Rows of `table` `[V, D]` for `ids`: `[.., D]`.
+    pub fn gather(&mut self, table: NodeId, ids: NodeId) -> NodeId {
+        let mut dims = self.shape(ids).0.clone();
+        dims.push(self.shape(table).0[1]);
+        self.push(Op::Gather, vec![table, ids], Shape::new(dims))
+    }
+
+    /// Random values shaped like `like`, drawn afresh at every training step.
+    pub fn noise(&mut self, dist: Noise, seed: u64, like: NodeId) -> NodeId {
+        let salt = self
+            .g
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Noise { .. }))
+            .count() as u64;
+        let step = self.hyper(Hyper::Step);
+        let s = self.shape(like).clone();
+        self.push(Op::Noise { dist, seed, salt }, vec![step], s)
     }
 
     /// A loss: a scalar.

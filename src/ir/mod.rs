@@ -7,7 +7,9 @@ pub mod build;
 pub mod op;
 pub mod shape;
 
-pub use op::{Binary, Func, Hyper, LossKind, Op, Reduce, Slot};
+pub use op::{
+    Binary, ConvGeom, Func, Hyper, LossKind, Noise, Op, Pool, PoolKind, Reduce, Slot, Windows,
+};
 pub use shape::{Dim, Shape};
 
 use crate::span::Span;

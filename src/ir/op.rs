@@ -135,6 +135,68 @@ pub enum Hyper {
     Alpha,
     /// Clipping threshold (norm or value).
     Clip,
+    /// The number of this training step (from 1): seeds dropout and rrelu noise.
+    Step,
+}
+
+/// The geometry of a convolution over 1 or 2 spatial axes (one entry per axis).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Stride per spatial axis.
+    pub stride: Vec<usize>,
+    /// Zero padding on both sides, per spatial axis.
+    pub pad: Vec<usize>,
+    /// Dilation per spatial axis.
+    pub dilation: Vec<usize>,
+}
+
+/// Max or average pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    /// The largest element of each window (padding counts as −∞).
+    Max,
+    /// The mean of each window.
+    Avg,
+}
+
+/// The windows of a pooling over 1 or 2 spatial axes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Windows {
+    /// Windows of `k` every `stride`, with `pad` on both sides, per spatial axis.
+    Regular {
+        /// Window per axis.
+        k: Vec<usize>,
+        /// Stride per axis.
+        stride: Vec<usize>,
+        /// Padding per axis.
+        pad: Vec<usize>,
+        /// An average divides by the whole window (padding included).
+        count_pad: bool,
+    },
+    /// `bins` windows per axis covering the input, as PyTorch's adaptive pooling: bin `i`
+    /// of `n` over `len` spans `⌊i·len/n⌋ .. ⌈(i+1)·len/n⌉`.
+    Adaptive {
+        /// Bins per axis.
+        bins: Vec<usize>,
+    },
+}
+
+/// A pooling: the kind and its windows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Max or average.
+    pub kind: PoolKind,
+    /// The windows.
+    pub windows: Windows,
+}
+
+/// Random values drawn per element by [`Op::Noise`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Noise {
+    /// Inverted dropout's mask: 0 with probability p, else 1/(1 − p).
+    Dropout(f64),
+    /// Uniform in [lower, upper] (rrelu's slopes).
+    Uniform(f64, f64),
 }
 
 /// A mutable slot the training step writes back.
@@ -231,6 +293,31 @@ pub enum Op {
     Loss(LossKind),
     /// The loss's VJP w.r.t. the prediction; arguments (prediction, target, g).
     LossGrad(LossKind),
+    /// Cross-correlation of (x `[N, C, S..]`, w `[O, C, K..]`) as PyTorch's `conv1d/2d`.
+    Conv(ConvGeom),
+    /// The convolution's VJP w.r.t. x; arguments (g, w).
+    ConvGradInput(ConvGeom),
+    /// The convolution's VJP w.r.t. w; arguments (x, g).
+    ConvGradWeight(ConvGeom),
+    /// Pooling over the spatial axes of `[N, C, S..]`.
+    Pool(Pool),
+    /// The pooling's VJP; arguments (x, g). Max pooling sends each window's gradient to
+    /// its first largest element, as PyTorch.
+    PoolGrad(Pool),
+    /// Rows of a table by id; arguments (table `[V, D]`, ids `[..]`) → `[.., D]`.
+    Gather,
+    /// Gather's VJP w.r.t. the table; arguments (ids, g): g's rows summed per id.
+    GatherGrad,
+    /// Random values of the node's shape; argument: the step number. The same seed, salt
+    /// and step give the same values on every backend.
+    Noise {
+        /// The distribution.
+        dist: Noise,
+        /// The run's seed.
+        seed: u64,
+        /// Distinguishes the noise nodes of one graph.
+        salt: u64,
+    },
 }
 
 impl fmt::Display for Op {
@@ -286,6 +373,43 @@ impl fmt::Display for Op {
             Op::SliceGrad { axis, start } => write!(f, "slice_grad axis={axis} start={start}"),
             Op::Loss(l) => write!(f, "loss {l:?}"),
             Op::LossGrad(l) => write!(f, "loss_grad {l:?}"),
+            Op::Conv(c) => write!(f, "conv {c}"),
+            Op::ConvGradInput(c) => write!(f, "conv_grad_input {c}"),
+            Op::ConvGradWeight(c) => write!(f, "conv_grad_weight {c}"),
+            Op::Pool(p) => write!(f, "pool {p}"),
+            Op::PoolGrad(p) => write!(f, "pool_grad {p}"),
+            Op::Gather => write!(f, "gather"),
+            Op::GatherGrad => write!(f, "gather_grad"),
+            Op::Noise { dist, salt, .. } => write!(f, "noise {dist:?} salt={salt}"),
+        }
+    }
+}
+
+impl fmt::Display for ConvGeom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stride={:?} pad={:?} dilation={:?}",
+            self.stride, self.pad, self.dilation
+        )
+    }
+}
+
+impl fmt::Display for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = format!("{:?}", self.kind).to_lowercase();
+        match &self.windows {
+            Windows::Regular {
+                k,
+                stride,
+                pad,
+                count_pad,
+            } => write!(
+                f,
+                "{kind} k={k:?} stride={stride:?} pad={pad:?}{}",
+                if *count_pad { " count_pad" } else { "" }
+            ),
+            Windows::Adaptive { bins } => write!(f, "{kind} adaptive bins={bins:?}"),
         }
     }
 }

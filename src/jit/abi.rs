@@ -30,6 +30,8 @@ pub struct KernelEnv<'g> {
     pub sizes: &'g [usize],
     /// The first error a kernel met (reported after the call returns).
     pub error: RefCell<Option<String>>,
+    /// Threads a kernel may use.
+    pub threads: usize,
 }
 
 /// Runs kernel node `node` (called from generated code).
@@ -57,7 +59,7 @@ extern "C" fn kiln_kernel(ctx: *const Ctx, node: i64) {
         .map(|&a| unsafe { std::slice::from_raw_parts(bufs[a], env.sizes[a]) })
         .collect();
     let out = unsafe { std::slice::from_raw_parts_mut(bufs[n], env.sizes[n]) };
-    if let Err(e) = kernel::run(env.graph, n, &args, out, batch) {
+    if let Err(e) = kernel::run(env.graph, n, &args, out, batch, env.threads) {
         env.error.borrow_mut().get_or_insert(e);
     }
 }
@@ -120,8 +122,14 @@ extern "C" fn kiln_derivative(code: i32, p: f32, x: f32) -> f32 {
     derivative(func_of(code, p), f64::from(x)) as f32
 }
 
+/// Products of fewer multiply-adds than this run on one thread: splitting them costs more
+/// than it saves.
+const PARALLEL_MACS: usize = 1 << 18;
+
 /// `dst[m×n] = a · b` where `a` is m×k and `b` is k×n, each given as a slice with row and
-/// column strides (so transposes cost nothing), computed by the `gemm` crate.
+/// column strides (so transposes cost nothing), computed by the `gemm` crate on up to
+/// `threads` threads. Threads split the output into blocks; each element is summed in
+/// the same order whatever the thread count, so results do not depend on it.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
@@ -134,7 +142,13 @@ pub fn gemm(
     b: &[f32],
     b_rs: usize,
     b_cs: usize,
+    threads: usize,
 ) {
+    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MACS {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
         (rows.saturating_sub(1)) * rs + (cols.saturating_sub(1)) * cs + 1
     };
@@ -166,7 +180,7 @@ pub fn gemm(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }

@@ -117,6 +117,7 @@ pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, CompileError> {
             batch,
             funcs,
             hoisted: HashMap::new(),
+            split: 0,
         };
         for n in 0..g.nodes.len() {
             match plan.kinds[n] {
@@ -157,9 +158,11 @@ struct Emitter<'a, 'f> {
     funcs: Funcs,
     /// Loop-invariant operands of the current loop: scalar value and its splat.
     hoisted: HashMap<NodeId, (Value, Option<Value>)>,
+    /// The current loop's first column axis: rows are the axes before it.
+    split: usize,
 }
 
-/// A loop position: flat index, row (all dimensions but the last) and column.
+/// A loop position: flat index, row (the axes before the split) and column (the rest).
 #[derive(Clone, Copy)]
 struct Ix {
     flat: Value,
@@ -220,15 +223,26 @@ impl Emitter<'_, '_> {
         self.b.switch_to_block(exit);
     }
 
-    /// `out[i] = value(n, i)` over the shape, as rows × columns (the last dimension), so
-    /// that operands broadcast along rows (a bias) or along columns index without
-    /// division. Loop-invariant operands are loaded once before the loops, per-row ones
-    /// once per row; the inner loop runs on f32x4 vectors when every operation of the
-    /// group has a vector form, with a scalar tail.
+    /// `out[i] = value(n, i)` over the shape, as rows × columns, split at the first axis
+    /// where every operand is either the same as the result over the column axes or
+    /// constant over them: so a bias `[F]` over `[N, F]` is indexed by the column, a
+    /// channel bias `[C, 1, 1]` over `[N, C, H, W]` is loaded once per row of `H·W`, and
+    /// no element needs a division. Loop-invariant operands are loaded once before the
+    /// loops, per-row ones once per row; the inner loop runs on f32x4 vectors when every
+    /// operation of the group has a vector form, with a scalar tail.
     fn emit_loop(&mut self, n: NodeId) {
         let shape = self.g.nodes[n].shape.clone();
-        let cols = shape.0.last().and_then(|d| d.size()).unwrap_or(1).max(1);
-        let leaves = self.leaves(n, &shape);
+        let ids = self.leaves(n);
+        self.split = split_axis(&shape, ids.iter().map(|&a| &self.g.nodes[a].shape));
+        let cols: u64 = shape.0[self.split.min(shape.rank())..]
+            .iter()
+            .map(|d| d.size().unwrap_or(1))
+            .product::<u64>()
+            .max(1);
+        let leaves: Vec<(NodeId, Access)> = ids
+            .iter()
+            .map(|&a| (a, access(&self.g.nodes[a].shape, &shape, self.split)))
+            .collect();
         let simd = cols >= LANES
             && self.vectorizable(n)
             && leaves.iter().all(|(_, a)| *a != Access::General);
@@ -252,7 +266,9 @@ impl Emitter<'_, '_> {
         self.counted(zero, rows, 1, |e, row| {
             for &(leaf, access) in &leaves {
                 if access == Access::Row {
-                    let v = e.load_at(leaf, row, types::F32);
+                    let s = e.g.nodes[leaf].shape.clone();
+                    let offset = e.row_offset(&s, &shape, row);
+                    let v = e.load_at(leaf, offset, types::F32);
                     e.hoist(leaf, v, simd);
                 }
             }
@@ -282,22 +298,38 @@ impl Emitter<'_, '_> {
         self.hoisted.insert(n, (v, vector));
     }
 
-    /// The operands a loop loads (through its fused nodes), with how each is indexed.
-    fn leaves(&self, n: NodeId, shape: &Shape) -> Vec<(NodeId, Access)> {
-        let mut out: Vec<(NodeId, Access)> = Vec::new();
+    /// The operands a loop loads (through its fused nodes).
+    fn leaves(&self, n: NodeId) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = Vec::new();
         let mut stack = self.g.nodes[n].args.clone();
         while let Some(a) = stack.pop() {
             match (&self.g.nodes[a].op, self.plan.kinds[a]) {
                 (Op::Const(_), _) => {}
                 (_, Kind::Fused) => stack.extend(&self.g.nodes[a].args),
                 _ => {
-                    if !out.iter().any(|(x, _)| *x == a) {
-                        out.push((a, access(&self.g.nodes[a].shape, shape)));
+                    if !out.contains(&a) {
+                        out.push(a);
                     }
                 }
             }
         }
         out
+    }
+
+    /// The offset in an operand of shape `s`, constant over the column axes, of row `row`
+    /// of a loop over `shape`.
+    fn row_offset(&mut self, s: &Shape, shape: &Shape, row: Value) -> Value {
+        let lead = Shape::new(shape.0[..self.split].to_vec());
+        let pad = shape.rank() - s.rank();
+        let own = Shape::new(
+            (0..self.split)
+                .map(|d| d.checked_sub(pad).map_or(Dim::Fixed(1), |k| s.0[k]))
+                .collect(),
+        );
+        if own == lead {
+            return row;
+        }
+        self.general_offset(&own, &lead, row)
     }
 
     /// True when every operation computed in the loop of `n` has an f32x4 form.
@@ -367,10 +399,10 @@ impl Emitter<'_, '_> {
             };
         }
         let s = self.g.nodes[n].shape.clone();
-        let offset = match access(&s, shape) {
+        let offset = match access(&s, shape, self.split) {
             Access::Flat => ix.flat,
             Access::Col => ix.col,
-            Access::Row => ix.row,
+            Access::Row => self.row_offset(&s, shape, ix.row),
             Access::Scalar => self.b.ins().iconst(types::I64, 0),
             Access::General => self.general_offset(&s, shape, ix.flat),
         };
@@ -566,7 +598,8 @@ enum Access {
     General,
 }
 
-fn access(s: &Shape, shape: &Shape) -> Access {
+/// How a loop over `shape`, with column axes from `split`, indexes an operand of shape `s`.
+fn access(s: &Shape, shape: &Shape, split: usize) -> Access {
     if s == shape {
         return Access::Flat;
     }
@@ -574,19 +607,35 @@ fn access(s: &Shape, shape: &Shape) -> Access {
         return Access::Scalar;
     }
     let r = shape.rank();
-    if r == 0 || s.rank() > r {
+    if r == 0 || s.rank() > r || split >= r {
         return Access::General;
     }
     let pad = r - s.rank();
     let aligned = |d: usize| d.checked_sub(pad).map_or(Dim::Fixed(1), |k| s.0[k]);
-    let last = r - 1;
-    if aligned(last) == shape.0[last] && (0..last).all(|d| aligned(d) == Dim::Fixed(1)) {
+    let one = |d: usize| aligned(d) == Dim::Fixed(1);
+    if (split..r).all(|d| aligned(d) == shape.0[d]) && (0..split).all(one) {
         return Access::Col;
     }
-    if aligned(last) == Dim::Fixed(1) && (0..last).all(|d| aligned(d) == shape.0[d]) {
+    if (split..r).all(one) {
         return Access::Row;
     }
     Access::General
+}
+
+/// The first axis from which the loop over `shape` treats the axes as columns: the
+/// smallest (longest rows of columns) at which no operand needs general indexing, with
+/// fixed column sizes; the last axis when there is none.
+fn split_axis<'s>(shape: &Shape, operands: impl Iterator<Item = &'s Shape> + Clone) -> usize {
+    let r = shape.rank();
+    let last = r.saturating_sub(1);
+    (1..r)
+        .filter(|&k| shape.0[k..].iter().all(|d| d.size().is_some()))
+        .find(|&k| {
+            operands
+                .clone()
+                .all(|s| access(s, shape, k) != Access::General)
+        })
+        .unwrap_or(last)
 }
 
 /// Functions computed inline (with vector forms); the others call the runtime.

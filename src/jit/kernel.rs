@@ -3,8 +3,9 @@
 //! shape: a row-times-matrix loop for a few rows, textbook loops for tiny products, the
 //! `gemm` crate on the buffers above; the others share the interpreter's implementation.
 
+use super::layers::{self, ConvPart};
 use crate::interp::{self, dims, Env};
-use crate::ir::{Dim, Graph, Op};
+use crate::ir::{Dim, Graph, Op, Reduce};
 use ndarray::{ArrayD, IxDyn};
 use std::collections::HashMap;
 
@@ -66,6 +67,49 @@ fn gemv_rows(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize
     }
 }
 
+/// Runs the native kernel of a layer or data-movement operation; false when the operation
+/// has none (the interpreter's implementation runs instead).
+fn layer_kernel(
+    op: &Op,
+    d: &[Vec<usize>],
+    a: &[&[f32]],
+    od: &[usize],
+    out: &mut [f32],
+    threads: usize,
+) -> Result<bool, String> {
+    let conv = |part, dims: [&[usize]; 3], out: &mut [f32], geom| {
+        layers::conv(part, geom, dims, [a[0], a[1]], out, threads)
+    };
+    match op {
+        Op::Conv(geom) => conv(ConvPart::Forward, [&d[0], &d[1], od], out, geom),
+        Op::ConvGradInput(geom) => conv(ConvPart::Input, [od, &d[1], &d[0]], out, geom),
+        Op::ConvGradWeight(geom) => conv(ConvPart::Weight, [&d[0], od, &d[1]], out, geom),
+        Op::Pool(p) => layers::pool(p, &d[0], od, a[0], None, out),
+        Op::PoolGrad(p) => layers::pool(p, &d[0], &d[1], a[0], Some(a[1]), out),
+        Op::Gather => layers::gather(d[0][0], d[0][1], a[1], a[0], false, out)?,
+        Op::GatherGrad => layers::gather(od[0], od[1], a[0], a[1], true, out)?,
+        Op::Noise { dist, seed, salt } => layers::noise(*dist, *seed, *salt, a[0][0], out),
+        Op::Slice { axis, start, len } => layers::slice(&d[0], *axis, *start, *len, a[0], out),
+        Op::SliceGrad { axis, start } => layers::slice_grad(od, *axis, *start, a[0], out),
+        Op::Concat(axis) => {
+            let pd: Vec<&[usize]> = d.iter().map(|v| v.as_slice()).collect();
+            layers::concat(&pd, *axis, a, od, out)
+        }
+        Op::BroadcastTo => layers::broadcast(&d[0], a[0], od, out),
+        Op::Reduce { kind, axes, .. } => {
+            let (mean, select) = match kind {
+                Reduce::Sum => (false, None),
+                Reduce::Mean => (true, None),
+                Reduce::Max => (false, Some(true)),
+                Reduce::Min => (false, Some(false)),
+            };
+            layers::reduce(&d[0], axes, a[0], mean, select, out)
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// Computes node `n` of `g` from its argument buffers into `out`.
 pub fn run(
     g: &Graph,
@@ -73,6 +117,7 @@ pub fn run(
     args: &[&[f32]],
     out: &mut [f32],
     batch: usize,
+    threads: usize,
 ) -> Result<(), String> {
     let node = &g.nodes[n];
     if let Op::MatMul { ta, tb } = node.op {
@@ -99,8 +144,17 @@ pub fn run(
         let n_out = if tb { k2 } else { cols };
         let (b_rs, b_cs) = if tb { (1, cols) } else { (cols, 1) };
         super::abi::gemm(
-            rows, n_out, inner, out, args[0], a_rs, a_cs, args[1], b_rs, b_cs,
+            rows, n_out, inner, out, args[0], a_rs, a_cs, args[1], b_rs, b_cs, threads,
         );
+        return Ok(());
+    }
+    let arg_dims: Vec<Vec<usize>> = node
+        .args
+        .iter()
+        .map(|&a| dims(&g.nodes[a].shape, batch))
+        .collect();
+    let out_dims = dims(&node.shape, batch);
+    if layer_kernel(&node.op, &arg_dims, args, &out_dims, out, threads)? {
         return Ok(());
     }
     if let Op::SumTo = node.op {
@@ -116,15 +170,11 @@ pub fn run(
         let src = &g.nodes[node.args[0]].shape.0;
         if core.len() <= src.len() && src[src.len() - core.len()..] == core[..] {
             sum_rows(args[0], out, out.len());
-            return Ok(());
+        } else {
+            layers::sum_to(&arg_dims[0], args[0], &out_dims, out);
         }
+        return Ok(());
     }
-    let arg_dims: Vec<Vec<usize>> = node
-        .args
-        .iter()
-        .map(|&a| dims(&g.nodes[a].shape, batch))
-        .collect();
-    let out_dims = dims(&node.shape, batch);
     let owned: Vec<ArrayD<f32>> = args
         .iter()
         .zip(&arg_dims)

@@ -6,6 +6,7 @@
 mod abi;
 mod emit;
 mod kernel;
+mod layers;
 pub mod plan;
 
 use crate::interp::dims;
@@ -126,11 +127,12 @@ impl Layout {
 }
 
 /// The JIT backend: compiles each (graph, entry point) on first use.
-#[derive(Default)]
 pub struct Jit {
     cache: Vec<Entry>,
     /// The buffers of the last call, reused (every buffer is written before it is read).
     arena: Vec<f32>,
+    /// Threads the kernels may use (at least 1).
+    threads: usize,
 }
 
 /// Identifies a graph in the cache: its address and size. Graphs are owned by the run
@@ -139,10 +141,26 @@ fn key(g: &Graph) -> (usize, usize) {
     (g as *const Graph as usize, g.nodes.len())
 }
 
+impl Default for Jit {
+    fn default() -> Jit {
+        Jit::new()
+    }
+}
+
 impl Jit {
     /// A backend with an empty cache.
     pub fn new() -> Jit {
-        Jit::default()
+        Jit::with_threads(1)
+    }
+
+    /// A JIT whose matrix products and convolutions use up to `threads` threads. Results
+    /// are the same for every thread count.
+    pub fn with_threads(threads: usize) -> Jit {
+        Jit {
+            cache: Vec::new(),
+            arena: Vec::new(),
+            threads: threads.max(1),
+        }
     }
 
     fn entry(&mut self, g: &Graph, roots: &[NodeId], batch: usize) -> Result<&Entry, RunError> {
@@ -211,6 +229,7 @@ impl Jit {
         batch: usize,
         arena: &mut Vec<f32>,
     ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
+        let threads = self.threads;
         let entry = self.entry(g, roots, batch)?;
         let layout = &entry.layouts[&batch];
         let (sizes, offsets, total) = (&layout.sizes, &layout.offsets, layout.total);
@@ -266,6 +285,7 @@ impl Jit {
             graph: g,
             sizes,
             error: Default::default(),
+            threads,
         };
         abi::call(entry.code.func, &bufs, batch, &env);
         if let Some(e) = env.error.into_inner() {

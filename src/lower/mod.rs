@@ -1,12 +1,27 @@
 //! Lowering: a [`CheckedModel`] becomes the forward IR [`Graph`] — layers become matrix
-//! products, additions and elementwise maps; the model's loss and its regularizers form
-//! the objective that autodiff differentiates.
+//! products, convolutions, poolings, additions and elementwise maps; the model's loss and
+//! its regularizers form the objective that autodiff differentiates. Training and
+//! evaluation lower to different graphs: only the training graph draws dropout and rrelu
+//! noise and normalizes with batch statistics (updating the running ones).
 
-use crate::check::graph::{Activation, CheckedModel, LayerKind, Op as COp, ParamRole, Ty};
-use crate::diag::Diagnostic;
+mod layers;
+
+use crate::check::graph::{Activation, CheckedModel, Op as COp, ParamRole, Ty};
 use crate::ir::build::Builder;
-use crate::ir::{DType, Dim, Func, Graph, NodeId, Op, Param, Reduce, Shape, Tensor};
+use crate::ir::{DType, Dim, Func, Graph, NodeId, Noise, Op, Param, Reduce, Shape, Tensor};
 use crate::syntax::ast::BinOp;
+
+/// Which behaviour a graph has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Evaluation and prediction: no noise, running statistics.
+    Eval,
+    /// Training: dropout and rrelu noise from this seed, batch statistics.
+    Train {
+        /// The run's seed.
+        seed: u64,
+    },
+}
 
 /// The IR element type of a checked type.
 fn dtype(ty: &Ty) -> DType {
@@ -40,15 +55,8 @@ pub fn func(a: Activation) -> Option<Func> {
     })
 }
 
-/// A layer or operation the checker accepts that this version cannot run yet.
-fn unsupported(what: &str, span: crate::span::Span) -> Diagnostic {
-    Diagnostic::error("E0406", format!("`{what}` is checked but cannot run yet"), span)
-        .primary_label("not supported by the runtime in this version")
-        .with_note("dense networks run today; convolution, pooling, normalization, dropout, rrelu, embedding and recurrent layers run in the next version")
-}
-
-/// Lowers a checked model to its forward graph (evaluation behaviour).
-pub fn lower_model(m: &CheckedModel) -> Result<Graph, Diagnostic> {
+/// Lowers a checked model to its forward graph with the behaviour of `mode`.
+pub fn lower_model(m: &CheckedModel, mode: Mode) -> Graph {
     let mut g = Graph::default();
     let port = |p: &crate::check::graph::Port| {
         let ty = &m.nodes[p.node].ty;
@@ -112,24 +120,24 @@ pub fn lower_model(m: &CheckedModel) -> Result<Graph, Diagnostic> {
                         )
                     })
                 };
-                match &layer.kind {
-                    LayerKind::Dense { bias, .. } => {
-                        let w = param(&mut b, 0);
-                        let y = b.matmul(args[0], w, false, false);
-                        if *bias {
-                            let bias = param(&mut b, 1);
-                            b.add(y, bias)
-                        } else {
-                            y
-                        }
-                    }
-                    kind => return Err(unsupported(kind.word(), node.span)),
+                let ps: Vec<NodeId> = (0..layer.params.len()).map(|k| param(&mut b, k)).collect();
+                let (y, updates) = layers::layer(&mut b, &layer.kind, args[0], &ps, mode);
+                for (k, v) in updates {
+                    b.g.updates
+                        .push((crate::ir::Slot::Param(layer.params[k]), v));
                 }
+                y
             }
-            COp::Activation(a) => match (func(*a), a) {
-                (Some(f), _) => b.map(f, args[0]),
-                (None, Activation::Identity) => args[0],
-                (None, _) => return Err(unsupported("rrelu", node.span)),
+            COp::Activation(a) => match (func(*a), a, mode) {
+                (Some(f), _, _) => b.map(f, args[0]),
+                (None, Activation::Rrelu(lo, hi), Mode::Eval) => {
+                    b.map(Func::LeakyRelu((lo + hi) / 2.0), args[0])
+                }
+                (None, Activation::Rrelu(lo, hi), Mode::Train { seed }) => {
+                    let slope = b.noise(Noise::Uniform(*lo, *hi), seed, args[0]);
+                    layers::leaky(&mut b, args[0], slope)
+                }
+                (None, _, _) => args[0],
             },
             COp::Softmax(ax) => b.like(Op::Softmax(*ax), args.clone(), args[0]),
             COp::LogSoftmax(ax) => b.like(Op::LogSoftmax(*ax), args.clone(), args[0]),
@@ -189,10 +197,38 @@ pub fn lower_model(m: &CheckedModel) -> Result<Graph, Diagnostic> {
             }
             COp::Concat(ax) => b.push(Op::Concat(*ax), args.clone(), out),
             COp::Loss(kind) => b.loss(*kind, args[0], args[1]),
-            COp::Dropout(_) => return Err(unsupported("dropout", node.span)),
-            COp::Pool { .. } => return Err(unsupported("pooling", node.span)),
-            COp::GlobalPool(_) => return Err(unsupported("global pooling", node.span)),
-            COp::Spp(_) => return Err(unsupported("spp", node.span)),
+            COp::Dropout(p) => match mode {
+                Mode::Train { seed } if *p > 0.0 => {
+                    let mask = b.noise(Noise::Dropout(*p), seed, args[0]);
+                    b.mul(args[0], mask)
+                }
+                _ => args[0],
+            },
+            COp::Pool {
+                kind,
+                kernel,
+                stride,
+                pad,
+                count_pad,
+            } => {
+                let usizes = |v: &[u64]| v.iter().map(|&d| d as usize).collect();
+                let windows = crate::ir::Windows::Regular {
+                    k: usizes(kernel),
+                    stride: usizes(stride),
+                    pad: usizes(pad),
+                    count_pad: *count_pad,
+                };
+                b.pool(args[0], layers::pool(*kind, windows))
+            }
+            COp::GlobalPool(kind) => {
+                let axes = (2..b.shape(args[0]).rank()).collect();
+                let r = match kind {
+                    crate::check::graph::PoolKind::Max => Reduce::Max,
+                    crate::check::graph::PoolKind::Avg => Reduce::Mean,
+                };
+                b.reduce(r, args[0], axes, false)
+            }
+            COp::Spp(levels) => layers::spp(&mut b, args[0], levels),
         };
         map.push(id);
     }
@@ -224,5 +260,5 @@ pub fn lower_model(m: &CheckedModel) -> Result<Graph, Diagnostic> {
         }
         b.g.objective = Some(objective);
     }
-    Ok(g)
+    g
 }

@@ -13,6 +13,7 @@
 //! | E0503 | a class label that is not an integer in `0..K` |
 //! | E0504 | an array the model needs is missing (or the format cannot hold it) |
 //! | E0505 | an array has the wrong shape, or the arrays disagree on the number of rows |
+//! | E0506 | a NaN or infinite input or target value (found by [`crate::runtime::sanity`]) |
 //!
 //! No file contents make this module panic.
 
@@ -72,7 +73,7 @@ pub struct Dataset {
 /// (1-based; the column is the field's position in its CSV row).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataError {
-    /// The error code, `E0500` to `E0505`.
+    /// The error code, `E0500` to `E0506`.
     pub code: &'static str,
     /// The data file.
     pub path: PathBuf,
@@ -255,30 +256,25 @@ struct Layout {
     parts: String,
 }
 
-fn load_csv(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset, DataError> {
-    let file = File::open(path).map_err(|e| io_error(path, &e))?;
-    let mut reader = csv::ReaderBuilder::new()
+/// A CSV reader that keeps the header as a record and allows rows of any width (the
+/// loader reports wrong widths itself, with the line).
+fn csv_reader(file: File) -> csv::Reader<BufReader<File>> {
+    csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(BufReader::new(file));
+        .from_reader(BufReader::new(file))
+}
+
+fn load_csv(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset, DataError> {
+    let file = File::open(path).map_err(|e| io_error(path, &e))?;
+    let mut reader = csv_reader(file);
     let mut record = csv::ByteRecord::new();
 
     if !read_record(path, &mut reader, &mut record)? {
         return Err(no_rows(path, "the file is empty"));
     }
     let header_line = record_line(&record);
-    let names: Vec<String> = record
-        .iter()
-        .enumerate()
-        .map(|(i, field)| {
-            let field = if i == 0 {
-                field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
-            } else {
-                field
-            };
-            String::from_utf8_lossy(field).trim().to_string()
-        })
-        .collect();
+    let names = header_names(&record);
     let layout = assign_columns(path, header_line, &names, spec, with_targets)?;
 
     let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); spec.inputs.len()];
@@ -349,6 +345,80 @@ fn load_csv(path: &Path, spec: &DataSpec, with_targets: bool) -> Result<Dataset,
         }
     }
     Ok(dataset)
+}
+
+/// The names of a header record: trimmed, without a UTF-8 byte-order mark.
+fn header_names(record: &csv::ByteRecord) -> Vec<String> {
+    record
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            let field = if i == 0 {
+                field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
+            } else {
+                field
+            };
+            String::from_utf8_lossy(field).trim().to_string()
+        })
+        .collect()
+}
+
+/// Where [`load`] found the values of a CSV file, for messages about them (the sanity
+/// checks): the header's names, and for each input and each target (in the order of the
+/// [`DataSpec`]; no targets without them) the 1-based field numbers of one sample's
+/// elements, row-major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CsvFields {
+    pub(crate) names: Vec<String>,
+    pub(crate) inputs: Vec<Vec<usize>>,
+    pub(crate) targets: Vec<Vec<usize>>,
+}
+
+/// Reads the header of the CSV file `path` again and assigns its columns as [`load`]
+/// does.
+pub(crate) fn csv_fields(
+    path: &Path,
+    spec: &DataSpec,
+    with_targets: bool,
+) -> Result<CsvFields, DataError> {
+    let file = File::open(path).map_err(|e| io_error(path, &e))?;
+    let mut reader = csv_reader(file);
+    let mut record = csv::ByteRecord::new();
+    if !read_record(path, &mut reader, &mut record)? {
+        return Err(no_rows(path, "the file is empty"));
+    }
+    let names = header_names(&record);
+    let layout = assign_columns(path, record_line(&record), &names, spec, with_targets)?;
+    let mut fields = CsvFields {
+        names,
+        inputs: vec![Vec::new(); spec.inputs.len()],
+        targets: vec![Vec::new(); if with_targets { spec.targets.len() } else { 0 }],
+    };
+    for group in layout.groups {
+        let out = if group.target {
+            fields.targets.get_mut(group.index)
+        } else {
+            fields.inputs.get_mut(group.index)
+        };
+        if let Some(out) = out {
+            *out = group.columns.iter().map(|c| c + 1).collect();
+        }
+    }
+    Ok(fields)
+}
+
+/// The line on which data row `row` (counting from 0, after the header) of the CSV file
+/// `path` starts, read again; `None` if the file cannot be read that far.
+pub(crate) fn csv_row_line(path: &Path, row: usize) -> Option<usize> {
+    let file = File::open(path).ok()?;
+    let mut reader = csv_reader(file);
+    let mut record = csv::ByteRecord::new();
+    for _ in 0..=row.checked_add(1)? {
+        if !reader.read_byte_record(&mut record).ok()? {
+            return None;
+        }
+    }
+    record_line(&record)
 }
 
 /// Reads the next record; `false` at the end of the file.

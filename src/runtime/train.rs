@@ -3,15 +3,18 @@
 use super::checkpoint::{self, Checkpoint};
 use super::data::{self, DataSpec, Dataset, PortSpec, Standardizer};
 use super::exec::{Backend, RunError, State};
+use super::health::{self, Health};
 use super::init::init_params;
 use super::metrics::{self, Classification};
+use super::sanity::{self, DataWarning};
 use super::schedule::learning_rate;
+use super::trace;
 use crate::autodiff::training_graph;
 use crate::check::graph::CheckedModel;
 use crate::check::train::{Clip, Optimizer, TrainConfig};
 use crate::diag::Diagnostic;
 use crate::ir::{DType, Graph, Hyper, LossKind, NodeId, Op};
-use crate::lower::lower_model;
+use crate::lower::{lower_model, Mode};
 use ndarray::{ArrayD, Axis, IxDyn};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -45,16 +48,29 @@ pub struct Program {
 }
 
 /// Lowers a checked model.
-pub fn prepare(model: &CheckedModel) -> Result<Program, Diagnostic> {
-    let forward = lower_model(model)?;
+pub fn prepare(model: &CheckedModel) -> Program {
+    let forward = lower_model(model, Mode::Eval);
     let hash = checkpoint::digest(&forward.print(None));
     let classifier = find_classifier(&forward);
-    Ok(Program {
+    Program {
         model: model.clone(),
         forward,
         hash,
         classifier,
-    })
+    }
+}
+
+impl Program {
+    /// The training graph for `cfg`: the forward pass with training behaviour (noise from
+    /// the run's seed, batch statistics), backward pass, clipping and optimizer update.
+    pub fn training_graph(&self, cfg: &TrainConfig) -> Graph {
+        training_graph(&self.train_forward(cfg.seed), &cfg.optimizer, cfg.clip)
+    }
+
+    /// The forward graph with training behaviour, its noise drawn from `seed`.
+    pub fn train_forward(&self, seed: u64) -> Graph {
+        lower_model(&self.model, Mode::Train { seed })
+    }
 }
 
 fn find_classifier(g: &Graph) -> Option<Classifier> {
@@ -152,6 +168,7 @@ pub fn hyper(opt: &Optimizer, clip: Option<Clip>, lr: f64, step: u64) -> HashMap
     if let Some(Clip::Norm(c) | Clip::Value(c)) = clip {
         h.insert(Hyper::Clip, c);
     }
+    h.insert(Hyper::Step, step as f64);
     h
 }
 
@@ -175,8 +192,8 @@ pub enum RuntimeError {
     Checkpoint(String),
     /// Writing an output failed.
     Io(String),
-    /// The loss or a parameter became NaN or infinite.
-    Diverged(String),
+    /// The loss became NaN or infinite: the diagnostic names the operation.
+    Diverged(Box<Diagnostic>),
     /// The backend failed.
     Run(RunError),
 }
@@ -185,9 +202,8 @@ impl std::fmt::Display for RuntimeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RuntimeError::Data(e) => write!(f, "{e}"),
-            RuntimeError::Checkpoint(m) | RuntimeError::Io(m) | RuntimeError::Diverged(m) => {
-                write!(f, "{m}")
-            }
+            RuntimeError::Checkpoint(m) | RuntimeError::Io(m) => write!(f, "{m}"),
+            RuntimeError::Diverged(d) => write!(f, "{}", d.message),
             RuntimeError::Run(e) => write!(f, "internal error: {e}"),
         }
     }
@@ -282,6 +298,47 @@ pub struct EpochRecord {
     pub val_accuracy: Option<f64>,
     /// Wall time of the epoch in seconds.
     pub seconds: f64,
+    /// Training samples per second over the epoch's steps.
+    pub samples_per_s: f64,
+    /// Gradient health on the epoch's last batch (`--diagnose`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// Progress within an epoch, after each step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepProgress {
+    /// The epoch, from 1.
+    pub epoch: u64,
+    /// Epochs of the run.
+    pub epochs: u64,
+    /// Batches done in this epoch.
+    pub batch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// Mean loss over the epoch's samples so far.
+    pub loss: f64,
+    /// Samples per second so far in the epoch.
+    pub samples_per_s: f64,
+}
+
+/// What a training run tells its caller while it runs.
+pub trait Observer {
+    /// After every training step.
+    fn step(&mut self, _progress: &StepProgress) {}
+    /// At the end of every epoch.
+    fn epoch(&mut self, _record: &EpochRecord) {}
+    /// A warning about the run (gradient health with `diagnose`), once per kind and place.
+    fn warning(&mut self, _warning: &Diagnostic) {}
+    /// A warning about the training or test data (constant columns, class imbalance).
+    fn data_warning(&mut self, _warning: &DataWarning) {}
+}
+
+/// A closure sees each epoch's record.
+impl<F: FnMut(&EpochRecord)> Observer for F {
+    fn epoch(&mut self, record: &EpochRecord) {
+        self(record)
+    }
 }
 
 /// The result of a training run (`--report` writes it as JSON).
@@ -343,12 +400,16 @@ pub struct Run<'p> {
     step: u64,
     early: Early,
     history: Vec<EpochRecord>,
+    /// Measure gradient health at the end of every epoch.
+    pub diagnose: bool,
+    /// Warnings given so far (code and place), each once.
+    warned: Vec<(&'static str, crate::span::Span)>,
 }
 
 impl<'p> Run<'p> {
     /// A fresh run: parameters initialized from the seed, optimizer state zero.
     pub fn new(program: &'p Program, cfg: &TrainConfig) -> Run<'p> {
-        let train_graph = training_graph(&program.forward, &cfg.optimizer, cfg.clip);
+        let train_graph = program.training_graph(cfg);
         let params = init_params(&program.model, cfg.seed);
         let states = train_graph
             .states
@@ -365,6 +426,8 @@ impl<'p> Run<'p> {
             step: 0,
             early: Early::default(),
             history: Vec::new(),
+            diagnose: false,
+            warned: Vec::new(),
         }
     }
 
@@ -373,19 +436,28 @@ impl<'p> Run<'p> {
         &self.train_graph
     }
 
-    /// Runs the whole training: `on_epoch` sees each epoch's record as it ends.
+    /// Runs the whole training, telling `observer` about each step and epoch.
     pub fn train(
         &mut self,
         backend: &mut dyn Backend,
         paths: &RunPaths,
-        mut on_epoch: impl FnMut(&EpochRecord),
+        observer: &mut dyn Observer,
     ) -> Result<Report, RuntimeError> {
         let start = Instant::now();
         let spec = data_spec(&self.program.forward);
         let all = data::load(&paths.train, &spec, true)?;
+        for w in sanity::check(&all, &spec, &paths.train)? {
+            observer.data_warning(&w);
+        }
         let (mut train, mut val) = all.split(self.cfg.validation, self.cfg.seed);
         let mut test = match &paths.test {
-            Some(t) => Some(data::load(t, &spec, true)?),
+            Some(t) => {
+                // Test data is checked for errors; its warnings would repeat the training
+                // data's.
+                let d = data::load(t, &spec, true)?;
+                sanity::check(&d, &spec, t)?;
+                Some(d)
+            }
             None => None,
         };
         if let Some(r) = &paths.resume {
@@ -410,6 +482,8 @@ impl<'p> Run<'p> {
         }
         let mut stopped_early = None;
         let batch = self.cfg.batch as usize;
+        // The state before the current step, to replay a step whose loss is not finite.
+        let mut prev = self.state.clone();
         while self.epoch < self.cfg.epochs {
             let t0 = Instant::now();
             let lr = learning_rate(
@@ -420,10 +494,14 @@ impl<'p> Run<'p> {
             );
             let order = data::epoch_order(train.rows, self.cfg.seed, self.epoch);
             let mut total = 0.0;
-            for chunk in order.chunks(batch.max(1)) {
+            let batches = order.len().div_ceil(batch.max(1));
+            let mut seen = 0;
+            let mut last = None;
+            for (k, chunk) in order.chunks(batch.max(1)).enumerate() {
                 let b = train.select(chunk);
                 self.step += 1;
                 let h = hyper(&self.cfg.optimizer, self.cfg.clip, lr, self.step);
+                prev.clone_from(&self.state);
                 let r = backend.step(
                     &self.train_graph,
                     &mut self.state,
@@ -432,16 +510,56 @@ impl<'p> Run<'p> {
                     &h,
                 )?;
                 if !r.objective.is_finite() {
-                    return Err(RuntimeError::Diverged(format!(
-                        "the loss became {} at epoch {}, step {} (learning rate {lr}); training stopped{}",
+                    let origin = trace::trace(&self.train_graph, &prev, &b.inputs, &b.targets, &h);
+                    self.state = prev;
+                    return Err(RuntimeError::Diverged(Box::new(trace::diverged(
+                        &self.train_graph,
+                        &origin,
                         r.objective,
                         self.epoch + 1,
                         self.step,
-                        if paths.save.is_some() { " and the last checkpoint is kept" } else { "" }
-                    )));
+                        lr,
+                        self.cfg.clip.is_some(),
+                        self.cfg.span,
+                        paths.save.as_deref().filter(|p| p.exists()),
+                    ))));
                 }
                 total += r.loss * chunk.len() as f64;
+                seen += chunk.len();
+                observer.step(&StepProgress {
+                    epoch: self.epoch + 1,
+                    epochs: self.cfg.epochs,
+                    batch: k + 1,
+                    batches,
+                    loss: total / seen as f64,
+                    samples_per_s: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                });
+                last = Some((b, h));
             }
+            let steps_seconds = t0.elapsed().as_secs_f64();
+            let health = match (&last, self.diagnose) {
+                (Some((b, h)), true) => {
+                    let m = health::measure(
+                        self.program,
+                        &self.train_graph,
+                        backend,
+                        &self.state,
+                        Some(&prev),
+                        &b.inputs,
+                        &b.targets,
+                        h,
+                    )?;
+                    for w in health::warnings(&m, self.cfg.span) {
+                        let key = (w.code, w.span());
+                        if !self.warned.contains(&key) {
+                            self.warned.push(key);
+                            observer.warning(&w);
+                        }
+                    }
+                    Some(m)
+                }
+                _ => None,
+            };
             self.epoch += 1;
             let ev = if val.rows > 0 {
                 Some(evaluate(self.program, backend, &self.state, &val, batch)?)
@@ -457,8 +575,10 @@ impl<'p> Run<'p> {
                     .as_ref()
                     .and_then(|e| e.classification.as_ref().map(|c| c.accuracy)),
                 seconds: t0.elapsed().as_secs_f64(),
+                samples_per_s: train.rows as f64 / steps_seconds.max(1e-9),
+                health,
             };
-            on_epoch(&rec);
+            observer.epoch(&rec);
             self.history.push(rec.clone());
             if self.early_stop(&rec, backend, &train)? {
                 stopped_early = Some(format!(
@@ -780,6 +900,35 @@ pub fn predict(
 /// Gradients of one batch: the loss, and per trainable parameter its name, gradient and norm.
 pub type Gradients = (f64, Vec<(String, ArrayD<f32>, f64)>);
 
+/// The training graph (without clipping), the first `batch` rows of `d`, and the
+/// hyperparameters of a first step: what `gradients` and `gradient_health` look at.
+fn first_batch(
+    p: &Program,
+    cfg: &TrainConfig,
+    d: &Dataset,
+    batch: usize,
+) -> (Graph, Dataset, HashMap<Hyper, f64>) {
+    let g = training_graph(&p.train_forward(cfg.seed), &cfg.optimizer, None);
+    let rows: Vec<usize> = (0..d.rows.min(batch.max(1))).collect();
+    let h = hyper(&cfg.optimizer, None, cfg.optimizer.lr(), 1);
+    (g, d.select(&rows), h)
+}
+
+/// The gradient health of `state` on the first `batch` rows of `d`.
+pub fn gradient_health(
+    p: &Program,
+    cfg: &TrainConfig,
+    backend: &mut dyn Backend,
+    state: &State,
+    d: &Dataset,
+    batch: usize,
+) -> Result<Health, RuntimeError> {
+    let (g, b, h) = first_batch(p, cfg, d, batch);
+    Ok(health::measure(
+        p, &g, backend, state, None, &b.inputs, &b.targets, &h,
+    )?)
+}
+
 /// The loss and gradients of the first `batch` rows of `d`.
 pub fn gradients(
     p: &Program,
@@ -789,10 +938,7 @@ pub fn gradients(
     d: &Dataset,
     batch: usize,
 ) -> Result<Gradients, RuntimeError> {
-    let g = training_graph(&p.forward, &cfg.optimizer, None);
-    let rows: Vec<usize> = (0..d.rows.min(batch.max(1))).collect();
-    let b = d.select(&rows);
-    let h = hyper(&cfg.optimizer, None, cfg.optimizer.lr(), 1);
+    let (g, b, h) = first_batch(p, cfg, d, batch);
     let (loss, grads) = backend.gradients(&g, state, &b.inputs, &b.targets, &h)?;
     Ok((
         loss,

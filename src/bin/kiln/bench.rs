@@ -2,14 +2,13 @@
 //! data, measured as the peers' harness does (../shared/bench/peers: a pool of 8 batches
 //! cycled, a warm-up, then repetitions of at least a fixed time, the median reported).
 
-use crate::run::{BackendChoice, ModelArgs};
+use crate::run::ModelArgs;
 use crate::{check_one, print_diags, EXIT_INPUT};
 use clap::Args;
 use kiln::check::train::TrainConfig;
 use kiln::check::LintLevels;
 use kiln::interp::dims;
 use kiln::ir::DType;
-use kiln::runtime::exec::{Backend, Interpreter};
 use kiln::runtime::train::{self as rt, Run};
 use kiln::span::Sources;
 use ndarray::{ArrayD, IxDyn};
@@ -39,6 +38,7 @@ pub struct BenchArgs {
 struct Figures {
     model: String,
     backend: String,
+    threads: usize,
     batch: usize,
     compile_ms: f64,
     train_steps_per_s: f64,
@@ -113,22 +113,10 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         .train(&m.name)
         .cloned()
         .unwrap_or_else(|| TrainConfig::defaults(&m.name, m.span));
-    let p = match rt::prepare(m) {
-        Ok(p) => p,
-        Err(d) => {
-            eprint!(
-                "{}",
-                kiln::diag::render(&sources, &[d], kiln::diag::ColorChoice::Never)
-            );
-            return Ok(EXIT_INPUT);
-        }
-    };
+    let p = rt::prepare(m);
     let batch = a.batch.unwrap_or(cfg.batch as usize).max(1);
     let mut run = Run::new(&p, &cfg);
-    let mut be: Box<dyn Backend> = match a.m.backend {
-        BackendChoice::Jit => Box::new(kiln::jit::Jit::new()),
-        BackendChoice::Interp => Box::new(Interpreter),
-    };
+    let mut be = a.m.backend();
     // Synthetic data is made outside the timed compile.
     let front_end = t_source.elapsed();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -174,6 +162,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     let f = Figures {
         model: p.model.name.clone(),
         backend: format!("{:?}", a.m.backend).to_lowercase(),
+        threads: a.m.thread_count(),
         batch,
         compile_ms,
         train_steps_per_s: train_steps,
@@ -185,8 +174,11 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string(&f)?);
     } else {
         println!(
-            "model {} on {} (batch {batch}, one thread)",
-            f.model, f.backend
+            "model {} on {} (batch {batch}, {} thread{})",
+            f.model,
+            f.backend,
+            f.threads,
+            if f.threads == 1 { "" } else { "s" }
         );
         println!("compile (source to first step): {:.1} ms", f.compile_ms);
         if trains {

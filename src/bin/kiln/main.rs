@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod bench;
+mod plot;
+mod progress;
 mod run;
 
 /// Kiln: a declarative model-definition compiler.
@@ -86,6 +88,8 @@ enum Command {
     Ir(run::IrArgs),
     /// Compile time and training/inference throughput on synthetic data.
     Bench(bench::BenchArgs),
+    /// Draw the loss and accuracy curves of a `--report` file to SVG or PNG.
+    Plot(plot::PlotArgs),
     /// Explain a diagnostic code (`kiln explain E0301`); without a code, list them all.
     Explain {
         /// A code like E0301 or W0003, or a lint name.
@@ -186,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Grad(a) => run::grad(a),
         Command::Ir(a) => run::ir(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Plot(a) => plot::run(a),
         Command::Check {
             files,
             format,

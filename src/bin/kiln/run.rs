@@ -12,7 +12,6 @@ use kiln::runtime::exec::{Backend, Interpreter};
 use kiln::runtime::train::{self as rt, Program, Run, RunPaths, RuntimeError};
 use kiln::span::Sources;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Which backend runs the model.
@@ -35,6 +34,10 @@ pub struct ModelArgs {
     /// Backend that runs the model.
     #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendChoice,
+    /// Threads for the JIT's matrix products and convolutions (default: every core).
+    /// Results are identical for any thread count.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
     #[command(flatten)]
     pub lints: LintArgs,
 }
@@ -47,6 +50,10 @@ pub struct TrainArgs {
     /// Training data (default: the train block's `data train:`).
     #[arg(long)]
     pub train: Option<PathBuf>,
+    /// Measure gradient health every epoch: per-layer gradient and weight norms, update
+    /// ratios, dead and saturated units, with warnings when gradients vanish or explode.
+    #[arg(long)]
+    pub diagnose: bool,
     /// Test data (default: the train block's `data test:`).
     #[arg(long)]
     pub test: Option<PathBuf>,
@@ -74,6 +81,9 @@ pub struct TrainArgs {
     /// Write a JSON report: final metrics, per-epoch history, wall time.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Draw the loss and accuracy curves to FILE (.svg or .png) when training ends.
+    #[arg(long, value_name = "FILE", value_parser = crate::plot::out_path)]
+    pub plot: Option<PathBuf>,
     /// Print only the final summary.
     #[arg(long)]
     pub quiet: bool,
@@ -182,16 +192,9 @@ fn load(file: &Path, model: Option<&str>, lints: &LintArgs) -> anyhow::Result<Re
         .train(&m.name)
         .cloned()
         .unwrap_or_else(|| TrainConfig::defaults(&m.name, m.span));
-    let lowered = match rt::prepare(m) {
-        Ok(p) => p,
-        Err(d) => {
-            eprint!("{}", diag::render(&sources, &[d], color(lints.color)));
-            return Ok(Err(EXIT_INPUT));
-        }
-    };
     Ok(Ok(Loaded {
         sources,
-        program: lowered,
+        program: rt::prepare(m),
         cfg,
     }))
 }
@@ -212,17 +215,29 @@ fn pick<'a>(p: &'a Checked, name: Option<&str>, file: &Path) -> Option<&'a Check
     found
 }
 
-fn backend(choice: BackendChoice) -> Box<dyn Backend> {
-    match choice {
-        BackendChoice::Jit => Box::new(kiln::jit::Jit::new()),
-        BackendChoice::Interp => Box::new(Interpreter),
+impl ModelArgs {
+    /// The thread count: `--threads`, else every core.
+    pub fn thread_count(&self) -> usize {
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |t| t as usize,
+        )
+    }
+
+    /// The backend these arguments choose.
+    pub fn backend(&self) -> Box<dyn Backend> {
+        match self.backend {
+            BackendChoice::Jit => Box::new(kiln::jit::Jit::with_threads(self.thread_count())),
+            BackendChoice::Interp => Box::new(Interpreter),
+        }
     }
 }
 
 /// Exit code for a runtime error, after printing it.
-fn fail(e: &RuntimeError) -> u8 {
+fn fail(e: &RuntimeError, sources: &Sources, color: ColorChoice) -> u8 {
     match e {
         RuntimeError::Data(d) => eprintln!("{d}"),
+        RuntimeError::Diverged(d) => eprint!("{}", diag::render(sources, &[(**d).clone()], color)),
         other => eprintln!("error: {other}"),
     }
     match e {
@@ -262,7 +277,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         resume: a.resume.clone(),
     };
     let mut run = Run::new(&loaded.program, &cfg);
-    let mut be = backend(a.m.backend);
+    let mut be = a.m.backend();
     if !a.quiet {
         println!(
             "training `{}`: {} parameters, {} epochs, batch {}, seed {}",
@@ -273,26 +288,17 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
             cfg.seed
         );
     }
-    let quiet = a.quiet;
-    let epochs = cfg.epochs;
-    let report = run.train(be.as_mut(), &paths, |r| {
-        if quiet {
-            return;
-        }
-        let mut line = format!("epoch {:>3}/{epochs}  loss {:.5}", r.epoch, r.train_loss);
-        if let Some(v) = r.val_loss {
-            line += &format!("  val_loss {v:.5}");
-        }
-        if let Some(acc) = r.val_accuracy {
-            line += &format!("  val_accuracy {:.2}%", acc * 100.0);
-        }
-        line += &format!("  lr {:.3e}  {:.2}s", r.lr, r.seconds);
-        println!("{line}");
-        let _ = std::io::stdout().flush();
-    });
+    run.diagnose = a.diagnose;
+    let mut console = crate::progress::Console::new(
+        a.quiet,
+        &loaded.sources,
+        color(a.m.lints.color),
+        a.m.lints.allow.clone(),
+    );
+    let report = run.train(be.as_mut(), &paths, &mut console);
     let report = match report {
         Ok(r) => r,
-        Err(e) => return Ok(fail(&e)),
+        Err(e) => return Ok(fail(&e, &loaded.sources, color(a.m.lints.color))),
     };
     if let Some(reason) = &report.stopped_early {
         println!("stopped early: {reason}");
@@ -307,12 +313,15 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
     if let Some(t) = &report.test {
         print_eval("test", t);
     }
-    // The metrics the train block asks for, on the test data (else the training data).
-    let scores = cfg
-        .metrics
-        .iter()
-        .any(|m| matches!(m, Metric::Precision | Metric::Recall | Metric::F1));
-    let confusion = cfg.metrics.contains(&Metric::Confusion);
+    // The metrics the train block asks for (all of them when it names none), on the test
+    // data (else the training data).
+    let all = cfg.metrics.is_empty();
+    let scores = all
+        || cfg
+            .metrics
+            .iter()
+            .any(|m| matches!(m, Metric::Precision | Metric::Recall | Metric::F1));
+    let confusion = all || cfg.metrics.contains(&Metric::Confusion);
     let shown = report.test.as_ref().unwrap_or(&report.train);
     if let (true, Some(c)) = (scores || confusion, &shown.classification) {
         println!(
@@ -325,13 +334,21 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         );
         print!("{}", c.render_with(scores, confusion));
     }
-    if let Some(c) = &report.checkpoint {
-        println!("checkpoint: {}", c.display());
+    match (&report.checkpoint, report.best_epoch) {
+        (Some(c), Some(best)) => println!(
+            "checkpoint: {} (the weights of epoch {best}, the best)",
+            c.display()
+        ),
+        (Some(c), None) => println!("checkpoint: {}", c.display()),
+        _ => {}
     }
     println!("time: {:.2}s", report.seconds);
     if let Some(path) = &a.report {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("cannot write `{}`", path.display()))?;
+    }
+    if let Some(path) = &a.plot {
+        crate::plot::write(&report.history, &report.model, path)?;
     }
     Ok(0)
 }
@@ -372,7 +389,10 @@ fn load_data(
     with_targets: bool,
     st: Option<&data::Standardizer>,
 ) -> Result<Dataset, RuntimeError> {
-    let mut d = data::load(path, &rt::data_spec(&p.forward), with_targets)?;
+    let spec = rt::data_spec(&p.forward);
+    let mut d = data::load(path, &spec, with_targets)?;
+    // Non-finite values are errors here too; the warnings are for training.
+    kiln::runtime::sanity::check(&d, &spec, path)?;
     if let Some(s) = st {
         s.apply(&mut d);
     }
@@ -399,7 +419,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<u8> {
         let d = load_data(p, &path, true, st.as_ref())?;
         rt::evaluate(
             p,
-            backend(a.m.backend).as_mut(),
+            a.m.backend().as_mut(),
             &state,
             &d,
             loaded.cfg.batch as usize,
@@ -416,7 +436,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Err(e) => Ok(fail(&e)),
+        Err(e) => Ok(fail(&e, &loaded.sources, color(a.m.lints.color))),
     }
 }
 
@@ -431,7 +451,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<u8> {
         let d = load_data(p, &a.data, false, st.as_ref())?;
         let (outs, classes) = rt::predict(
             p,
-            backend(a.m.backend).as_mut(),
+            a.m.backend().as_mut(),
             &state,
             &d,
             loaded.cfg.batch as usize,
@@ -440,7 +460,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<u8> {
     });
     match result {
         Ok(()) => Ok(0),
-        Err(e) => Ok(fail(&e)),
+        Err(e) => Ok(fail(&e, &loaded.sources, color(a.m.lints.color))),
     }
 }
 
@@ -559,7 +579,7 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
         let (loss, grads) = rt::gradients(
             p,
             cfg,
-            backend(a.m.backend).as_mut(),
+            a.m.backend().as_mut(),
             &state,
             &d,
             cfg.batch as usize,
@@ -579,6 +599,20 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
         for (name, _, norm) in &grads {
             println!("{name:<width$}  {norm:>12.6e}");
         }
+        let health = rt::gradient_health(
+            p,
+            cfg,
+            a.m.backend().as_mut(),
+            &state,
+            &d,
+            cfg.batch as usize,
+        )?;
+        println!("\ngradient health:");
+        print!("{}", crate::progress::health_table(&health));
+        let c = color(a.m.lints.color);
+        for w in kiln::runtime::health::warnings(&health, cfg.span) {
+            eprint!("{}", diag::render(&loaded.sources, &[w], c));
+        }
         if let Some(out) = &a.out {
             let map: BTreeMap<String, ndarray::ArrayD<f32>> =
                 grads.into_iter().map(|(n, g, _)| (n, g)).collect();
@@ -589,7 +623,7 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
     })();
     match result {
         Ok(()) => Ok(0),
-        Err(e) => Ok(fail(&e)),
+        Err(e) => Ok(fail(&e, &loaded.sources, color(a.m.lints.color))),
     }
 }
 
@@ -608,13 +642,11 @@ pub fn ir(a: IrArgs) -> anyhow::Result<u8> {
     let g = match a.after {
         Pass::Lower => p.forward.clone(),
         Pass::Autodiff => {
-            let mut g = p.forward.clone();
+            let mut g = p.train_forward(loaded.cfg.seed);
             kiln::autodiff::differentiate(&mut g);
             g
         }
-        Pass::Optimizer | Pass::Fuse => {
-            kiln::autodiff::training_graph(&p.forward, &loaded.cfg.optimizer, loaded.cfg.clip)
-        }
+        Pass::Optimizer | Pass::Fuse => p.training_graph(&loaded.cfg),
     };
     if let Pass::Fuse = a.after {
         let roots = if g.loss.is_some() {

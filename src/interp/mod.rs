@@ -3,6 +3,8 @@
 //! derivative is computed in f64 from its textbook formula and rounded to the element
 //! type once. It runs in f32 for training and in f64 for gradient checks.
 
+pub mod layers;
+
 use crate::ir::{Binary, Dim, Func, Graph, Hyper, LossKind, NodeId, Op, Reduce, Shape};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice, Zip};
 use std::collections::HashMap;
@@ -308,6 +310,14 @@ pub fn eval<T: Real>(
             let g = a[2].iter().next().map_or(1.0, |v| v.f());
             grad.mapv(|d| T::of(d * g))
         }
+        Op::Conv(geom) => layers::conv(a[0], a[1], out, geom)?,
+        Op::ConvGradInput(geom) => layers::conv_grad_input(a[0], a[1], out, geom)?,
+        Op::ConvGradWeight(geom) => layers::conv_grad_weight(a[0], a[1], out, geom)?,
+        Op::Pool(p) => layers::pool(a[0], out, p)?,
+        Op::PoolGrad(p) => layers::pool_grad(a[0], a[1], out, p)?,
+        Op::Gather => layers::gather(a[0], a[1], out)?,
+        Op::GatherGrad => layers::gather_grad(a[0], a[1], out)?,
+        Op::Noise { dist, seed, salt } => layers::noise(*dist, *seed, *salt, a[0], out)?,
     })
 }
 

@@ -1,0 +1,415 @@
+//! The reference implementations of the layer operations: convolution, pooling, gather
+//! and noise, with their VJPs. Written as the textbook loops over every output element,
+//! accumulating in f64; one and two spatial axes share the code (a 1-d axis is a 2-d one
+//! of height 1).
+
+use super::{InterpError, Real};
+use crate::ir::{ConvGeom, Noise, Pool, PoolKind, Windows};
+use crate::runtime::rng::{stream, Purpose};
+use ndarray::{ArrayD, IxDyn};
+use rand::Rng;
+
+/// Noise nodes per graph are numbered below this; the step takes the bits above.
+pub const MAX_NOISE_NODES: u64 = 1 << 16;
+
+/// Sizes of a 2-d spatial problem: `[n, c, h, w]` and per-axis settings `(y, x)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Plane {
+    /// Batch.
+    pub n: usize,
+    /// Channels.
+    pub c: usize,
+    /// Input height and width.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
+
+/// The (height, width) of the spatial axes of `dims` (`[N, C, S..]`, one or two axes).
+fn hw(dims: &[usize]) -> (usize, usize) {
+    match dims.len() {
+        3 => (1, dims[2]),
+        _ => (dims[2], dims[3]),
+    }
+}
+
+/// A per-axis setting as (height, width); `one` fills the height of a 1-d problem.
+fn pair(v: &[usize], one: usize) -> (usize, usize) {
+    match v.len() {
+        1 => (one, v[0]),
+        _ => (v[0], v[1]),
+    }
+}
+
+/// A convolution's sizes: input plane, output channels and kernel size.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvSizes {
+    /// Input and output plane.
+    pub p: Plane,
+    /// Output channels.
+    pub o: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride (y, x).
+    pub s: (usize, usize),
+    /// Padding (y, x).
+    pub pad: (usize, usize),
+    /// Dilation (y, x).
+    pub d: (usize, usize),
+}
+
+impl ConvSizes {
+    /// The sizes of a convolution of x `xd` with w `wd` giving `od`.
+    pub fn new(xd: &[usize], wd: &[usize], od: &[usize], g: &ConvGeom) -> ConvSizes {
+        let (h, w) = hw(xd);
+        let (oh, ow) = hw(od);
+        let (kh, kw) = hw(wd);
+        ConvSizes {
+            p: Plane {
+                n: xd[0],
+                c: xd[1],
+                h,
+                w,
+                oh,
+                ow,
+            },
+            o: wd[0],
+            kh,
+            kw,
+            s: pair(&g.stride, 1),
+            pad: pair(&g.pad, 0),
+            d: pair(&g.dilation, 1),
+        }
+    }
+
+    /// The input row read by output row `oy` at kernel row `ky` (None: padding).
+    pub fn iy(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.s.0 + ky * self.d.0)
+            .checked_sub(self.pad.0)
+            .filter(|&y| y < self.p.h)
+    }
+
+    /// The input column read by output column `ox` at kernel column `kx` (None: padding).
+    pub fn ix(&self, ox: usize, kx: usize) -> Option<usize> {
+        (ox * self.s.1 + kx * self.d.1)
+            .checked_sub(self.pad.1)
+            .filter(|&x| x < self.p.w)
+    }
+
+    /// Calls `f(x index, w index, out index)` for every multiply-add of the convolution.
+    fn each(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let ConvSizes { p, o, kh, kw, .. } = *self;
+        for n in 0..p.n {
+            for oc in 0..o {
+                for oy in 0..p.oh {
+                    for ox in 0..p.ow {
+                        let out = ((n * o + oc) * p.oh + oy) * p.ow + ox;
+                        for c in 0..p.c {
+                            for ky in 0..kh {
+                                let Some(iy) = self.iy(oy, ky) else { continue };
+                                for kx in 0..kw {
+                                    let Some(ix) = self.ix(ox, kx) else { continue };
+                                    let xi = ((n * p.c + c) * p.h + iy) * p.w + ix;
+                                    let wi = ((oc * p.c + c) * kh + ky) * kw + kx;
+                                    f(xi, wi, out);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn slice<T>(a: &ArrayD<T>) -> Result<std::borrow::Cow<'_, [T]>, InterpError>
+where
+    T: Clone,
+{
+    match a.as_slice() {
+        Some(s) => Ok(std::borrow::Cow::Borrowed(s)),
+        None => Ok(std::borrow::Cow::Owned(a.iter().cloned().collect())),
+    }
+}
+
+fn array<T: Real>(out: &[usize], acc: Vec<f64>) -> Result<ArrayD<T>, InterpError> {
+    ArrayD::from_shape_vec(IxDyn(out), acc.into_iter().map(T::of).collect())
+        .map_err(|e| InterpError(e.to_string()))
+}
+
+/// `conv(x, w)`.
+pub fn conv<T: Real>(
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    out: &[usize],
+    g: &ConvGeom,
+) -> Result<ArrayD<T>, InterpError> {
+    let s = ConvSizes::new(x.shape(), w.shape(), out, g);
+    let (xs, ws) = (slice(x)?, slice(w)?);
+    let mut acc = vec![0.0f64; out.iter().product()];
+    s.each(|xi, wi, oi| acc[oi] += xs[xi].f() * ws[wi].f());
+    array(out, acc)
+}
+
+/// The convolution's VJP w.r.t. its input: `gy` `[N, O, ..]`, `w`, into x's dims `out`.
+pub fn conv_grad_input<T: Real>(
+    gy: &ArrayD<T>,
+    w: &ArrayD<T>,
+    out: &[usize],
+    g: &ConvGeom,
+) -> Result<ArrayD<T>, InterpError> {
+    let s = ConvSizes::new(out, w.shape(), gy.shape(), g);
+    let (gs, ws) = (slice(gy)?, slice(w)?);
+    let mut acc = vec![0.0f64; out.iter().product()];
+    s.each(|xi, wi, oi| acc[xi] += gs[oi].f() * ws[wi].f());
+    array(out, acc)
+}
+
+/// The convolution's VJP w.r.t. its weights: `x`, `gy`, into w's dims `out`.
+pub fn conv_grad_weight<T: Real>(
+    x: &ArrayD<T>,
+    gy: &ArrayD<T>,
+    out: &[usize],
+    g: &ConvGeom,
+) -> Result<ArrayD<T>, InterpError> {
+    let s = ConvSizes::new(x.shape(), out, gy.shape(), g);
+    let (xs, gs) = (slice(x)?, slice(gy)?);
+    let mut acc = vec![0.0f64; out.iter().product()];
+    s.each(|xi, wi, oi| acc[wi] += xs[xi].f() * gs[oi].f());
+    array(out, acc)
+}
+
+/// One window along an axis: the real elements `start..end` and the divisor of an
+/// average that counts padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// First real element.
+    pub start: usize,
+    /// One past the last real element.
+    pub end: usize,
+    /// The window's full size, padding included.
+    pub full: usize,
+}
+
+/// The windows along one axis of length `len` (axis `i` of the pooling), `out` of them.
+pub fn windows(w: &Windows, i: usize, len: usize, out: usize) -> Vec<Window> {
+    (0..out)
+        .map(|o| match w {
+            Windows::Regular { k, stride, pad, .. } => {
+                let (k, s, p) = (k[i], stride[i], pad[i]);
+                let lo = o * s;
+                Window {
+                    start: lo.saturating_sub(p).min(len),
+                    end: (lo + k).saturating_sub(p).min(len),
+                    full: k,
+                }
+            }
+            Windows::Adaptive { bins } => {
+                let n = bins[i];
+                let start = o * len / n;
+                let end = ((o + 1) * len).div_ceil(n);
+                Window {
+                    start,
+                    end,
+                    full: end - start,
+                }
+            }
+        })
+        .collect()
+}
+
+/// The windows of a pooling of input dims `xd` to output dims `od`: (rows, columns).
+pub fn pool_windows(p: &Pool, xd: &[usize], od: &[usize]) -> (Vec<Window>, Vec<Window>) {
+    let (h, w) = hw(xd);
+    let (oh, ow) = hw(od);
+    if xd.len() == 3 {
+        let one = vec![Window {
+            start: 0,
+            end: 1,
+            full: 1,
+        }];
+        (one, windows(&p.windows, 0, w, ow))
+    } else {
+        (windows(&p.windows, 0, h, oh), windows(&p.windows, 1, w, ow))
+    }
+}
+
+/// Calls `f(out index, window's input indices, divisor)` for every output element.
+fn each_window(p: &Pool, xd: &[usize], od: &[usize], mut f: impl FnMut(usize, &[usize], f64)) {
+    let (rows, cols) = pool_windows(p, xd, od);
+    let (h, w) = hw(xd);
+    let planes = xd[0] * xd[1];
+    let count_pad = matches!(
+        p.windows,
+        Windows::Regular {
+            count_pad: true,
+            ..
+        }
+    );
+    let mut idx = Vec::new();
+    let mut out = 0;
+    for plane in 0..planes {
+        for r in &rows {
+            for c in &cols {
+                idx.clear();
+                for y in r.start..r.end {
+                    for x in c.start..c.end {
+                        idx.push((plane * h + y) * w + x);
+                    }
+                }
+                let div = if count_pad {
+                    (r.full * c.full) as f64
+                } else {
+                    idx.len() as f64
+                };
+                f(out, &idx, div);
+                out += 1;
+            }
+        }
+    }
+}
+
+/// The index (into `idx`) of the first largest element.
+fn argmax(xs: &[f64], idx: &[usize]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (j, &i) in idx.iter().enumerate() {
+        let v = xs[i];
+        if best.is_none_or(|b| v > xs[idx[b]] || v.is_nan()) {
+            best = Some(j);
+            if v.is_nan() {
+                break;
+            }
+        }
+    }
+    best
+}
+
+/// `pool(x)`.
+pub fn pool<T: Real>(x: &ArrayD<T>, out: &[usize], p: &Pool) -> Result<ArrayD<T>, InterpError> {
+    let xs: Vec<f64> = x.iter().map(|v| v.f()).collect();
+    let mut acc = vec![0.0f64; out.iter().product()];
+    each_window(p, x.shape(), out, |o, idx, div| {
+        acc[o] = match p.kind {
+            PoolKind::Max => argmax(&xs, idx).map_or(f64::NEG_INFINITY, |j| xs[idx[j]]),
+            PoolKind::Avg => idx.iter().map(|&i| xs[i]).sum::<f64>() / div,
+        }
+    });
+    array(out, acc)
+}
+
+/// The pooling's VJP: `g` sent back to the window elements of `x` (dims `out`).
+pub fn pool_grad<T: Real>(
+    x: &ArrayD<T>,
+    gy: &ArrayD<T>,
+    out: &[usize],
+    p: &Pool,
+) -> Result<ArrayD<T>, InterpError> {
+    let xs: Vec<f64> = x.iter().map(|v| v.f()).collect();
+    let gs: Vec<f64> = gy.iter().map(|v| v.f()).collect();
+    let mut acc = vec![0.0f64; out.iter().product()];
+    each_window(p, out, gy.shape(), |o, idx, div| match p.kind {
+        PoolKind::Max => {
+            if let Some(j) = argmax(&xs, idx) {
+                acc[idx[j]] += gs[o];
+            }
+        }
+        PoolKind::Avg => {
+            for &i in idx {
+                acc[i] += gs[o] / div;
+            }
+        }
+    });
+    array(out, acc)
+}
+
+/// The row of a `vocab`-row table for id value `v`.
+fn row(v: f64, vocab: usize) -> Result<usize, InterpError> {
+    if v >= 0.0 && v.fract() == 0.0 && (v as usize) < vocab {
+        Ok(v as usize)
+    } else {
+        Err(InterpError(format!(
+            "id {v} is not a class id below {vocab}"
+        )))
+    }
+}
+
+/// `table[ids]`: rows of `[V, D]`.
+pub fn gather<T: Real>(
+    table: &ArrayD<T>,
+    ids: &ArrayD<T>,
+    out: &[usize],
+) -> Result<ArrayD<T>, InterpError> {
+    let (vocab, d) = (table.shape()[0], table.shape()[1]);
+    let t = slice(table)?;
+    let mut acc = Vec::with_capacity(out.iter().product());
+    for id in ids.iter() {
+        let r = row(id.f(), vocab)?;
+        acc.extend(t[r * d..(r + 1) * d].iter().map(|v| v.f()));
+    }
+    array(out, acc)
+}
+
+/// Gather's VJP: the rows of `gy` `[.., D]` summed into a `[V, D]` table by id.
+pub fn gather_grad<T: Real>(
+    ids: &ArrayD<T>,
+    gy: &ArrayD<T>,
+    out: &[usize],
+) -> Result<ArrayD<T>, InterpError> {
+    let (vocab, d) = (out[0], out[1]);
+    let gs = slice(gy)?;
+    let mut acc = vec![0.0f64; vocab * d];
+    for (k, id) in ids.iter().enumerate() {
+        let r = row(id.f(), vocab)?;
+        for j in 0..d {
+            acc[r * d + j] += gs[k * d + j].f();
+        }
+    }
+    array(out, acc)
+}
+
+/// The values of a noise node at training step `step`: `len` draws of the run's stream
+/// for this step and node.
+pub fn noise_values(dist: Noise, seed: u64, salt: u64, step: f64, len: usize) -> Vec<f64> {
+    let step = step.max(0.0) as u64;
+    let mut rng = stream(
+        seed,
+        Purpose::Noise,
+        step.wrapping_mul(MAX_NOISE_NODES) + salt % MAX_NOISE_NODES,
+    );
+    (0..len)
+        .map(|_| {
+            let u: f64 = rng.gen();
+            match dist {
+                Noise::Dropout(p) => {
+                    if u < p {
+                        0.0
+                    } else {
+                        1.0 / (1.0 - p)
+                    }
+                }
+                Noise::Uniform(lo, hi) => lo + (hi - lo) * u,
+            }
+        })
+        .collect()
+}
+
+/// A noise node's value.
+pub fn noise<T: Real>(
+    dist: Noise,
+    seed: u64,
+    salt: u64,
+    step: &ArrayD<T>,
+    out: &[usize],
+) -> Result<ArrayD<T>, InterpError> {
+    let step = step.iter().next().map_or(0.0, |v| v.f());
+    array(
+        out,
+        noise_values(dist, seed, salt, step, out.iter().product()),
+    )
+}
