@@ -4,6 +4,7 @@
 use super::kernel;
 use crate::interp::{apply, derivative};
 use crate::ir::{Func, Graph};
+use cranelift_jit::JITModule;
 use std::cell::RefCell;
 
 /// What a generated function receives (one pointer to this).
@@ -193,6 +194,30 @@ pub fn symbols() -> [(&'static str, *const u8); 3] {
         ("kiln_derivative", kiln_derivative as *const u8),
     ]
 }
+
+/// A compiled function and the module that owns its code.
+pub struct Compiled {
+    /// Keeps the machine code alive.
+    _module: JITModule,
+    /// `extern "C" fn(*const Ctx)`.
+    pub func: *const u8,
+}
+
+impl Compiled {
+    /// The finalized function `func` of `module`.
+    pub fn new(module: JITModule, func: *const u8) -> Compiled {
+        Compiled {
+            _module: module,
+            func,
+        }
+    }
+}
+
+// SAFETY: after `finalize_definitions` the module's code and data are immutable, and
+// nothing calls the module again: it only keeps the memory mapped (dropping it does not
+// unmap). `func` points into that read-only, executable memory, which any thread may run;
+// the function itself keeps no state between calls (every call gets its own `Ctx`).
+unsafe impl Send for Compiled {}
 
 /// Calls a generated function.
 pub fn call(func: *const u8, bufs: &[*mut f32], batch: usize, env: &KernelEnv) {

@@ -16,13 +16,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 use std::collections::HashMap;
 
-/// A compiled function and the module that owns its code.
-pub struct Compiled {
-    /// Keeps the machine code alive.
-    _module: JITModule,
-    /// `extern "C" fn(*const Ctx)`.
-    pub func: *const u8,
-}
+pub use abi::Compiled;
 
 /// Why compilation failed: always an internal error (a graph the checker accepted must
 /// compile).
@@ -137,10 +131,7 @@ pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, CompileError> {
     module.clear_context(&mut ctx);
     module.finalize_definitions().map_err(err)?;
     let func = module.get_finalized_function(id);
-    Ok(Compiled {
-        _module: module,
-        func,
-    })
+    Ok(Compiled::new(module, func))
 }
 
 struct Funcs {

@@ -163,6 +163,11 @@ impl Jit {
         }
     }
 
+    /// The number of native functions compiled so far (one per graph and entry point).
+    pub fn compiled(&self) -> usize {
+        self.cache.len()
+    }
+
     fn entry(&mut self, g: &Graph, roots: &[NodeId], batch: usize) -> Result<&Entry, RunError> {
         let k = key(g);
         let at = match self

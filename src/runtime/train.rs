@@ -2,7 +2,7 @@
 
 use super::checkpoint::{self, Checkpoint};
 use super::data::{self, DataSpec, Dataset, PortSpec, Standardizer};
-use super::exec::{Backend, RunError, State};
+use super::exec::{Backend, RunError, State, StepResult};
 use super::health::{self, Health};
 use super::init::init_params;
 use super::metrics::{self, Classification};
@@ -19,6 +19,7 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// How a classifier's predictions are read.
@@ -389,9 +390,9 @@ struct Early {
 }
 
 /// A training run in progress.
-pub struct Run<'p> {
-    program: &'p Program,
-    train_graph: Graph,
+pub struct Run {
+    program: Arc<Program>,
+    train_graph: Arc<Graph>,
     cfg: TrainConfig,
     /// The model's state.
     pub state: State,
@@ -404,12 +405,25 @@ pub struct Run<'p> {
     pub diagnose: bool,
     /// Warnings given so far (code and place), each once.
     warned: Vec<(&'static str, crate::span::Span)>,
+    /// The state before the last step (to replay a step whose loss is not finite).
+    prev: Option<State>,
+    /// Where the run's checkpoint is written (named when a step diverges).
+    checkpoint: Option<PathBuf>,
 }
 
-impl<'p> Run<'p> {
+impl Run {
     /// A fresh run: parameters initialized from the seed, optimizer state zero.
-    pub fn new(program: &'p Program, cfg: &TrainConfig) -> Run<'p> {
-        let train_graph = program.training_graph(cfg);
+    pub fn new(program: &Program, cfg: &TrainConfig) -> Run {
+        Run::shared(
+            Arc::new(program.clone()),
+            Arc::new(program.training_graph(cfg)),
+            cfg,
+        )
+    }
+
+    /// A fresh run of a program whose training graph for `cfg` (`Program::training_graph`)
+    /// is already built: runs of one model share the graph, and so the JIT's code for it.
+    pub fn shared(program: Arc<Program>, train_graph: Arc<Graph>, cfg: &TrainConfig) -> Run {
         let params = init_params(&program.model, cfg.seed);
         let states = train_graph
             .states
@@ -428,7 +442,92 @@ impl<'p> Run<'p> {
             history: Vec::new(),
             diagnose: false,
             warned: Vec::new(),
+            prev: None,
+            checkpoint: None,
         }
+    }
+
+    /// The program being trained.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// The training configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Sets the learning rate of the following steps (before the schedule).
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.cfg.optimizer = self.cfg.optimizer.with_lr(lr);
+    }
+
+    /// Sets the batch size of [`Run::fit`].
+    pub fn set_batch_size(&mut self, batch: u64) {
+        self.cfg.batch = batch.max(1);
+    }
+
+    /// Sets the number of epochs [`Run::fit`] trains to (counting those done).
+    pub fn set_epochs(&mut self, epochs: u64) {
+        self.cfg.epochs = epochs;
+    }
+
+    /// The standardization the run applies to inputs, once fitted or restored.
+    pub fn standardizer(&self) -> Option<&Standardizer> {
+        self.standardizer.as_ref()
+    }
+
+    /// Epochs and steps done.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.epoch, self.step)
+    }
+
+    /// One training step on a batch (standardized already, if the run standardizes) at
+    /// the learning rate of the current epoch. A loss that is not finite rolls the state
+    /// back to before the step and returns the diagnostic naming the operation.
+    pub fn step_batch(
+        &mut self,
+        backend: &mut dyn Backend,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+    ) -> Result<StepResult, RuntimeError> {
+        let lr = self.learning_rate();
+        self.step += 1;
+        let h = hyper(&self.cfg.optimizer, self.cfg.clip, lr, self.step);
+        let prev = match &mut self.prev {
+            Some(p) => {
+                p.clone_from(&self.state);
+                p
+            }
+            None => self.prev.insert(self.state.clone()),
+        };
+        let r = backend.step(&self.train_graph, &mut self.state, inputs, targets, &h)?;
+        if r.objective.is_finite() {
+            return Ok(r);
+        }
+        let origin = trace::trace(&self.train_graph, prev, inputs, targets, &h);
+        std::mem::swap(&mut self.state, prev);
+        Err(RuntimeError::Diverged(Box::new(trace::diverged(
+            &self.train_graph,
+            &origin,
+            r.objective,
+            self.epoch + 1,
+            self.step,
+            lr,
+            self.cfg.clip.is_some(),
+            self.cfg.span,
+            self.checkpoint.as_deref().filter(|p| p.exists()),
+        ))))
+    }
+
+    /// The learning rate of the current epoch (after the schedule).
+    fn learning_rate(&self) -> f64 {
+        learning_rate(
+            &self.cfg.schedule,
+            self.cfg.optimizer.lr(),
+            self.epoch,
+            self.cfg.epochs,
+        )
     }
 
     /// The training graph.
@@ -443,14 +542,12 @@ impl<'p> Run<'p> {
         paths: &RunPaths,
         observer: &mut dyn Observer,
     ) -> Result<Report, RuntimeError> {
-        let start = Instant::now();
         let spec = data_spec(&self.program.forward);
         let all = data::load(&paths.train, &spec, true)?;
         for w in sanity::check(&all, &spec, &paths.train)? {
             observer.data_warning(&w);
         }
-        let (mut train, mut val) = all.split(self.cfg.validation, self.cfg.seed);
-        let mut test = match &paths.test {
+        let test = match &paths.test {
             Some(t) => {
                 // Test data is checked for errors; its warnings would repeat the training
                 // data's.
@@ -462,7 +559,26 @@ impl<'p> Run<'p> {
         };
         if let Some(r) = &paths.resume {
             self.restore(r)?;
-        } else if self.cfg.standardize {
+        }
+        self.checkpoint = paths.save.clone();
+        self.fit(backend, &all, test, observer)
+    }
+
+    /// Trains on data in memory from the current epoch to the configured number of
+    /// epochs: a validation split of `all` as the train block asks, standardization
+    /// fitted on the training rows (unless restored), a checkpoint after every epoch when
+    /// the run has a checkpoint path, early stopping, and the final evaluations.
+    pub fn fit(
+        &mut self,
+        backend: &mut dyn Backend,
+        all: &Dataset,
+        mut test: Option<Dataset>,
+        observer: &mut dyn Observer,
+    ) -> Result<Report, RuntimeError> {
+        let start = Instant::now();
+        let spec = data_spec(&self.program.forward);
+        let (mut train, mut val) = all.split(self.cfg.validation, self.cfg.seed);
+        if self.standardizer.is_none() && self.cfg.standardize && self.step == 0 {
             let mut st = Standardizer::fit(&train);
             // Class ids (embedding inputs) are indices, not measurements: left as they are.
             for (i, port) in spec.inputs.iter().enumerate() {
@@ -482,16 +598,10 @@ impl<'p> Run<'p> {
         }
         let mut stopped_early = None;
         let batch = self.cfg.batch as usize;
-        // The state before the current step, to replay a step whose loss is not finite.
-        let mut prev = self.state.clone();
+        let save = self.checkpoint.clone();
         while self.epoch < self.cfg.epochs {
             let t0 = Instant::now();
-            let lr = learning_rate(
-                &self.cfg.schedule,
-                self.cfg.optimizer.lr(),
-                self.epoch,
-                self.cfg.epochs,
-            );
+            let lr = self.learning_rate();
             let order = data::epoch_order(train.rows, self.cfg.seed, self.epoch);
             let mut total = 0.0;
             let batches = order.len().div_ceil(batch.max(1));
@@ -499,31 +609,7 @@ impl<'p> Run<'p> {
             let mut last = None;
             for (k, chunk) in order.chunks(batch.max(1)).enumerate() {
                 let b = train.select(chunk);
-                self.step += 1;
-                let h = hyper(&self.cfg.optimizer, self.cfg.clip, lr, self.step);
-                prev.clone_from(&self.state);
-                let r = backend.step(
-                    &self.train_graph,
-                    &mut self.state,
-                    &b.inputs,
-                    &b.targets,
-                    &h,
-                )?;
-                if !r.objective.is_finite() {
-                    let origin = trace::trace(&self.train_graph, &prev, &b.inputs, &b.targets, &h);
-                    self.state = prev;
-                    return Err(RuntimeError::Diverged(Box::new(trace::diverged(
-                        &self.train_graph,
-                        &origin,
-                        r.objective,
-                        self.epoch + 1,
-                        self.step,
-                        lr,
-                        self.cfg.clip.is_some(),
-                        self.cfg.span,
-                        paths.save.as_deref().filter(|p| p.exists()),
-                    ))));
-                }
+                let r = self.step_batch(backend, &b.inputs, &b.targets)?;
                 total += r.loss * chunk.len() as f64;
                 seen += chunk.len();
                 observer.step(&StepProgress {
@@ -534,20 +620,21 @@ impl<'p> Run<'p> {
                     loss: total / seen as f64,
                     samples_per_s: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                 });
-                last = Some((b, h));
+                last = Some(b);
             }
             let steps_seconds = t0.elapsed().as_secs_f64();
             let health = match (&last, self.diagnose) {
-                (Some((b, h)), true) => {
+                (Some(b), true) => {
+                    let h = hyper(&self.cfg.optimizer, self.cfg.clip, lr, self.step);
                     let m = health::measure(
-                        self.program,
+                        &self.program,
                         &self.train_graph,
                         backend,
                         &self.state,
-                        Some(&prev),
+                        self.prev.as_ref(),
                         &b.inputs,
                         &b.targets,
-                        h,
+                        &h,
                     )?;
                     for w in health::warnings(&m, self.cfg.span) {
                         let key = (w.code, w.span());
@@ -562,7 +649,7 @@ impl<'p> Run<'p> {
             };
             self.epoch += 1;
             let ev = if val.rows > 0 {
-                Some(evaluate(self.program, backend, &self.state, &val, batch)?)
+                Some(evaluate(&self.program, backend, &self.state, &val, batch)?)
             } else {
                 None
             };
@@ -586,27 +673,27 @@ impl<'p> Run<'p> {
                     self.cfg.early_stop.as_ref().map_or("", |e| &e.monitor),
                     self.early.wait
                 ));
-                if let Some(s) = &paths.save {
+                if let Some(s) = &save {
                     self.save(s)?;
                 }
                 break;
             }
-            if let Some(s) = &paths.save {
+            if let Some(s) = &save {
                 self.save(s)?;
             }
         }
         let restore = self.cfg.early_stop.as_ref().is_some_and(|e| e.restore_best);
         if let (true, Some(best)) = (restore, self.early.best_params.clone()) {
             self.state.params = best;
-            if let Some(s) = &paths.save {
+            if let Some(s) = &save {
                 self.save(s)?;
             }
         }
         let test_eval = match &test {
-            Some(t) => Some(evaluate(self.program, backend, &self.state, t, batch)?),
+            Some(t) => Some(evaluate(&self.program, backend, &self.state, t, batch)?),
             None => None,
         };
-        let train_eval = evaluate(self.program, backend, &self.state, &train, batch)?;
+        let train_eval = evaluate(&self.program, backend, &self.state, &train, batch)?;
         Ok(Report {
             model: self.program.model.name.clone(),
             epochs: self.epoch,
@@ -616,7 +703,7 @@ impl<'p> Run<'p> {
             stopped_early,
             test: test_eval,
             train: train_eval,
-            checkpoint: paths.save.clone(),
+            checkpoint: save,
             seconds: start.elapsed().as_secs_f64(),
         })
     }
@@ -637,7 +724,7 @@ impl<'p> Run<'p> {
             "loss" => (Some(rec.train_loss), false),
             _ => {
                 let ev = evaluate(
-                    self.program,
+                    &self.program,
                     backend,
                     &self.state,
                     train,
@@ -704,8 +791,8 @@ impl<'p> Run<'p> {
 
     /// Continues from a checkpoint written by [`Run::save`] for the same model.
     pub fn restore(&mut self, path: &Path) -> Result<(), RuntimeError> {
-        let c = load_for(self.program, path)?;
-        self.state.params = params_from(self.program, &c, path, "")?;
+        let c = load_for(&self.program, path)?;
+        self.state.params = params_from(&self.program, &c, path, "")?;
         for (i, s) in self.train_graph.states.iter().enumerate() {
             let key = format!("optimizer.{}", s.name);
             match c.tensors.get(&key) {
@@ -725,7 +812,7 @@ impl<'p> Run<'p> {
         self.early.best_epoch = num("early_stop.best_epoch");
         self.early.best = c.meta.get("early_stop.best").and_then(|v| v.parse().ok());
         if self.early.best.is_some() {
-            self.early.best_params = params_from(self.program, &c, path, "best.").ok();
+            self.early.best_params = params_from(&self.program, &c, path, "best.").ok();
         }
         self.standardizer = get_standardizer(&c, &self.program.forward);
         Ok(())
