@@ -78,8 +78,27 @@ impl Checked {
     }
 }
 
+/// Options of a check beyond the lint levels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// The REPL's mode (`kiln repl`): an input's first dimension may be a fixed size
+    /// (`input x: [4, 3]`, or a scalar `[]`), layers take any first dimension as the
+    /// batch, `reshape` may change it, and reductions without `axis` reduce every axis.
+    pub unbatched: bool,
+}
+
 /// Parses and checks file `file` of `sources` (loading files it `use`s into `sources`).
 pub fn check_file(sources: &mut Sources, file: FileId, levels: &LintLevels) -> Checked {
+    check_file_with(sources, file, levels, CheckOptions::default())
+}
+
+/// [`check_file`] with options.
+pub fn check_file_with(
+    sources: &mut Sources,
+    file: FileId,
+    levels: &LintLevels,
+    options: CheckOptions,
+) -> Checked {
     let mut diags = Vec::new();
     let text = sources.get(file).text.clone();
     let parsed = match parse_source(&text, file) {
@@ -127,7 +146,7 @@ pub fn check_file(sources: &mut Sources, file: FileId, levels: &LintLevels) -> C
             );
             continue;
         }
-        let r = model::check_model(decl, &blocks);
+        let r = model::check_model(decl, &blocks, options.unbatched);
         let failed = r.errors.iter().any(Diagnostic::is_error);
         diags.extend(
             r.errors
@@ -440,4 +459,46 @@ pub fn load_file(
             (id, Some(d))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, unbatched: bool) -> Checked {
+        let mut sources = Sources::new();
+        let id = sources.add("t.kiln", None, text.to_string());
+        check_file_with(
+            &mut sources,
+            id,
+            &LintLevels::default(),
+            CheckOptions { unbatched },
+        )
+    }
+
+    /// The REPL's unbatched mode accepts fixed first dimensions (E0311 otherwise) and
+    /// layers take them as the batch; normal checking is unchanged.
+    #[test]
+    fn unbatched_mode() {
+        let src = "model m {\n  input x: [4, 3]\n  input w: [3, 2]\n  y = x @ w |> dense(5) |> relu\n  output y\n}\n";
+        let normal = check(src, false);
+        assert!(normal.diagnostics.iter().any(|d| d.code == "E0311"));
+        let repl = check(src, true);
+        assert!(!repl.has_errors(), "{:?}", repl.diagnostics);
+        let m = &repl.program.unwrap().models[0];
+        let out = m.outputs[0].node;
+        assert_eq!(m.nodes[out].ty.to_string(), "[4, 5]");
+        // Reductions without an axis reduce everything; reshape may change the first axis.
+        let src = "model m {\n  input x: [4, 3]\n  s = sum(x)\n  r = x |> reshape([2, 6])\n  output s\n  output r\n}\n";
+        let repl = check(src, true);
+        assert!(!repl.has_errors(), "{:?}", repl.diagnostics);
+        let m = &repl.program.unwrap().models[0];
+        let tys: Vec<String> = m
+            .outputs
+            .iter()
+            .map(|o| m.nodes[o.node].ty.to_string())
+            .collect();
+        assert_eq!(tys, ["[]", "[2, 6]"]);
+        assert!(check(src, false).has_errors());
+    }
 }

@@ -105,9 +105,14 @@ pub struct ModelResult {
 }
 
 /// Checks one model declaration.
-pub fn check_model(decl: &ast::ModelDecl, blocks: &HashMap<String, ast::BlockDecl>) -> ModelResult {
+pub fn check_model(
+    decl: &ast::ModelDecl,
+    blocks: &HashMap<String, ast::BlockDecl>,
+    unbatched: bool,
+) -> ModelResult {
     let mut e = Elab {
         blocks,
+        unbatched,
         m: CheckedModel {
             name: decl.name.name.clone(),
             span: decl.name.span,
@@ -258,6 +263,9 @@ pub fn check_model(decl: &ast::ModelDecl, blocks: &HashMap<String, ast::BlockDec
 
 struct Elab<'a> {
     blocks: &'a HashMap<String, ast::BlockDecl>,
+    /// The REPL's mode ([`super::CheckOptions::unbatched`]): inputs have fixed sizes and
+    /// layers take their first dimension as the batch.
+    unbatched: bool,
     m: CheckedModel,
     diags: Vec<Diagnostic>,
     layers_by_name: HashMap<String, LayerId>,
@@ -278,6 +286,12 @@ fn shape_of(ty: &Ty) -> Option<&Shape> {
 }
 
 impl Elab<'_> {
+    /// True when the first axis of `shape` is the batch: the batch symbol, or in
+    /// unbatched mode any first dimension.
+    fn batched(&self, shape: &Shape) -> bool {
+        shape.has_batch() || (self.unbatched && shape.rank() > 0)
+    }
+
     fn node(&mut self, op: Op, inputs: Vec<NodeId>, ty: Ty, span: Span, label: String) -> NodeId {
         self.m.nodes.push(Node {
             op,
@@ -384,6 +398,10 @@ impl Elab<'_> {
                     }
                     dims.push(Dim::Batch);
                 }
+                (ast::DimKind::Size(n), 0) if self.unbatched => match self.size_dim(*n, d.span) {
+                    Some(n) => dims.push(Dim::Fixed(n)),
+                    None => ok = false,
+                },
                 (ast::DimKind::Size(_), 0) => {
                     self.diags.push(
                         Diagnostic::error(
@@ -414,7 +432,7 @@ impl Elab<'_> {
                 },
             }
         }
-        if shape_expr.dims.is_empty() {
+        if shape_expr.dims.is_empty() && !self.unbatched {
             self.diags.push(
                 Diagnostic::error(
                     "E0311",
@@ -1691,7 +1709,7 @@ impl Elab<'_> {
         };
         match name {
             "dense" => {
-                if shape.rank() < 2 || !shape.has_batch() {
+                if shape.rank() < 2 || !self.batched(&shape) {
                     return Err(rank_err(
                         "`[N, ..., F]`",
                         "add a feature axis: `reshape([N, 1])`",
@@ -1723,7 +1741,7 @@ impl Elab<'_> {
             }
             "conv1d" | "conv2d" => {
                 let nd = if name == "conv1d" { 1 } else { 2 };
-                if shape.rank() != nd + 2 || !shape.has_batch() {
+                if shape.rank() != nd + 2 || !self.batched(&shape) {
                     return Err(if nd == 1 {
                         rank_err("`[N, C, L]`", "reshape the input: `reshape([N, 1, L])`")
                     } else {
@@ -1741,7 +1759,7 @@ impl Elab<'_> {
                 let dil = a.ints("dilation", nd, 1)?;
                 let bias = a.boolean("bias")?;
                 let init = self.init(a, Init::Xavier)?;
-                let mut dims = vec![Dim::Batch, Dim::Fixed(out)];
+                let mut dims = vec![shape.0[0], Dim::Fixed(out)];
                 for i in 0..nd {
                     let len = shape.fixed(2 + i).unwrap_or(1);
                     dims.push(Dim::Fixed(self.window(
@@ -1776,7 +1794,7 @@ impl Elab<'_> {
                 Ok((kind, Ty::Tensor(out_shape), ps, macs))
             }
             "batchnorm" => {
-                if shape.rank() < 2 || !shape.has_batch() {
+                if shape.rank() < 2 || !self.batched(&shape) {
                     return Err(rank_err(
                         "`[N, C]` or `[N, C, ...]`",
                         "batchnorm normalizes axis 1 over the batch",
@@ -1845,7 +1863,7 @@ impl Elab<'_> {
             }
             _ => {
                 // rnn, lstm, gru
-                if shape.rank() != 3 || !shape.has_batch() {
+                if shape.rank() != 3 || !self.batched(&shape) {
                     return Err(rank_err(
                         "`[N, T, F]`",
                         "recurrent layers read a sequence of T steps of F features",
@@ -1918,9 +1936,9 @@ impl Elab<'_> {
                 }
                 let width = h * dirs.len() as u64;
                 let out = if sequence {
-                    Shape::batched(&[t, width])
+                    Shape::new(vec![shape.0[0], Dim::Fixed(t), Dim::Fixed(width)])
                 } else {
-                    Shape::batched(&[width])
+                    Shape::new(vec![shape.0[0], Dim::Fixed(width)])
                 };
                 let macs = t
                     .saturating_mul(g * h)
@@ -2041,8 +2059,9 @@ impl Elab<'_> {
             .with_help("class labels feed `embedding` or a classification loss"));
         };
         let same = Ty::Tensor(shape.clone());
+        let batched = self.batched(&shape);
         let need_rank = |r: usize, want: &str| -> Result<(), Diagnostic> {
-            if shape.rank() != r || !shape.has_batch() {
+            if shape.rank() != r || !batched {
                 Err(Diagnostic::error(
                     "E0302",
                     format!("`{name}` expects {want}, found {shape}"),
@@ -2097,16 +2116,21 @@ impl Elab<'_> {
                 Ok((Op::Dropout(p), same))
             }
             "flatten" => {
-                if shape.rank() < 2 || !shape.has_batch() {
+                if shape.rank() < 2 || !self.batched(&shape) {
                     return Err(Diagnostic::error(
                         "E0302",
                         format!("`flatten` expects `[N, ...]`, found {shape}"),
                         spans[0],
                     ));
                 }
-                let n = shape.per_sample().ok_or_else(|| too_large(spans[0]))?;
+                let n = Shape::new(shape.0[1..].to_vec())
+                    .per_sample()
+                    .ok_or_else(|| too_large(spans[0]))?;
                 check_size(n, spans[0])?;
-                Ok((Op::Flatten, Ty::Tensor(Shape::batched(&[n]))))
+                Ok((
+                    Op::Flatten,
+                    Ty::Tensor(Shape::new(vec![shape.0[0], Dim::Fixed(n)])),
+                ))
             }
             "reshape" => self
                 .reshape(a, &shape, spans[0])
@@ -2116,7 +2140,10 @@ impl Elab<'_> {
                 let op = if name == "last" { Op::Last } else { Op::First };
                 Ok((
                     op,
-                    Ty::Tensor(Shape::batched(&[shape.fixed(2).unwrap_or(1)])),
+                    Ty::Tensor(Shape::new(vec![
+                        shape.0[0],
+                        Dim::Fixed(shape.fixed(2).unwrap_or(1)),
+                    ])),
                 ))
             }
             "maxpool1d" | "maxpool2d" | "avgpool1d" | "avgpool2d" => {
@@ -2144,7 +2171,7 @@ impl Elab<'_> {
                     )
                     .primary_label("padding too large"));
                 }
-                let mut dims = vec![Dim::Batch, shape.0[1]];
+                let mut dims = vec![shape.0[0], shape.0[1]];
                 for i in 0..nd {
                     let len = shape.fixed(2 + i).unwrap_or(1);
                     dims.push(Dim::Fixed(
@@ -2168,7 +2195,7 @@ impl Elab<'_> {
                 ))
             }
             "global_avgpool" | "global_maxpool" => {
-                if shape.rank() < 3 || !shape.has_batch() {
+                if shape.rank() < 3 || !self.batched(&shape) {
                     return Err(Diagnostic::error(
                         "E0302",
                         format!("`{name}` expects `[N, C, ...]` with spatial axes, found {shape}"),
@@ -2183,7 +2210,7 @@ impl Elab<'_> {
                 };
                 Ok((
                     Op::GlobalPool(kind),
-                    Ty::Tensor(Shape::new(vec![Dim::Batch, shape.0[1]])),
+                    Ty::Tensor(Shape::new(vec![shape.0[0], shape.0[1]])),
                 ))
             }
             "spp" => {
@@ -2211,12 +2238,16 @@ impl Elab<'_> {
                 };
                 let c = shape.fixed(1).unwrap_or(1);
                 let bins: u64 = levels.iter().map(|l| l * l).sum();
-                Ok((Op::Spp(levels), Ty::Tensor(Shape::batched(&[c * bins]))))
+                Ok((
+                    Op::Spp(levels),
+                    Ty::Tensor(Shape::new(vec![shape.0[0], Dim::Fixed(c * bins)])),
+                ))
             }
             "sum" | "mean" | "max" | "min" => {
                 let keepdims = a.boolean("keepdims")?;
                 let axes: Vec<usize> = match a.get("axis") {
-                    None => (1..shape.rank()).collect(),
+                    // Without an axis: every non-batch axis (every axis in unbatched mode).
+                    None => (usize::from(!self.unbatched)..shape.rank()).collect(),
                     Some(c) => {
                         let items: Vec<Const> = match &c.v {
                             CVal::List(xs) | CVal::Tuple(xs) => xs.clone(),
@@ -2333,7 +2364,7 @@ impl Elab<'_> {
                         it.span,
                     ))
                 }
-                (_, 0) => {
+                (_, 0) if !self.unbatched => {
                     return Err(Diagnostic::error(
                         "E0310",
                         "`reshape` must keep the batch dimension first",

@@ -488,8 +488,136 @@ impl Emitter<'_, '_> {
         self.b.inst_results(call)[0]
     }
 
+    /// eˣ in f32 for sigmoid and tanh: x clamped to [−87.3, 88.3] (so the result is
+    /// finite and normal), x = k·ln 2 + r with |r| ≤ ln 2 / 2 (Cody–Waite), Cephes' degree-6
+    /// polynomial for eʳ, and 2ᵏ built in the exponent bits: within 2 ulp of eˣ.
+    fn exp_clamped(&mut self, x: Value, lanes: Type) -> Value {
+        let (lo, hi) = (self.constant(-87.3, lanes), self.constant(88.3, lanes));
+        let x = self.b.ins().fmax(x, lo);
+        let x = self.b.ins().fmin(x, hi);
+        let log2e = self.constant(std::f32::consts::LOG2_E, lanes);
+        let t = self.b.ins().fmul(x, log2e);
+        let k = self.b.ins().nearest(t);
+        let (c1, c2) = (
+            self.constant(6.933594e-01, lanes),
+            self.constant(-2.1219444e-04, lanes),
+        );
+        let kc1 = self.b.ins().fmul(k, c1);
+        let r = self.b.ins().fsub(x, kc1);
+        let kc2 = self.b.ins().fmul(k, c2);
+        let r = self.b.ins().fsub(r, kc2);
+        let coeffs = [
+            1.9875691e-04,
+            1.3981999e-03,
+            8.333452e-03,
+            4.1665796e-02,
+            1.6666666e-01,
+            5.0e-01,
+        ];
+        let mut p = self.constant(coeffs[0], lanes);
+        for c in &coeffs[1..] {
+            let pr = self.b.ins().fmul(p, r);
+            let c = self.constant(*c, lanes);
+            p = self.b.ins().fadd(pr, c);
+        }
+        let r2 = self.b.ins().fmul(r, r);
+        let pr2 = self.b.ins().fmul(p, r2);
+        let one = self.constant(1.0, lanes);
+        let y = self.b.ins().fadd(pr2, r);
+        let y = self.b.ins().fadd(y, one);
+        // 2ᵏ: (k + 127) << 23 as the bits of an f32.
+        let ints = if lanes == types::F32 {
+            types::I32
+        } else {
+            types::I32X4
+        };
+        let ki = self.b.ins().fcvt_to_sint_sat(ints, k);
+        let bias = self.b.ins().iconst(types::I32, 127);
+        let bias = if lanes == types::F32 {
+            bias
+        } else {
+            self.b.ins().splat(ints, bias)
+        };
+        let e = self.b.ins().iadd(ki, bias);
+        let e = self.b.ins().ishl_imm_u(e, 23);
+        let scale = self.b.ins().bitcast(
+            lanes,
+            MemFlagsData::new().with_endianness(Endianness::Little),
+            e,
+        );
+        self.b.ins().fmul(y, scale)
+    }
+
+    /// 1 / (1 + e⁻ˣ).
+    fn sigmoid(&mut self, x: Value, lanes: Type) -> Value {
+        let nx = self.b.ins().fneg(x);
+        let e = self.exp_clamped(nx, lanes);
+        let one = self.constant(1.0, lanes);
+        let d = self.b.ins().fadd(one, e);
+        self.b.ins().fdiv(one, d)
+    }
+
+    /// tanh x: Cephes' odd polynomial below |x| = 0.625 (where 1 − 2/(e²ˣ + 1) would
+    /// cancel), else ±(1 − 2/(e^{2|x|} + 1)).
+    fn tanh(&mut self, x: Value, lanes: Type) -> Value {
+        let z = self.b.ins().fmul(x, x);
+        let coeffs = [
+            -5.7049887e-03,
+            2.063909e-02,
+            -5.3739715e-02,
+            1.3331442e-01,
+            -3.333328e-01,
+        ];
+        let mut p = self.constant(coeffs[0], lanes);
+        for c in &coeffs[1..] {
+            let pz = self.b.ins().fmul(p, z);
+            let c = self.constant(*c, lanes);
+            p = self.b.ins().fadd(pz, c);
+        }
+        let pz = self.b.ins().fmul(p, z);
+        let pzx = self.b.ins().fmul(pz, x);
+        let small = self.b.ins().fadd(pzx, x);
+        let ax = self.b.ins().fabs(x);
+        let two_ax = self.b.ins().fadd(ax, ax);
+        let e = self.exp_clamped(two_ax, lanes);
+        let one = self.constant(1.0, lanes);
+        let two = self.constant(2.0, lanes);
+        let d = self.b.ins().fadd(e, one);
+        let q = self.b.ins().fdiv(two, d);
+        let large = self.b.ins().fsub(one, q);
+        // The sign of x (fcopysign has no f32x4 lowering on x64).
+        let neg = self.b.ins().fneg(large);
+        let zero = self.constant(0.0, lanes);
+        let below = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
+        let large = self.choose(below, neg, large, lanes);
+        let limit = self.constant(0.625, lanes);
+        let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, limit);
+        self.choose(is_small, small, large, lanes)
+    }
+
+    /// 4·e/(1 + e)² with e = e^{−k|x|}: sigmoid's derivative for k = 1 (as e/(1 + e)²),
+    /// tanh's for k = 2 — without the cancellation of σ(1 − σ) or 1 − tanh².
+    fn bell(&mut self, x: Value, k: f32, scale: f32, lanes: Type) -> Value {
+        let ax = self.b.ins().fabs(x);
+        let kk = self.constant(-k, lanes);
+        let t = self.b.ins().fmul(ax, kk);
+        let e = self.exp_clamped(t, lanes);
+        let one = self.constant(1.0, lanes);
+        let d = self.b.ins().fadd(one, e);
+        let d2 = self.b.ins().fmul(d, d);
+        let c = self.constant(scale, lanes);
+        let num = self.b.ins().fmul(e, c);
+        self.b.ins().fdiv(num, d2)
+    }
+
     fn map(&mut self, f: Func, x: Value, lanes: Type) -> Value {
         match f {
+            Func::Sigmoid => self.sigmoid(x, lanes),
+            Func::Tanh => self.tanh(x, lanes),
+            Func::Silu => {
+                let s = self.sigmoid(x, lanes);
+                self.b.ins().fmul(x, s)
+            }
             Func::Neg => self.b.ins().fneg(x),
             Func::Abs => self.b.ins().fabs(x),
             Func::Sqrt => self.b.ins().sqrt(x),
@@ -534,6 +662,18 @@ impl Emitter<'_, '_> {
             }
             Func::Abs => self.sign(x, lanes),
             Func::Sign | Func::Step => return self.constant(0.0, lanes),
+            Func::Sigmoid => self.bell(x, 1.0, 1.0, lanes),
+            Func::Tanh => self.bell(x, 2.0, 4.0, lanes),
+            // silu' = σ(x)·(1 + x·σ(−x)).
+            Func::Silu => {
+                let s = self.sigmoid(x, lanes);
+                let nx = self.b.ins().fneg(x);
+                let rest = self.sigmoid(nx, lanes);
+                let xr = self.b.ins().fmul(x, rest);
+                let one = self.constant(1.0, lanes);
+                let d = self.b.ins().fadd(one, xr);
+                self.b.ins().fmul(s, d)
+            }
             other => self.call(self.funcs.deriv, other, x),
         };
         self.b.ins().fmul(g, d)
@@ -642,6 +782,9 @@ fn inline_map(f: Func) -> bool {
             | Func::LeakyRelu(_)
             | Func::Step
             | Func::Sign
+            | Func::Sigmoid
+            | Func::Tanh
+            | Func::Silu
     )
 }
 
@@ -656,5 +799,8 @@ fn inline_grad(f: Func) -> bool {
             | Func::Abs
             | Func::Sign
             | Func::Step
+            | Func::Sigmoid
+            | Func::Tanh
+            | Func::Silu
     )
 }

@@ -167,15 +167,21 @@ pub fn lower_model(m: &CheckedModel, mode: Mode) -> Graph {
                 BinOp::MatMul => {
                     // Per-sample NumPy semantics: vectors become 1×k rows or k×1 columns.
                     let (sa, sb) = (b.shape(args[0]).clone(), b.shape(args[1]).clone());
-                    let a = if sa.rank() == 2 {
-                        b.reshape(args[0], Shape::new(vec![sa.0[0], Dim::Fixed(1), sa.0[1]]))
-                    } else {
-                        args[0]
+                    // Without a batch (the REPL's unbatched mode) it is plain NumPy
+                    // `matmul`: a vector is a row on the left, a column on the right.
+                    let a = match (sa.rank(), sa.has_batch()) {
+                        (2, true) => {
+                            b.reshape(args[0], Shape::new(vec![sa.0[0], Dim::Fixed(1), sa.0[1]]))
+                        }
+                        (1, false) => b.reshape(args[0], Shape::new(vec![Dim::Fixed(1), sa.0[0]])),
+                        _ => args[0],
                     };
-                    let c = if sb.rank() == 2 {
-                        b.reshape(args[1], Shape::new(vec![sb.0[0], sb.0[1], Dim::Fixed(1)]))
-                    } else {
-                        args[1]
+                    let c = match (sb.rank(), sb.has_batch()) {
+                        (2, true) => {
+                            b.reshape(args[1], Shape::new(vec![sb.0[0], sb.0[1], Dim::Fixed(1)]))
+                        }
+                        (1, false) => b.reshape(args[1], Shape::new(vec![sb.0[0], Dim::Fixed(1)])),
+                        _ => args[1],
                     };
                     let y = b.batch_matmul(a, c, false, false);
                     b.reshape(y, out)

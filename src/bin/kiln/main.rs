@@ -12,6 +12,7 @@ use std::process::ExitCode;
 mod bench;
 mod plot;
 mod progress;
+mod repl;
 mod run;
 
 /// Kiln: a declarative model-definition compiler.
@@ -90,6 +91,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Draw the loss and accuracy curves of a `--report` file to SVG or PNG.
     Plot(plot::PlotArgs),
+    /// An interactive session: evaluate tensors, layers and models as you type them.
+    Repl {
+        /// A model file to load first.
+        file: Option<PathBuf>,
+    },
     /// Explain a diagnostic code (`kiln explain E0301`); without a code, list them all.
     Explain {
         /// A code like E0301 or W0003, or a lint name.
@@ -191,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ir(a) => run::ir(a),
         Command::Bench(a) => bench::bench(a),
         Command::Plot(a) => plot::run(a),
+        Command::Repl { file } => repl::run(file),
         Command::Check {
             files,
             format,
