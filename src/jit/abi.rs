@@ -29,6 +29,8 @@ pub struct KernelEnv<'g> {
     pub graph: &'g Graph,
     /// Element counts of every node's buffer.
     pub sizes: &'g [usize],
+    /// Dimensions of every node for this batch size.
+    pub dims: &'g [Vec<usize>],
     /// The first error a kernel met (reported after the call returns).
     pub error: RefCell<Option<String>>,
     /// Threads a kernel may use.
@@ -60,7 +62,7 @@ extern "C" fn kiln_kernel(ctx: *const Ctx, node: i64) {
         .map(|&a| unsafe { std::slice::from_raw_parts(bufs[a], env.sizes[a]) })
         .collect();
     let out = unsafe { std::slice::from_raw_parts_mut(bufs[n], env.sizes[n]) };
-    if let Err(e) = kernel::run(env.graph, n, &args, out, batch, env.threads) {
+    if let Err(e) = kernel::run(env.graph, n, &args, out, (batch, env.dims), env.threads) {
         env.error.borrow_mut().get_or_insert(e);
     }
 }
@@ -123,9 +125,13 @@ extern "C" fn kiln_derivative(code: i32, p: f32, x: f32) -> f32 {
     derivative(func_of(code, p), f64::from(x)) as f32
 }
 
-/// Products of fewer multiply-adds than this run on one thread: splitting them costs more
-/// than it saves.
-const PARALLEL_MACS: usize = 1 << 18;
+/// Products of fewer multiply-adds than this, or with an output side shorter than
+/// [`PARALLEL_SIDE`], run on one thread: splitting them costs more than it saves
+/// (measured on lenet and mlp_bn_dropout, which ran slower on two threads with 2¹⁸ and no
+/// side limit).
+const PARALLEL_MACS: usize = 1 << 21;
+/// See [`PARALLEL_MACS`].
+const PARALLEL_SIDE: usize = 32;
 
 /// `dst[m×n] = a · b` where `a` is m×k and `b` is k×n, each given as a slice with row and
 /// column strides (so transposes cost nothing), computed by the `gemm` crate on up to
@@ -145,7 +151,7 @@ pub fn gemm(
     b_cs: usize,
     threads: usize,
 ) {
-    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MACS {
+    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MACS && m.min(n) >= PARALLEL_SIDE {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None

@@ -4,7 +4,7 @@
 //! `gemm` crate on the buffers above; the others share the interpreter's implementation.
 
 use super::layers::{self, ConvPart};
-use crate::interp::{self, dims, Env};
+use crate::interp::{self, Env};
 use crate::ir::{Dim, Graph, Op, Reduce};
 use ndarray::{ArrayD, IxDyn};
 use std::collections::HashMap;
@@ -71,7 +71,7 @@ fn gemv_rows(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize
 /// has none (the interpreter's implementation runs instead).
 fn layer_kernel(
     op: &Op,
-    d: &[Vec<usize>],
+    d: &[&[usize]],
     a: &[&[f32]],
     od: &[usize],
     out: &mut [f32],
@@ -81,21 +81,18 @@ fn layer_kernel(
         layers::conv(part, geom, dims, [a[0], a[1]], out, threads)
     };
     match op {
-        Op::Conv(geom) => conv(ConvPart::Forward, [&d[0], &d[1], od], out, geom),
-        Op::ConvGradInput(geom) => conv(ConvPart::Input, [od, &d[1], &d[0]], out, geom),
-        Op::ConvGradWeight(geom) => conv(ConvPart::Weight, [&d[0], od, &d[1]], out, geom),
-        Op::Pool(p) => layers::pool(p, &d[0], od, a[0], None, out),
-        Op::PoolGrad(p) => layers::pool(p, &d[0], &d[1], a[0], Some(a[1]), out),
+        Op::Conv(geom) => conv(ConvPart::Forward, [d[0], d[1], od], out, geom),
+        Op::ConvGradInput(geom) => conv(ConvPart::Input, [od, d[1], d[0]], out, geom),
+        Op::ConvGradWeight(geom) => conv(ConvPart::Weight, [d[0], od, d[1]], out, geom),
+        Op::Pool(p) => layers::pool(p, d[0], od, a[0], None, out),
+        Op::PoolGrad(p) => layers::pool(p, d[0], d[1], a[0], Some(a[1]), out),
         Op::Gather => layers::gather(d[0][0], d[0][1], a[1], a[0], false, out)?,
         Op::GatherGrad => layers::gather(od[0], od[1], a[0], a[1], true, out)?,
         Op::Noise { dist, seed, salt } => layers::noise(*dist, *seed, *salt, a[0][0], out),
-        Op::Slice { axis, start, len } => layers::slice(&d[0], *axis, *start, *len, a[0], out),
+        Op::Slice { axis, start, len } => layers::slice(d[0], *axis, *start, *len, a[0], out),
         Op::SliceGrad { axis, start } => layers::slice_grad(od, *axis, *start, a[0], out),
-        Op::Concat(axis) => {
-            let pd: Vec<&[usize]> = d.iter().map(|v| v.as_slice()).collect();
-            layers::concat(&pd, *axis, a, od, out)
-        }
-        Op::BroadcastTo => layers::broadcast(&d[0], a[0], od, out),
+        Op::Concat(axis) => layers::concat(d, *axis, a, od, out),
+        Op::BroadcastTo => layers::broadcast(d[0], a[0], od, out),
         Op::Reduce { kind, axes, .. } => {
             let (mean, select) = match kind {
                 Reduce::Sum => (false, None),
@@ -103,11 +100,39 @@ fn layer_kernel(
                 Reduce::Max => (false, Some(true)),
                 Reduce::Min => (false, Some(false)),
             };
-            layers::reduce(&d[0], axes, a[0], mean, select, out)
+            layers::reduce(d[0], axes, a[0], mean, select, out)
         }
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// `Σ a·b` with eight partial sums, so the loop vectorizes.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `out[m×n] = x[m×k] · w[n×k]ᵀ`: each output a dot product of two contiguous rows.
+fn gemv_rows_t(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
+    for r in 0..m {
+        let xr = &x[r * k..(r + 1) * k];
+        for (j, o) in out[r * n..(r + 1) * n].iter_mut().enumerate() {
+            *o = dot(xr, &w[j * k..(j + 1) * k]);
+        }
+    }
 }
 
 /// Computes node `n` of `g` from its argument buffers into `out`.
@@ -116,7 +141,7 @@ pub fn run(
     n: usize,
     args: &[&[f32]],
     out: &mut [f32],
-    batch: usize,
+    (batch, dims): (usize, &[Vec<usize>]),
     threads: usize,
 ) -> Result<(), String> {
     let node = &g.nodes[n];
@@ -129,6 +154,10 @@ pub fn run(
         let ((m, k), (k2, cols)) = (as2(0), as2(1));
         if !ta && !tb && m <= GEMV_ROWS && k == k2 {
             gemv_rows(args[0], args[1], out, m, k, cols);
+            return Ok(());
+        }
+        if !ta && tb && m <= GEMV_ROWS && k == cols {
+            gemv_rows_t(args[0], args[1], out, m, k, k2);
             return Ok(());
         }
         if m * k * cols <= TINY_MACS {
@@ -148,13 +177,9 @@ pub fn run(
         );
         return Ok(());
     }
-    let arg_dims: Vec<Vec<usize>> = node
-        .args
-        .iter()
-        .map(|&a| dims(&g.nodes[a].shape, batch))
-        .collect();
-    let out_dims = dims(&node.shape, batch);
-    if layer_kernel(&node.op, &arg_dims, args, &out_dims, out, threads)? {
+    let arg_dims: Vec<&[usize]> = node.args.iter().map(|&a| dims[a].as_slice()).collect();
+    let out_dims = &dims[n];
+    if layer_kernel(&node.op, &arg_dims, args, out_dims, out, threads)? {
         return Ok(());
     }
     if let Op::SumTo = node.op {
@@ -171,7 +196,7 @@ pub fn run(
         if core.len() <= src.len() && src[src.len() - core.len()..] == core[..] {
             sum_rows(args[0], out, out.len());
         } else {
-            layers::sum_to(&arg_dims[0], args[0], &out_dims, out);
+            layers::sum_to(arg_dims[0], args[0], out_dims, out);
         }
         return Ok(());
     }
@@ -190,7 +215,7 @@ pub fn run(
         hyper: &hyper,
         batch,
     };
-    let v = interp::eval(&node.op, &refs, &out_dims, &env).map_err(|e| e.0)?;
+    let v = interp::eval(&node.op, &refs, out_dims, &env).map_err(|e| e.0)?;
     let v = v.as_standard_layout();
     let src = v.as_slice().ok_or("non-contiguous kernel result")?;
     if src.len() != out.len() {

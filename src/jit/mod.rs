@@ -34,6 +34,8 @@ struct Entry {
 
 /// Where each node's values live for one batch size.
 struct Layout {
+    /// Dimensions of every node.
+    dims: Vec<Vec<usize>>,
     /// Element count of every node.
     sizes: Vec<usize>,
     /// Arena offset of every node that has its own buffer (usize::MAX otherwise).
@@ -54,11 +56,12 @@ impl Layout {
         batch: usize,
     ) -> Layout {
         let n = g.nodes.len();
-        let sizes: Vec<usize> = g
+        let all: Vec<Vec<usize>> = g
             .nodes
             .iter()
-            .map(|node| dims(&node.shape, batch).iter().product())
+            .map(|node| dims(&node.shape, batch))
             .collect();
+        let sizes: Vec<usize> = all.iter().map(|d| d.iter().product()).collect();
         let mut offsets = vec![usize::MAX; n];
         let mut total = 0usize;
         for (i, k) in plan.kinds.iter().enumerate() {
@@ -119,6 +122,7 @@ impl Layout {
             }
         }
         Layout {
+            dims: all,
             sizes,
             offsets,
             total,
@@ -238,6 +242,7 @@ impl Jit {
         let entry = self.entry(g, roots, batch)?;
         let layout = &entry.layouts[&batch];
         let (sizes, offsets, total) = (&layout.sizes, &layout.offsets, layout.total);
+        let node_dims = &layout.dims;
         if arena.len() < total {
             arena.resize(total, 0.0);
         }
@@ -289,6 +294,7 @@ impl Jit {
         let env = abi::KernelEnv {
             graph: g,
             sizes,
+            dims: node_dims,
             error: Default::default(),
             threads,
         };
