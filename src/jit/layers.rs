@@ -169,6 +169,21 @@ pub fn pool(
     grad: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    if let (PoolKind::Max, [n, c, h, w], [_, _, oh, ow], Windows::Regular { k, stride, pad, .. }) =
+        (p.kind, xd, yd, &p.windows)
+    {
+        if k == stride && pad.iter().all(|&q| q == 0) {
+            let plane = Tiling {
+                h: *h,
+                w: *w,
+                oh: *oh,
+                ow: *ow,
+                kh: k[0],
+                kw: k[1],
+            };
+            return max_tiles(&plane, n * c, x, grad, out);
+        }
+    }
     let (rows, cols) = pool_windows(p, xd, yd);
     let (h, w) = match xd {
         [_, _, w] => (1, *w),
@@ -254,6 +269,62 @@ pub fn pool(
                     },
                 }
                 o += 1;
+            }
+        }
+    }
+}
+
+/// A 2-d max pooling whose windows tile the input (stride = window, no padding).
+struct Tiling {
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+}
+
+/// Max pooling over non-overlapping windows, one output row at a time (or its VJP when
+/// `grad` is given): the same first-NaN-else-first-largest choice as the general code.
+fn max_tiles(t: &Tiling, planes: usize, x: &[f32], grad: Option<&[f32]>, out: &mut [f32]) {
+    let mut best = vec![f32::NEG_INFINITY; t.ow];
+    let mut at = vec![usize::MAX; t.ow];
+    if grad.is_some() {
+        out.fill(0.0);
+    }
+    for plane in 0..planes {
+        let base = plane * t.h * t.w;
+        for oy in 0..t.oh {
+            // Each window starts at its first element; the others replace it without
+            // branches (relu outputs make the comparisons unpredictable).
+            let first = base + oy * t.kh * t.w;
+            for ox in 0..t.ow {
+                best[ox] = x[first + ox * t.kw];
+                at[ox] = first + ox * t.kw;
+            }
+            for ky in 0..t.kh {
+                let start = base + (oy * t.kh + ky) * t.w;
+                let row = &x[start..start + t.ow * t.kw];
+                for (ox, window) in row.chunks_exact(t.kw).enumerate() {
+                    for (kx, &v) in window.iter().enumerate().skip(usize::from(ky == 0)) {
+                        let m = best[ox];
+                        let take = (v > m) | (v.is_nan() & !m.is_nan());
+                        best[ox] = if take { v } else { m };
+                        if grad.is_some() {
+                            let i = start + ox * t.kw + kx;
+                            at[ox] = if take { i } else { at[ox] };
+                        }
+                    }
+                }
+            }
+            let o = (plane * t.oh + oy) * t.ow;
+            match grad {
+                None => out[o..o + t.ow].copy_from_slice(&best),
+                Some(g) => {
+                    for (&i, &gv) in at.iter().zip(&g[o..o + t.ow]) {
+                        out[i] += gv;
+                    }
+                }
             }
         }
     }
