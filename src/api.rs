@@ -140,6 +140,8 @@ struct Shared {
     jit: Mutex<Jit>,
     /// Training graphs by seed (the seed only matters with dropout or rrelu noise).
     graphs: Mutex<HashMap<u64, Arc<Graph>>>,
+    /// The training graph draws noise, so it depends on the seed.
+    noisy: bool,
 }
 
 /// A checked and lowered model, ready for sessions. Cheap to clone.
@@ -192,9 +194,16 @@ fn finish(mut sources: Sources, id: crate::span::FileId) -> Result<Model, Diagno
         .train(&m.name)
         .cloned()
         .unwrap_or_else(|| TrainConfig::defaults(&m.name, m.span));
+    let program = rt::prepare(m);
+    let noisy = program
+        .train_forward(cfg.seed)
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, crate::ir::Op::Noise { .. }));
     Ok(Model {
         shared: Arc::new(Shared {
-            program: Arc::new(rt::prepare(m)),
+            program: Arc::new(program),
+            noisy,
             cfg,
             sources,
             jit: Mutex::new(Jit::new()),
@@ -270,12 +279,7 @@ impl Model {
         let p = &self.shared.program;
         let graph = {
             // Without noise nodes the training graph does not depend on the seed.
-            let noisy = p
-                .train_forward(seed)
-                .nodes
-                .iter()
-                .any(|n| matches!(n.op, crate::ir::Op::Noise { .. }));
-            let key = if noisy { seed } else { 0 };
+            let key = if self.shared.noisy { seed } else { 0 };
             let mut graphs = self
                 .shared
                 .graphs

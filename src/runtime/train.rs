@@ -484,8 +484,26 @@ impl Run {
 
     /// One training step on a batch (standardized already, if the run standardizes) at
     /// the learning rate of the current epoch. A loss that is not finite rolls the state
-    /// back to before the step and returns the diagnostic naming the operation.
+    /// back to before the step and returns the diagnostic naming the operation (this keeps
+    /// a copy of the state from before each step; [`Run::fit`] keeps one per epoch).
     pub fn step_batch(
+        &mut self,
+        backend: &mut dyn Backend,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+    ) -> Result<StepResult, RuntimeError> {
+        self.snapshot();
+        let r = self.raw_step(backend, inputs, targets)?;
+        if r.objective.is_finite() {
+            return Ok(r);
+        }
+        self.step -= 1;
+        self.restore_snapshot();
+        Err(self.diverged(inputs, targets, r.objective))
+    }
+
+    /// A step without any check.
+    fn raw_step(
         &mut self,
         backend: &mut dyn Backend,
         inputs: &[ArrayD<f32>],
@@ -494,30 +512,40 @@ impl Run {
         let lr = self.learning_rate();
         self.step += 1;
         let h = hyper(&self.cfg.optimizer, self.cfg.clip, lr, self.step);
-        let prev = match &mut self.prev {
-            Some(p) => {
-                p.clone_from(&self.state);
-                p
-            }
-            None => self.prev.insert(self.state.clone()),
-        };
-        let r = backend.step(&self.train_graph, &mut self.state, inputs, targets, &h)?;
-        if r.objective.is_finite() {
-            return Ok(r);
+        Ok(backend.step(&self.train_graph, &mut self.state, inputs, targets, &h)?)
+    }
+
+    /// Copies the state into the snapshot (reusing its allocation).
+    fn snapshot(&mut self) {
+        match &mut self.prev {
+            Some(p) => p.clone_from(&self.state),
+            None => self.prev = Some(self.state.clone()),
         }
-        let origin = trace::trace(&self.train_graph, prev, inputs, targets, &h);
-        std::mem::swap(&mut self.state, prev);
-        Err(RuntimeError::Diverged(Box::new(trace::diverged(
+    }
+
+    fn restore_snapshot(&mut self) {
+        if let Some(p) = &self.prev {
+            self.state.clone_from(p);
+        }
+    }
+
+    /// The diagnostic of the step after `self.step`, whose loss was `loss`, replayed on
+    /// the interpreter from the current state (the state before that step).
+    fn diverged(&self, inputs: &[ArrayD<f32>], targets: &[ArrayD<f32>], loss: f64) -> RuntimeError {
+        let lr = self.learning_rate();
+        let h = hyper(&self.cfg.optimizer, self.cfg.clip, lr, self.step + 1);
+        let origin = trace::trace(&self.train_graph, &self.state, inputs, targets, &h);
+        RuntimeError::Diverged(Box::new(trace::diverged(
             &self.train_graph,
             &origin,
-            r.objective,
+            loss,
             self.epoch + 1,
-            self.step,
+            self.step + 1,
             lr,
             self.cfg.clip.is_some(),
             self.cfg.span,
             self.checkpoint.as_deref().filter(|p| p.exists()),
-        ))))
+        )))
     }
 
     /// The learning rate of the current epoch (after the schedule).
@@ -607,9 +635,26 @@ impl Run {
             let batches = order.len().div_ceil(batch.max(1));
             let mut seen = 0;
             let mut last = None;
+            // One copy of the state per epoch: a step whose loss is not finite is found
+            // again by replaying the epoch's steps from it (they are deterministic).
+            self.snapshot();
+            let first_step = self.step;
+            let mut before_last = None;
             for (k, chunk) in order.chunks(batch.max(1)).enumerate() {
                 let b = train.select(chunk);
-                let r = self.step_batch(backend, &b.inputs, &b.targets)?;
+                if self.diagnose && k + 1 == batches {
+                    before_last = Some(self.state.clone());
+                }
+                let r = self.raw_step(backend, &b.inputs, &b.targets)?;
+                if !r.objective.is_finite() {
+                    self.restore_snapshot();
+                    self.step = first_step;
+                    for c in order.chunks(batch.max(1)).take(k) {
+                        let replay = train.select(c);
+                        self.raw_step(backend, &replay.inputs, &replay.targets)?;
+                    }
+                    return Err(self.diverged(&b.inputs, &b.targets, r.objective));
+                }
                 total += r.loss * chunk.len() as f64;
                 seen += chunk.len();
                 observer.step(&StepProgress {
@@ -631,7 +676,7 @@ impl Run {
                         &self.train_graph,
                         backend,
                         &self.state,
-                        self.prev.as_ref(),
+                        before_last.as_ref(),
                         &b.inputs,
                         &b.targets,
                         &h,
