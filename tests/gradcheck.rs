@@ -16,6 +16,7 @@ use kiln::check::train::{Clip, Optimizer};
 use kiln::check::{check_file, LintLevels};
 use kiln::interp::{self, Env};
 use kiln::ir::build::Builder;
+use kiln::ir::op::{Cell, Recurrence};
 use kiln::ir::{
     Binary, ConvGeom, DType, Dim, Func, Graph, Hyper, LossKind, NodeId, Op, Param, Pool, PoolKind,
     Reduce, Shape, Slot, Tensor, Windows,
@@ -1884,6 +1885,154 @@ fn recurrent_models_of_one_time_step() {
         layer_model_gradcheck(&mut f, layers, &layer_model(input, layers), &mut r);
     }
     f.done("recurrent models of one step");
+}
+
+/// The fused recurrence on its own, its three arguments trainable, the objective weighing
+/// every block of the reserve (state, previous state, cell state, gates): the VJP of the
+/// whole reserve, not only of the states a layer reads.
+#[test]
+fn recurrence_op_every_cell_direction_and_length() {
+    let mut r = rng(50);
+    let mut f = Failures::default();
+    let hidden = 2;
+    for cell in [Cell::RnnTanh, Cell::RnnRelu, Cell::Lstm, Cell::Gru] {
+        for reverse in [false, true] {
+            for t in [1, 3] {
+                for batch in [1, 3] {
+                    let rec = Recurrence {
+                        cell,
+                        hidden,
+                        reverse,
+                    };
+                    let gh = (cell.gates() * hidden) as u64;
+                    let mut p = Problem::new(batch);
+                    let sx = bt(&[t, gh]);
+                    let xv = uniform(&mut r, &p.dims(&sx), -1.5, 1.5);
+                    let xw = p.param("xw", &sx, xv, true);
+                    let sw = fx(&[gh, hidden as u64]);
+                    let w = p.param("w_hh", &sw, uniform(&mut r, &p.dims(&sw), -0.8, 0.8), true);
+                    let sb = fx(&[gh]);
+                    let bias = p.param("b_hh", &sb, uniform(&mut r, &p.dims(&sb), -0.5, 0.5), true);
+                    let y = p.builder().recurrence(rec, xw, w, bias);
+                    p.weigh(y, &mut r);
+                    f.check(
+                        &p,
+                        &format!("recurrence {rec} over {t} steps (batch {batch})"),
+                    );
+                }
+            }
+        }
+    }
+    f.done("recurrence");
+}
+
+/// The reserve's layout: each step's `h_prev` block is the `h` block of the step run
+/// before it (zero at the first), and the layer's states are its `h` blocks.
+#[test]
+fn recurrence_reserve_chains_the_states() {
+    let mut r = rng(51);
+    let (t, hidden) = (4usize, 3usize);
+    for cell in [Cell::RnnTanh, Cell::RnnRelu, Cell::Lstm, Cell::Gru] {
+        for reverse in [false, true] {
+            let rec = Recurrence {
+                cell,
+                hidden,
+                reverse,
+            };
+            let gh = (cell.gates() * hidden) as u64;
+            let mut p = Problem::new(2);
+            let sx = bt(&[t as u64, gh]);
+            let xv = uniform(&mut r, &p.dims(&sx), -1.5, 1.5);
+            let xw = p.param("xw", &sx, xv, true);
+            let sw = fx(&[gh, hidden as u64]);
+            let w = p.param("w_hh", &sw, uniform(&mut r, &p.dims(&sw), -0.8, 0.8), true);
+            let sb = fx(&[gh]);
+            let bias = p.param("b_hh", &sb, uniform(&mut r, &p.dims(&sb), -0.5, 0.5), true);
+            let y = p.builder().recurrence(rec, xw, w, bias);
+            let v = p.value(y, &p.params).expect("runs");
+            let rw = cell.reserve() * hidden;
+            assert_eq!(v.shape(), &[2, t, rw], "{rec}");
+            for b in 0..2 {
+                for step in 0..t {
+                    let before = if reverse {
+                        step + 1
+                    } else {
+                        step.wrapping_sub(1)
+                    };
+                    for k in 0..hidden {
+                        let hp = v[[b, step, hidden + k]];
+                        let want = if before < t { v[[b, before, k]] } else { 0.0 };
+                        assert_eq!(hp, want, "{rec}: h_prev of step {step}, row {b}");
+                        if cell != Cell::RnnRelu {
+                            assert!(v[[b, step, k]].abs() > 0.0, "{rec}: a state is exactly 0");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Layer models that lower to the fused recurrence in the combinations the other cases
+/// leave out (relu sequences in both directions, single steps of every cell, odd
+/// batches); and the lowering itself: one recurrence per direction whatever T, and one
+/// VJP of it per direction in the training graph.
+#[test]
+fn recurrent_models_fused_one_op_per_direction() {
+    let mut r = rng(52);
+    let mut f = Failures::default();
+    let cases = [
+        (
+            "[N, 3, 2]",
+            "rnn(2, activation: relu, bidirectional: true) |> flatten",
+            2,
+        ),
+        (
+            "[N, 3, 3]",
+            "rnn(3, bidirectional: true, sequence: false)",
+            2,
+        ),
+        ("[N, 1, 3]", "rnn(2, activation: relu, sequence: false)", 1),
+        ("[N, 1, 2]", "lstm(3) |> flatten", 1),
+        ("[N, 1, 2]", "gru(3, sequence: false)", 1),
+        (
+            "[N, 3, 2]",
+            "gru(2, bidirectional: true, sequence: false)",
+            2,
+        ),
+    ];
+    for (input, layers, dirs) in cases {
+        let src = layer_model(input, layers);
+        layer_model_gradcheck(&mut f, layers, &src, &mut r);
+        let g = lower_model(&checked_model(&src), Mode::Train { seed: SEED });
+        let count = |g: &Graph, grad: bool| {
+            g.nodes
+                .iter()
+                .filter(|n| match n.op {
+                    Op::Recurrence(_) => !grad,
+                    Op::RecurrenceGrad(_) => grad,
+                    _ => false,
+                })
+                .count()
+        };
+        assert_eq!(count(&g, false), dirs, "{layers}: recurrences");
+        let mut tg = g.clone();
+        differentiate(&mut tg);
+        assert_eq!(count(&tg, true), dirs, "{layers}: recurrence VJPs");
+        // The graph does not grow with the sequence: 3 steps or 40, the same nodes (one
+        // step needs no time slice for the last state).
+        if !input.contains(", 3, ") {
+            continue;
+        }
+        let long = layer_model(&input.replace(", 3, ", ", 40, "), layers);
+        let gl = lower_model(&checked_model(&long), Mode::Train { seed: SEED });
+        assert_eq!(
+            gl.nodes.len(),
+            g.nodes.len(),
+            "{layers}: nodes for 40 steps"
+        );
+    }
+    f.done("fused recurrent models");
 }
 
 // ---------------------------------------------------------------- optimizer steps

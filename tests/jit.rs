@@ -295,6 +295,26 @@ fn convolutions_match() {
     }
 }
 
+/// Convolutions whose column matrix is built over several chunks of the batch (an
+/// uneven last one at batch 7 and 64), and 2×2 max pooling over blocks of four windows,
+/// a tail, and odd heights and widths whose last row and column no window reads (after
+/// ReLU, so windows tie at 0 and the first element must get the gradient).
+#[test]
+fn chunked_convolutions_and_2x2_pooling_match() {
+    for (input, layers) in [
+        (
+            "[N, 3, 20, 21]",
+            "conv2d(4, 5) |> relu |> maxpool2d(2) |> conv2d(3, 3, pad: 1) |> relu |> maxpool2d(2) |> flatten",
+        ),
+        (
+            "[N, 2, 19, 40]",
+            "conv2d(5, (3, 4), stride: (1, 2), pad: (1, 1)) |> relu |> maxpool2d(2) |> flatten",
+        ),
+    ] {
+        compare(&layer_model(input, layers));
+    }
+}
+
 #[test]
 fn poolings_match() {
     for (input, layers) in [
@@ -435,4 +455,211 @@ fn recurrent_layers_match() {
         "[N, 1, 3]",
         "lstm(2, bidirectional: true, sequence: false)",
     ));
+}
+
+/// The fused recurrence's kernels with hidden sizes that fill whole vectors and leave
+/// remainders, in both directions, at batch 1 (row loops) and 7 and 64 (the GEMM).
+#[test]
+fn fused_recurrences_of_wider_cells_match() {
+    for (input, layers) in [
+        ("[N, 6, 5]", "lstm(16, bidirectional: true) |> last"),
+        ("[N, 5, 4]", "gru(9, bidirectional: true, sequence: false)"),
+        (
+            "[N, 7, 3]",
+            "rnn(8, activation: relu, bidirectional: true) |> flatten",
+        ),
+        ("[N, 4, 3]", "rnn(5, activation: relu) |> first"),
+        ("[N, 1, 4]", "gru(6, bidirectional: true) |> flatten"),
+        ("[N, 3, 4]", "lstm(5, sequence: false)"),
+    ] {
+        compare(&layer_model(input, layers));
+    }
+}
+
+/// Same inputs, same bits: the recurrence's gradients do not depend on the run or on the
+/// thread count.
+#[test]
+fn fused_recurrence_is_deterministic_across_threads() {
+    let src = layer_model(
+        "[N, 12, 6]",
+        "lstm(32, bidirectional: true, sequence: false)",
+    );
+    let (p, cfg) = program(&src);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (inputs, targets) = random_batch(&p, 48, &mut rng);
+    let run = Run::new(&p, &cfg);
+    let g = run.graph();
+    let h = rt::hyper(&cfg.optimizer, cfg.clip, 0.01, 1);
+    let grads = |threads: usize| {
+        let mut jit = Jit::with_threads(threads);
+        jit.gradients(g, &run.state, &inputs, &targets, &h).unwrap()
+    };
+    let (l1, g1) = grads(1);
+    for threads in [1, 2] {
+        let (l, gr) = grads(threads);
+        assert_eq!(l.to_bits(), l1.to_bits(), "loss, {threads} threads");
+        for ((pa, x), (pb, y)) in g1.iter().zip(&gr) {
+            assert_eq!(pa, pb);
+            let same = x
+                .iter()
+                .zip(y.iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{threads} threads: gradient of parameter {pa} differs"
+            );
+        }
+    }
+}
+
+/// Every way the JIT computes a matrix product — generated loops for tiny products (each
+/// combination of transposes), the run-time choice for GEMV-like ones (at most 4 rows
+/// inline, more through the GEMM) with its epilogue, and the library GEMM — against the
+/// interpreter, at batch sizes around the 4-row boundary.
+#[test]
+fn every_product_path_matches_the_interpreter() {
+    use kiln::ir::build::Builder;
+    use kiln::ir::{Dim, Func, Graph, Op, Param, Shape, Tensor};
+    use kiln::jit::plan::{plan, Kind};
+    let n = Dim::Batch;
+    let f = |k: u64| Dim::Fixed(k);
+    // (a's shape, b's shape, ta, tb, the plan's choice)
+    let cases = [
+        (
+            vec![f(3), f(5)],
+            vec![f(5), f(4)],
+            false,
+            false,
+            Kind::Product,
+        ),
+        (
+            vec![f(5), f(3)],
+            vec![f(5), f(4)],
+            true,
+            false,
+            Kind::Product,
+        ),
+        (
+            vec![f(3), f(5)],
+            vec![f(4), f(5)],
+            false,
+            true,
+            Kind::Product,
+        ),
+        (
+            vec![f(5), f(3)],
+            vec![f(4), f(5)],
+            true,
+            true,
+            Kind::Product,
+        ),
+        (vec![n, f(3)], vec![f(3), f(5)], false, false, Kind::Product),
+        (vec![n, f(6)], vec![f(5), f(6)], false, true, Kind::Product),
+        (vec![n, f(3)], vec![n, f(5)], true, false, Kind::Product),
+        (vec![n, f(40)], vec![f(40), f(53)], false, false, Kind::Gemv),
+        (vec![n, f(37)], vec![f(30), f(37)], false, true, Kind::Gemv),
+        (vec![n, f(40)], vec![n, f(30)], true, false, Kind::Kernel),
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for (sa, sb, ta, tb, kind) in cases {
+        let mut g = Graph::default();
+        let x = g.push(
+            Op::Input(0),
+            vec![],
+            Shape::new(sa.clone()),
+            DType::F32,
+            None,
+            "a",
+        );
+        g.inputs.push(Tensor {
+            name: "a".into(),
+            shape: Shape::new(sa.clone()),
+            dtype: DType::F32,
+        });
+        // The second operand is an input when it has the batch, else a parameter.
+        let batched = sb.contains(&n);
+        let w = if batched {
+            g.inputs.push(Tensor {
+                name: "b".into(),
+                shape: Shape::new(sb.clone()),
+                dtype: DType::F32,
+            });
+            g.push(
+                Op::Input(1),
+                vec![],
+                Shape::new(sb.clone()),
+                DType::F32,
+                None,
+                "b",
+            )
+        } else {
+            g.params.push(Param {
+                tensor: Tensor {
+                    name: "b".into(),
+                    shape: Shape::new(sb.clone()),
+                    dtype: DType::F32,
+                },
+                trainable: true,
+            });
+            g.push(
+                Op::Param(0),
+                vec![],
+                Shape::new(sb.clone()),
+                DType::F32,
+                None,
+                "b",
+            )
+        };
+        let mut b = Builder::new(&mut g);
+        // An epilogue: bias by column and an activation.
+        let cols = match (ta, tb) {
+            (_, false) => sb[1],
+            (_, true) => sb[0],
+        };
+        let quarter = b.constant(0.25);
+        let bias = b.broadcast_to(quarter, Shape::new(vec![cols]));
+        let y = b.matmul(x, w, ta, tb);
+        let z = b.add(y, bias);
+        let out = b.map(Func::Tanh, z);
+        let planned = plan(&g, &[out]);
+        assert_eq!(planned.kinds[y], kind, "{sa:?}·{sb:?} ta {ta} tb {tb}");
+        let fused = (kind != Kind::Kernel).then_some(out);
+        assert_eq!(
+            planned.epilogue(y),
+            fused,
+            "bias and tanh are the product's epilogue"
+        );
+        for batch in [1, 3, 4, 5, 7, 64] {
+            let gen = |s: &[Dim], rng: &mut ChaCha8Rng| {
+                let d = dims(&Shape::new(s.to_vec()), batch);
+                let v = (0..d.iter().product()).map(|_| rng.gen_range(-1.0f32..1.0));
+                ArrayD::from_shape_vec(IxDyn(&d), v.collect()).unwrap()
+            };
+            let mut inputs = vec![gen(&sa, &mut rng)];
+            let mut state = State {
+                params: vec![],
+                states: vec![],
+            };
+            if batched {
+                inputs.push(gen(&sb, &mut rng));
+            } else {
+                state.params.push(gen(&sb, &mut rng));
+            }
+            // The product itself is not a root, so its epilogue runs inside its loops.
+            let roots = [out];
+            let a = Interpreter
+                .forward(&g, &state, &inputs, &[], &roots)
+                .unwrap();
+            let j = Jit::new()
+                .forward(&g, &state, &inputs, &[], &roots)
+                .unwrap();
+            for (k, (p, q)) in a.iter().zip(&j).enumerate() {
+                close(
+                    &format!("{sa:?}·{sb:?} ta {ta} tb {tb} batch {batch} root {k}"),
+                    p,
+                    q,
+                );
+            }
+        }
+    }
 }

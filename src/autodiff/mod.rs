@@ -167,34 +167,42 @@ pub fn optimizer_update(g: &mut Graph, opt: &Optimizer) {
                 }
             }
             Optimizer::Adam { decoupled, .. } => {
-                let d = if *decoupled {
-                    grad
-                } else {
-                    coupled(&mut b, grad)
+                // The decayed gradient is built once per moment, so that each is computed
+                // inside its moment's loop instead of in a loop of its own.
+                let mut d = || {
+                    if *decoupled {
+                        grad
+                    } else {
+                        coupled(&mut b, grad)
+                    }
                 };
+                let (dm, dv) = (d(), d());
                 let (b1, b2) = (b.hyper(Hyper::Beta1), b.hyper(Hyper::Beta2));
                 let (m, v) = (state(&mut b, 0), state(&mut b, 1));
                 let m_keep = b.mul(b1, m);
                 let c1 = b.sub(one, b1);
-                let m_new = b.mul(c1, d);
+                let m_new = b.mul(c1, dm);
                 let m2 = b.add(m_keep, m_new);
                 let v_keep = b.mul(b2, v);
                 let c2 = b.sub(one, b2);
-                let d2 = b.map(Func::Square, d);
+                let d2 = b.map(Func::Square, dv);
                 let v_new = b.mul(c2, d2);
                 let v2 = b.add(v_keep, v_new);
                 updates.push((Slot::State(first_state), m2));
                 updates.push((Slot::State(first_state + 1), v2));
-                // step = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
+                // step = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps), with the scalar divisions
+                // as reciprocals computed once: one division per element, not three.
                 let (bc1, bc2, eps) = (
                     b.hyper(Hyper::Bias1),
                     b.hyper(Hyper::Bias2),
                     b.hyper(Hyper::Eps),
                 );
-                let mhat = b.div(m2, bc1);
+                let inv_bc1 = b.map(Func::Recip, bc1);
+                let mhat = b.mul(m2, inv_bc1);
                 let sv = b.map(Func::Sqrt, v2);
                 let sbc = b.map(Func::Sqrt, bc2);
-                let vhat = b.div(sv, sbc);
+                let inv_sbc = b.map(Func::Recip, sbc);
+                let vhat = b.mul(sv, inv_sbc);
                 let denom = b.add(vhat, eps);
                 b.div(mhat, denom)
             }

@@ -179,12 +179,53 @@ pub fn vjp(b: &mut Builder, n: NodeId, g: NodeId) -> Vec<Option<NodeId>> {
             let s = shape_of(b, 0);
             vec![Some(b.push(Op::GatherGrad, vec![a[1], g], s)), None]
         }
+        Op::Recurrence(r) => {
+            // Backpropagation through time gives the gate pre-activations' gradient; the
+            // weights' follow from it by one product and one sum over every step
+            // (h_prev is zero at the first step, which then adds nothing).
+            let d = b.recurrence_grad(*r, n, a[1], g);
+            let gh = r.cell.gates() * r.hidden;
+            let (dxw, dhh) = if r.cell.grad_sides() == 2 {
+                (b.slice(d, 2, 0, gh), b.slice(d, 2, gh, gh))
+            } else {
+                (d, d)
+            };
+            let h_prev = b.slice(n, 2, r.hidden, r.hidden);
+            let dw = b.matmul(dhh, h_prev, true, false);
+            let s = shape_of(b, 2);
+            vec![Some(dxw), Some(dw), Some(b.sum_to(dhh, s))]
+        }
+        Op::BatchStats => {
+            unreachable!("batch statistics are differentiated with their batchnorm")
+        }
+        Op::BatchNorm { eps } => {
+            // The closed form through the statistics (a[1] = BatchStats(a[0])): one pass
+            // for the two sums per channel, one for dx.
+            let c = shape_of(b, 2);
+            let eps = *eps;
+            let stats = b.g.nodes[a[1]].shape.clone();
+            let sums = b.push(Op::BatchNormSums { eps }, vec![a[0], a[1], g], stats);
+            let dx = b.like(
+                Op::BatchNormGrad { eps },
+                vec![a[0], a[1], a[2], sums, g],
+                a[0],
+            );
+            let mut row = |k: usize| {
+                let r = b.slice(sums, 0, k, 1);
+                b.reshape(r, c.clone())
+            };
+            let (dgamma, dbeta) = (row(0), row(1));
+            vec![Some(dx), None, Some(dgamma), Some(dbeta)]
+        }
         Op::Noise { .. } => vec![None],
         Op::MapGrad(_)
         | Op::ConvGradInput(_)
         | Op::ConvGradWeight(_)
         | Op::PoolGrad(_)
         | Op::GatherGrad
+        | Op::BatchNormSums { .. }
+        | Op::BatchNormGrad { .. }
+        | Op::RecurrenceGrad(_)
         | Op::SoftmaxGrad(_)
         | Op::LogSoftmaxGrad(_)
         | Op::SliceGrad { .. }

@@ -1,7 +1,7 @@
-//! The reference implementations of the layer operations: convolution, pooling, gather
-//! and noise, with their VJPs. Written as the textbook loops over every output element,
-//! accumulating in f64; one and two spatial axes share the code (a 1-d axis is a 2-d one
-//! of height 1).
+//! The reference implementations of the layer operations: convolution, pooling, gather,
+//! batch normalization and noise, with their VJPs. Written as the textbook loops over every
+//! output element, accumulating in f64; one and two spatial axes share the code (a 1-d
+//! axis is a 2-d one of height 1).
 
 use super::{InterpError, Real};
 use crate::ir::{ConvGeom, Noise, Pool, PoolKind, Windows};
@@ -373,30 +373,55 @@ pub fn gather_grad<T: Real>(
     array(out, acc)
 }
 
-/// The values of a noise node at training step `step`: `len` draws of the run's stream
-/// for this step and node.
-pub fn noise_values(dist: Noise, seed: u64, salt: u64, step: f64, len: usize) -> Vec<f64> {
+/// Draws per block of [`noise_each`].
+const NOISE_BLOCK: usize = 256;
+
+/// Calls `f(i, value)` for each of the `len` values of a noise node at training step
+/// `step`: draw `i` of the run's stream for this step and node is a uniform `u` in
+/// `[0, 1)` from the high 53 bits of a u64 (exactly `rand`'s `Standard` f64), then the
+/// distribution. The u64s come a block at a time (the same sequence as one by one).
+pub fn noise_each(
+    dist: Noise,
+    seed: u64,
+    salt: u64,
+    step: f64,
+    len: usize,
+    mut f: impl FnMut(usize, f64),
+) {
     let step = step.max(0.0) as u64;
     let mut rng = stream(
         seed,
         Purpose::Noise,
         step.wrapping_mul(MAX_NOISE_NODES) + salt % MAX_NOISE_NODES,
     );
-    (0..len)
-        .map(|_| {
-            let u: f64 = rng.gen();
-            match dist {
-                Noise::Dropout(p) => {
-                    if u < p {
-                        0.0
-                    } else {
-                        1.0 / (1.0 - p)
+    let mut bits = [0u64; NOISE_BLOCK];
+    for start in (0..len).step_by(NOISE_BLOCK) {
+        let block = &mut bits[..NOISE_BLOCK.min(len - start)];
+        rng.fill(block);
+        for (j, &b) in block.iter().enumerate() {
+            let u = (b >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+            f(
+                start + j,
+                match dist {
+                    Noise::Dropout(p) => {
+                        if u < p {
+                            0.0
+                        } else {
+                            1.0 / (1.0 - p)
+                        }
                     }
-                }
-                Noise::Uniform(lo, hi) => lo + (hi - lo) * u,
-            }
-        })
-        .collect()
+                    Noise::Uniform(lo, hi) => lo + (hi - lo) * u,
+                },
+            );
+        }
+    }
+}
+
+/// The values of a noise node at training step `step` (see [`noise_each`]).
+pub fn noise_values(dist: Noise, seed: u64, salt: u64, step: f64, len: usize) -> Vec<f64> {
+    let mut v = vec![0.0; len];
+    noise_each(dist, seed, salt, step, len, |i, x| v[i] = x);
+    v
 }
 
 /// A noise node's value.
@@ -412,4 +437,120 @@ pub fn noise<T: Real>(
         out,
         noise_values(dist, seed, salt, step, out.iter().product()),
     )
+}
+
+/// (N, C, P) of batch normalization's input dims `[N, C, S..]`: P elements per sample and
+/// channel, contiguous.
+pub fn channels(dims: &[usize]) -> (usize, usize, usize) {
+    (dims[0], dims[1], dims[2..].iter().product())
+}
+
+/// The channel of every element of x (dims `[N, C, S..]`), in order.
+fn channel_of(dims: &[usize]) -> impl Iterator<Item = usize> {
+    let (n, c, p) = channels(dims);
+    (0..n * c * p).map(move |i| i / p % c)
+}
+
+/// Batch statistics `[2, C]`: each channel's mean, then its biased variance.
+pub fn batch_stats<T: Real>(x: &ArrayD<T>, out: &[usize]) -> Result<ArrayD<T>, InterpError> {
+    let (n, c, p) = channels(x.shape());
+    let m = (n * p) as f64;
+    let mut mean = vec![0.0f64; c];
+    for (k, v) in channel_of(x.shape()).zip(x.iter()) {
+        mean[k] += v.f();
+    }
+    mean.iter_mut().for_each(|s| *s /= m);
+    let mut var = vec![0.0f64; c];
+    for (k, v) in channel_of(x.shape()).zip(x.iter()) {
+        var[k] += (v.f() - mean[k]).powi(2);
+    }
+    var.iter_mut().for_each(|s| *s /= m);
+    mean.extend(var);
+    array(out, mean)
+}
+
+/// Each channel's (mean, 1/√(var + eps)) from batch statistics `[2, C]`.
+fn moments<T: Real>(stats: &ArrayD<T>, eps: f64) -> Vec<(f64, f64)> {
+    let s: Vec<f64> = stats.iter().map(|v| v.f()).collect();
+    let c = s.len() / 2;
+    (0..c)
+        .map(|k| (s[k], 1.0 / (s[c + k] + eps).sqrt()))
+        .collect()
+}
+
+/// `γ·(x − mean)/√(var + eps) + β` per channel, with the statistics given.
+pub fn batchnorm<T: Real>(
+    a: [&ArrayD<T>; 4],
+    eps: f64,
+    out: &[usize],
+) -> Result<ArrayD<T>, InterpError> {
+    let [x, stats, gamma, beta] = a;
+    let mo = moments(stats, eps);
+    let (gamma, beta) = (slice(gamma)?, slice(beta)?);
+    let y = channel_of(x.shape())
+        .zip(x.iter())
+        .map(|(k, v)| gamma[k].f() * (v.f() - mo[k].0) * mo[k].1 + beta[k].f())
+        .collect();
+    array(out, y)
+}
+
+/// The sums of batch normalization's VJP `[2, C]`: Σ g·x̂, then Σ g, per channel.
+pub fn batchnorm_sums<T: Real>(
+    a: [&ArrayD<T>; 3],
+    eps: f64,
+    out: &[usize],
+) -> Result<ArrayD<T>, InterpError> {
+    let [x, stats, g] = a;
+    let mo = moments(stats, eps);
+    let c = mo.len();
+    let mut sums = vec![0.0f64; 2 * c];
+    for ((k, v), gv) in channel_of(x.shape()).zip(x.iter()).zip(g.iter()) {
+        sums[k] += gv.f() * (v.f() - mo[k].0) * mo[k].1;
+        sums[c + k] += gv.f();
+    }
+    array(out, sums)
+}
+
+/// Batch normalization's VJP w.r.t. x: `γ/√(var + eps)·(g − Σg/M − x̂·Σg·x̂/M)`.
+pub fn batchnorm_grad<T: Real>(
+    a: [&ArrayD<T>; 5],
+    eps: f64,
+    out: &[usize],
+) -> Result<ArrayD<T>, InterpError> {
+    let [x, stats, gamma, sums, g] = a;
+    let mo = moments(stats, eps);
+    let (n, c, p) = channels(x.shape());
+    let m = (n * p) as f64;
+    let (gamma, sums) = (slice(gamma)?, slice(sums)?);
+    let dx = channel_of(x.shape())
+        .zip(x.iter())
+        .zip(g.iter())
+        .map(|((k, v), gv)| {
+            let xhat = (v.f() - mo[k].0) * mo[k].1;
+            let (sgx, sg) = (sums[k].f() / m, sums[c + k].f() / m);
+            gamma[k].f() * mo[k].1 * (gv.f() - sg - xhat * sgx)
+        })
+        .collect();
+    array(out, dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The block draws are the draws of `rng.gen::<f64>()` one at a time, as before.
+    #[test]
+    fn noise_draws_are_rands_standard_f64_in_order() {
+        for (len, salt) in [(0, 0), (1, 1), (255, 2), (256, 3), (1000, 70000)] {
+            let dist = Noise::Uniform(-1.0, 3.0);
+            let got = noise_values(dist, 9, salt, 4.0, len);
+            let mut rng = stream(
+                9,
+                Purpose::Noise,
+                4 * MAX_NOISE_NODES + salt % MAX_NOISE_NODES,
+            );
+            let want: Vec<f64> = (0..len).map(|_| -1.0 + 4.0 * rng.gen::<f64>()).collect();
+            assert_eq!(got, want, "len {len}");
+        }
+    }
 }

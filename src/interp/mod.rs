@@ -4,8 +4,10 @@
 //! type once. It runs in f32 for training and in f64 for gradient checks.
 
 pub mod layers;
+pub mod loss;
+pub mod recurrent;
 
-use crate::ir::{Binary, Dim, Func, Graph, Hyper, LossKind, NodeId, Op, Reduce, Shape};
+use crate::ir::{Binary, Dim, Func, Graph, Hyper, NodeId, Op, Reduce, Shape};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice, Zip};
 use std::collections::HashMap;
 use std::fmt;
@@ -301,14 +303,19 @@ pub fn eval<T: Real>(
                 .assign(a[0]);
             r
         }
-        Op::Loss(kind) => {
-            let (loss, _) = loss_and_grad(*kind, a[0], a[1], false)?;
-            scalar(loss)
-        }
-        Op::LossGrad(kind) => {
-            let (_, grad) = loss_and_grad(*kind, a[0], a[1], true)?;
-            let g = a[2].iter().next().map_or(1.0, |v| v.f());
-            grad.mapv(|d| T::of(d * g))
+        Op::Loss(kind) | Op::LossGrad(kind) => {
+            let (p, y) = (a[0].as_standard_layout(), a[1].as_standard_layout());
+            let flat = |v: &'_ ndarray::CowArray<'_, T, IxDyn>| v.as_slice().map(<[T]>::to_vec);
+            let (p, y) = (flat(&p).unwrap_or_default(), flat(&y).unwrap_or_default());
+            let ops = loss::Operands::new(&p, a[0].shape(), &y, a[1].shape());
+            if let Op::Loss(_) = op {
+                scalar(loss::value(*kind, &ops)?)
+            } else {
+                let g = a[2].iter().next().map_or(1.0, |v| v.f());
+                let mut grad = vec![T::zero(); p.len()];
+                loss::gradient(*kind, &ops, g, &mut grad)?;
+                ArrayD::from_shape_vec(IxDyn(out), grad).map_err(|e| InterpError(e.to_string()))?
+            }
         }
         Op::Conv(geom) => layers::conv(a[0], a[1], out, geom)?,
         Op::ConvGradInput(geom) => layers::conv_grad_input(a[0], a[1], out, geom)?,
@@ -317,7 +324,15 @@ pub fn eval<T: Real>(
         Op::PoolGrad(p) => layers::pool_grad(a[0], a[1], out, p)?,
         Op::Gather => layers::gather(a[0], a[1], out)?,
         Op::GatherGrad => layers::gather_grad(a[0], a[1], out)?,
+        Op::BatchStats => layers::batch_stats(a[0], out)?,
+        Op::BatchNorm { eps } => layers::batchnorm([a[0], a[1], a[2], a[3]], *eps, out)?,
+        Op::BatchNormSums { eps } => layers::batchnorm_sums([a[0], a[1], a[2]], *eps, out)?,
+        Op::BatchNormGrad { eps } => {
+            layers::batchnorm_grad([a[0], a[1], a[2], a[3], a[4]], *eps, out)?
+        }
         Op::Noise { dist, seed, salt } => layers::noise(*dist, *seed, *salt, a[0], out)?,
+        Op::Recurrence(r) => recurrent::recurrence(a[0], a[1], a[2], out, r)?,
+        Op::RecurrenceGrad(r) => recurrent::recurrence_grad(a[0], a[1], a[2], out, r)?,
     })
 }
 
@@ -409,7 +424,7 @@ fn binary<T: Real>(op: Binary, x: T, y: T) -> T {
     })
 }
 
-fn sigmoid(x: f64) -> f64 {
+pub(crate) fn sigmoid(x: f64) -> f64 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
     } else {
@@ -517,236 +532,5 @@ pub fn derivative(f: Func, x: f64) -> f64 {
         }
         Func::Softplus => sigmoid(x),
         Func::Sign | Func::Step => 0.0,
-    }
-}
-
-/// The loss value (a mean) and, when asked, its gradient with respect to the prediction.
-/// Labels (class ids) are recognized by the target having one dimension less than the
-/// prediction, or one value per prediction for regression losses.
-pub fn loss_and_grad<T: Real>(
-    kind: LossKind,
-    pred: &ArrayD<T>,
-    target: &ArrayD<T>,
-    want_grad: bool,
-) -> Result<(f64, ArrayD<f64>), InterpError> {
-    let p: Vec<f64> = pred.iter().map(|v| v.f()).collect();
-    let y: Vec<f64> = target.iter().map(|v| v.f()).collect();
-    let mut grad = vec![0.0; p.len()];
-    let classes = *pred.shape().last().unwrap_or(&1);
-    let labels = y.len() * classes == p.len() && (target.ndim() + 1 == pred.ndim()) && classes > 0;
-    let loss = match kind {
-        LossKind::CrossEntropy(eps) => classify(
-            &p,
-            &y,
-            classes,
-            labels,
-            &mut grad,
-            |lp, q, gr| {
-                // −Σ q log softmax; gradient softmax·Σq − q.
-                let sq: f64 = q.iter().sum();
-                let mut l = 0.0;
-                for j in 0..lp.len() {
-                    l -= q[j] * lp[j];
-                    gr[j] = lp[j].exp() * sq - q[j];
-                }
-                l
-            },
-            eps,
-        )?,
-        LossKind::Focal(gamma, alpha) if labels => classify(
-            &p,
-            &y,
-            classes,
-            true,
-            &mut grad,
-            |lp, q, gr| {
-                let c = q.iter().position(|&v| v > 0.5).unwrap_or(0);
-                let (lt, t) = (lp[c], lp[c].exp());
-                let w = (1.0 - t).max(0.0);
-                let l = -alpha * w.powf(gamma) * lt;
-                // dL/dz_j = t·dL/dt · (δ_jc − p_j), since dt/dz_j = t(δ_jc − p_j), and
-                // t·dL/dt = −α·w^γ·(1 − γ·t·log t / w) with log t / w → −1 as w → 0:
-                // no NaN for confident predictions, whatever γ.
-                let ratio = if w > 0.0 { lt / w } else { -1.0 };
-                let t_dldt = -alpha * w.powf(gamma) * (1.0 - gamma * t * ratio);
-                for j in 0..lp.len() {
-                    let delta = if j == c { 1.0 } else { 0.0 };
-                    gr[j] = t_dldt * (delta - lp[j].exp());
-                }
-                l
-            },
-            0.0,
-        )?,
-        LossKind::Hinge if labels => classify(
-            &p,
-            &y,
-            classes,
-            true,
-            &mut grad,
-            |lp, q, gr| {
-                // PyTorch MultiMarginLoss: Σ_{j≠c} max(0, 1 − x_c + x_j) / K, on raw scores.
-                let c = q.iter().position(|&v| v > 0.5).unwrap_or(0);
-                let k = lp.len() as f64;
-                let mut l = 0.0;
-                for j in 0..lp.len() {
-                    if j != c {
-                        let m = 1.0 - lp[c] + lp[j];
-                        if m > 0.0 {
-                            l += m / k;
-                            gr[j] += 1.0 / k;
-                            gr[c] -= 1.0 / k;
-                        }
-                    }
-                }
-                l
-            },
-            f64::NAN,
-        )?,
-        LossKind::ZeroOne if labels => {
-            let rows = p.len() / classes;
-            let wrong = (0..rows)
-                .filter(|&r| {
-                    let row = &p[r * classes..(r + 1) * classes];
-                    let best = row
-                        .iter()
-                        .enumerate()
-                        .fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
-                    best as f64 != y[r]
-                })
-                .count();
-            wrong as f64 / rows.max(1) as f64
-        }
-        _ => {
-            if y.len() != p.len() {
-                return Err(InterpError(format!(
-                    "loss target has {} values for {} predictions",
-                    y.len(),
-                    p.len()
-                )));
-            }
-            let n = p.len().max(1) as f64;
-            let mut total = 0.0;
-            for i in 0..p.len() {
-                let (x, t) = (p[i], y[i]);
-                let (l, d) = elementwise_loss(kind, x, t);
-                total += l;
-                grad[i] = d / n;
-            }
-            total / n
-        }
-    };
-    let g = if want_grad {
-        ArrayD::from_shape_vec(IxDyn(pred.shape()), grad).map_err(|e| InterpError(e.to_string()))?
-    } else {
-        ArrayD::zeros(IxDyn(&[]))
-    };
-    Ok((loss, g))
-}
-
-/// A per-row classification loss over log-probabilities `lp` and target distribution `q`
-/// (one-hot with `smoothing` for labels); the closure returns the row's loss and writes
-/// ∂loss/∂logits. The mean is over rows. For hinge, `smoothing` is NaN: scores are passed raw.
-fn classify(
-    p: &[f64],
-    y: &[f64],
-    k: usize,
-    labels: bool,
-    grad: &mut [f64],
-    row_loss: impl Fn(&[f64], &[f64], &mut [f64]) -> f64,
-    smoothing: f64,
-) -> Result<f64, InterpError> {
-    let rows = p.len() / k.max(1);
-    let mut total = 0.0;
-    for r in 0..rows {
-        let z = &p[r * k..(r + 1) * k];
-        let raw = smoothing.is_nan();
-        let lp: Vec<f64> = if raw {
-            z.to_vec()
-        } else {
-            let m = z.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v));
-            let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-            z.iter().map(|v| v - lse).collect()
-        };
-        let eps = if raw { 0.0 } else { smoothing };
-        let q: Vec<f64> = if labels {
-            let c = y[r];
-            if c < 0.0 || c >= k as f64 || c.fract() != 0.0 {
-                return Err(InterpError(format!("class label {c} is not in 0..{k}")));
-            }
-            (0..k)
-                .map(|j| (1.0 - eps) * f64::from(u8::from(j == c as usize)) + eps / k as f64)
-                .collect()
-        } else {
-            y[r * k..(r + 1) * k]
-                .iter()
-                .map(|t| (1.0 - eps) * t + eps / k as f64)
-                .collect()
-        };
-        let mut gr = vec![0.0; k];
-        total += row_loss(&lp, &q, &mut gr);
-        for j in 0..k {
-            grad[r * k + j] = gr[j] / rows as f64;
-        }
-    }
-    Ok(total / rows.max(1) as f64)
-}
-
-/// Loss and derivative of one prediction `x` against target `t`.
-fn elementwise_loss(kind: LossKind, x: f64, t: f64) -> (f64, f64) {
-    match kind {
-        LossKind::Mae => ((x - t).abs(), apply(Func::Sign, x - t)),
-        LossKind::Mse => ((x - t).powi(2), 2.0 * (x - t)),
-        LossKind::Huber(delta) => {
-            let d = x - t;
-            if d.abs() <= delta {
-                (0.5 * d * d, d)
-            } else {
-                (delta * (d.abs() - 0.5 * delta), delta * d.signum())
-            }
-        }
-        LossKind::Exponential => {
-            let e = (-t * x).exp();
-            (e, -t * e)
-        }
-        LossKind::Hinge => {
-            let m = 1.0 - t * x;
-            if m > 0.0 {
-                (m, -t)
-            } else {
-                (0.0, 0.0)
-            }
-        }
-        LossKind::Bce => {
-            // max(x, 0) − x·t + log(1 + e^−|x|): stable for any x.
-            let l = x.max(0.0) - x * t + (-x.abs()).exp().ln_1p();
-            (l, sigmoid(x) - t)
-        }
-        LossKind::Focal(gamma, alpha) => {
-            // torchvision's sigmoid focal loss.
-            let p = sigmoid(x);
-            let pt = p * t + (1.0 - p) * (1.0 - t);
-            let at = alpha * t + (1.0 - alpha) * (1.0 - t);
-            let log_pt = t * log_sigmoid(x) + (1.0 - t) * log_sigmoid(-x);
-            let w = (1.0 - pt).max(0.0);
-            let l = -at * w.powf(gamma) * log_pt;
-            // d log_pt/dx = t − p; the modulating factor's derivative vanishes at w = 0.
-            let dptdx = (2.0 * t - 1.0) * p * (1.0 - p);
-            let modulating = if w > 0.0 {
-                gamma * w.powf(gamma - 1.0) * dptdx * log_pt
-            } else {
-                0.0
-            };
-            (l, -at * (w.powf(gamma) * (t - p) - modulating))
-        }
-        LossKind::ZeroOne => (f64::from(u8::from((x > 0.0) != (t > 0.5))), 0.0),
-        LossKind::CrossEntropy(_) => unreachable!("cross-entropy is computed per row"),
-    }
-}
-
-fn log_sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        -(-x).exp().ln_1p()
-    } else {
-        x - x.exp().ln_1p()
     }
 }

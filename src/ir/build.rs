@@ -1,6 +1,7 @@
 //! Building nodes with their shapes computed: lowering and autodiff add nodes only
 //! through these methods, so every node's shape follows one rule per operation.
 
+use super::op::Recurrence;
 use super::shape::{broadcast, Dim, Shape};
 use super::{
     Binary, ConvGeom, DType, Func, Graph, Hyper, LossKind, NodeId, Noise, Op, Pool, Reduce, Windows,
@@ -218,6 +219,61 @@ impl<'g> Builder<'g> {
         let mut dims = self.shape(ids).0.clone();
         dims.push(self.shape(table).0[1]);
         self.push(Op::Gather, vec![table, ids], Shape::new(dims))
+    }
+
+    /// The batch statistics `[2, C]` of `x` `[N, C, S..]` (see [`Op::BatchStats`]).
+    pub fn batch_stats(&mut self, x: NodeId) -> NodeId {
+        let c = self.shape(x).0[1];
+        self.push(Op::BatchStats, vec![x], Shape::new(vec![Dim::Fixed(2), c]))
+    }
+
+    /// Batch normalization of `x` with its batch statistics `stats` (see [`Op::BatchNorm`]).
+    pub fn batchnorm(
+        &mut self,
+        x: NodeId,
+        stats: NodeId,
+        gamma: NodeId,
+        beta: NodeId,
+        eps: f64,
+    ) -> NodeId {
+        self.like(Op::BatchNorm { eps }, vec![x, stats, gamma, beta], x)
+    }
+
+    /// `len` elements of `x` from `start` along `axis`.
+    pub fn slice(&mut self, x: NodeId, axis: usize, start: usize, len: usize) -> NodeId {
+        let mut dims = self.shape(x).0.clone();
+        if dims[axis] == Dim::Fixed(len as u64) {
+            return x;
+        }
+        dims[axis] = Dim::Fixed(len as u64);
+        self.push(Op::Slice { axis, start, len }, vec![x], Shape::new(dims))
+    }
+
+    /// One direction of a recurrent layer over the input projections `xw` `[N, T, G·H]`:
+    /// the reserve `[N, T, R·H]` (see [`Recurrence`]).
+    pub fn recurrence(&mut self, r: Recurrence, xw: NodeId, w_hh: NodeId, b_hh: NodeId) -> NodeId {
+        let mut dims = self.shape(xw).0.clone();
+        dims[2] = Dim::Fixed((r.cell.reserve() * r.hidden) as u64);
+        self.push(Op::Recurrence(r), vec![xw, w_hh, b_hh], Shape::new(dims))
+    }
+
+    /// The recurrence's VJP for the gradient `g` of its `reserve`: the gradient of the
+    /// gate pre-activations `[N, T, S·G·H]` (S = [`super::op::Cell::grad_sides`]).
+    pub fn recurrence_grad(
+        &mut self,
+        r: Recurrence,
+        reserve: NodeId,
+        w_hh: NodeId,
+        g: NodeId,
+    ) -> NodeId {
+        let mut dims = self.shape(reserve).0.clone();
+        let width = r.cell.grad_sides() * r.cell.gates() * r.hidden;
+        dims[2] = Dim::Fixed(width as u64);
+        self.push(
+            Op::RecurrenceGrad(r),
+            vec![reserve, w_hh, g],
+            Shape::new(dims),
+        )
     }
 
     /// Random values shaped like `like`, drawn afresh at every training step.

@@ -199,6 +199,63 @@ pub enum Noise {
     Uniform(f64, f64),
 }
 
+/// The cell of a fused recurrence, with PyTorch's equations and gate order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cell {
+    /// Elman cell: h = tanh(x·W_ihᵀ + b_ih + h·W_hhᵀ + b_hh).
+    RnnTanh,
+    /// Elman cell with relu instead of tanh.
+    RnnRelu,
+    /// LSTM, gates i, f, g, o: c = f·c + i·g, h = o·tanh(c).
+    Lstm,
+    /// GRU, gates r, z, n: n = tanh(xₙ + r·(h·W_hnᵀ + b_hn)), h = (1 − z)·n + z·h.
+    Gru,
+}
+
+impl Cell {
+    /// Gate count G: the pre-activations of a step are `[G·H]`.
+    pub fn gates(self) -> usize {
+        match self {
+            Cell::RnnTanh | Cell::RnnRelu => 1,
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+        }
+    }
+
+    /// Width of a step's reserve in units of H (see [`Recurrence`]).
+    pub fn reserve(self) -> usize {
+        match self {
+            Cell::RnnTanh | Cell::RnnRelu => 2,
+            Cell::Lstm => 7,
+            Cell::Gru => 6,
+        }
+    }
+
+    /// Width of a step's gradient in units of G·H (see [`Op::RecurrenceGrad`]): the GRU's
+    /// input and hidden sides differ in the n gate.
+    pub fn grad_sides(self) -> usize {
+        match self {
+            Cell::Gru => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// One direction of a recurrent layer over all its time steps, as one operation (the
+/// cuDNN design). Each step of the result, the "reserve" `[R·H]`, holds the new state
+/// and what the VJP needs, in blocks of H:
+/// rnn `[h, h_prev]`; lstm `[h, h_prev, c, i, f, g, o]`; gru `[h, h_prev, r, z, n, hn]`
+/// with `hn = h_prev·W_hnᵀ + b_hn`. The state before the first step is zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recurrence {
+    /// The cell.
+    pub cell: Cell,
+    /// The state size H.
+    pub hidden: usize,
+    /// Steps run from t = T − 1 down to 0.
+    pub reverse: bool,
+}
+
 /// A mutable slot the training step writes back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Slot {
@@ -308,6 +365,39 @@ pub enum Op {
     Gather,
     /// Gather's VJP w.r.t. the table; arguments (ids, g): g's rows summed per id.
     GatherGrad,
+    /// The batch statistics of batch normalization, per channel (axis 1) of x `[N, C, S..]`
+    /// over the batch and the spatial axes (M = N·ΠS elements each) → `[2, C]`: the mean
+    /// μ = Σx/M, then the biased variance σ² = Σ(x − μ)²/M.
+    BatchStats,
+    /// Batch normalization in training mode; arguments (x `[N, C, S..]`, stats `[2, C]`
+    /// = `BatchStats(x)`, γ `[C]`, β `[C]`) → γ·x̂ + β with x̂ = (x − μ)/√(σ² + eps).
+    /// Its VJP is the whole layer's, through the statistics too (so `stats` gets none):
+    /// dx = γ/√(σ² + eps)·(g − Σg/M − x̂·Σg·x̂/M), dγ = Σg·x̂, dβ = Σg.
+    BatchNorm {
+        /// Added to the variance.
+        eps: f64,
+    },
+    /// The sums of batch normalization's VJP; arguments (x, stats, g) → `[2, C]`: Σg·x̂,
+    /// then Σg (dγ and dβ).
+    BatchNormSums {
+        /// Added to the variance.
+        eps: f64,
+    },
+    /// Batch normalization's VJP w.r.t. x; arguments (x, stats, γ, sums, g), `sums` from
+    /// [`Op::BatchNormSums`] → γ/√(σ² + eps)·(g − Σg/M − x̂·Σg·x̂/M).
+    BatchNormGrad {
+        /// Added to the variance.
+        eps: f64,
+    },
+    /// A recurrent layer's direction over all steps; arguments (xw `[N, T, G·H]`, the input
+    /// projections `x·W_ihᵀ + b_ih`; w_hh `[G·H, H]`; b_hh `[G·H]`) → the reserve
+    /// `[N, T, R·H]` (see [`Recurrence`]).
+    Recurrence(Recurrence),
+    /// The recurrence's VJP (backpropagation through time); arguments (reserve, w_hh, g)
+    /// with g the gradient of the whole reserve → the gradient of the gate pre-activations
+    /// `[N, T, G·H]`, the same for xw and for `h_prev·W_hhᵀ + b_hh`; for the GRU
+    /// `[N, T, 2·G·H]`, xw's then the hidden side's.
+    RecurrenceGrad(Recurrence),
     /// Random values of the node's shape; argument: the step number. The same seed, salt
     /// and step give the same values on every backend.
     Noise {
@@ -380,6 +470,12 @@ impl fmt::Display for Op {
             Op::PoolGrad(p) => write!(f, "pool_grad {p}"),
             Op::Gather => write!(f, "gather"),
             Op::GatherGrad => write!(f, "gather_grad"),
+            Op::BatchStats => write!(f, "batch_stats"),
+            Op::BatchNorm { eps } => write!(f, "batchnorm eps={eps}"),
+            Op::BatchNormSums { eps } => write!(f, "batchnorm_sums eps={eps}"),
+            Op::BatchNormGrad { eps } => write!(f, "batchnorm_grad eps={eps}"),
+            Op::Recurrence(r) => write!(f, "recurrence {r}"),
+            Op::RecurrenceGrad(r) => write!(f, "recurrence_grad {r}"),
             Op::Noise { dist, salt, .. } => write!(f, "noise {dist:?} salt={salt}"),
         }
     }
@@ -411,5 +507,22 @@ impl fmt::Display for Pool {
             ),
             Windows::Adaptive { bins } => write!(f, "{kind} adaptive bins={bins:?}"),
         }
+    }
+}
+
+impl fmt::Display for Recurrence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cell = match self.cell {
+            Cell::RnnTanh => "rnn tanh",
+            Cell::RnnRelu => "rnn relu",
+            Cell::Lstm => "lstm",
+            Cell::Gru => "gru",
+        };
+        write!(
+            f,
+            "{cell} hidden={}{}",
+            self.hidden,
+            if self.reverse { " reverse" } else { "" }
+        )
     }
 }

@@ -5,6 +5,7 @@ use super::kernel;
 use crate::interp::{apply, derivative};
 use crate::ir::{Func, Graph};
 use cranelift_jit::JITModule;
+use smallvec::SmallVec;
 use std::cell::RefCell;
 
 /// What a generated function receives (one pointer to this).
@@ -56,7 +57,7 @@ extern "C" fn kiln_kernel(ctx: *const Ctx, node: i64) {
     let node_ref = &env.graph.nodes[n];
     // SAFETY: see above; argument slices are only read while the output is written, and
     // the output never overlaps them.
-    let args: Vec<&[f32]> = node_ref
+    let args: SmallVec<[&[f32]; 4]> = node_ref
         .args
         .iter()
         .map(|&a| unsafe { std::slice::from_raw_parts(bufs[a], env.sizes[a]) })
@@ -125,18 +126,34 @@ extern "C" fn kiln_derivative(code: i32, p: f32, x: f32) -> f32 {
     derivative(func_of(code, p), f64::from(x)) as f32
 }
 
-/// Products of fewer multiply-adds than this, or with an output side shorter than
-/// [`PARALLEL_SIDE`], run on one thread: splitting them costs more than it saves
-/// (measured on lenet and mlp_bn_dropout, which ran slower on two threads with 2¹⁸ and no
-/// side limit).
-const PARALLEL_MACS: usize = 1 << 21;
-/// See [`PARALLEL_MACS`].
-const PARALLEL_SIDE: usize = 32;
+/// Products of at least this many multiply-adds, with both output sides at least
+/// [`SPLIT_SIDE`], are computed as two halves, one per thread when there are two. Smaller
+/// ones cost more to split than they save (lenet and mlp_bn_dropout ran slower on two
+/// threads with 2¹⁸ and no side limit).
+const SPLIT_MACS: usize = 1 << 21;
+/// See [`SPLIT_MACS`].
+const SPLIT_SIDE: usize = 32;
+
+/// One block of a product's output, computed on one thread: `rows × cols` of `dst` (row
+/// stride `ld`) from the matching rows of `a` and columns of `b`.
+struct Block {
+    rows: usize,
+    cols: usize,
+    dst: *mut f32,
+    a: *const f32,
+    b: *const f32,
+}
+
+// SAFETY: a block is only sent into `rayon::join` by `gemm`, which waits for both blocks
+// before returning: the pointers stay valid for the whole call, the two blocks write
+// disjoint elements of the output, and both only read `a` and `b`.
+unsafe impl Send for Block {}
 
 /// `dst[m×n] = a · b` where `a` is m×k and `b` is k×n, each given as a slice with row and
-/// column strides (so transposes cost nothing), computed by the `gemm` crate on up to
-/// `threads` threads. Threads split the output into blocks; each element is summed in
-/// the same order whatever the thread count, so results do not depend on it.
+/// column strides (so transposes cost nothing), computed by the `gemm` crate. Large
+/// products are split into two halves of the output (along its longer side) that run on
+/// two threads when `threads` > 1 and one after the other otherwise: the split does not
+/// depend on the thread count, so neither do the results.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
@@ -151,11 +168,6 @@ pub fn gemm(
     b_cs: usize,
     threads: usize,
 ) {
-    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MACS && m.min(n) >= PARALLEL_SIDE {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
         (rows.saturating_sub(1)) * rs + (cols.saturating_sub(1)) * cs + 1
     };
@@ -165,30 +177,75 @@ pub fn gemm(
             && (k == 0 || n == 0 || b.len() >= last(k, n, b_rs, b_cs)),
         "gemm operands too short"
     );
-    // SAFETY: the assertion above keeps every element the strides address inside the
-    // slices; `dst` is a unique mutable borrow that cannot alias `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+    let whole = Block {
+        rows: m,
+        cols: n,
+        dst: dst.as_mut_ptr(),
+        a: a.as_ptr(),
+        b: b.as_ptr(),
+    };
+    let run = |blk: Block| {
+        // SAFETY: the assertion above keeps every element the strides address inside the
+        // slices, and a block's rows and columns are inside the whole product's; `dst` is
+        // a unique mutable borrow that cannot alias `a` or `b`.
+        unsafe {
+            gemm::gemm(
+                blk.rows,
+                blk.cols,
+                k,
+                blk.dst,
+                1,
+                n as isize,
+                false,
+                blk.a,
+                a_cs as isize,
+                a_rs as isize,
+                blk.b,
+                b_cs as isize,
+                b_rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    if m * n * k < SPLIT_MACS || m.min(n) < SPLIT_SIDE {
+        run(whole);
+        return;
+    }
+    // The first half a multiple of 16 long, so both keep whole register tiles.
+    let half = |len: usize| (len / 2).next_multiple_of(16).min(len);
+    let (first, second) = if n >= m {
+        let c = half(n);
+        (
+            Block { cols: c, ..whole },
+            Block {
+                cols: n - c,
+                dst: whole.dst.wrapping_add(c),
+                b: whole.b.wrapping_add(c * b_cs),
+                ..whole
+            },
+        )
+    } else {
+        let r = half(m);
+        (
+            Block { rows: r, ..whole },
+            Block {
+                rows: m - r,
+                dst: whole.dst.wrapping_add(r * n),
+                a: whole.a.wrapping_add(r * a_rs),
+                ..whole
+            },
+        )
+    };
+    if threads > 1 {
+        rayon::join(|| run(first), || run(second));
+    } else {
+        run(first);
+        run(second);
     }
 }
 
@@ -224,6 +281,15 @@ impl Compiled {
 // unmap). `func` points into that read-only, executable memory, which any thread may run;
 // the function itself keeps no state between calls (every call gets its own `Ctx`).
 unsafe impl Send for Compiled {}
+
+/// The buffer pointers of a call, kept between calls only to reuse their allocation.
+#[derive(Default)]
+pub struct Pointers(pub Vec<*mut f32>);
+
+// SAFETY: the pointers are only dereferenced (by generated code and kernels) during the
+// call that filled them, on the calling thread; between calls they are stale values that
+// are cleared, never read, before the vector is filled again.
+unsafe impl Send for Pointers {}
 
 /// Calls a generated function.
 pub fn call(func: *const u8, bufs: &[*mut f32], batch: usize, env: &KernelEnv) {

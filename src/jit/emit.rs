@@ -16,6 +16,8 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 use std::collections::HashMap;
 
+mod product;
+
 pub use abi::Compiled;
 
 /// Why compilation failed: always an internal error (a graph the checker accepted must
@@ -112,6 +114,7 @@ pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, CompileError> {
             funcs,
             hoisted: HashMap::new(),
             split: 0,
+            fma: has_fma(),
         };
         for n in 0..g.nodes.len() {
             match plan.kinds[n] {
@@ -120,6 +123,9 @@ pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, CompileError> {
                     e.b.ins().call(e.funcs.kernel, &[c, id]);
                 }
                 Kind::Loop => e.emit_loop(n),
+                Kind::Product => e.emit_product(n),
+                Kind::Gemv => e.emit_gemv(n, c),
+                Kind::ColumnSum => e.emit_column_sum(n),
                 _ => {}
             }
         }
@@ -150,6 +156,32 @@ struct Emitter<'a, 'f> {
     /// Loop-invariant operands of the current loop: scalar value and its splat.
     hoisted: HashMap<NodeId, (Value, Option<Value>)>,
     /// The current loop's first column axis: rows are the axes before it.
+    split: usize,
+    /// The machine has fused multiply-add (generated products use it).
+    fma: bool,
+}
+
+/// Whether this machine has fused multiply-add instructions (Cranelift's host flags
+/// enable them when it does).
+fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        cfg!(target_arch = "aarch64")
+    }
+}
+
+/// An elementwise loop being emitted: its node, shape, operands with how each is read,
+/// the columns per row, whether it runs on vectors, and its first column axis.
+struct LoopOf {
+    n: NodeId,
+    shape: Shape,
+    leaves: Vec<(NodeId, Access)>,
+    cols: u64,
+    simd: bool,
     split: usize,
 }
 
@@ -222,9 +254,22 @@ impl Emitter<'_, '_> {
     /// loops, per-row ones once per row; the inner loop runs on f32x4 vectors when every
     /// operation of the group has a vector form, with a scalar tail.
     fn emit_loop(&mut self, n: NodeId) {
+        let shape = &self.g.nodes[n].shape;
+        let ids = self.leaves(n);
+        let split = split_axis(shape, ids.iter().map(|&a| &self.g.nodes[a].shape));
+        let l = self.loop_setup(n, split);
+        let count = self.count(&l.shape);
+        let rows = self.b.ins().udiv_imm_u(count, l.cols as i64);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.counted(zero, rows, 1, |e, row| e.loop_row(&l, row));
+    }
+
+    /// Prepares the loop of `n` with column axes from `split`: its operands and how it
+    /// reads them; loads the loop-invariant ones.
+    fn loop_setup(&mut self, n: NodeId, split: usize) -> LoopOf {
         let shape = self.g.nodes[n].shape.clone();
         let ids = self.leaves(n);
-        self.split = split_axis(&shape, ids.iter().map(|&a| &self.g.nodes[a].shape));
+        self.split = split;
         let cols: u64 = shape.0[self.split.min(shape.rank())..]
             .iter()
             .map(|d| d.size().unwrap_or(1))
@@ -237,9 +282,6 @@ impl Emitter<'_, '_> {
         let simd = cols >= LANES
             && self.vectorizable(n)
             && leaves.iter().all(|(_, a)| *a != Access::General);
-        let count = self.count(&shape);
-        let rows = self.b.ins().udiv_imm_u(count, cols as i64);
-        let out = self.buffer(n);
         self.hoisted.clear();
         for &(leaf, access) in &leaves {
             if access == Access::Scalar {
@@ -248,40 +290,53 @@ impl Emitter<'_, '_> {
                 self.hoist(leaf, v, simd);
             }
         }
+        LoopOf {
+            n,
+            shape,
+            leaves,
+            cols,
+            simd,
+            split,
+        }
+    }
+
+    /// One row of the loop `l`: per-row operands loaded once, then the columns in f32x4
+    /// vectors and a scalar tail.
+    fn loop_row(&mut self, l: &LoopOf, row: Value) {
+        self.split = l.split;
+        let (n, shape, cols, simd) = (l.n, &l.shape, l.cols, l.simd);
+        for &(leaf, access) in &l.leaves {
+            if access == Access::Row {
+                let s = self.g.nodes[leaf].shape.clone();
+                let offset = self.row_offset(&s, shape, row);
+                let v = self.load_at(leaf, offset, types::F32);
+                self.hoist(leaf, v, simd);
+            }
+        }
+        let out = self.buffer(n);
+        let base = self.b.ins().imul_imm_u(row, cols as i64);
         let zero = self.b.ins().iconst(types::I64, 0);
         let width = self.b.ins().iconst(types::I64, cols as i64);
         let vec_end = self
             .b
             .ins()
             .iconst(types::I64, (cols - cols % LANES) as i64);
-        self.counted(zero, rows, 1, |e, row| {
-            for &(leaf, access) in &leaves {
-                if access == Access::Row {
-                    let s = e.g.nodes[leaf].shape.clone();
-                    let offset = e.row_offset(&s, &shape, row);
-                    let v = e.load_at(leaf, offset, types::F32);
-                    e.hoist(leaf, v, simd);
-                }
-            }
-            let base = e.b.ins().imul_imm_u(row, cols as i64);
-            let zero = e.b.ins().iconst(types::I64, 0);
-            let body = |e: &mut Self, col: Value, lanes: Type| {
-                let flat = e.b.ins().iadd(base, col);
-                let ix = Ix { flat, row, col };
-                let v = e.value(n, ix, &shape, true, lanes);
-                let addr = e.address(out, flat);
-                e.b.ins().store(unaligned(), v, addr, 0);
-            };
-            let tail_start = if simd {
-                e.counted(zero, vec_end, LANES as i64, |e, col| {
-                    body(e, col, types::F32X4)
-                });
-                vec_end
-            } else {
-                zero
-            };
-            e.counted(tail_start, width, 1, |e, col| body(e, col, types::F32));
-        });
+        let body = |e: &mut Self, col: Value, lanes: Type| {
+            let flat = e.b.ins().iadd(base, col);
+            let ix = Ix { flat, row, col };
+            let v = e.value(n, ix, shape, true, lanes);
+            let addr = e.address(out, flat);
+            e.b.ins().store(unaligned(), v, addr, 0);
+        };
+        let tail_start = if simd {
+            self.counted(zero, vec_end, LANES as i64, |e, col| {
+                body(e, col, types::F32X4)
+            });
+            vec_end
+        } else {
+            zero
+        };
+        self.counted(tail_start, width, 1, |e, col| body(e, col, types::F32));
     }
 
     fn hoist(&mut self, n: NodeId, v: Value, simd: bool) {
@@ -367,7 +422,7 @@ impl Emitter<'_, '_> {
                 self.widen(v, lanes)
             }
             (_, Kind::Fused) => self.compute(n, i, shape, lanes),
-            (_, Kind::Loop) if compute => self.compute(n, i, shape, lanes),
+            (_, Kind::Loop | Kind::Epilogue) if compute => self.compute(n, i, shape, lanes),
             _ => self.load(n, i, shape, lanes),
         }
     }

@@ -4,9 +4,11 @@
 //! `gemm` crate on the buffers above; the others share the interpreter's implementation.
 
 use super::layers::{self, ConvPart};
-use crate::interp::{self, Env};
+use crate::interp::layers::channels;
+use crate::interp::{self, loss, Env};
 use crate::ir::{Dim, Graph, Op, Reduce};
 use ndarray::{ArrayD, IxDyn};
+use smallvec::SmallVec;
 use std::collections::HashMap;
 
 /// Products with at most this many rows skip the GEMM (whose packing of the whole weight
@@ -88,7 +90,19 @@ fn layer_kernel(
         Op::PoolGrad(p) => layers::pool(p, d[0], d[1], a[0], Some(a[1]), out),
         Op::Gather => layers::gather(d[0][0], d[0][1], a[1], a[0], false, out)?,
         Op::GatherGrad => layers::gather(od[0], od[1], a[0], a[1], true, out)?,
+        Op::BatchStats => layers::batch_stats(channels(d[0]), a[0], out),
+        Op::BatchNorm { eps } => {
+            layers::batchnorm(channels(d[0]), [a[0], a[1], a[2], a[3]], *eps, out)
+        }
+        Op::BatchNormSums { eps } => {
+            layers::batchnorm_sums(channels(d[0]), [a[0], a[1], a[2]], *eps, out)
+        }
+        Op::BatchNormGrad { eps } => {
+            layers::batchnorm_grad(channels(d[0]), [a[0], a[1], a[2], a[3], a[4]], *eps, out)
+        }
         Op::Noise { dist, seed, salt } => layers::noise(*dist, *seed, *salt, a[0][0], out),
+        Op::Recurrence(r) => super::recurrent::forward(r, d[0], a[0], a[1], a[2], out),
+        Op::RecurrenceGrad(r) => super::recurrent::backward(r, od, a[0], a[1], a[2], out),
         Op::Slice { axis, start, len } => layers::slice(d[0], *axis, *start, *len, a[0], out),
         Op::SliceGrad { axis, start } => layers::slice_grad(od, *axis, *start, a[0], out),
         Op::Concat(axis) => layers::concat(d, *axis, a, od, out),
@@ -177,10 +191,23 @@ pub fn run(
         );
         return Ok(());
     }
-    let arg_dims: Vec<&[usize]> = node.args.iter().map(|&a| dims[a].as_slice()).collect();
+    let arg_dims: SmallVec<[&[usize]; 4]> = node.args.iter().map(|&a| dims[a].as_slice()).collect();
     let out_dims = &dims[n];
     if layer_kernel(&node.op, &arg_dims, args, out_dims, out, threads)? {
         return Ok(());
+    }
+    match node.op {
+        Op::Loss(kind) => {
+            let ops = loss::Operands::new(args[0], arg_dims[0], args[1], arg_dims[1]);
+            out[0] = loss::value(kind, &ops).map_err(|e| e.0)? as f32;
+            return Ok(());
+        }
+        Op::LossGrad(kind) => {
+            let ops = loss::Operands::new(args[0], arg_dims[0], args[1], arg_dims[1]);
+            let scale = args[2].first().map_or(1.0, |&g| f64::from(g));
+            return loss::gradient(kind, &ops, scale, out).map_err(|e| e.0);
+        }
+        _ => {}
     }
     if let Op::SumTo = node.op {
         // Summing leading dimensions away, the common case (bias gradients): the output

@@ -8,16 +8,28 @@ mod emit;
 mod kernel;
 mod layers;
 pub mod plan;
+mod recurrent;
 
 use crate::interp::dims;
-use crate::ir::{Graph, Hyper, NodeId, Op, Slot};
+use crate::ir::{Dim, Graph, Hyper, NodeId, Op, Slot};
 use crate::runtime::exec::{
     batch_of, gradient_roots, loss_nodes, scalar, write_back, Backend, LossAndGrads, RunError,
     State, StepResult,
 };
 use ndarray::{ArrayD, IxDyn};
 use plan::{Kind, Plan};
+use smallvec::SmallVec;
 use std::collections::HashMap;
+
+/// What a call is given: inputs, targets, hyperparameters, the roots wanted, the batch
+/// size.
+type Call<'a> = (
+    &'a [ArrayD<f32>],
+    &'a [ArrayD<f32>],
+    &'a HashMap<Hyper, f64>,
+    &'a [NodeId],
+    usize,
+);
 
 /// A compiled entry point.
 struct Entry {
@@ -26,10 +38,65 @@ struct Entry {
     plan: Plan,
     code: emit::Compiled,
     roots: Vec<NodeId>,
-    /// Buffer layouts by batch size.
-    layouts: HashMap<usize, Layout>,
+    /// Buffer layouts by batch size (a few; searched in order).
+    layouts: Vec<(usize, Layout)>,
     /// Updates written straight into the parameter or state they update.
     inplace: Vec<(NodeId, Slot)>,
+    /// Where each node's buffer comes from in a call.
+    sources: Vec<Source>,
+    /// The scalar nodes the caller writes into the arena before a call.
+    scalars: Vec<NodeId>,
+}
+
+/// Where a node's buffer comes from in a call (decided once per entry point).
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    /// No buffer: the node is not computed.
+    Nothing,
+    /// The arena, at the layout's offset: computed values, and the scalars the caller
+    /// writes there (hyperparameters, the batch size, constants; see [`Layout::new`]).
+    Arena,
+    Input(usize),
+    Target(usize),
+    /// A parameter or state: read, or updated in place.
+    Slot(Slot),
+    /// The buffer of another node (a reshape's source).
+    Alias(NodeId),
+}
+
+/// Whether node `i` is a scalar the caller writes into the arena (a hyperparameter, the
+/// batch size, or a constant the generated code does not inline).
+fn is_scalar(g: &Graph, plan: &Plan, i: NodeId) -> bool {
+    matches!(
+        (plan.kinds[i], &g.nodes[i].op),
+        (
+            Kind::External | Kind::Const,
+            Op::Hyper(_) | Op::BatchSize | Op::Const(_)
+        )
+    )
+}
+
+/// Decides each node's [`Source`].
+fn sources(g: &Graph, plan: &Plan, inplace: &[(NodeId, Slot)]) -> Vec<Source> {
+    g.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            if let Some((_, slot)) = inplace.iter().find(|(u, _)| *u == i) {
+                return Source::Slot(*slot);
+            }
+            match (plan.kinds[i], &n.op) {
+                (Kind::Dead, _) => Source::Nothing,
+                (_, Op::Input(k)) => Source::Input(*k),
+                (_, Op::Target(k)) => Source::Target(*k),
+                (_, Op::Param(k)) => Source::Slot(Slot::Param(*k)),
+                (_, Op::State(k)) => Source::Slot(Slot::State(*k)),
+                (Kind::Alias, _) => Source::Alias(n.args[0]),
+                _ if plan.owns_buffer(i) || is_scalar(g, plan, i) => Source::Arena,
+                _ => Source::Nothing,
+            }
+        })
+        .collect()
 }
 
 /// Where each node's values live for one batch size.
@@ -64,15 +131,9 @@ impl Layout {
         let sizes: Vec<usize> = all.iter().map(|d| d.iter().product()).collect();
         let mut offsets = vec![usize::MAX; n];
         let mut total = 0usize;
-        for (i, k) in plan.kinds.iter().enumerate() {
-            if matches!(
-                (k, &g.nodes[i].op),
-                (
-                    Kind::External | Kind::Const,
-                    Op::Hyper(_) | Op::BatchSize | Op::Const(_)
-                )
-            ) {
-                offsets[i] = total;
+        for (i, offset) in offsets.iter_mut().enumerate() {
+            if is_scalar(g, plan, i) {
+                *offset = total;
                 total += 1;
             }
         }
@@ -90,6 +151,13 @@ impl Layout {
                 for r in plan.reads(g, i) {
                     last[owner[r]] = last[owner[r]].max(i);
                 }
+            }
+        }
+        // An epilogue runs row by row inside its product's loops: whatever the product
+        // reads stays live until the epilogue's buffer is placed.
+        for &(p, u) in &plan.epilogues {
+            for r in plan.reads(g, p) {
+                last[owner[r]] = last[owner[r]].max(u);
             }
         }
         for &r in roots {
@@ -135,6 +203,8 @@ pub struct Jit {
     cache: Vec<Entry>,
     /// The buffers of the last call, reused (every buffer is written before it is read).
     arena: Vec<f32>,
+    /// Each node's buffer pointer for the last call (reused to save an allocation).
+    bufs: abi::Pointers,
     /// Threads the kernels may use (at least 1).
     threads: usize,
 }
@@ -163,6 +233,7 @@ impl Jit {
         Jit {
             cache: Vec::new(),
             arena: Vec::new(),
+            bufs: abi::Pointers::default(),
             threads: threads.max(1),
         }
     }
@@ -172,7 +243,14 @@ impl Jit {
         self.cache.len()
     }
 
-    fn entry(&mut self, g: &Graph, roots: &[NodeId], batch: usize) -> Result<&Entry, RunError> {
+    /// The entry point computing `roots` of `g`, compiled on first use, and its layout for
+    /// `batch`.
+    fn entry(
+        &mut self,
+        g: &Graph,
+        roots: &[NodeId],
+        batch: usize,
+    ) -> Result<(&Entry, &Layout), RunError> {
         let k = key(g);
         let at = match self
             .cache
@@ -185,26 +263,37 @@ impl Jit {
                 let code = emit::compile(g, &plan)
                     .map_err(|e| RunError(format!("JIT compilation failed: {}", e.0)))?;
                 let inplace = inplace_updates(g, &plan, roots);
+                let sources = sources(g, &plan, &inplace);
+                let scalars = (0..g.nodes.len())
+                    .filter(|&i| is_scalar(g, &plan, i))
+                    .collect();
                 self.cache.push(Entry {
                     key: k,
                     plan,
                     code,
                     roots: roots.to_vec(),
-                    layouts: HashMap::new(),
+                    layouts: Vec::new(),
                     inplace,
+                    sources,
+                    scalars,
                 });
                 self.cache.len() - 1
             }
         };
         let e = &mut self.cache[at];
-        if !e.layouts.contains_key(&batch) {
-            if e.layouts.len() >= 8 {
-                e.layouts.clear();
+        let layout = match e.layouts.iter().position(|(b, _)| *b == batch) {
+            Some(l) => l,
+            None => {
+                if e.layouts.len() >= 8 {
+                    e.layouts.clear();
+                }
+                let layout = Layout::new(g, &e.plan, roots, &e.inplace, batch);
+                e.layouts.push((batch, layout));
+                e.layouts.len() - 1
             }
-            let layout = Layout::new(g, &e.plan, roots, &e.inplace, batch);
-            e.layouts.insert(batch, layout);
-        }
-        Ok(&self.cache[at])
+        };
+        let e = &self.cache[at];
+        Ok((e, &e.layouts[layout].1))
     }
 
     /// Runs `roots` of `g`; returns their values.
@@ -217,79 +306,70 @@ impl Jit {
         targets: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
         roots: &[NodeId],
-    ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
+    ) -> Result<Vec<Value>, RunError> {
         let batch = batch_of(inputs);
         check_shapes(g, inputs, targets, batch)?;
         let mut arena = std::mem::take(&mut self.arena);
-        let result = self.run_with(g, state, inputs, targets, hyper, roots, batch, &mut arena);
+        let mut bufs = std::mem::take(&mut self.bufs);
+        let result = self.run_with(
+            g,
+            state,
+            (inputs, targets, hyper, roots, batch),
+            &mut arena,
+            &mut bufs.0,
+        );
         self.arena = arena;
+        self.bufs = bufs;
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run_with(
         &mut self,
         g: &Graph,
         state: Slots,
-        inputs: &[ArrayD<f32>],
-        targets: &[ArrayD<f32>],
-        hyper: &HashMap<Hyper, f64>,
-        roots: &[NodeId],
-        batch: usize,
+        (inputs, targets, hyper, roots, batch): Call,
         arena: &mut Vec<f32>,
-    ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
+        bufs: &mut Vec<*mut f32>,
+    ) -> Result<Vec<Value>, RunError> {
         let threads = self.threads;
-        let entry = self.entry(g, roots, batch)?;
-        let layout = &entry.layouts[&batch];
+        let (entry, layout) = self.entry(g, roots, batch)?;
         let (sizes, offsets, total) = (&layout.sizes, &layout.offsets, layout.total);
         let node_dims = &layout.dims;
         if arena.len() < total {
             arena.resize(total, 0.0);
         }
-        for (i, n) in g.nodes.iter().enumerate() {
-            if offsets[i] == usize::MAX {
-                continue;
-            }
-            let v = match &n.op {
+        for &i in &entry.scalars {
+            arena[offsets[i]] = match &g.nodes[i].op {
                 Op::Hyper(h) => *hyper
                     .get(h)
                     .ok_or_else(|| RunError(format!("hyperparameter {h:?} not set")))?
                     as f32,
                 Op::BatchSize => batch as f32,
                 Op::Const(c) => *c as f32,
-                _ => continue,
+                op => return Err(RunError(format!("{op} is not a scalar"))),
             };
-            arena[offsets[i]] = v;
         }
         let base = arena.as_mut_ptr();
-        let mut bufs: Vec<*mut f32> = vec![std::ptr::null_mut(); g.nodes.len()];
         let contiguous = |a: &ArrayD<f32>, what: &str| -> Result<*mut f32, RunError> {
             a.as_slice()
                 .map(|s| s.as_ptr().cast_mut())
                 .ok_or_else(|| RunError(format!("{what} is not contiguous")))
         };
-        for (i, n) in g.nodes.iter().enumerate() {
-            if entry.plan.kinds[i] == Kind::Dead {
-                continue;
-            }
-            bufs[i] = if offsets[i] != usize::MAX {
+        bufs.clear();
+        for (i, source) in entry.sources.iter().enumerate() {
+            let p = if offsets[i] != usize::MAX && *source != Source::Nothing {
                 base.wrapping_add(offsets[i])
             } else {
-                match &n.op {
-                    Op::Input(k) => contiguous(get(inputs, *k, "input")?, "an input")?,
-                    Op::Target(k) => contiguous(get(targets, *k, "target")?, "a target")?,
-                    Op::Param(k) => slot(&state.params, *k)?,
-                    Op::State(k) => slot(&state.states, *k)?,
-                    Op::Reshape => bufs[n.args[0]],
-                    _ => std::ptr::null_mut(),
+                match *source {
+                    Source::Nothing | Source::Arena => std::ptr::null_mut(),
+                    Source::Input(k) => contiguous(get(inputs, k, "input")?, "an input")?,
+                    Source::Target(k) => contiguous(get(targets, k, "target")?, "a target")?,
+                    Source::Slot(Slot::Param(k)) => slot(&state.params, k)?,
+                    Source::Slot(Slot::State(k)) => slot(&state.states, k)?,
+                    Source::Alias(a) => bufs[a],
                 }
             };
-        }
-        for (u, target) in &entry.inplace {
-            bufs[*u] = match target {
-                Slot::Param(p) => slot(&state.params, *p)?,
-                Slot::State(k) => slot(&state.states, *k)?,
-            };
+            bufs.push(p);
         }
         let env = abi::KernelEnv {
             graph: g,
@@ -298,7 +378,7 @@ impl Jit {
             error: Default::default(),
             threads,
         };
-        abi::call(entry.code.func, &bufs, batch, &env);
+        abi::call(entry.code.func, bufs, batch, &env);
         if let Some(e) = env.error.into_inner() {
             return Err(RunError(e));
         }
@@ -308,12 +388,15 @@ impl Jit {
             .iter()
             .map(|&r| {
                 if entry.inplace.iter().any(|(u, _)| *u == r) {
-                    return Ok(None);
+                    return Ok(Value::InPlace);
                 }
                 // Follow reshapes to the node that owns the values.
                 let mut src = r;
                 while kinds[src] == Kind::Alias {
                     src = g.nodes[src].args[0];
+                }
+                if offsets[src] != usize::MAX && g.nodes[r].shape.rank() == 0 {
+                    return Ok(Value::Scalar(arena[offsets[src]]));
                 }
                 let values: Vec<f32> = if offsets[src] != usize::MAX {
                     arena[offsets[src]..offsets[src] + sizes[src]].to_vec()
@@ -325,24 +408,56 @@ impl Jit {
                     }
                 };
                 ArrayD::from_shape_vec(IxDyn(&dims(&g.nodes[r].shape, batch)), values)
-                    .map(Some)
+                    .map(Value::Array)
                     .map_err(|e| RunError(e.to_string()))
             })
             .collect()
     }
 }
 
+/// A root's value after a call.
+enum Value {
+    /// An update written into its parameter or state.
+    InPlace,
+    /// A rank-0 value (a loss).
+    Scalar(f32),
+    Array(ArrayD<f32>),
+}
+
+impl Value {
+    /// The value as an array; errors for an update written in place.
+    fn into_array(self) -> Result<ArrayD<f32>, RunError> {
+        match self {
+            Value::InPlace => Err(RunError("a root has no value".into())),
+            Value::Scalar(v) => Ok(ArrayD::from_elem(IxDyn(&[]), v)),
+            Value::Array(a) => Ok(a),
+        }
+    }
+
+    /// A rank-0 value as f64 (NaN otherwise).
+    fn scalar(&self) -> f64 {
+        match self {
+            Value::Scalar(v) => f64::from(*v),
+            Value::Array(a) => scalar(a),
+            Value::InPlace => f64::NAN,
+        }
+    }
+}
+
+/// Pointers to a model's parameters or states.
+type Pointers = SmallVec<[*mut f32; 16]>;
+
 /// Buffers of a model's parameters and state: mutable for a training step (whose
 /// updates may be written in place), only read otherwise.
 struct Slots {
-    params: Vec<*mut f32>,
-    states: Vec<*mut f32>,
+    params: Pointers,
+    states: Pointers,
 }
 
 impl Slots {
     /// Read-only buffers (never written: only training steps write in place).
     fn read(state: &State) -> Result<Slots, RunError> {
-        let ptrs = |xs: &[ArrayD<f32>]| -> Result<Vec<*mut f32>, RunError> {
+        let ptrs = |xs: &[ArrayD<f32>]| -> Result<Pointers, RunError> {
             xs.iter()
                 .map(|a| {
                     a.as_slice()
@@ -359,7 +474,7 @@ impl Slots {
 
     /// Buffers the step may update in place.
     fn write(state: &mut State) -> Result<Slots, RunError> {
-        let ptrs = |xs: &mut [ArrayD<f32>]| -> Result<Vec<*mut f32>, RunError> {
+        let ptrs = |xs: &mut [ArrayD<f32>]| -> Result<Pointers, RunError> {
             xs.iter_mut()
                 .map(|a| {
                     a.as_slice_mut()
@@ -402,7 +517,7 @@ fn inplace_updates(g: &Graph, plan: &Plan, roots: &[NodeId]) -> Vec<(NodeId, Slo
                 Slot::State(s) => &g.states[*s].shape,
             };
             roots.contains(u)
-                && plan.kinds[*u] == Kind::Loop
+                && matches!(plan.kinds[*u], Kind::Loop | Kind::Epilogue)
                 && g.nodes[*u].shape == *shape
                 && (*u + 1..g.nodes.len()).all(|j| {
                     !plan.owns_buffer(j)
@@ -437,13 +552,17 @@ fn check_shapes(
         .zip(inputs)
         .chain(g.targets.iter().zip(targets));
     for (t, a) in ports {
-        let want = dims(&t.shape, batch);
-        if a.shape() != want.as_slice() {
+        let same = a.ndim() == t.shape.rank()
+            && t.shape.0.iter().zip(a.shape()).all(|(d, &n)| match d {
+                Dim::Batch => n == batch,
+                Dim::Fixed(k) => n as u64 == *k,
+            });
+        if !same {
             return Err(RunError(format!(
                 "`{}` has shape {:?}, expected {:?}",
                 t.name,
                 a.shape(),
-                want
+                dims(&t.shape, batch)
             )));
         }
     }
@@ -467,9 +586,7 @@ impl Backend for Jit {
             &HashMap::new(),
             roots,
         )?;
-        vals.into_iter()
-            .map(|v| v.ok_or_else(|| RunError("a root has no value".into())))
-            .collect()
+        vals.into_iter().map(Value::into_array).collect()
     }
 
     fn step(
@@ -481,17 +598,16 @@ impl Backend for Jit {
         hyper: &HashMap<Hyper, f64>,
     ) -> Result<StepResult, RunError> {
         let (loss, objective) = loss_nodes(graph)?;
-        let mut roots = vec![loss, objective];
+        let mut roots: SmallVec<[NodeId; 32]> = SmallVec::from_slice(&[loss, objective]);
         roots.extend(graph.updates.iter().map(|(_, n)| *n));
         let vals = self.run(graph, Slots::write(state)?, inputs, targets, hyper, &roots)?;
-        let value = |v: &Option<ArrayD<f32>>| v.as_ref().map_or(f64::NAN, scalar);
         let result = StepResult {
-            loss: value(&vals[0]),
-            objective: value(&vals[1]),
+            loss: vals[0].scalar(),
+            objective: vals[1].scalar(),
         };
         // Updates not written in place are copied back.
         for ((slot, _), v) in graph.updates.iter().zip(vals.into_iter().skip(2)) {
-            if let Some(v) = v {
+            if let Value::Array(v) = v {
                 write_back(state, *slot, v);
             }
         }
@@ -510,7 +626,7 @@ impl Backend for Jit {
         let vals = self.run(graph, Slots::read(state)?, inputs, targets, hyper, &roots)?;
         let vals: Vec<ArrayD<f32>> = vals
             .into_iter()
-            .map(|v| v.ok_or_else(|| RunError("a root has no value".into())))
+            .map(Value::into_array)
             .collect::<Result<_, _>>()?;
         Ok((
             scalar(&vals[0]),

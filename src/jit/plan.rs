@@ -1,7 +1,7 @@
 //! What the code generator emits for each node: fused elementwise loops, kernel calls,
 //! aliases and external buffers. Named IR pass `fuse` (`kiln ir --after fuse` prints it).
 
-use crate::ir::{Graph, NodeId, Op, Shape};
+use crate::ir::{Dim, Graph, NodeId, Op, Shape};
 use std::fmt::Write;
 
 /// How one node is computed.
@@ -20,6 +20,17 @@ pub enum Kind {
     Loop,
     /// Computed by a runtime kernel into a buffer.
     Kernel,
+    /// A matrix product small enough to be computed by generated loops (no call).
+    Product,
+    /// A matrix product whose rows depend on the batch size: generated loops (tiles of
+    /// 1×24 columns) when the call has at most [`GEMV_ROWS`] rows, else the kernel.
+    Gemv,
+    /// A sum over the leading dimensions into a few fixed columns (the bias gradient of a
+    /// narrow layer), computed by generated loops with the columns in registers.
+    ColumnSum,
+    /// An elementwise loop computed row by row inside the loops of the product it reads
+    /// (see [`Plan::epilogues`]), while the product's row is in cache.
+    Epilogue,
     /// The same buffer as its argument (a reshape).
     Alias,
 }
@@ -29,6 +40,73 @@ pub enum Kind {
 pub struct Plan {
     /// One kind per node.
     pub kinds: Vec<Kind>,
+    /// (product, loop) pairs: the loop is the product's epilogue.
+    pub epilogues: Vec<(NodeId, NodeId)>,
+}
+
+/// Products whose rows depend on the batch run as generated loops up to this many rows.
+pub const GEMV_ROWS: i64 = 4;
+
+/// Products of at most this many multiply-adds (per row, when the rows depend on the
+/// batch: this many per 16 rows) are generated loops.
+const TINY_MACS: u64 = 4096;
+
+/// Columns summed into by [`Kind::ColumnSum`]: at most this many.
+pub const SUM_COLUMNS: u64 = 24;
+
+/// When `SumTo` node `n` sums its operand's leading dimensions into at most
+/// [`SUM_COLUMNS`] fixed values (its shape, leading 1s aside, is the operand's trailing
+/// dimensions): the number of columns.
+pub fn column_sum(g: &Graph, n: NodeId) -> Option<u64> {
+    let node = &g.nodes[n];
+    let core: Vec<Dim> = node
+        .shape
+        .0
+        .iter()
+        .copied()
+        .skip_while(|d| *d == Dim::Fixed(1))
+        .collect();
+    let src = &g.nodes[*node.args.first()?].shape.0;
+    let cols: Option<u64> = core.iter().map(|d| d.size()).product();
+    let trailing = core.len() <= src.len() && src[src.len() - core.len()..] == core[..];
+    cols.filter(|&c| trailing && c <= SUM_COLUMNS)
+}
+
+/// How matrix product `n` is computed, chosen from its shape: generated loops for tiny
+/// products, a run-time choice for GEMV-like ones (rows from the batch, fixed columns and
+/// inner size), the library GEMM otherwise. Leading dimensions of the operands are rows.
+fn product_kind(g: &Graph, n: NodeId) -> Kind {
+    let node = &g.nodes[n];
+    let Op::MatMul { ta, tb } = node.op else {
+        return Kind::Kernel;
+    };
+    let (a, b) = (&g.nodes[node.args[0]].shape, &g.nodes[node.args[1]].shape);
+    let last = |s: &Shape| s.0.last().and_then(|d| d.size());
+    let rows = |s: &Shape| -> Option<u64> {
+        s.0[..s.rank().saturating_sub(1)]
+            .iter()
+            .map(|d| d.size())
+            .product()
+    };
+    let (Some(a_cols), Some(b_cols)) = (last(a), last(b)) else {
+        return Kind::Kernel;
+    };
+    if a.rank() < 2 || b.rank() < 2 {
+        return Kind::Kernel;
+    }
+    let (m, k) = if ta {
+        (Some(a_cols), rows(a))
+    } else {
+        (rows(a), Some(a_cols))
+    };
+    let cols = if tb { rows(b) } else { Some(b_cols) };
+    match (m, k, cols) {
+        (Some(m), Some(k), Some(c)) if m * k * c <= TINY_MACS => Kind::Product,
+        (None, Some(k), Some(c)) if k * c * 16 <= TINY_MACS => Kind::Product,
+        (Some(m), None, Some(c)) if m * c * 16 <= TINY_MACS => Kind::Product,
+        (None, Some(_), Some(_)) if !ta => Kind::Gemv,
+        _ => Kind::Kernel,
+    }
 }
 
 /// Elementwise operations the code generator writes inline.
@@ -74,18 +152,93 @@ pub fn plan(g: &Graph, roots: &[NodeId]) -> Plan {
                         Kind::Loop
                     }
                 }
+                Op::MatMul { .. } => product_kind(g, i),
+                Op::SumTo if column_sum(g, i).is_some() => Kind::ColumnSum,
                 _ => Kind::Kernel,
             }
         };
         kinds.push(kind);
     }
-    Plan { kinds }
+    let epilogues = epilogues(g, &mut kinds, &uses, roots);
+    Plan { kinds, epilogues }
+}
+
+/// Marks the loops that can run as the epilogue of the generated product they read: the
+/// loop of the product's only reader (directly or through nodes fused into it), over the
+/// same shape, and the next node computed after it (so no
+/// buffer it writes can be one a node in between still reads). An update written in place
+/// must not overwrite an operand of the product while the product still reads it.
+fn epilogues(
+    g: &Graph,
+    kinds: &mut [Kind],
+    uses: &[Vec<NodeId>],
+    roots: &[NodeId],
+) -> Vec<(NodeId, NodeId)> {
+    let mut out = Vec::new();
+    for n in 0..g.nodes.len() {
+        if !matches!(kinds[n], Kind::Product | Kind::Gemv) || roots.contains(&n) {
+            continue;
+        }
+        let [mut u] = uses[n].as_slice() else {
+            continue;
+        };
+        // Through the nodes fused into a loop (each has that one reader).
+        while kinds[u] == Kind::Fused {
+            match uses[u].as_slice() {
+                [next] => u = *next,
+                _ => break,
+            }
+        }
+        let next = (n + 1..g.nodes.len()).find(|&j| {
+            matches!(
+                kinds[j],
+                Kind::Loop | Kind::Kernel | Kind::Product | Kind::Gemv | Kind::ColumnSum
+            )
+        });
+        let updated_operand = g.updates.iter().any(|(slot, up)| {
+            *up == u
+                && g.nodes[n].args.iter().any(|&a| {
+                    matches!(
+                        (&g.nodes[a].op, slot),
+                        (Op::Param(p), crate::ir::Slot::Param(q)) if p == q
+                    ) || matches!(
+                        (&g.nodes[a].op, slot),
+                        (Op::State(p), crate::ir::Slot::State(q)) if p == q
+                    )
+                })
+        });
+        if next == Some(u)
+            && kinds[u] == Kind::Loop
+            && g.nodes[u].shape == g.nodes[n].shape
+            && !updated_operand
+        {
+            kinds[u] = Kind::Epilogue;
+            out.push((n, u));
+        }
+    }
+    out
 }
 
 impl Plan {
     /// True when node `n` has a buffer of its own (computed by the generated code).
     pub fn owns_buffer(&self, n: NodeId) -> bool {
-        matches!(self.kinds[n], Kind::Loop | Kind::Kernel)
+        matches!(
+            self.kinds[n],
+            Kind::Loop
+                | Kind::Kernel
+                | Kind::Product
+                | Kind::Gemv
+                | Kind::ColumnSum
+                | Kind::Epilogue
+        )
+    }
+
+    /// The epilogue loop of product `n`, if it has one.
+    pub fn epilogue(&self, n: NodeId) -> Option<NodeId> {
+        self.epilogues
+            .iter()
+            .find(|(p, _)| *p == n)
+            .map(|(_, u)| *u)
     }
 
     /// The plan as text: every loop with the nodes fused into it.
@@ -97,7 +250,10 @@ impl Plan {
             }
             let n = &g.nodes[i];
             let _ = write!(out, "%{i}: {} = {:?} {}", n.shape, k, n.op);
-            if *k == Kind::Loop {
+            if let Some(u) = self.epilogue(i) {
+                let _ = write!(out, "  ⟶ epilogue: %{u}");
+            }
+            if matches!(k, Kind::Loop | Kind::Epilogue) {
                 let fused = self.fused_into(g, i);
                 if !fused.is_empty() {
                     let list: Vec<String> = fused
