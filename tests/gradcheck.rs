@@ -1045,6 +1045,42 @@ fn pool_adaptive_bins_even_and_uneven() {
     f.done("adaptive pooling");
 }
 
+/// Batch normalization in training mode as lowered: `BatchNorm(x, BatchStats(x), γ, β)`,
+/// whose VJP is the closed form through the statistics, over `[N, C]` and `[N, C, S..]`.
+#[test]
+fn batchnorm_closed_form_through_the_batch_statistics() {
+    let mut r = rng(48);
+    let mut f = Failures::default();
+    for sx in [bt(&[3]), bt(&[2, 4]), bt(&[2, 3, 3]), bt(&[1, 2, 5])] {
+        for eps in [1e-5, 0.1] {
+            for batch in BATCHES {
+                let mut p = Problem::new(batch);
+                let c = sx.fixed(1).expect("fixed channels");
+                let vx = uniform(&mut r, &p.dims(&sx), -1.5, 1.5);
+                let x = p.param("x", &sx, vx, true);
+                let gamma = p.param(
+                    "gamma",
+                    &fx(&[c]),
+                    away(&mut r, &[c as usize], 0.3, 1.5),
+                    true,
+                );
+                let beta = p.param(
+                    "beta",
+                    &fx(&[c]),
+                    uniform(&mut r, &[c as usize], -1.0, 1.0),
+                    true,
+                );
+                let mut b = p.builder();
+                let stats = b.batch_stats(x);
+                let y = b.batchnorm(x, stats, gamma, beta, eps);
+                p.weigh(y, &mut r);
+                f.check(&p, &format!("batchnorm eps={eps} of {sx} (batch {batch})"));
+            }
+        }
+    }
+    f.done("batchnorm");
+}
+
 #[test]
 fn gather_gradient_with_respect_to_the_table() {
     let mut r = rng(43);

@@ -385,6 +385,34 @@ fn normalization_and_prelu_match() {
     }
 }
 
+/// The fused batch normalization kernels (statistics, normalization, the two sums and dx
+/// of the VJP) on channel runs of every length mod 4, over `[N, C]` rows wider than a
+/// vector, and after a shift that makes the mean large against the spread. As above, no
+/// bias right before a batchnorm.
+#[test]
+fn fused_batchnorm_matches() {
+    for (input, layers) in [
+        (
+            "[N, 7]",
+            "dense(37, bias: false) |> batchnorm(eps: 0.01) |> relu",
+        ),
+        (
+            "[N, 3, 6]",
+            "conv1d(2, 1, bias: false) |> batchnorm |> flatten",
+        ),
+        (
+            "[N, 2, 3, 3]",
+            "conv2d(5, 1, bias: false) |> batchnorm |> tanh |> flatten",
+        ),
+        (
+            "[N, 3]",
+            "dense(4, bias: false) |> exp |> batchnorm(momentum: 0.5) |> dense(3) |> relu",
+        ),
+    ] {
+        compare(&layer_model(input, layers));
+    }
+}
+
 #[test]
 fn dropout_and_rrelu_match() {
     for (input, layers) in [

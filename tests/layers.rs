@@ -1198,6 +1198,11 @@ fn evaluation_graph_has_no_noise_no_batch_statistics_and_no_updates() {
                 n.name
             );
         }
+        assert!(
+            !matches!(n.op, Op::BatchStats | Op::BatchNorm { .. }),
+            "batch statistics in evaluation: {}",
+            n.name
+        );
     }
     // Evaluation normalizes with the running statistics.
     let out = g.outputs[0].1;
@@ -1215,12 +1220,21 @@ fn training_graph_normalizes_with_batch_statistics_and_updates_running_ones() {
         .filter(|n| matches!(n.op, Op::Noise { .. }))
         .count();
     assert_eq!(noise, 2, "one dropout mask and one rrelu slope tensor");
-    let batch_stats = fwd
+    // Each batchnorm computes its batch statistics once and normalizes with them.
+    let count = |f: fn(&Op) -> bool| fwd.nodes.iter().filter(|n| f(&n.op)).count();
+    assert_eq!(count(|op| matches!(op, Op::BatchStats)), 2);
+    assert_eq!(count(|op| matches!(op, Op::BatchNorm { .. })), 2);
+    for n in fwd
         .nodes
         .iter()
-        .filter(|n| matches!(&n.op, Op::BatchStats))
-        .count();
-    assert_eq!(batch_stats, 2, "mean and variance of two batchnorms");
+        .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+    {
+        assert!(
+            matches!(fwd.nodes[n.args[1]].op, Op::BatchStats)
+                && fwd.nodes[n.args[1]].args[0] == n.args[0],
+            "batchnorm normalizes with the statistics of its own input"
+        );
+    }
     let mut updated: Vec<usize> = fwd
         .updates
         .iter()

@@ -304,9 +304,10 @@ pub fn eval<T: Real>(
             r
         }
         Op::Loss(kind) | Op::LossGrad(kind) => {
-            let (p, y) = (a[0].as_standard_layout(), a[1].as_standard_layout());
-            let flat = |v: &'_ ndarray::CowArray<'_, T, IxDyn>| v.as_slice().map(<[T]>::to_vec);
-            let (p, y) = (flat(&p).unwrap_or_default(), flat(&y).unwrap_or_default());
+            let (p, y): (Vec<T>, Vec<T>) = (
+                a[0].iter().copied().collect(),
+                a[1].iter().copied().collect(),
+            );
             let ops = loss::Operands::new(&p, a[0].shape(), &y, a[1].shape());
             if let Op::Loss(_) = op {
                 scalar(loss::value(*kind, &ops)?)

@@ -4,19 +4,13 @@
 //! `gemm` crate on the buffers above; the others share the interpreter's implementation.
 
 use super::layers::{self, ConvPart};
+use super::plan::{leading_sum, GEMV_ROWS, TINY_MACS};
 use crate::interp::layers::channels;
 use crate::interp::{self, loss, Env};
-use crate::ir::{Dim, Graph, Op, Reduce};
+use crate::ir::{Graph, Op, Reduce};
 use ndarray::{ArrayD, IxDyn};
 use smallvec::SmallVec;
 use std::collections::HashMap;
-
-/// Products with at most this many rows skip the GEMM (whose packing of the whole weight
-/// matrix dominates a batch of one) for a row-times-matrix loop.
-const GEMV_ROWS: usize = 4;
-
-/// Products of at most this many multiply-adds skip the GEMM's setup and packing.
-const TINY_MACS: usize = 4096;
 
 /// `out = op(a) · op(b)` by the textbook triple loop, for tiny products. `a` is stored
 /// `ad.0 × ad.1` and `b` `bd.0 × bd.1`, row-major.
@@ -210,17 +204,8 @@ pub fn run(
         _ => {}
     }
     if let Op::SumTo = node.op {
-        // Summing leading dimensions away, the common case (bias gradients): the output
-        // (without leading 1s) is the input's trailing dimensions.
-        let core: Vec<Dim> = node
-            .shape
-            .0
-            .iter()
-            .copied()
-            .skip_while(|d| *d == Dim::Fixed(1))
-            .collect();
-        let src = &g.nodes[node.args[0]].shape.0;
-        if core.len() <= src.len() && src[src.len() - core.len()..] == core[..] {
+        // Summing leading dimensions away, the common case (bias gradients).
+        if leading_sum(g, n).is_some() {
             sum_rows(args[0], out, out.len());
         } else {
             layers::sum_to(arg_dims[0], args[0], out_dims, out);

@@ -1,7 +1,7 @@
 //! Fast f32 kernels for the layer operations and the data movement around them:
-//! convolution as im2col + one GEMM per call (forward and both VJPs), pooling over
-//! precomputed windows, batch normalization, gather, noise, slices, concatenation,
-//! reductions and broadcasts.
+//! convolution as im2col + GEMM over chunks of the batch (forward and both VJPs), pooling
+//! over precomputed windows (2×2 max pooling in vector blocks), batch normalization,
+//! gather, noise, slices, concatenation, reductions and broadcasts.
 //! Each computes what the interpreter's version computes (the differential tests hold
 //! them to it); summation order differs, accumulation of reductions is in f64.
 
@@ -542,22 +542,47 @@ fn window_grad(d0: &mut [f32], d1: &mut [f32], i: usize, g: f32, at: [u32; 4]) {
     d1[2 * i + 1] = f32::from_bits(g & at[3]);
 }
 
-/// [`window_grad`] over one block of windows, on arrays with the stores written out (so
-/// that it vectorizes; through slices it does not).
+/// [`window_grad`] over one block of windows, lane by lane on arrays: the windows'
+/// elements de-interleaved, the replacement masks of the scan, each element's gradient
+/// (`g` where it is the choice: taken, and not replaced after), interleaved back. Written
+/// so (not through [`window`] per window) it compiles to vector code.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)]
 fn block_grad(
     r: [&[f32; 2 * POOL_LANES]; 2],
     g: &[f32; POOL_LANES],
     d0: &mut [f32; 2 * POOL_LANES],
     d1: &mut [f32; 2 * POOL_LANES],
 ) {
-    for i in 0..POOL_LANES {
-        let at = window_at(r[0], r[1], i).1;
-        let g = g[i].to_bits();
-        d0[2 * i] = f32::from_bits(g & at[0]);
-        d0[2 * i + 1] = f32::from_bits(g & at[1]);
-        d1[2 * i] = f32::from_bits(g & at[2]);
-        d1[2 * i + 1] = f32::from_bits(g & at[3]);
+    const L: usize = POOL_LANES;
+    let lane =
+        |row: &[f32; 2 * L], k: usize| -> [f32; L] { std::array::from_fn(|i| row[2 * i + k]) };
+    let a = [lane(r[0], 0), lane(r[0], 1), lane(r[1], 0), lane(r[1], 1)];
+    let mut m = a[0];
+    let mut take = [[0u32; L]; 4];
+    for j in 1..4 {
+        for i in 0..L {
+            #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::eq_op)]
+            let t = !(a[j][i] <= m[i]) & (m[i] == m[i]);
+            let mask = u32::from(t).wrapping_neg();
+            take[j][i] = mask;
+            m[i] = f32::from_bits((a[j][i].to_bits() & mask) | (m[i].to_bits() & !mask));
+        }
+    }
+    let mut out = [[0u32; L]; 4];
+    for i in 0..L {
+        let (t1, t2, t3) = (take[1][i], take[2][i], take[3][i]);
+        let gb = g[i].to_bits();
+        out[3][i] = gb & t3;
+        out[2][i] = gb & t2 & !t3;
+        out[1][i] = gb & t1 & !t2 & !t3;
+        out[0][i] = gb & !t1 & !t2 & !t3;
+    }
+    for i in 0..L {
+        d0[2 * i] = f32::from_bits(out[0][i]);
+        d0[2 * i + 1] = f32::from_bits(out[1][i]);
+        d1[2 * i] = f32::from_bits(out[2][i]);
+        d1[2 * i + 1] = f32::from_bits(out[3][i]);
     }
 }
 

@@ -1,7 +1,7 @@
 //! What the code generator emits for each node: fused elementwise loops, kernel calls,
 //! aliases and external buffers. Named IR pass `fuse` (`kiln ir --after fuse` prints it).
 
-use crate::ir::{Dim, Graph, NodeId, Op, Shape};
+use crate::ir::{Dim, Graph, NodeId, Op, Shape, Slot};
 use std::fmt::Write;
 
 /// How one node is computed.
@@ -44,20 +44,22 @@ pub struct Plan {
     pub epilogues: Vec<(NodeId, NodeId)>,
 }
 
-/// Products whose rows depend on the batch run as generated loops up to this many rows.
-pub const GEMV_ROWS: i64 = 4;
+/// Products whose rows depend on the batch run as generated loops up to this many rows;
+/// the kernel, too, skips the GEMM (whose packing of the whole weight matrix dominates a
+/// batch of one) for a row-times-matrix loop up to this many rows.
+pub const GEMV_ROWS: usize = 4;
 
 /// Products of at most this many multiply-adds (per row, when the rows depend on the
-/// batch: this many per 16 rows) are generated loops.
-const TINY_MACS: u64 = 4096;
+/// batch: this many per 16 rows) are generated loops; the kernel computes products this
+/// small (at a batch size the plan could not know) by textbook loops.
+pub const TINY_MACS: usize = 4096;
 
 /// Columns summed into by [`Kind::ColumnSum`]: at most this many.
 pub const SUM_COLUMNS: u64 = 24;
 
-/// When `SumTo` node `n` sums its operand's leading dimensions into at most
-/// [`SUM_COLUMNS`] fixed values (its shape, leading 1s aside, is the operand's trailing
-/// dimensions): the number of columns.
-pub fn column_sum(g: &Graph, n: NodeId) -> Option<u64> {
+/// When `SumTo` node `n` only sums its operand's leading dimensions away (its shape,
+/// leading 1s aside, is the operand's trailing dimensions; a bias gradient): that shape.
+pub fn leading_sum(g: &Graph, n: NodeId) -> Option<Vec<Dim>> {
     let node = &g.nodes[n];
     let core: Vec<Dim> = node
         .shape
@@ -67,9 +69,17 @@ pub fn column_sum(g: &Graph, n: NodeId) -> Option<u64> {
         .skip_while(|d| *d == Dim::Fixed(1))
         .collect();
     let src = &g.nodes[*node.args.first()?].shape.0;
-    let cols: Option<u64> = core.iter().map(|d| d.size()).product();
-    let trailing = core.len() <= src.len() && src[src.len() - core.len()..] == core[..];
-    cols.filter(|&c| trailing && c <= SUM_COLUMNS)
+    (core.len() <= src.len() && src[src.len() - core.len()..] == core[..]).then_some(core)
+}
+
+/// The number of columns of a [`Kind::ColumnSum`]: a [`leading_sum`] into at most
+/// [`SUM_COLUMNS`] fixed values.
+pub fn column_sum(g: &Graph, n: NodeId) -> Option<u64> {
+    let cols: u64 = leading_sum(g, n)?
+        .iter()
+        .map(|d| d.size())
+        .product::<Option<u64>>()?;
+    (cols <= SUM_COLUMNS).then_some(cols)
 }
 
 /// How matrix product `n` is computed, chosen from its shape: generated loops for tiny
@@ -101,9 +111,9 @@ fn product_kind(g: &Graph, n: NodeId) -> Kind {
     };
     let cols = if tb { rows(b) } else { Some(b_cols) };
     match (m, k, cols) {
-        (Some(m), Some(k), Some(c)) if m * k * c <= TINY_MACS => Kind::Product,
-        (None, Some(k), Some(c)) if k * c * 16 <= TINY_MACS => Kind::Product,
-        (Some(m), None, Some(c)) if m * c * 16 <= TINY_MACS => Kind::Product,
+        (Some(m), Some(k), Some(c)) if m * k * c <= TINY_MACS as u64 => Kind::Product,
+        (None, Some(k), Some(c)) if k * c * 16 <= TINY_MACS as u64 => Kind::Product,
+        (Some(m), None, Some(c)) if m * c * 16 <= TINY_MACS as u64 => Kind::Product,
         (None, Some(_), Some(_)) if !ta => Kind::Gemv,
         _ => Kind::Kernel,
     }
@@ -197,14 +207,10 @@ fn epilogues(
         });
         let updated_operand = g.updates.iter().any(|(slot, up)| {
             *up == u
-                && g.nodes[n].args.iter().any(|&a| {
-                    matches!(
-                        (&g.nodes[a].op, slot),
-                        (Op::Param(p), crate::ir::Slot::Param(q)) if p == q
-                    ) || matches!(
-                        (&g.nodes[a].op, slot),
-                        (Op::State(p), crate::ir::Slot::State(q)) if p == q
-                    )
+                && g.nodes[n].args.iter().any(|&a| match g.nodes[a].op {
+                    Op::Param(p) => *slot == Slot::Param(p),
+                    Op::State(s) => *slot == Slot::State(s),
+                    _ => false,
                 })
         });
         if next == Some(u)

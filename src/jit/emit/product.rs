@@ -47,7 +47,7 @@ impl Emitter<'_, '_> {
         let small = self
             .b
             .ins()
-            .icmp_imm_s(IntCC::SignedLessThanOrEqual, rows, GEMV_ROWS);
+            .icmp_imm_s(IntCC::SignedLessThanOrEqual, rows, GEMV_ROWS as i64);
         let (inline, call, done) = (
             self.b.create_block(),
             self.b.create_block(),
