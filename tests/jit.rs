@@ -691,3 +691,83 @@ fn every_product_path_matches_the_interpreter() {
         }
     }
 }
+
+/// An Adam step is one pass over each parameter: both moments are computed inside the
+/// weight's loop and stored there (`Stored`). The values match the interpreter's:
+/// `every_loss_matches` and the examples above train with Adam.
+#[test]
+fn adam_updates_each_parameter_in_one_loop() {
+    let (p, cfg) = program(
+        "model m {\n  input x: [N, 5]\n  target y: [N, 3]\n  out = x |> dense(3)\n  output out\n  loss mse(out, y)\n}\ntrain m {\n  optimizer adam(lr: 0.01, weight_decay: 0.001)\n}\n",
+    );
+    let g = p.training_graph(&cfg);
+    let plan = kiln::jit::plan::plan(&g, &g.step_roots());
+    use kiln::jit::plan::Kind;
+    let stored = plan.kinds.iter().filter(|k| **k == Kind::Stored).count();
+    assert_eq!(stored, 4, "two moments of each of two parameters");
+    for (slot, u) in &g.updates {
+        let host = match plan.kinds[*u] {
+            Kind::Stored => (0..g.nodes.len())
+                .find(|&j| plan.kinds[j] == Kind::Loop && plan.fused_into(&g, j).contains(u))
+                .expect("a loop computes it"),
+            _ => *u,
+        };
+        assert_eq!(plan.kinds[host], Kind::Loop, "{slot:?}");
+        assert_eq!(
+            g.updates
+                .iter()
+                .filter(|(_, v)| { *v == host || plan.fused_into(&g, host).contains(v) })
+                .count(),
+            3,
+            "{slot:?}: the weight and both moments in one loop"
+        );
+    }
+}
+
+/// A recurrent layer's backward pass is handed its states' gradient alone (`[N, T, H]`),
+/// never the reserve-wide one padded with zeros; an LSTM or plain RNN adds both biases
+/// once, as one `[G·H]` sum.
+#[test]
+fn recurrences_take_their_states_gradient() {
+    use kiln::ir::Op;
+    use kiln::jit::plan::Kind;
+    for layer in [
+        "lstm(8, sequence: false)",
+        "gru(8, sequence: true) |> flatten",
+        "rnn(8, bidirectional: true, sequence: false)",
+    ] {
+        let (p, cfg) = program(&layer_model("[N, 5, 3]", layer));
+        let g = p.training_graph(&cfg);
+        let plan = kiln::jit::plan::plan(&g, &g.step_roots());
+        let live = |op: fn(&Op) -> bool| {
+            (0..g.nodes.len())
+                .filter(|&i| plan.kinds[i] != Kind::Dead && op(&g.nodes[i].op))
+                .collect::<Vec<_>>()
+        };
+        for n in live(|op| matches!(op, Op::RecurrenceGrad(_))) {
+            let gw = g.nodes[g.nodes[n].args[2]].shape.fixed(2);
+            assert_eq!(gw, Some(8), "{layer}: {}", g.nodes[n].op);
+        }
+        let widest = live(|op| matches!(op, Op::SliceGrad { .. }))
+            .iter()
+            .filter_map(|&n| g.nodes[n].shape.fixed(2))
+            .max();
+        assert!(
+            widest.unwrap_or(0) <= 8,
+            "{layer}: zeros only as wide as the states"
+        );
+        for rec in live(|op| matches!(op, Op::Recurrence(_))) {
+            let Op::Recurrence(r) = &g.nodes[rec].op else {
+                unreachable!()
+            };
+            let bias = &g.nodes[g.nodes[rec].args[2]];
+            let summed = matches!(bias.op, Op::Binary(kiln::ir::Binary::Add))
+                && bias
+                    .args
+                    .iter()
+                    .all(|&a| matches!(g.nodes[a].op, Op::Param(_)));
+            let gru = r.cell == kiln::ir::op::Cell::Gru;
+            assert_eq!(summed, !gru, "{layer}: the recurrence's bias");
+        }
+    }
+}

@@ -183,6 +183,7 @@ pub fn vjp(b: &mut Builder, n: NodeId, g: NodeId) -> Vec<Option<NodeId>> {
             // Backpropagation through time gives the gate pre-activations' gradient; the
             // weights' follow from it by one product and one sum over every step
             // (h_prev is zero at the first step, which then adds nothing).
+            let g = h_block(b, g, r.hidden).unwrap_or(g);
             let d = b.recurrence_grad(*r, n, a[1], g);
             let gh = r.cell.gates() * r.hidden;
             let (dxw, dhh) = if r.cell.grad_sides() == 2 {
@@ -246,4 +247,23 @@ fn count(b: &mut Builder, s: &Shape, axes: &[usize]) -> NodeId {
     } else {
         c
     }
+}
+
+/// When gradient `g` of a recurrence's reserve `[N, T, R·H]` only places a gradient of
+/// its h block (the states, all the layer's outputs read; the slices' VJPs padded it with
+/// zeros): that gradient, `[N, T, H]`, so that the reserve-wide zeros are never written.
+/// Slices along other axes are rebuilt around the h block.
+fn h_block(b: &mut Builder, g: NodeId, hidden: usize) -> Option<NodeId> {
+    let node = b.g.nodes[g].clone();
+    let Op::SliceGrad { axis, start } = node.op else {
+        return None;
+    };
+    let inner = node.args[0];
+    if axis == 2 {
+        return (start == 0 && b.shape(inner).fixed(2) == Some(hidden as u64)).then_some(inner);
+    }
+    let inner = h_block(b, inner, hidden)?;
+    let mut dims = node.shape.0.clone();
+    dims[2] = Dim::Fixed(hidden as u64);
+    Some(b.push(Op::SliceGrad { axis, start }, vec![inner], Shape::new(dims)))
 }

@@ -374,12 +374,13 @@ pub fn gather_grad<T: Real>(
 }
 
 /// Draws per block of [`noise_each`].
-const NOISE_BLOCK: usize = 256;
+const NOISE_BLOCK: usize = 512;
 
 /// Calls `f(i, value)` for each of the `len` values of a noise node at training step
 /// `step`: draw `i` of the run's stream for this step and node is a uniform `u` in
-/// `[0, 1)` from the high 53 bits of a u64 (exactly `rand`'s `Standard` f64), then the
-/// distribution. The u64s come a block at a time (the same sequence as one by one).
+/// `[0, 1)` from the high 24 bits of a u32 (exactly `rand`'s `Standard` f32, a step of
+/// 2⁻²⁴ between values), then the distribution. The u32s come a block at a time (the
+/// same sequence as one by one); half the generator's work of 64-bit draws.
 pub fn noise_each(
     dist: Noise,
     seed: u64,
@@ -394,12 +395,12 @@ pub fn noise_each(
         Purpose::Noise,
         step.wrapping_mul(MAX_NOISE_NODES) + salt % MAX_NOISE_NODES,
     );
-    let mut bits = [0u64; NOISE_BLOCK];
+    let mut bits = [0u32; NOISE_BLOCK];
     for start in (0..len).step_by(NOISE_BLOCK) {
         let block = &mut bits[..NOISE_BLOCK.min(len - start)];
         rng.fill(block);
         for (j, &b) in block.iter().enumerate() {
-            let u = (b >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+            let u = f64::from(b >> 8) * (1.0 / f64::from(1u32 << 24));
             f(
                 start + j,
                 match dist {
@@ -538,10 +539,10 @@ pub fn batchnorm_grad<T: Real>(
 mod tests {
     use super::*;
 
-    /// The block draws are the draws of `rng.gen::<f64>()` one at a time, as before.
+    /// The block draws are the draws of `rng.gen::<f32>()` one at a time.
     #[test]
-    fn noise_draws_are_rands_standard_f64_in_order() {
-        for (len, salt) in [(0, 0), (1, 1), (255, 2), (256, 3), (1000, 70000)] {
+    fn noise_draws_are_rands_standard_f32_in_order() {
+        for (len, salt) in [(0, 0), (1, 1), (511, 2), (512, 3), (1500, 70000)] {
             let dist = Noise::Uniform(-1.0, 3.0);
             let got = noise_values(dist, 9, salt, 4.0, len);
             let mut rng = stream(
@@ -549,7 +550,9 @@ mod tests {
                 Purpose::Noise,
                 4 * MAX_NOISE_NODES + salt % MAX_NOISE_NODES,
             );
-            let want: Vec<f64> = (0..len).map(|_| -1.0 + 4.0 * rng.gen::<f64>()).collect();
+            let want: Vec<f64> = (0..len)
+                .map(|_| -1.0 + 4.0 * f64::from(rng.gen::<f32>()))
+                .collect();
             assert_eq!(got, want, "len {len}");
         }
     }

@@ -96,6 +96,8 @@ pub fn recurrence_grad<T: Real>(
 ) -> Result<ArrayD<T>, InterpError> {
     let (n, t, h) = (out[0], out[1], r.hidden);
     let (gh, rw, ow) = (r.cell.gates() * h, r.cell.reserve() * h, out[2]);
+    // The gradient's width: the whole reserve's, or the h block's (the rest zero).
+    let gw = g.shape().get(2).copied().unwrap_or(rw);
     // Where the hidden side's gradient starts in a step's output.
     let side = (r.cell.grad_sides() - 1) * gh;
     let (res, w, gr) = (values(reserve), values(w_hh), values(g));
@@ -107,14 +109,15 @@ pub fn recurrence_grad<T: Real>(
         let mut carry_c = vec![0.0f64; h];
         for (s, &step) in order.iter().enumerate().rev() {
             let o = &res[(b * t + step) * rw..][..rw];
-            let gs = &gr[(b * t + step) * rw..][..rw];
+            let gs = &gr[(b * t + step) * gw..][..gw];
             let d = &mut acc[(b * t + step) * ow..][..ow];
+            let gat = |slot: usize, k: usize| gs.get(slot * h + k).copied().unwrap_or(0.0);
             // ∂/∂h_prev other than through h_prev·W_hhᵀ.
-            let mut direct: Vec<f64> = gs[h..2 * h].to_vec();
+            let mut direct: Vec<f64> = (0..h).map(|k| gat(1, k)).collect();
             for k in 0..h {
                 let dh = gs[k] + carry_h[k];
                 let at = |slot: usize| o[slot * h + k];
-                let gat = |slot: usize| gs[slot * h + k];
+                let gat = |slot: usize| gat(slot, k);
                 match r.cell {
                     Cell::RnnTanh => d[k] = dh * (1.0 - at(0) * at(0)),
                     Cell::RnnRelu => d[k] = if at(0) > 0.0 { dh } else { 0.0 },

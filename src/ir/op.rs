@@ -394,7 +394,8 @@ pub enum Op {
     /// `[N, T, R·H]` (see [`Recurrence`]).
     Recurrence(Recurrence),
     /// The recurrence's VJP (backpropagation through time); arguments (reserve, w_hh, g)
-    /// with g the gradient of the whole reserve → the gradient of the gate pre-activations
+    /// with g the gradient of the whole reserve `[N, T, R·H]`, or of its h block alone
+    /// `[N, T, H]` (the other blocks' then zero) → the gradient of the gate pre-activations
     /// `[N, T, G·H]`, the same for xw and for `h_prev·W_hhᵀ + b_hh`; for the GRU
     /// `[N, T, 2·G·H]`, xw's then the hidden side's.
     RecurrenceGrad(Recurrence),

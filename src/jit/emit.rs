@@ -113,6 +113,9 @@ pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, CompileError> {
             batch,
             funcs,
             hoisted: HashMap::new(),
+            stores: Vec::new(),
+            pointers: HashMap::new(),
+            loaded: HashMap::new(),
             split: 0,
             fma: has_fma(),
         };
@@ -155,6 +158,13 @@ struct Emitter<'a, 'f> {
     funcs: Funcs,
     /// Loop-invariant operands of the current loop: scalar value and its splat.
     hoisted: HashMap<NodeId, (Value, Option<Value>)>,
+    /// Values of [`Kind::Stored`] nodes computed for the current element, to be stored
+    /// once the loop's own value is.
+    stores: Vec<(NodeId, Value)>,
+    /// Buffer pointers of the current loop's row, loaded once per row.
+    pointers: HashMap<NodeId, Value>,
+    /// Operands already loaded for the current element (each is loaded once).
+    loaded: HashMap<NodeId, Value>,
     /// The current loop's first column axis: rows are the axes before it.
     split: usize,
     /// The machine has fused multiply-add (generated products use it).
@@ -180,6 +190,8 @@ struct LoopOf {
     n: NodeId,
     shape: Shape,
     leaves: Vec<(NodeId, Access)>,
+    /// The [`Kind::Stored`] nodes computed in the loop.
+    stored: Vec<NodeId>,
     cols: u64,
     simd: bool,
     split: usize,
@@ -209,6 +221,9 @@ impl Emitter<'_, '_> {
 
     /// The buffer pointer of node `n`.
     fn buffer(&mut self, n: NodeId) -> Value {
+        if let Some(&p) = self.pointers.get(&n) {
+            return p;
+        }
         let ptr = self.b.func.dfg.value_type(self.bufs);
         self.b
             .ins()
@@ -290,10 +305,17 @@ impl Emitter<'_, '_> {
                 self.hoist(leaf, v, simd);
             }
         }
+        let stored = self
+            .plan
+            .fused_into(self.g, n)
+            .into_iter()
+            .filter(|&m| self.plan.kinds[m] == Kind::Stored)
+            .collect();
         LoopOf {
             n,
             shape,
             leaves,
+            stored,
             cols,
             simd,
             split,
@@ -314,6 +336,12 @@ impl Emitter<'_, '_> {
             }
         }
         let out = self.buffer(n);
+        let mut pointers = HashMap::from([(n, out)]);
+        for &m in l.leaves.iter().map(|(m, _)| m).chain(&l.stored) {
+            let p = self.buffer(m);
+            pointers.insert(m, p);
+        }
+        self.pointers = pointers;
         let base = self.b.ins().imul_imm_u(row, cols as i64);
         let zero = self.b.ins().iconst(types::I64, 0);
         let width = self.b.ins().iconst(types::I64, cols as i64);
@@ -322,11 +350,20 @@ impl Emitter<'_, '_> {
             .ins()
             .iconst(types::I64, (cols - cols % LANES) as i64);
         let body = |e: &mut Self, col: Value, lanes: Type| {
+            e.loaded.clear();
             let flat = e.b.ins().iadd(base, col);
             let ix = Ix { flat, row, col };
             let v = e.value(n, ix, shape, true, lanes);
+            // Stored after every load of the element: an update written in place may be
+            // read by the same loop.
             let addr = e.address(out, flat);
             e.b.ins().store(unaligned(), v, addr, 0);
+            for (s, v) in std::mem::take(&mut e.stores) {
+                let base = e.buffer(s);
+                let addr = e.address(base, flat);
+                e.b.ins().store(unaligned(), v, addr, 0);
+            }
+            e.loaded.clear();
         };
         let tail_start = if simd {
             self.counted(zero, vec_end, LANES as i64, |e, col| {
@@ -337,6 +374,7 @@ impl Emitter<'_, '_> {
             zero
         };
         self.counted(tail_start, width, 1, |e, col| body(e, col, types::F32));
+        self.pointers.clear();
     }
 
     fn hoist(&mut self, n: NodeId, v: Value, simd: bool) {
@@ -351,7 +389,7 @@ impl Emitter<'_, '_> {
         while let Some(a) = stack.pop() {
             match (&self.g.nodes[a].op, self.plan.kinds[a]) {
                 (Op::Const(_), _) => {}
-                (_, Kind::Fused) => stack.extend(&self.g.nodes[a].args),
+                (_, Kind::Fused | Kind::Stored) => stack.extend(&self.g.nodes[a].args),
                 _ => {
                     if !out.contains(&a) {
                         out.push(a);
@@ -392,7 +430,7 @@ impl Emitter<'_, '_> {
                 return false;
             }
             for &a in &self.g.nodes[m].args {
-                if self.plan.kinds[a] == Kind::Fused {
+                if self.plan.inside(a) {
                     stack.push(a);
                 }
             }
@@ -422,6 +460,11 @@ impl Emitter<'_, '_> {
                 self.widen(v, lanes)
             }
             (_, Kind::Fused) => self.compute(n, i, shape, lanes),
+            (_, Kind::Stored) => {
+                let v = self.compute(n, i, shape, lanes);
+                self.stores.push((n, v));
+                v
+            }
             (_, Kind::Loop | Kind::Epilogue) if compute => self.compute(n, i, shape, lanes),
             _ => self.load(n, i, shape, lanes),
         }
@@ -444,6 +487,9 @@ impl Emitter<'_, '_> {
                 (true, _) => scalar,
             };
         }
+        if let Some(&v) = self.loaded.get(&n) {
+            return v;
+        }
         let s = self.g.nodes[n].shape.clone();
         let offset = match access(&s, shape, self.split) {
             Access::Flat => ix.flat,
@@ -452,7 +498,9 @@ impl Emitter<'_, '_> {
             Access::Scalar => self.b.ins().iconst(types::I64, 0),
             Access::General => self.general_offset(&s, shape, ix.flat),
         };
-        self.load_at(n, offset, lanes)
+        let v = self.load_at(n, offset, lanes);
+        self.loaded.insert(n, v);
+        v
     }
 
     /// The offset in an operand of shape `s` of flat index `i` of `shape` (broadcasting,

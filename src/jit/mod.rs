@@ -516,12 +516,16 @@ fn inplace_updates(g: &Graph, plan: &Plan, roots: &[NodeId]) -> Vec<(NodeId, Slo
                 Slot::Param(p) => &g.params[*p].tensor.shape,
                 Slot::State(s) => &g.states[*s].shape,
             };
+            // The loop computing a stored update reads the slot at the element it writes,
+            // before writing it.
             roots.contains(u)
-                && matches!(plan.kinds[*u], Kind::Loop | Kind::Epilogue)
+                && matches!(plan.kinds[*u], Kind::Loop | Kind::Epilogue | Kind::Stored)
                 && g.nodes[*u].shape == *shape
                 && (*u + 1..g.nodes.len()).all(|j| {
                     !plan.owns_buffer(j)
+                        || plan.kinds[j] == Kind::Stored
                         || plan.reads(g, j).into_iter().all(|r| leaf(r) != Some(*slot))
+                        || (plan.kinds[*u] == Kind::Stored && plan.fused_into(g, j).contains(u))
                 })
         })
         .map(|(slot, u)| (*u, *slot))

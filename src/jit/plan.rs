@@ -16,6 +16,11 @@ pub enum Kind {
     Const,
     /// Elementwise and used only inside one consumer's loop: no buffer.
     Fused,
+    /// Like [`Kind::Fused`], but also a requested root (an optimizer's state update, say):
+    /// computed inside its consumer's loop, which also stores it into its buffer. So the
+    /// three updates of an Adam step (both moments and the weight) are one pass over
+    /// memory instead of three.
+    Stored,
     /// Elementwise, computed by its own loop (with its fused operands) into a buffer.
     Loop,
     /// Computed by a runtime kernel into a buffer.
@@ -156,10 +161,10 @@ pub fn plan(g: &Graph, roots: &[NodeId]) -> Plan {
                         [u] => elementwise(&g.nodes[*u].op) && g.nodes[*u].shape == n.shape,
                         _ => false,
                     };
-                    if single && !roots.contains(&i) {
-                        Kind::Fused
-                    } else {
-                        Kind::Loop
+                    match (single, roots.contains(&i)) {
+                        (true, false) => Kind::Fused,
+                        (true, true) => Kind::Stored,
+                        (false, _) => Kind::Loop,
                     }
                 }
                 Op::MatMul { .. } => product_kind(g, i),
@@ -236,7 +241,13 @@ impl Plan {
                 | Kind::Gemv
                 | Kind::ColumnSum
                 | Kind::Epilogue
+                | Kind::Stored
         )
+    }
+
+    /// True when node `n` is computed inside another node's loop.
+    pub fn inside(&self, n: NodeId) -> bool {
+        matches!(self.kinds[n], Kind::Fused | Kind::Stored)
     }
 
     /// The epilogue loop of product `n`, if it has one.
@@ -251,7 +262,7 @@ impl Plan {
     pub fn print(&self, g: &Graph) -> String {
         let mut out = String::new();
         for (i, k) in self.kinds.iter().enumerate() {
-            if matches!(k, Kind::Dead | Kind::Fused) {
+            if matches!(k, Kind::Dead | Kind::Fused | Kind::Stored) {
                 continue;
             }
             let n = &g.nodes[i];
@@ -264,7 +275,10 @@ impl Plan {
                 if !fused.is_empty() {
                     let list: Vec<String> = fused
                         .iter()
-                        .map(|f| format!("%{f} {}", g.nodes[*f].op))
+                        .map(|f| match self.kinds[*f] {
+                            Kind::Stored => format!("%{f} {} (stored)", g.nodes[*f].op),
+                            _ => format!("%{f} {}", g.nodes[*f].op),
+                        })
                         .collect();
                     let _ = write!(out, "  ⟵ fused: {}", list.join(", "));
                 }
@@ -275,12 +289,12 @@ impl Plan {
     }
 
     /// The buffers node `n` reads when it runs: its arguments, or for a loop the
-    /// arguments of every node fused into it.
+    /// arguments of every node computed inside it.
     pub fn reads(&self, g: &Graph, n: NodeId) -> Vec<NodeId> {
         let mut out = Vec::new();
         let mut stack = g.nodes[n].args.clone();
         while let Some(a) = stack.pop() {
-            if self.kinds[a] == Kind::Fused {
+            if self.inside(a) {
                 stack.extend(&g.nodes[a].args);
             } else if !out.contains(&a) {
                 out.push(a);
@@ -294,7 +308,7 @@ impl Plan {
         let mut out = Vec::new();
         let mut stack = g.nodes[root].args.clone();
         while let Some(a) = stack.pop() {
-            if self.kinds[a] == Kind::Fused && !out.contains(&a) {
+            if self.inside(a) && !out.contains(&a) {
                 out.push(a);
                 stack.extend(&g.nodes[a].args);
             }

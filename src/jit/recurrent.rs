@@ -3,9 +3,10 @@
 //! not depend on the thread count), then, per batch row, short loops over the hidden
 //! units for the cell equations, each over slices passed as separate arguments (so the
 //! compiler knows they do not alias and vectorizes them), with branch-free sigmoid and
-//! tanh. The reserve layout is [`Recurrence`]'s.
+//! tanh. The reserve layout is [`Recurrence`]'s. Both directions are compiled twice, for
+//! AVX2 (eight lanes) and for the baseline, and chosen by the CPU at run time.
 
-use super::abi::gemm;
+use super::abi::{avx2_or, gemm};
 use crate::interp::recurrent::steps;
 use crate::ir::op::{Cell, Recurrence};
 
@@ -13,16 +14,27 @@ use crate::ir::op::{Cell, Recurrence};
 /// even), which then sits in the low bits of the sum.
 const ROUND: f32 = 12_582_912.0;
 
+/// a·b + c, as one fused multiply-add when `FMA` (the AVX2 build: every AVX2 CPU has
+/// FMA), else as two operations (a fused one would be a library call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// eˣ for x clamped to [−87.3, 88.3], as the generated code's: x = k·ln 2 + r with
 /// |r| ≤ ln 2 / 2 (Cody–Waite), Cephes' degree-6 polynomial for eʳ, 2ᵏ built in the
 /// exponent bits. Within 2 ulp; no branches, so loops over it vectorize.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+fn exp<const FMA: bool>(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.3);
-    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let t = madd::<FMA>(x, std::f32::consts::LOG2_E, ROUND);
     let k = t - ROUND;
-    let r = x - k * 6.933_594e-1;
-    let r = r - k * -2.121_944_4e-4;
+    let r = madd::<FMA>(k, -6.933_594e-1, x);
+    let r = madd::<FMA>(k, 2.121_944_4e-4, r);
     let mut p = 1.987_569_1e-4;
     for c in [
         1.398_199_9e-3,
@@ -31,25 +43,28 @@ fn exp(x: f32) -> f32 {
         1.666_666_6e-1,
         5.0e-1,
     ] {
-        p = p * r + c;
+        p = madd::<FMA>(p, r, c);
     }
-    let y = p * (r * r) + r + 1.0;
+    let y = madd::<FMA>(p, r * r, r) + 1.0;
     let bits = (t.to_bits() as i32).wrapping_sub(0x4B40_0000) + 127;
     y * f32::from_bits((bits << 23) as u32)
 }
 
 /// 1 / (1 + e⁻ˣ).
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
+fn sigmoid<const FMA: bool>(x: f32) -> f32 {
+    1.0 / (1.0 + exp::<FMA>(-x))
 }
+
+/// Where tanh rounds to ±1 in f32.
+const TANH_BOUND: f32 = 7.905_311;
 
 /// tanh x: the odd rational minimax approximation of degrees 13/6 that Eigen, XLA and
 /// ONNX Runtime's MLAS use (within 4·10⁻⁷ relative), on x clamped to ±7.905 (where tanh
 /// rounds to ±1); x itself below |x| = 4·10⁻⁴. Half the work of the exp-based form.
 #[inline(always)]
-fn tanh(x: f32) -> f32 {
-    let c = x.clamp(-7.905_311, 7.905_311);
+fn tanh<const FMA: bool>(x: f32) -> f32 {
+    let c = x.clamp(-TANH_BOUND, TANH_BOUND);
     let z = c * c;
     let mut p = -2.760_768_5e-16;
     for a in [
@@ -60,14 +75,17 @@ fn tanh(x: f32) -> f32 {
         6.372_619_3e-4,
         4.893_524_6e-3,
     ] {
-        p = p * z + a;
+        p = madd::<FMA>(p, z, a);
     }
     let mut q = 1.198_258_4e-6;
     for b in [1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3] {
-        q = q * z + b;
+        q = madd::<FMA>(q, z, b);
     }
+    // (At the bound itself the fused build rounds to 1 − 2⁻²³, not 1.)
     if x.abs() < 4e-4 {
         x
+    } else if x.abs() >= TANH_BOUND {
+        1.0f32.copysign(x)
     } else {
         c * p / q
     }
@@ -105,6 +123,49 @@ pub fn forward(
     b_hh: &[f32],
     out: &mut [f32],
 ) {
+    avx2_or(
+        run_avx2,
+        run_base,
+        (Pass::Forward, (r, xd, xw, w_hh, b_hh, out)),
+    );
+}
+
+/// The operands of [`forward`] and of [`backward`].
+type Operands<'a> = (
+    &'a Recurrence,
+    &'a [usize],
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+    &'a mut [f32],
+);
+
+/// Which kernel [`run_avx2`] or [`run_base`] runs.
+#[derive(Clone, Copy)]
+enum Pass {
+    Forward,
+    Backward,
+}
+
+#[inline(always)]
+fn run<const FMA: bool>(pass: Pass, args: Operands) {
+    match pass {
+        Pass::Forward => forward_body::<FMA>(args),
+        Pass::Backward => backward_body::<FMA>(args),
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn run_avx2((pass, args): (Pass, Operands)) {
+    run::<true>(pass, args);
+}
+
+fn run_base((pass, args): (Pass, Operands)) {
+    run::<false>(pass, args);
+}
+
+#[inline(always)]
+fn forward_body<const FMA: bool>((r, xd, xw, w_hh, b_hh, out): Operands) {
     let Sizes { n, t, h, gh, rw } = Sizes::new(r, xd);
     // h_prev·W_hhᵀ of every row, and the state (h, c) between steps.
     let mut gates = vec![0.0f32; n * gh];
@@ -114,11 +175,7 @@ pub fn forward(
     // transposed view (lstm benchmark sizes).
     let mut wt = vec![0.0f32; if t > 1 { gh * h } else { 0 }];
     if t > 1 {
-        for (j, row) in w_hh.chunks_exact(h).enumerate() {
-            for (k, &v) in row.iter().enumerate() {
-                wt[k * gh + j] = v;
-            }
-        }
+        transpose(w_hh, gh, h, &mut wt);
     }
     for (s, step) in steps(t, r.reverse).into_iter().enumerate() {
         if s > 0 {
@@ -135,7 +192,19 @@ pub fn forward(
             let o = &mut out[(b * t + step) * rw..][..rw];
             let hp = &mut hs[b * h..(b + 1) * h];
             let cp = &mut cs[b * h..(b + 1) * h];
-            cell_forward(r.cell, h, &row, o, hp, cp);
+            cell_forward::<FMA>(r.cell, h, &row, o, hp, cp);
+        }
+    }
+}
+
+/// `out` `[cols, rows]` = `a` `[rows, cols]` transposed: written in order, read down
+/// the columns (for the recurrent weights, the lines of `a` a column touches stay in L1
+/// for the next columns).
+#[inline(always)]
+fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    for (c, column) in out.chunks_exact_mut(rows).enumerate() {
+        for (o, row) in column.iter_mut().zip(a.chunks_exact(cols)) {
+            *o = row[c];
         }
     }
 }
@@ -157,12 +226,14 @@ fn map3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32) -> f32
 }
 
 /// The K consecutive blocks of `h` elements of `s`.
+#[inline(always)]
 fn blocks<const K: usize>(s: &mut [f32], h: usize) -> [&mut [f32]; K] {
     let mut it = s.chunks_exact_mut(h);
     std::array::from_fn(|_| it.next().expect("a block per gate"))
 }
 
 /// Read-only [`blocks`].
+#[inline(always)]
 fn parts<const K: usize>(s: &[f32], h: usize) -> [&[f32]; K] {
     let mut it = s.chunks_exact(h);
     std::array::from_fn(|_| it.next().expect("a block per gate"))
@@ -170,7 +241,15 @@ fn parts<const K: usize>(s: &[f32], h: usize) -> [&[f32]; K] {
 
 /// One row of one step: its pre-activations and the state `hp`, `cp` before the step
 /// (replaced by the one after it) → the step's reserve `o`.
-fn cell_forward(cell: Cell, h: usize, row: &Row, o: &mut [f32], hp: &mut [f32], cp: &mut [f32]) {
+#[inline(always)]
+fn cell_forward<const FMA: bool>(
+    cell: Cell,
+    h: usize,
+    row: &Row,
+    o: &mut [f32],
+    hp: &mut [f32],
+    cp: &mut [f32],
+) {
     match cell {
         Cell::RnnTanh | Cell::RnnRelu => {
             let [oh, ohp] = blocks(o, h);
@@ -178,7 +257,7 @@ fn cell_forward(cell: Cell, h: usize, row: &Row, o: &mut [f32], hp: &mut [f32], 
             if cell == Cell::RnnRelu {
                 map3(oh, row.x, row.hh, row.bias, |z| z.max(0.0));
             } else {
-                map3(oh, row.x, row.hh, row.bias, tanh);
+                map3(oh, row.x, row.hh, row.bias, tanh::<FMA>);
             }
             hp.copy_from_slice(oh);
         }
@@ -188,13 +267,13 @@ fn cell_forward(cell: Cell, h: usize, row: &Row, o: &mut [f32], hp: &mut [f32], 
             let [hi, hf, hg, ho] = parts(row.hh, h);
             let [bi, bf, bg, bo] = parts(row.bias, h);
             ohp.copy_from_slice(hp);
-            map3(oi, xi, hi, bi, sigmoid);
-            map3(of, xf, hf, bf, sigmoid);
-            map3(og, xg, hg, bg, tanh);
-            map3(oo, xo, ho, bo, sigmoid);
+            map3(oi, xi, hi, bi, sigmoid::<FMA>);
+            map3(of, xf, hf, bf, sigmoid::<FMA>);
+            map3(og, xg, hg, bg, tanh::<FMA>);
+            map3(oo, xo, ho, bo, sigmoid::<FMA>);
             lstm_state(oc, of, cp, oi, og);
             cp.copy_from_slice(oc);
-            lstm_output(oh, oo, oc);
+            lstm_output::<FMA>(oh, oo, oc);
             hp.copy_from_slice(oh);
         }
         Cell::Gru => {
@@ -203,12 +282,12 @@ fn cell_forward(cell: Cell, h: usize, row: &Row, o: &mut [f32], hp: &mut [f32], 
             let [hr, hz, hn] = parts(row.hh, h);
             let [br, bz, bn] = parts(row.bias, h);
             ohp.copy_from_slice(hp);
-            map3(or, xr, hr, br, sigmoid);
-            map3(oz, xz, hz, bz, sigmoid);
+            map3(or, xr, hr, br, sigmoid::<FMA>);
+            map3(oz, xz, hz, bz, sigmoid::<FMA>);
             for ((o, &a), &b) in ohn.iter_mut().zip(hn).zip(bn) {
                 *o = a + b;
             }
-            gru_candidate(on, xn, or, ohn);
+            gru_candidate::<FMA>(on, xn, or, ohn);
             gru_state(oh, on, oz, hp);
             hp.copy_from_slice(oh);
         }
@@ -225,17 +304,17 @@ fn lstm_state(c: &mut [f32], f: &[f32], cp: &[f32], i: &[f32], g: &[f32]) {
 
 /// h = o·tanh(c).
 #[inline(always)]
-fn lstm_output(h: &mut [f32], o: &[f32], c: &[f32]) {
+fn lstm_output<const FMA: bool>(h: &mut [f32], o: &[f32], c: &[f32]) {
     for ((h, &o), &c) in h.iter_mut().zip(o).zip(c) {
-        *h = o * tanh(c);
+        *h = o * tanh::<FMA>(c);
     }
 }
 
 /// n = tanh(xₙ + r·hn).
 #[inline(always)]
-fn gru_candidate(n: &mut [f32], xn: &[f32], r: &[f32], hn: &[f32]) {
+fn gru_candidate<const FMA: bool>(n: &mut [f32], xn: &[f32], r: &[f32], hn: &[f32]) {
     for (((n, &x), &r), &hn) in n.iter_mut().zip(xn).zip(r).zip(hn) {
-        *n = tanh(x + r * hn);
+        *n = tanh::<FMA>(madd::<FMA>(r, hn, x));
     }
 }
 
@@ -257,6 +336,15 @@ pub fn backward(
     g: &[f32],
     out: &mut [f32],
 ) {
+    avx2_or(
+        run_avx2,
+        run_base,
+        (Pass::Backward, (r, od, reserve, w_hh, g, out)),
+    );
+}
+
+#[inline(always)]
+fn backward_body<const FMA: bool>((r, od, reserve, w_hh, g, out): Operands) {
     let Sizes { n, t, h, gh, rw } = Sizes::new(r, od);
     let ow = od[2];
     let side = (r.cell.grad_sides() - 1) * gh;
@@ -267,9 +355,20 @@ pub fn backward(
     let mut direct = vec![0.0f32; n * h];
     let zeros = vec![0.0f32; h];
     let mut tmp = vec![0.0f32; 2 * h];
+    // The gradient's width: the whole reserve's, or the h block's (the rest zero: a
+    // step's row is then copied into the start of `wide`, whose other blocks stay zero).
+    let gw = g.len().checked_div(n * t).unwrap_or(rw);
+    let mut wide = vec![0.0f32; if gw < rw { rw } else { 0 }];
     let order = steps(t, r.reverse);
     for (s, &step) in order.iter().enumerate().rev() {
         for b in 0..n {
+            let gs = &g[(b * t + step) * gw..][..gw];
+            let gs = if gw < rw {
+                wide[..gw].copy_from_slice(gs);
+                &wide[..]
+            } else {
+                gs
+            };
             // The cell state before the step (an LSTM's).
             let cp = match s {
                 0 => &zeros[..],
@@ -278,14 +377,14 @@ pub fn backward(
             };
             let row = Back {
                 o: &reserve[(b * t + step) * rw..][..rw],
-                g: &g[(b * t + step) * rw..][..rw],
+                g: gs,
                 ch: &carry_h[b * h..(b + 1) * h],
                 cp,
             };
             let d = &mut out[(b * t + step) * ow..][..ow];
             let cc = &mut carry_c[b * h..(b + 1) * h];
             let dp = &mut direct[b * h..(b + 1) * h];
-            cell_backward(r.cell, h, &row, [d, cc, dp, &mut tmp]);
+            cell_backward::<FMA>(r.cell, h, &row, [d, cc, dp, &mut tmp]);
         }
         if s == 0 {
             break;
@@ -313,7 +412,13 @@ struct Back<'a> {
 /// One row of one step backwards → the pre-activations' gradient `d`; `cc` (the cell
 /// state's carried gradient) is updated, `dp` set to h_prev's gradient other than
 /// through h_prev·W_hhᵀ; `tmp` is scratch of 2·H.
-fn cell_backward(cell: Cell, h: usize, row: &Back, [d, cc, dp, tmp]: [&mut [f32]; 4]) {
+#[inline(always)]
+fn cell_backward<const FMA: bool>(
+    cell: Cell,
+    h: usize,
+    row: &Back,
+    [d, cc, dp, tmp]: [&mut [f32]; 4],
+) {
     let (dh, dc) = tmp.split_at_mut(h);
     let gs = row.g;
     add(dh, &gs[..h], row.ch);
@@ -330,7 +435,7 @@ fn cell_backward(cell: Cell, h: usize, row: &Back, [d, cc, dp, tmp]: [&mut [f32]
             let [_, _, c, i, f, g, o] = parts(row.o, h);
             let [_, ghp, gc, gi, gf, gg, go] = parts(gs, h);
             let [di, df, dg, dout] = blocks(d, h);
-            lstm_cell_back(dc, dout, dh, c, o, gc, go, cc);
+            lstm_cell_back::<FMA>(dc, dout, dh, c, o, gc, go, cc);
             lstm_gate_back(di, dc, g, gi, i, true);
             lstm_gate_back(df, dc, row.cp, gf, f, true);
             lstm_gate_back(dg, dc, i, gg, g, false);
@@ -381,7 +486,7 @@ fn relu_back(dz: &mut [f32], dh: &[f32], y: &[f32]) {
 /// dout = (dh·tanh c + go)·o·(1 − o).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn lstm_cell_back(
+fn lstm_cell_back<const FMA: bool>(
     dc: &mut [f32],
     dout: &mut [f32],
     dh: &[f32],
@@ -395,7 +500,7 @@ fn lstm_cell_back(
     let (dout, dh, c, o) = (&mut dout[..len], &dh[..len], &c[..len], &o[..len]);
     let (gc, go, cc) = (&gc[..len], &go[..len], &cc[..len]);
     for k in 0..len {
-        let tc = tanh(c[k]);
+        let tc = tanh::<FMA>(c[k]);
         dc[k] = dh[k] * o[k] * (1.0 - tc * tc) + gc[k] + cc[k];
         dout[k] = (dh[k] * tc + go[k]) * o[k] * (1.0 - o[k]);
     }
@@ -552,28 +657,52 @@ mod tests {
                 .expect("runs");
                 let what = format!("{r} n={n} t={t}");
                 close(&what, &res, want.as_slice().expect("contiguous"));
-                let mut d = vec![0.0f32; n * t * ow];
-                backward(&r, &[n, t, ow], &res, &w, &g, &mut d);
-                let want = reference::recurrence_grad::<f32>(
-                    &arr(&[n, t, rw], &res),
-                    &arr(&[gh, h], &w),
-                    &arr(&[n, t, rw], &g),
-                    &[n, t, ow],
-                    &r,
-                )
-                .expect("runs");
-                close(
-                    &format!("{what} grad"),
-                    &d,
-                    want.as_slice().expect("contiguous"),
-                );
+                // The baseline build too (the dispatch above picks AVX2 where it can).
+                let mut base = vec![0.0f32; n * t * rw];
+                run_base((Pass::Forward, (&r, &[n, t, gh], &xw, &w, &bias, &mut base)));
+                close(&format!("{what} base"), &base, &res);
+                // The gradient for `gr` (width `gw`) against the reference's.
+                let grad = |gr: &[f32], gw: usize, what: &str| {
+                    let mut d = vec![0.0f32; n * t * ow];
+                    backward(&r, &[n, t, ow], &res, &w, gr, &mut d);
+                    let want = reference::recurrence_grad::<f32>(
+                        &arr(&[n, t, rw], &res),
+                        &arr(&[gh, h], &w),
+                        &arr(&[n, t, gw], gr),
+                        &[n, t, ow],
+                        &r,
+                    )
+                    .expect("runs");
+                    close(what, &d, want.as_slice().expect("contiguous"));
+                    d
+                };
+                let d = grad(&g, rw, &format!("{what} grad"));
+                let mut d_base = vec![0.0f32; n * t * ow];
+                run_base((Pass::Backward, (&r, &[n, t, ow], &res, &w, &g, &mut d_base)));
+                close(&format!("{what} base grad"), &d_base, &d);
+                // The h block's gradient alone: as the reserve's with zeros elsewhere.
+                let g_h = values(n * t * h, 400 + seed as u32);
+                let mut padded = vec![0.0f32; n * t * rw];
+                for (row, src) in padded.chunks_exact_mut(rw).zip(g_h.chunks_exact(h)) {
+                    row[..h].copy_from_slice(src);
+                }
+                let d_h = grad(&g_h, h, &format!("{what} h block's gradient"));
+                let d_padded = grad(&padded, rw, &format!("{what} padded gradient"));
+                assert_eq!(d_h, d_padded, "{what}: h block's gradient");
             }
         }
     }
 
     #[test]
     fn exp_sigmoid_and_tanh_are_accurate() {
+        accurate::<false>();
+        accurate::<true>();
+    }
+
+    /// Both builds (with and without fused multiply-adds) of exp, sigmoid and tanh.
+    fn accurate<const FMA: bool>() {
         let rel = |got: f32, want: f64| (f64::from(got) - want).abs() / want.abs().max(1e-30);
+        let (exp, sigmoid, tanh) = (exp::<FMA>, sigmoid::<FMA>, tanh::<FMA>);
         for i in -20000..=20000 {
             let x = i as f32 * 0.001;
             let e = exp(x);

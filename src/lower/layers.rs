@@ -224,11 +224,19 @@ fn concat(b: &mut Builder, parts: Vec<NodeId>, axis: usize) -> NodeId {
 /// One direction of a recurrent layer over `x` `[N, T, F]` with its parameters (w_ih,
 /// w_hh, b_ih, b_hh): the input projections of every step in one product, then the fused
 /// recurrence. The states `[N, T, H]` in time order, or (not `sequence`) the final one
-/// `[N, H]`: after t = T − 1, or after t = 0 when running backwards.
+/// `[N, H]`: after t = T − 1, or after t = 0 when running backwards. An LSTM's and a
+/// plain RNN's gates add both biases, so the recurrence adds their sum (a `[G·H]` add,
+/// not one over every step's projections, and one bias gradient for both); a GRU's
+/// candidate multiplies `b_hn` by its reset gate, so it adds `b_ih` to the projections.
 fn recurrent(b: &mut Builder, r: Recurrence, x: NodeId, p: &[NodeId], sequence: bool) -> NodeId {
     let xw = b.matmul(x, p[0], false, true);
-    let xw = b.add(xw, p[2]);
-    let reserve = b.recurrence(r, xw, p[1], p[3]);
+    let reserve = if r.cell == ir_op::Cell::Gru {
+        let xw = b.add(xw, p[2]);
+        b.recurrence(r, xw, p[1], p[3])
+    } else {
+        let bias = b.add(p[2], p[3]);
+        b.recurrence(r, xw, p[1], bias)
+    };
     if sequence {
         return b.slice(reserve, 2, 0, r.hidden);
     }
