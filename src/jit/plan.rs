@@ -182,7 +182,8 @@ pub fn plan(g: &Graph, roots: &[NodeId]) -> Plan {
 /// loop of the product's only reader (directly or through nodes fused into it), over the
 /// same shape, and the next node computed after it (so no
 /// buffer it writes can be one a node in between still reads). An update written in place
-/// must not overwrite an operand of the product while the product still reads it.
+/// (the loop's own or one stored inside it) must not overwrite an operand of the product
+/// while the product still reads it.
 fn epilogues(
     g: &Graph,
     kinds: &mut [Kind],
@@ -210,8 +211,17 @@ fn epilogues(
                 Kind::Loop | Kind::Kernel | Kind::Product | Kind::Gemv | Kind::ColumnSum
             )
         });
+        // The loop's own update and those stored inside it.
+        let mut written = vec![u];
+        let mut stack = g.nodes[u].args.clone();
+        while let Some(a) = stack.pop() {
+            if matches!(kinds[a], Kind::Fused | Kind::Stored) {
+                written.push(a);
+                stack.extend(&g.nodes[a].args);
+            }
+        }
         let updated_operand = g.updates.iter().any(|(slot, up)| {
-            *up == u
+            written.contains(up)
                 && g.nodes[n].args.iter().any(|&a| match g.nodes[a].op {
                     Op::Param(p) => *slot == Slot::Param(p),
                     Op::State(s) => *slot == Slot::State(s),

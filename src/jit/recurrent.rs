@@ -197,14 +197,19 @@ fn forward_body<const FMA: bool>((r, xd, xw, w_hh, b_hh, out): Operands) {
     }
 }
 
-/// `out` `[cols, rows]` = `a` `[rows, cols]` transposed: written in order, read down
-/// the columns (for the recurrent weights, the lines of `a` a column touches stay in L1
-/// for the next columns).
+/// `out` `[cols, rows]` = `a` `[rows, cols]` transposed, in bands of 16 rows: a band's
+/// 16 lines of `a` stay in L1 while each column of it becomes one line of `out`. (Read
+/// down whole columns, the 256-byte stride of the recurrent weights maps every line to
+/// a quarter of L1's sets, which thrash.)
 #[inline(always)]
 fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
-    for (c, column) in out.chunks_exact_mut(rows).enumerate() {
-        for (o, row) in column.iter_mut().zip(a.chunks_exact(cols)) {
-            *o = row[c];
+    const BAND: usize = 16;
+    for r0 in (0..rows).step_by(BAND) {
+        let band = &a[r0 * cols..(r0 + BAND).min(rows) * cols];
+        for (c, column) in out.chunks_exact_mut(rows).enumerate() {
+            for (o, row) in column[r0..].iter_mut().zip(band.chunks_exact(cols)) {
+                *o = row[c];
+            }
         }
     }
 }
