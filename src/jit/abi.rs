@@ -309,15 +309,17 @@ pub fn call(func: *const u8, bufs: &[*mut f32], batch: usize, env: &KernelEnv) {
     }
 }
 
-/// Runs `wide` (a function compiled with `#[target_feature(enable = "avx2")]` and no
-/// other requirement) when this CPU has AVX2, else `base` (the same body compiled for the
-/// baseline). Both give the same results: Rust never contracts `a·b + c` into a fused
-/// multiply-add, so only the vector width differs.
+/// Runs `wide` (a function compiled with `#[target_feature(enable = "avx2,fma")]` and no
+/// other requirement) when this CPU has AVX2 and FMA, else `base` (the same body compiled
+/// for the baseline; always, off x86-64).
 pub fn avx2_or<A>(wide: unsafe fn(A), base: fn(A), args: A) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: `wide` requires only the AVX2 target feature, detected just above.
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: `wide` requires only the AVX2 and FMA target features, detected just
+        // above.
         return unsafe { wide(args) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = wide;
     base(args)
 }

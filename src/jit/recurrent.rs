@@ -155,7 +155,7 @@ fn run<const FMA: bool>(pass: Pass, args: Operands) {
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
 fn run_avx2((pass, args): (Pass, Operands)) {
     run::<true>(pass, args);
 }
