@@ -390,8 +390,9 @@ pub enum Op {
         eps: f64,
     },
     /// A recurrent layer's direction over all steps; arguments (xw `[N, T, G·H]`, the input
-    /// projections `x·W_ihᵀ + b_ih`; w_hh `[G·H, H]`; b_hh `[G·H]`) → the reserve
-    /// `[N, T, R·H]` (see [`Recurrence`]).
+    /// projections; w_hh `[G·H, H]`; the bias `[G·H]` added with `h·W_hhᵀ`) → the reserve
+    /// `[N, T, R·H]` (see [`Recurrence`]). The lowering gives an LSTM or plain RNN
+    /// `x·W_ihᵀ` and `b_ih + b_hh`, a GRU `x·W_ihᵀ + b_ih` and `b_hh`.
     Recurrence(Recurrence),
     /// The recurrence's VJP (backpropagation through time); arguments (reserve, w_hh, g)
     /// with g the gradient of the whole reserve `[N, T, R·H]`, or of its h block alone

@@ -335,9 +335,15 @@ impl Emitter<'_, '_> {
                 self.hoist(leaf, v, simd);
             }
         }
+        // The pointers the columns use (scalar and per-row operands are hoisted).
         let out = self.buffer(n);
         let mut pointers = HashMap::from([(n, out)]);
-        for &m in l.leaves.iter().map(|(m, _)| m).chain(&l.stored) {
+        let per_column = l
+            .leaves
+            .iter()
+            .filter(|(_, access)| !matches!(access, Access::Scalar | Access::Row))
+            .map(|(m, _)| m);
+        for &m in per_column.chain(&l.stored) {
             let p = self.buffer(m);
             pointers.insert(m, p);
         }
@@ -350,7 +356,6 @@ impl Emitter<'_, '_> {
             .ins()
             .iconst(types::I64, (cols - cols % LANES) as i64);
         let body = |e: &mut Self, col: Value, lanes: Type| {
-            e.loaded.clear();
             let flat = e.b.ins().iadd(base, col);
             let ix = Ix { flat, row, col };
             let v = e.value(n, ix, shape, true, lanes);
@@ -363,6 +368,7 @@ impl Emitter<'_, '_> {
                 let addr = e.address(base, flat);
                 e.b.ins().store(unaligned(), v, addr, 0);
             }
+            // (The next element, or code after the loop, loads afresh.)
             e.loaded.clear();
         };
         let tail_start = if simd {
@@ -387,9 +393,9 @@ impl Emitter<'_, '_> {
         let mut out: Vec<NodeId> = Vec::new();
         let mut stack = self.g.nodes[n].args.clone();
         while let Some(a) = stack.pop() {
-            match (&self.g.nodes[a].op, self.plan.kinds[a]) {
-                (Op::Const(_), _) => {}
-                (_, Kind::Fused | Kind::Stored) => stack.extend(&self.g.nodes[a].args),
+            match &self.g.nodes[a].op {
+                Op::Const(_) => {}
+                _ if self.plan.inside(a) => stack.extend(&self.g.nodes[a].args),
                 _ => {
                     if !out.contains(&a) {
                         out.push(a);

@@ -212,16 +212,9 @@ fn epilogues(
             )
         });
         // The loop's own update and those stored inside it.
-        let mut written = vec![u];
-        let mut stack = g.nodes[u].args.clone();
-        while let Some(a) = stack.pop() {
-            if matches!(kinds[a], Kind::Fused | Kind::Stored) {
-                written.push(a);
-                stack.extend(&g.nodes[a].args);
-            }
-        }
+        let inside = computed_in(g, kinds, u);
         let updated_operand = g.updates.iter().any(|(slot, up)| {
-            written.contains(up)
+            (*up == u || inside.contains(up))
                 && g.nodes[n].args.iter().any(|&a| match g.nodes[a].op {
                     Op::Param(p) => *slot == Slot::Param(p),
                     Op::State(s) => *slot == Slot::State(s),
@@ -257,7 +250,7 @@ impl Plan {
 
     /// True when node `n` is computed inside another node's loop.
     pub fn inside(&self, n: NodeId) -> bool {
-        matches!(self.kinds[n], Kind::Fused | Kind::Stored)
+        self.kinds[n].inside()
     }
 
     /// The epilogue loop of product `n`, if it has one.
@@ -315,17 +308,29 @@ impl Plan {
 
     /// The nodes computed inside the loop of `root`.
     pub fn fused_into(&self, g: &Graph, root: NodeId) -> Vec<NodeId> {
-        let mut out = Vec::new();
-        let mut stack = g.nodes[root].args.clone();
-        while let Some(a) = stack.pop() {
-            if self.inside(a) && !out.contains(&a) {
-                out.push(a);
-                stack.extend(&g.nodes[a].args);
-            }
-        }
-        out.sort_unstable();
-        out
+        computed_in(g, &self.kinds, root)
     }
+}
+
+impl Kind {
+    /// True for nodes computed inside another node's loop.
+    fn inside(self) -> bool {
+        matches!(self, Kind::Fused | Kind::Stored)
+    }
+}
+
+/// The nodes computed inside the loop of `root` (sorted), by their kinds.
+fn computed_in(g: &Graph, kinds: &[Kind], root: NodeId) -> Vec<NodeId> {
+    let mut out = Vec::new();
+    let mut stack = g.nodes[root].args.clone();
+    while let Some(a) = stack.pop() {
+        if kinds[a].inside() && !out.contains(&a) {
+            out.push(a);
+            stack.extend(&g.nodes[a].args);
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// Number of elements of a shape for batch size `batch`.

@@ -4,7 +4,8 @@
 //! units for the cell equations, each over slices passed as separate arguments (so the
 //! compiler knows they do not alias and vectorizes them), with branch-free sigmoid and
 //! tanh. The reserve layout is [`Recurrence`]'s. Both directions are compiled twice, for
-//! AVX2 (eight lanes) and for the baseline, and chosen by the CPU at run time.
+//! AVX2 with FMA (eight lanes, fused multiply-adds) and for the baseline, and chosen by
+//! the CPU at run time.
 
 use super::abi::{avx2_or, gemm};
 use crate::interp::recurrent::steps;
@@ -14,8 +15,8 @@ use crate::ir::op::{Cell, Recurrence};
 /// even), which then sits in the low bits of the sum.
 const ROUND: f32 = 12_582_912.0;
 
-/// a·b + c, as one fused multiply-add when `FMA` (the AVX2 build: every AVX2 CPU has
-/// FMA), else as two operations (a fused one would be a library call).
+/// a·b + c, as one fused multiply-add when `FMA` (the build [`avx2_or`] runs only where
+/// the CPU has FMA), else as two operations (a fused one would be a library call).
 #[inline(always)]
 fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
@@ -81,7 +82,7 @@ fn tanh<const FMA: bool>(x: f32) -> f32 {
     for b in [1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3] {
         q = madd::<FMA>(q, z, b);
     }
-    // (At the bound itself the fused build rounds to 1 − 2⁻²³, not 1.)
+    // (At the bound itself the fused build rounds to a few ulp below 1.)
     if x.abs() < 4e-4 {
         x
     } else if x.abs() >= TANH_BOUND {
