@@ -178,6 +178,28 @@ fn unterminated_string(text: &str, pos: usize) -> Option<(usize, usize)> {
 
 const KEYWORDS: &[&str] = &["model", "block", "train", "use"];
 
+/// Whether `paren` is a group `(e)` rather than a tuple: one expression, and no comma
+/// between it and the `)` (only blanks, line breaks and comments may be there).
+fn is_group(paren: &Pair<Rule>) -> bool {
+    let mut inner = paren.clone().into_inner();
+    let (Some(only), None) = (inner.next(), inner.next()) else {
+        return false;
+    };
+    let after = &paren.as_str()[only.as_span().end() - paren.as_span().start()..];
+    let mut in_comment = false;
+    for c in after.chars() {
+        match (in_comment, c) {
+            (true, '\n') => in_comment = false,
+            (true, _) => {}
+            (false, '#') => in_comment = true,
+            (false, ',') => return false,
+            (false, ')') => return true,
+            _ => {}
+        }
+    }
+    true
+}
+
 fn syntax_error(text: &str, file: FileId, e: &pest::error::Error<Rule>) -> Diagnostic {
     let located = match e.location {
         InputLocation::Pos(p) => p,
@@ -566,7 +588,8 @@ impl Builder {
         let mut p = p;
         loop {
             let single = match p.as_rule() {
-                Rule::expr | Rule::sum | Rule::product | Rule::unary | Rule::group => {
+                Rule::paren if !is_group(&p) => None,
+                Rule::expr | Rule::sum | Rule::product | Rule::unary | Rule::paren => {
                     let mut inner = p.clone().into_inner();
                     match (inner.next(), inner.next()) {
                         (Some(only), None) => Some(only),
@@ -678,15 +701,16 @@ impl Builder {
                 kind: ExprKind::Call(self.call(p)?),
                 span,
             }),
-            Rule::group => self.expr(p.into_inner().next().expect("grammar: group")),
-            Rule::tuple | Rule::list => {
+            // (A paren with one expression and no comma, a group, was walked through
+            // above.)
+            Rule::paren | Rule::list => {
                 let items = p
                     .clone()
                     .into_inner()
                     .map(|q| self.expr(q))
                     .collect::<PResult<_>>()?;
                 Ok(Expr {
-                    kind: if p.as_rule() == Rule::tuple {
+                    kind: if p.as_rule() == Rule::paren {
                         ExprKind::Tuple(items)
                     } else {
                         ExprKind::List(items)
@@ -745,5 +769,53 @@ impl Builder {
             value: value.expect("grammar: argument value"),
             span,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of each `let` in `exprs` (one per line), parsed.
+    fn values(exprs: &[&str]) -> Vec<ExprKind> {
+        let body: String = exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("  v{i} = {e}\n"))
+            .collect();
+        let file = parse_source(&format!("model m {{\n{body}}}\n"), 0).expect("parses");
+        let Some(Item::Model(m)) = file.items.first() else {
+            panic!("a model")
+        };
+        m.body
+            .iter()
+            .map(|s| match s {
+                Stmt::Let { value, .. } => value.kind.clone(),
+                other => panic!("not a let: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// One rule parses parentheses; a comma (not one in a comment) makes a tuple.
+    #[test]
+    fn groups_and_tuples() {
+        let got = values(&[
+            "(x)",
+            "(x,)",
+            "()",
+            "(x, y)",
+            "((x))",
+            "(x # a, b\n)",
+            "(x\n,)",
+        ]);
+        let len = |k: &ExprKind| match k {
+            ExprKind::Tuple(items) => Some(items.len()),
+            _ => None,
+        };
+        let lens: Vec<Option<usize>> = got.iter().map(len).collect();
+        assert_eq!(lens, [None, Some(1), Some(0), Some(2), None, None, Some(1)]);
+        for k in [&got[0], &got[4], &got[5]] {
+            assert!(matches!(k, ExprKind::Name(n) if n.name == "x"), "{k:?}");
+        }
     }
 }
