@@ -3,11 +3,11 @@
 //! not depend on the thread count), then, per batch row, short loops over the hidden
 //! units for the cell equations, each over slices passed as separate arguments (so the
 //! compiler knows they do not alias and vectorizes them), with branch-free sigmoid and
-//! tanh. The reserve layout is [`Recurrence`]'s. Both directions are compiled twice, for
-//! AVX2 with FMA (eight lanes, fused multiply-adds) and for the baseline, and chosen by
-//! the CPU at run time.
+//! tanh. The reserve layout is [`Recurrence`]'s. Both directions are compiled three times,
+//! for AVX-512 (sixteen lanes) and AVX2 (eight), both with fused multiply-adds, and for
+//! the baseline, and chosen by the CPU at run time.
 
-use super::abi::{avx2_or, gemm};
+use super::abi::{gemm, Builds, Isa};
 use crate::interp::recurrent::steps;
 use crate::ir::op::{Cell, Recurrence};
 
@@ -15,7 +15,7 @@ use crate::ir::op::{Cell, Recurrence};
 /// even), which then sits in the low bits of the sum.
 const ROUND: f32 = 12_582_912.0;
 
-/// a·b + c, as one fused multiply-add when `FMA` (the build [`avx2_or`] runs only where
+/// a·b + c, as one fused multiply-add when `FMA` (the [`builds`] with it run only where
 /// the CPU has FMA), else as two operations (a fused one would be a library call).
 #[inline(always)]
 fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
@@ -124,11 +124,7 @@ pub fn forward(
     b_hh: &[f32],
     out: &mut [f32],
 ) {
-    avx2_or(
-        run_avx2,
-        run_base,
-        (Pass::Forward, (r, xd, xw, w_hh, b_hh, out)),
-    );
+    builds().run(Isa::Avx512, (Pass::Forward, (r, xd, xw, w_hh, b_hh, out)));
 }
 
 /// The operands of [`forward`] and of [`backward`].
@@ -141,7 +137,7 @@ type Operands<'a> = (
     &'a mut [f32],
 );
 
-/// Which kernel [`run_avx2`] or [`run_base`] runs.
+/// Which kernel a build runs.
 #[derive(Clone, Copy)]
 enum Pass {
     Forward,
@@ -154,6 +150,21 @@ fn run<const FMA: bool>(pass: Pass, args: Operands) {
         Pass::Forward => forward_body::<FMA>(args),
         Pass::Backward => backward_body::<FMA>(args),
     }
+}
+
+/// Both kernels' builds: AVX-512 (sixteen lanes), AVX2 (eight), both with fused
+/// multiply-adds, and the baseline.
+fn builds<'a>() -> Builds<(Pass, Operands<'a>)> {
+    Builds {
+        avx512: run_avx512,
+        avx2: run_avx2,
+        base: run_base,
+    }
+}
+
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx2,fma"))]
+fn run_avx512((pass, args): (Pass, Operands)) {
+    run::<true>(pass, args);
 }
 
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
@@ -352,9 +363,8 @@ pub fn backward(
     g: &[f32],
     out: &mut [f32],
 ) {
-    avx2_or(
-        run_avx2,
-        run_base,
+    builds().run(
+        Isa::Avx512,
         (Pass::Backward, (r, od, reserve, w_hh, g, out)),
     );
 }
@@ -641,6 +651,14 @@ mod tests {
         }
     }
 
+    /// The builds narrower than the widest this CPU runs.
+    fn narrower() -> Vec<Isa> {
+        [Isa::Base, Isa::Avx2]
+            .into_iter()
+            .filter(|&isa| isa < Isa::detected())
+            .collect()
+    }
+
     #[test]
     fn kernels_match_the_reference() {
         let cells = [Cell::RnnTanh, Cell::RnnRelu, Cell::Lstm, Cell::Gru];
@@ -673,10 +691,13 @@ mod tests {
                 .expect("runs");
                 let what = format!("{r} n={n} t={t}");
                 close(&what, &res, want.as_slice().expect("contiguous"));
-                // The baseline build too (the dispatch above picks AVX2 where it can).
-                let mut base = vec![0.0f32; n * t * rw];
-                run_base((Pass::Forward, (&r, &[n, t, gh], &xw, &w, &bias, &mut base)));
-                close(&format!("{what} base"), &base, &res);
+                // The narrower builds too (the dispatch above picks the widest).
+                for isa in narrower() {
+                    let mut o = vec![0.0f32; n * t * rw];
+                    let args = (&r, &[n, t, gh][..], &xw[..], &w[..], &bias[..], &mut o[..]);
+                    builds().run(isa, (Pass::Forward, args));
+                    close(&format!("{what} {isa:?}"), &o, &res);
+                }
                 // The gradient for `gr` (width `gw`) against the reference's.
                 let grad = |gr: &[f32], gw: usize, what: &str| {
                     let mut d = vec![0.0f32; n * t * ow];
@@ -693,9 +714,12 @@ mod tests {
                     d
                 };
                 let d = grad(&g, rw, &format!("{what} grad"));
-                let mut d_base = vec![0.0f32; n * t * ow];
-                run_base((Pass::Backward, (&r, &[n, t, ow], &res, &w, &g, &mut d_base)));
-                close(&format!("{what} base grad"), &d_base, &d);
+                for isa in narrower() {
+                    let mut o = vec![0.0f32; n * t * ow];
+                    let args = (&r, &[n, t, ow][..], &res[..], &w[..], &g[..], &mut o[..]);
+                    builds().run(isa, (Pass::Backward, args));
+                    close(&format!("{what} {isa:?} grad"), &o, &d);
+                }
                 // The h block's gradient alone: as the reserve's with zeros elsewhere.
                 let g_h = values(n * t * h, 400 + seed as u32);
                 let mut padded = vec![0.0f32; n * t * rw];
