@@ -345,17 +345,27 @@ pub enum Isa {
 impl Isa {
     /// The widest set this CPU runs.
     pub fn detected() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return if std::arch::is_x86_feature_detected!("avx512f") {
-                Isa::Avx512
-            } else {
-                Isa::Avx2
-            };
+        match x86_features() {
+            (true, true) => Isa::Avx512,
+            (true, false) => Isa::Avx2,
+            (false, _) => Isa::Base,
         }
-        Isa::Base
     }
+}
+
+/// Whether this CPU has AVX2 with FMA, and whether it has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+fn x86_features() -> (bool, bool) {
+    (
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+        std::arch::is_x86_feature_detected!("avx512f"),
+    )
+}
+
+/// Off x86-64: neither.
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_features() -> (bool, bool) {
+    (false, false)
 }
 
 /// One kernel body compiled three times: `avx512` with
