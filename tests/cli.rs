@@ -187,6 +187,14 @@ fn usage_errors_exit_2() {
         &[],
         &["check", "--format", "xml", "examples/xor.kiln"],
         &["check", "--color", "sometimes", "examples/xor.kiln"],
+        // Counts and rates out of range are refused before anything runs.
+        &["train", "examples/xor.kiln", "--batch", "0"],
+        &["train", "examples/xor.kiln", "--epochs", "0"],
+        &["train", "examples/xor.kiln", "--batch", "1000000000000"],
+        &["train", "examples/xor.kiln", "--lr", "nan"],
+        &["train", "examples/xor.kiln", "--lr", "0"],
+        &["bench", "examples/xor.kiln", "--seconds", "inf"],
+        &["bench", "examples/xor.kiln", "--batch", "0"],
     ] {
         let o = kiln(args);
         assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
@@ -201,6 +209,15 @@ fn usage_errors_exit_2() {
     let o = kiln(&["check", "--bogus", "examples/xor.kiln"]);
     assert!(stderr(&o).contains("'--bogus'"), "{}", stderr(&o));
     assert!(stderr(&o).contains("Usage: kiln check"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_bench_batch_too_large_for_memory_exits_2() {
+    // 2³¹ − 1 rows of the digits model's 64 inputs: 4 TiB for the bench's data.
+    let o = kiln(&["bench", "examples/digits_mlp.kiln", "--batch", "2147483647"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("too large"), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! data, measured as the peers' harness does (../shared/bench/peers: a pool of 8 batches
 //! cycled, a warm-up, then repetitions of at least a fixed time, the median reported).
 
-use crate::run::ModelArgs;
-use crate::{check_one, print_diags, EXIT_INPUT};
+use crate::run::{count, positive, ModelArgs};
+use crate::{check_one, print_diags, EXIT_INPUT, EXIT_IO};
 use clap::Args;
 use kiln::check::train::TrainConfig;
 use kiln::check::LintLevels;
@@ -23,10 +23,10 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub m: ModelArgs,
     /// Batch size (default: the train block's).
-    #[arg(long)]
-    pub batch: Option<usize>,
+    #[arg(long, value_parser = count())]
+    pub batch: Option<u64>,
     /// Seconds each of the 3 timed repetitions runs at least.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = positive)]
     pub seconds: f64,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -50,6 +50,27 @@ struct Figures {
 /// Inputs and targets of one batch.
 type Batch = (Vec<ArrayD<f32>>, Vec<ArrayD<f32>>);
 
+/// Batches in the synthetic data's pool.
+const POOL: usize = 8;
+
+/// The most memory the pool may take: a larger batch is refused before anything is
+/// allocated (an allocation that fails aborts the process).
+const POOL_BYTES: usize = 1 << 30;
+
+/// The bytes of a pool of batches of `batch` rows (None past `usize`).
+fn pool_bytes(p: &rt::Program, batch: usize) -> Option<usize> {
+    let f = &p.forward;
+    f.inputs
+        .iter()
+        .chain(&f.targets)
+        .try_fold(0usize, |sum, t| {
+            let n = dims(&t.shape, 1)
+                .iter()
+                .try_fold(batch, |acc, &d| acc.checked_mul(d))?;
+            sum.checked_add(n.checked_mul(POOL * std::mem::size_of::<f32>())?)
+        })
+}
+
 fn pool(p: &rt::Program, batch: usize, rng: &mut ChaCha8Rng) -> Vec<Batch> {
     let gen = |t: &kiln::ir::Tensor, rng: &mut ChaCha8Rng| {
         let d = dims(&t.shape, batch);
@@ -60,7 +81,7 @@ fn pool(p: &rt::Program, batch: usize, rng: &mut ChaCha8Rng) -> Vec<Batch> {
         };
         ArrayD::from_shape_vec(IxDyn(&d), v).expect("shape fits")
     };
-    (0..8)
+    (0..POOL)
         .map(|_| {
             let inputs = p.forward.inputs.iter().map(|t| gen(t, rng)).collect();
             let targets = p.forward.targets.iter().map(|t| gen(t, rng)).collect();
@@ -118,7 +139,15 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         .cloned()
         .unwrap_or_else(|| TrainConfig::defaults(&m.name, m.span));
     let p = rt::prepare(m);
-    let batch = a.batch.unwrap_or(cfg.batch as usize).max(1);
+    let batch = a.batch.unwrap_or(cfg.batch) as usize;
+    if pool_bytes(&p, batch).is_none_or(|b| b > POOL_BYTES) {
+        eprintln!(
+            "error: a batch of {batch} is too large for `kiln bench`'s synthetic data (at most \
+             {} MiB for its {POOL} batches); choose a smaller --batch",
+            POOL_BYTES >> 20
+        );
+        return Ok(EXIT_IO);
+    }
     let mut run = Run::new(&p, &cfg);
     let mut be = a.m.backend();
     // Synthetic data is made outside the timed compile.

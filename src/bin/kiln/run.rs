@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use kiln::check::train::{Metric, TrainConfig};
 use kiln::check::{CheckedModel, LintLevels, Program as Checked};
 use kiln::diag::{self, ColorChoice};
+use kiln::ir::shape::MAX_DIM;
 use kiln::ir::Graph;
 use kiln::runtime::data::{self, Dataset};
 use kiln::runtime::exec::{Backend, Interpreter};
@@ -58,13 +59,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub test: Option<PathBuf>,
     /// Epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = count())]
     pub epochs: Option<u64>,
     /// Batch size.
-    #[arg(long)]
+    #[arg(long, value_parser = count())]
     pub batch: Option<u64>,
     /// Base learning rate.
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub lr: Option<f64>,
     /// Seed of all randomness.
     #[arg(long)]
@@ -351,6 +352,22 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         crate::plot::write(&report.history, &report.model, path)?;
     }
     Ok(0)
+}
+
+/// A clap value parser for counts (epochs, batch sizes): 1 to [`MAX_DIM`], as in a train
+/// block.
+pub fn count() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=MAX_DIM)
+}
+
+/// A clap value parser for a learning rate or a duration: a positive finite number.
+pub fn positive(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a positive finite number".into())
+    }
 }
 
 fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
