@@ -302,7 +302,8 @@ pub fn conv(
 /// `out`. When CKK > O it is computed as `dwᵀ = cols · gᵀ` and the small result
 /// transposed after: the `gemm` crate copies (packs) the operand its vector lanes run
 /// along, the output's columns, and for `dwᵀ` that is g (O rows, m·P long) rather than
-/// cols (CKK rows as long): lenet trained 11 % slower with `dw` computed directly.
+/// cols (CKK rows as long). Measured: lenet 45.1k against 44.2k samples/s with `dw`
+/// computed directly (medians of 4 alternating runs).
 fn weight_grad(
     cols: &[f32],
     t: &[f32],
