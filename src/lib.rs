@@ -50,6 +50,7 @@ pub mod interp;
 pub mod ir;
 pub mod jit;
 pub mod lower;
+pub mod ops;
 pub mod repl;
 pub mod runtime;
 pub mod span;

@@ -7,6 +7,8 @@ use kiln::check::{check_file, LintLevels};
 use kiln::interp::dims;
 use kiln::ir::DType;
 use kiln::jit::Jit;
+use kiln::ops::elementwise::Spelling;
+use kiln::ops::Elem;
 use kiln::runtime::exec::{Backend, Interpreter, State};
 use kiln::runtime::train::{self as rt, Program, Run};
 use kiln::span::Sources;
@@ -155,24 +157,30 @@ fn examples_match_the_interpreter() {
 
 const TRAIN: &str = "train m {\n  optimizer sgd(lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 0.01)\n  clip norm(1.0)\n}\n";
 
+/// Every elementwise function the language names (and each variant, as its word argument
+/// chooses it), read from the registry, between two layers.
 #[test]
 fn every_activation_matches() {
-    for act in [
-        "relu",
-        "leaky_relu(alpha: 0.1)",
-        "elu",
-        "sigmoid",
-        "tanh",
-        "gelu",
-        "gelu(approximate: tanh)",
-        "silu",
-        "softplus",
-        "identity",
-        "exp",
-        "abs",
-    ] {
+    let mut calls = Vec::new();
+    for &e in Elem::ALL {
+        let d = e.def();
+        let call = match d.traits.dsl {
+            Some(Spelling::Activation | Spelling::Function) => d.name.to_string(),
+            Some(Spelling::Variant { of, arg, value, .. }) => format!("{of}({arg}: {value})"),
+            None => continue,
+        };
+        // Functions defined on positive numbers get inputs away from 0.
+        let pre = if d.domain.lo > 0.0 {
+            "|> abs |> softplus |> "
+        } else {
+            "|> "
+        };
+        calls.push(format!("{pre}{call}"));
+    }
+    assert!(calls.len() >= 17, "{calls:?}");
+    for act in calls {
         let src = format!(
-            "model m {{\n  input x: [N, 5]\n  target y: [N, 3]\n  h = x |> dense(6) |> {act} |> dense(3)\n  output h\n  loss mse(h, y)\n}}\n{TRAIN}"
+            "model m {{\n  input x: [N, 5]\n  target y: [N, 3]\n  h = x |> dense(6) {act} |> dense(3)\n  output h\n  loss mse(h, y)\n}}\n{TRAIN}"
         );
         compare(&src);
     }
@@ -648,7 +656,7 @@ fn every_product_path_matches_the_interpreter() {
         let bias = b.broadcast_to(quarter, Shape::new(vec![cols]));
         let y = b.matmul(x, w, ta, tb);
         let z = b.add(y, bias);
-        let out = b.map(Func::Tanh, z);
+        let out = b.map(Func::of(Elem::Tanh), z);
         let planned = plan(&g, &[out]);
         assert_eq!(planned.kinds[y], kind, "{sa:?}·{sb:?} ta {ta} tb {tb}");
         let fused = (kind != Kind::Kernel).then_some(out);

@@ -9,6 +9,7 @@ pub use vjp::vjp;
 use crate::check::train::{Clip, Optimizer};
 use crate::ir::build::Builder;
 use crate::ir::{Binary, DType, Func, Graph, Hyper, NodeId, Op, Slot, Tensor};
+use crate::ops::Elem;
 
 /// Adds the gradient of `g.objective` with respect to every trainable parameter to
 /// `g.grads`. Frozen parameters, inputs and targets get no gradient.
@@ -64,7 +65,7 @@ pub fn clip(g: &mut Graph, clip: Clip) {
         Clip::Norm(_) => {
             let mut total: Option<NodeId> = None;
             for (_, gr) in &grads {
-                let sq = b.map(Func::Square, *gr);
+                let sq = b.map(Func::of(Elem::Square), *gr);
                 let s = b.sum_all(sq);
                 total = Some(match total {
                     Some(t) => b.add(t, s),
@@ -73,7 +74,7 @@ pub fn clip(g: &mut Graph, clip: Clip) {
             }
             let Some(total) = total else { return };
             // scale = min(1, c / (‖g‖ + 1e-6)), as torch.nn.utils.clip_grad_norm_.
-            let norm = b.map(Func::Sqrt, total);
+            let norm = b.map(Func::of(Elem::Sqrt), total);
             let tiny = b.constant(1e-6);
             let denom = b.add(norm, tiny);
             let ratio = b.div(c, denom);
@@ -85,7 +86,7 @@ pub fn clip(g: &mut Graph, clip: Clip) {
             }
         }
         Clip::Value(_) => {
-            let neg = b.map(Func::Neg, c);
+            let neg = b.map(Func::of(Elem::Neg), c);
             for (p, gr) in &grads {
                 let lo = b.binary(Binary::Min, *gr, c);
                 let clipped = b.binary(Binary::Max, lo, neg);
@@ -185,7 +186,7 @@ pub fn optimizer_update(g: &mut Graph, opt: &Optimizer) {
                 let m2 = b.add(m_keep, m_new);
                 let v_keep = b.mul(b2, v);
                 let c2 = b.sub(one, b2);
-                let d2 = b.map(Func::Square, dv);
+                let d2 = b.map(Func::of(Elem::Square), dv);
                 let v_new = b.mul(c2, d2);
                 let v2 = b.add(v_keep, v_new);
                 updates.push((Slot::State(first_state), m2));
@@ -197,11 +198,11 @@ pub fn optimizer_update(g: &mut Graph, opt: &Optimizer) {
                     b.hyper(Hyper::Bias2),
                     b.hyper(Hyper::Eps),
                 );
-                let inv_bc1 = b.map(Func::Recip, bc1);
+                let inv_bc1 = b.map(Func::of(Elem::Recip), bc1);
                 let mhat = b.mul(m2, inv_bc1);
-                let sv = b.map(Func::Sqrt, v2);
-                let sbc = b.map(Func::Sqrt, bc2);
-                let inv_sbc = b.map(Func::Recip, sbc);
+                let sv = b.map(Func::of(Elem::Sqrt), v2);
+                let sbc = b.map(Func::of(Elem::Sqrt), bc2);
+                let inv_sbc = b.map(Func::of(Elem::Recip), sbc);
                 let vhat = b.mul(sv, inv_sbc);
                 let denom = b.add(vhat, eps);
                 b.div(mhat, denom)
@@ -211,11 +212,11 @@ pub fn optimizer_update(g: &mut Graph, opt: &Optimizer) {
                 let sq = state(&mut b, 0);
                 let keep = b.mul(alpha, sq);
                 let ca = b.sub(one, alpha);
-                let g2 = b.map(Func::Square, grad);
+                let g2 = b.map(Func::of(Elem::Square), grad);
                 let new = b.mul(ca, g2);
                 let sq2 = b.add(keep, new);
                 updates.push((Slot::State(first_state), sq2));
-                let root = b.map(Func::Sqrt, sq2);
+                let root = b.map(Func::of(Elem::Sqrt), sq2);
                 let denom = b.add(root, eps);
                 let d = b.div(grad, denom);
                 if *momentum > 0.0 {

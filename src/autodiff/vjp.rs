@@ -4,6 +4,7 @@
 
 use crate::ir::build::{reduced, Builder};
 use crate::ir::{Binary, Dim, Func, NodeId, Op, Reduce, Shape};
+use crate::ops::Elem;
 
 /// The VJP of node `n` for upstream gradient `g`. Panics only on operations that never
 /// appear in a forward graph (gradient operations themselves): an internal error.
@@ -20,21 +21,21 @@ pub fn vjp(b: &mut Builder, n: NodeId, g: NodeId) -> Vec<Option<NodeId>> {
         | Op::BatchSize
         | Op::Const(_) => vec![],
         Op::Map(f) => vec![Some(match f {
-            Func::Neg => b.map(Func::Neg, g),
+            f if f.elem == Elem::Neg => b.map(*f, g),
             _ => b.map_grad(*f, a[0], g),
         })],
         Op::Binary(op) => {
             let (sa, sb) = (shape_of(b, 0), shape_of(b, 1));
             let (da, db) = match op {
                 Binary::Add => (g, g),
-                Binary::Sub => (g, b.map(Func::Neg, g)),
+                Binary::Sub => (g, b.map(Func::of(Elem::Neg), g)),
                 Binary::Mul => (b.mul(g, a[1]), b.mul(g, a[0])),
                 Binary::Div => {
                     // d(a/b)/db = −(a/b)/b
                     let da = b.div(g, a[1]);
                     let q = b.div(da, a[1]);
                     let t = b.mul(q, a[0]);
-                    (da, b.map(Func::Neg, t))
+                    (da, b.map(Func::of(Elem::Neg), t))
                 }
                 Binary::Max | Binary::Min => {
                     // The gradient goes to the argument that was chosen (to both on ties).

@@ -177,7 +177,7 @@ pub enum LayerKind {
         /// Hidden size.
         hidden: u64,
         /// Activation of the Elman RNN (`tanh` or `relu`).
-        activation: Activation,
+        activation: RnnActivation,
         /// Also run backwards and concatenate.
         bidirectional: bool,
         /// Return every step (`[N, T, h]`) rather than the last state.
@@ -233,62 +233,13 @@ pub struct LayerInst {
     pub default_init: bool,
 }
 
-/// Elementwise activations and functions (LANGUAGE.md §5, §7).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Activation {
+/// The activation of an Elman RNN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RnnActivation {
+    /// tanh.
+    Tanh,
     /// max(0, x).
     Relu,
-    /// x or alpha·x.
-    LeakyRelu(f64),
-    /// Random slope in [lower, upper] in training, the mean in eval.
-    Rrelu(f64, f64),
-    /// x or alpha·(exp(x) − 1).
-    Elu(f64),
-    /// 1 / (1 + exp(−x)).
-    Sigmoid,
-    /// tanh(x).
-    Tanh,
-    /// x.
-    Identity,
-    /// x·Φ(x) (erf form), or the tanh approximation.
-    Gelu {
-        /// Use the tanh approximation.
-        tanh: bool,
-    },
-    /// x·sigmoid(x).
-    Silu,
-    /// log(1 + exp(x)).
-    Softplus,
-    /// exp(x).
-    Exp,
-    /// ln(x).
-    Log,
-    /// sqrt(x).
-    Sqrt,
-    /// |x|.
-    Abs,
-}
-
-impl Activation {
-    /// The DSL word.
-    pub fn word(self) -> &'static str {
-        match self {
-            Activation::Relu => "relu",
-            Activation::LeakyRelu(_) => "leaky_relu",
-            Activation::Rrelu(..) => "rrelu",
-            Activation::Elu(_) => "elu",
-            Activation::Sigmoid => "sigmoid",
-            Activation::Tanh => "tanh",
-            Activation::Identity => "identity",
-            Activation::Gelu { .. } => "gelu",
-            Activation::Silu => "silu",
-            Activation::Softplus => "softplus",
-            Activation::Exp => "exp",
-            Activation::Log => "log",
-            Activation::Sqrt => "sqrt",
-            Activation::Abs => "abs",
-        }
-    }
 }
 
 /// Pooling kinds.
@@ -314,6 +265,7 @@ pub enum ReduceKind {
 }
 
 pub use crate::ir::op::LossKind;
+pub use crate::ops::Func;
 
 /// A node's operation.
 #[derive(Clone, Debug, PartialEq)]
@@ -326,8 +278,8 @@ pub enum Op {
     Const(f64),
     /// Apply a parameterized layer.
     Layer(LayerId),
-    /// Elementwise activation.
-    Activation(Activation),
+    /// An elementwise function of the registry (activations and math).
+    Activation(Func),
     /// Softmax along an axis.
     Softmax(usize),
     /// Log-softmax along an axis.
@@ -387,7 +339,7 @@ impl Op {
             Op::Target(_) => "target",
             Op::Const(_) => "constant",
             Op::Layer(_) => "layer",
-            Op::Activation(a) => a.word(),
+            Op::Activation(f) => f.def().word(),
             Op::Softmax(_) => "softmax",
             Op::LogSoftmax(_) => "log_softmax",
             Op::Dropout(_) => "dropout",

@@ -41,18 +41,11 @@ fn symmetric_init(m: &CheckedModel, out: &mut Vec<Diagnostic>) {
 }
 
 fn is_squashing(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Activation(
-            Activation::Relu
-                | Activation::Sigmoid
-                | Activation::Tanh
-                | Activation::LeakyRelu(_)
-                | Activation::Elu(_)
-                | Activation::Softplus
-                | Activation::Rrelu(..)
-        ) | Op::Softmax(_)
-    )
+    match op {
+        Op::Activation(f) => f.def().traits.squashing,
+        Op::Softmax(_) => true,
+        _ => false,
+    }
 }
 
 fn op_word(node: &Node) -> &'static str {
@@ -104,7 +97,7 @@ fn saturating_stack(m: &CheckedModel, out: &mut Vec<Diagnostic>) {
     for (i, node) in m.nodes.iter().enumerate() {
         let inherited = node.inputs.iter().map(|&j| depth[j]).max().unwrap_or(0);
         depth[i] = match &node.op {
-            Op::Activation(Activation::Sigmoid | Activation::Tanh) => inherited + 1,
+            Op::Activation(f) if f.def().traits.saturating => inherited + 1,
             Op::Layer(l)
                 if matches!(
                     m.layers[*l].kind,

@@ -2,7 +2,7 @@
 //! [`CheckedModel`]s and [`TrainConfig`]s, or diagnostics.
 
 pub mod args;
-pub mod catalog;
+pub use crate::ops::catalog;
 pub mod graph;
 pub mod lints;
 mod model;
@@ -15,7 +15,7 @@ pub use train::TrainConfig;
 use crate::diag::{Diagnostic, Severity};
 use crate::span::{FileId, Sources, Span};
 use crate::syntax::{ast, parse_source};
-use graph::{Activation, Init, LayerKind, LossKind, Op, ParamRole};
+use graph::{Init, LayerKind, LossKind, Op, ParamRole};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -343,19 +343,7 @@ fn he_before_relu(m: &mut CheckedModel) {
             users[j].push(i);
         }
     }
-    let relu_family = |op: &Op| {
-        matches!(
-            op,
-            Op::Activation(
-                Activation::Relu
-                    | Activation::LeakyRelu(_)
-                    | Activation::Rrelu(..)
-                    | Activation::Elu(_)
-                    | Activation::Gelu { .. }
-                    | Activation::Silu
-            )
-        )
-    };
+    let relu_family = |op: &Op| matches!(op, Op::Activation(f) if f.def().traits.relu_like);
     for i in 0..m.nodes.len() {
         let Op::Layer(l) = m.nodes[i].op else {
             continue;

@@ -6,6 +6,7 @@ use super::catalog::{self, Kind, Sig, MANY};
 use super::graph::*;
 use crate::diag::{did_you_mean, Diagnostic};
 use crate::ir::shape::{broadcast, matmul, window_out, Dim, Shape, MAX_DIM};
+use crate::ops::elementwise::{self, Choice, Elem};
 use crate::span::Span;
 use crate::syntax::ast::{self, BinOp, Expr, ExprKind, Stmt, TypeExpr};
 use std::collections::{HashMap, HashSet};
@@ -1879,11 +1880,11 @@ impl Elab<'_> {
                 let h = a.size("h")?;
                 let activation = if cell == Cell::Rnn {
                     match a.choice("activation", &["tanh", "relu"])? {
-                        "relu" => Activation::Relu,
-                        _ => Activation::Tanh,
+                        "relu" => RnnActivation::Relu,
+                        _ => RnnActivation::Tanh,
                     }
                 } else {
-                    Activation::Tanh
+                    RnnActivation::Tanh
                 };
                 let bidirectional = a.boolean("bidirectional")?;
                 let sequence = a.boolean("sequence")?;
@@ -2072,36 +2073,10 @@ impl Elab<'_> {
                 Ok(())
             }
         };
-        let act = |x: Activation| Ok((Op::Activation(x), same.clone()));
+        if let Some((base, choice)) = elementwise::by_word(name) {
+            return Ok((Op::Activation(elementwise_call(base, choice, a)?), same));
+        }
         match name {
-            "relu" => act(Activation::Relu),
-            "leaky_relu" => act(Activation::LeakyRelu(a.float_in(
-                "alpha",
-                |v| v >= 0.0,
-                "must be at least 0",
-            )?)),
-            "rrelu" => {
-                let lower = a.float_in("lower", |v| v >= 0.0, "must be at least 0")?;
-                let upper = a.float_in("upper", |v| v >= lower, "must be at least `lower`")?;
-                act(Activation::Rrelu(lower, upper))
-            }
-            "elu" => act(Activation::Elu(a.float_in(
-                "alpha",
-                |v| v >= 0.0,
-                "must be at least 0",
-            )?)),
-            "sigmoid" => act(Activation::Sigmoid),
-            "tanh" => act(Activation::Tanh),
-            "identity" => act(Activation::Identity),
-            "gelu" => act(Activation::Gelu {
-                tanh: a.choice("approximate", &["none", "tanh"])? == "tanh",
-            }),
-            "silu" => act(Activation::Silu),
-            "softplus" => act(Activation::Softplus),
-            "exp" => act(Activation::Exp),
-            "log" => act(Activation::Log),
-            "sqrt" => act(Activation::Sqrt),
-            "abs" => act(Activation::Abs),
             "softmax" | "log_softmax" => {
                 let ax = self.axis(a, "axis", &shape, name)?;
                 let op = if name == "softmax" {
@@ -2554,6 +2529,36 @@ impl Elab<'_> {
             }
         }
     }
+}
+
+/// The function an elementwise call applies: the variant its word argument chooses, with
+/// its parameters bound and checked against their bounds.
+fn elementwise_call(base: Elem, choice: Option<Choice>, a: &Bound) -> Result<Func, Diagnostic> {
+    let mut elem = base;
+    if let Some(choice) = choice {
+        let words: Vec<&'static str> = choice.options.iter().map(|o| o.0).collect();
+        let chosen = a.choice(choice.arg, &words)?;
+        if let Some(o) = choice.options.iter().find(|o| o.0 == chosen) {
+            elem = o.1;
+        }
+    }
+    let mut p = [0.0; 2];
+    for (k, param) in elem.def().params.iter().enumerate() {
+        p[k] = match param.min {
+            elementwise::Bound::Value(min) => {
+                a.float_in(param.name, |v| v >= min, &format!("must be at least {min}"))?
+            }
+            elementwise::Bound::Param(j) => {
+                let (lower, name) = (p[j], elem.def().params[j].name);
+                a.float_in(
+                    param.name,
+                    |v| v >= lower,
+                    &format!("must be at least `{name}`"),
+                )?
+            }
+        };
+    }
+    Ok(Func::with(elem, p))
 }
 
 /// A parameter of a layer: name, shape, initializer, role, trainable.

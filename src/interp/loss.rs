@@ -2,8 +2,9 @@
 //! with respect to the prediction, in f64. The interpreter and the JIT's kernels share
 //! this code, so both backends compute every loss the same way.
 
-use super::{apply, sigmoid, InterpError, Real};
+use super::{sigmoid, InterpError, Real};
 use crate::ir::{Func, LossKind};
+use crate::ops::Elem;
 
 /// A loss's two operands, flat, with what their shapes say.
 pub struct Operands<'a, T> {
@@ -228,7 +229,7 @@ fn classify<T: Real, G: Real>(
 /// Loss and derivative of one prediction `x` against target `t`.
 fn elementwise_loss(kind: LossKind, x: f64, t: f64) -> (f64, f64) {
     match kind {
-        LossKind::Mae => ((x - t).abs(), apply(Func::Sign, x - t)),
+        LossKind::Mae => ((x - t).abs(), Func::of(Elem::Sign).apply(x - t)),
         LossKind::Mse => ((x - t).powi(2), 2.0 * (x - t)),
         LossKind::Huber(delta) => {
             let d = x - t;

@@ -7,7 +7,7 @@ pub mod layers;
 pub mod loss;
 pub mod recurrent;
 
-use crate::ir::{Binary, Dim, Func, Graph, Hyper, NodeId, Op, Reduce, Shape};
+use crate::ir::{Binary, Dim, Graph, Hyper, NodeId, Op, Reduce, Shape};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice, Zip};
 use std::collections::HashMap;
 use std::fmt;
@@ -206,12 +206,12 @@ pub fn eval<T: Real>(
         ),
         Op::BatchSize => scalar(env.batch as f64),
         Op::Const(c) => scalar(*c),
-        Op::Map(f) => a[0].mapv(|x| T::of(apply(*f, x.f()))),
+        Op::Map(f) => a[0].mapv(|x| T::of(f.apply(x.f()))),
         Op::MapGrad(f) => {
             let mut r = a[1].clone();
             Zip::from(&mut r)
                 .and(a[0])
-                .for_each(|g, &x| *g = T::of(g.f() * derivative(*f, x.f())));
+                .for_each(|g, &x| *g = T::of(g.f() * f.derivative(x.f())));
             r
         }
         Op::Binary(op) => {
@@ -425,113 +425,4 @@ fn binary<T: Real>(op: Binary, x: T, y: T) -> T {
     })
 }
 
-pub(crate) fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-
-/// `f(x)`.
-pub fn apply(f: Func, x: f64) -> f64 {
-    match f {
-        Func::Neg => -x,
-        Func::Exp => x.exp(),
-        Func::Log => x.ln(),
-        Func::Sqrt => x.sqrt(),
-        Func::Abs => x.abs(),
-        Func::Square => x * x,
-        Func::Recip => 1.0 / x,
-        Func::Relu => x.max(0.0),
-        Func::LeakyRelu(a) => {
-            if x > 0.0 {
-                x
-            } else {
-                a * x
-            }
-        }
-        Func::Elu(a) => {
-            if x > 0.0 {
-                x
-            } else {
-                a * x.exp_m1()
-            }
-        }
-        Func::Sigmoid => sigmoid(x),
-        Func::Tanh => x.tanh(),
-        Func::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        Func::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()),
-        Func::Silu => x * sigmoid(x),
-        Func::Softplus => {
-            if x > 20.0 {
-                x
-            } else {
-                x.exp().ln_1p()
-            }
-        }
-        Func::Sign => {
-            if x > 0.0 {
-                1.0
-            } else if x < 0.0 {
-                -1.0
-            } else {
-                0.0
-            }
-        }
-        Func::Step => f64::from(u8::from(x > 0.0)),
-    }
-}
-
-/// `f'(x)` (0 at the kinks of relu, abs, leaky relu and elu, as PyTorch).
-pub fn derivative(f: Func, x: f64) -> f64 {
-    match f {
-        Func::Neg => -1.0,
-        Func::Exp => x.exp(),
-        Func::Log => 1.0 / x,
-        Func::Sqrt => 0.5 / x.sqrt(),
-        Func::Abs => apply(Func::Sign, x),
-        Func::Square => 2.0 * x,
-        Func::Recip => -1.0 / (x * x),
-        Func::Relu => f64::from(u8::from(x > 0.0)),
-        Func::LeakyRelu(a) => {
-            if x > 0.0 {
-                1.0
-            } else {
-                a
-            }
-        }
-        Func::Elu(a) => {
-            if x > 0.0 {
-                1.0
-            } else {
-                a * x.exp()
-            }
-        }
-        Func::Sigmoid => {
-            let s = sigmoid(x);
-            s * (1.0 - s)
-        }
-        Func::Tanh => 1.0 - x.tanh().powi(2),
-        Func::Gelu => {
-            let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
-            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            cdf + x * pdf
-        }
-        Func::GeluTanh => {
-            let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-            let t = u.tanh();
-            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
-        }
-        Func::Silu => {
-            let s = sigmoid(x);
-            s * (1.0 + x * (1.0 - s))
-        }
-        Func::Softplus => sigmoid(x),
-        Func::Sign | Func::Step => 0.0,
-    }
-}
+pub(crate) use crate::ops::elementwise::sigmoid;

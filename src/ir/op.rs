@@ -26,58 +26,7 @@ pub enum LossKind {
     ZeroOne,
 }
 
-/// An elementwise function of one argument. Each has a derivative, used by
-/// [`Op::MapGrad`]: `g · f'(x)`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Func {
-    /// −x.
-    Neg,
-    /// eˣ.
-    Exp,
-    /// ln x.
-    Log,
-    /// √x.
-    Sqrt,
-    /// |x|.
-    Abs,
-    /// x².
-    Square,
-    /// 1/x.
-    Recip,
-    /// max(0, x).
-    Relu,
-    /// x, or α·x for x < 0.
-    LeakyRelu(f64),
-    /// x, or α·(eˣ − 1) for x < 0.
-    Elu(f64),
-    /// 1 / (1 + e⁻ˣ).
-    Sigmoid,
-    /// tanh x.
-    Tanh,
-    /// x·Φ(x) with the error function.
-    Gelu,
-    /// The tanh approximation of GELU.
-    GeluTanh,
-    /// x·sigmoid(x).
-    Silu,
-    /// ln(1 + eˣ).
-    Softplus,
-    /// −1, 0 or 1.
-    Sign,
-    /// 1 for x > 0, else 0.
-    Step,
-}
-
-impl Func {
-    /// The name used when printing the IR.
-    pub fn name(self) -> String {
-        match self {
-            Func::LeakyRelu(a) => format!("leaky_relu({a})"),
-            Func::Elu(a) => format!("elu({a})"),
-            other => format!("{other:?}").to_lowercase(),
-        }
-    }
-}
+pub use crate::ops::Func;
 
 /// Elementwise functions of two arguments (broadcasting).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -422,8 +371,8 @@ impl fmt::Display for Op {
             Op::Hyper(h) => write!(f, "hyper.{}", format!("{h:?}").to_lowercase()),
             Op::BatchSize => write!(f, "batch_size"),
             Op::Const(c) => write!(f, "const {c}"),
-            Op::Map(func) => write!(f, "{}", func.name()),
-            Op::MapGrad(func) => write!(f, "{}_grad", func.name()),
+            Op::Map(func) => write!(f, "{func}"),
+            Op::MapGrad(func) => write!(f, "{func}_grad"),
             Op::Binary(b) => write!(f, "{}", format!("{b:?}").to_lowercase()),
             Op::MatMul { ta, tb } => write!(
                 f,

@@ -2,8 +2,8 @@
 //! reads, the functions it calls, and the call itself. All of the JIT's `unsafe` is here.
 
 use super::kernel;
-use crate::interp::{apply, derivative};
-use crate::ir::{Func, Graph};
+use crate::ir::Graph;
+use crate::ops::elementwise::{prim, Prim};
 use cranelift_jit::JITModule;
 use smallvec::SmallVec;
 use std::cell::RefCell;
@@ -68,62 +68,29 @@ extern "C" fn kiln_kernel(ctx: *const Ctx, node: i64) {
     }
 }
 
-/// The numbering of [`Func`] shared by the code generator and [`kiln_apply`].
-pub fn func_code(f: Func) -> (i32, f32) {
+/// The number by which generated code asks [`kiln_prim`] for a primitive, for those it
+/// does not compute inline (None).
+pub fn prim_code(f: Prim) -> Option<i32> {
     match f {
-        Func::Neg => (0, 0.0),
-        Func::Exp => (1, 0.0),
-        Func::Log => (2, 0.0),
-        Func::Sqrt => (3, 0.0),
-        Func::Abs => (4, 0.0),
-        Func::Square => (5, 0.0),
-        Func::Recip => (6, 0.0),
-        Func::Relu => (7, 0.0),
-        Func::LeakyRelu(a) => (8, a as f32),
-        Func::Elu(a) => (9, a as f32),
-        Func::Sigmoid => (10, 0.0),
-        Func::Tanh => (11, 0.0),
-        Func::Gelu => (12, 0.0),
-        Func::GeluTanh => (13, 0.0),
-        Func::Silu => (14, 0.0),
-        Func::Softplus => (15, 0.0),
-        Func::Sign => (16, 0.0),
-        Func::Step => (17, 0.0),
+        Prim::Exp => Some(0),
+        Prim::Expm1 => Some(1),
+        Prim::Log => Some(2),
+        Prim::Log1p => Some(3),
+        Prim::Erf => Some(4),
+        Prim::Neg | Prim::Abs | Prim::Sqrt | Prim::Recip | Prim::Tanh | Prim::Sigmoid => None,
     }
 }
 
-fn func_of(code: i32, p: f32) -> Func {
-    let p = f64::from(p);
-    match code {
-        0 => Func::Neg,
-        1 => Func::Exp,
-        2 => Func::Log,
-        3 => Func::Sqrt,
-        4 => Func::Abs,
-        5 => Func::Square,
-        6 => Func::Recip,
-        7 => Func::Relu,
-        8 => Func::LeakyRelu(p),
-        9 => Func::Elu(p),
-        10 => Func::Sigmoid,
-        11 => Func::Tanh,
-        12 => Func::Gelu,
-        13 => Func::GeluTanh,
-        14 => Func::Silu,
-        15 => Func::Softplus,
-        16 => Func::Sign,
-        _ => Func::Step,
-    }
-}
-
-/// `f(x)` for functions the generated code does not inline: the interpreter's formula.
-extern "C" fn kiln_apply(code: i32, p: f32, x: f32) -> f32 {
-    apply(func_of(code, p), f64::from(x)) as f32
-}
-
-/// `f'(x)`, likewise.
-extern "C" fn kiln_derivative(code: i32, p: f32, x: f32) -> f32 {
-    derivative(func_of(code, p), f64::from(x)) as f32
+/// A primitive the generated code calls, computed in f64 as the interpreter does.
+extern "C" fn kiln_prim(code: i32, x: f32) -> f32 {
+    let f = match code {
+        0 => Prim::Exp,
+        1 => Prim::Expm1,
+        2 => Prim::Log,
+        3 => Prim::Log1p,
+        _ => Prim::Erf,
+    };
+    prim(f, f64::from(x)) as f32
 }
 
 /// Products of at least this many multiply-adds, with both output sides at least
@@ -273,11 +240,10 @@ pub fn gemm(
 }
 
 /// The symbols generated code calls, to register with the JIT builder.
-pub fn symbols() -> [(&'static str, *const u8); 3] {
+pub fn symbols() -> [(&'static str, *const u8); 2] {
     [
         ("kiln_kernel", kiln_kernel as *const u8),
-        ("kiln_apply", kiln_apply as *const u8),
-        ("kiln_derivative", kiln_derivative as *const u8),
+        ("kiln_prim", kiln_prim as *const u8),
     ]
 }
 

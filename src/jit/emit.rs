@@ -3,9 +3,10 @@
 //! operations are calls to kernels. Loops are top-tested and stay loops, so a network
 //! compiles in milliseconds at `opt_level=none`.
 
-use super::abi::{self, func_code, CTX_BATCH, CTX_BUFS};
+use super::abi::{self, CTX_BATCH, CTX_BUFS};
 use super::plan::{Kind, Plan};
 use crate::ir::{Binary, Dim, Func, Graph, NodeId, Op, Shape};
+use crate::ops::elementwise::{Expr, Prim, Prim2};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
@@ -74,17 +75,12 @@ pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, CompileError> {
         .declare_function("kiln_kernel", Linkage::Import, &kernel_sig)
         .map_err(err)?;
     let mut f_sig = module.make_signature();
-    f_sig.params.extend([
-        AbiParam::new(types::I32),
-        AbiParam::new(types::F32),
-        AbiParam::new(types::F32),
-    ]);
+    f_sig
+        .params
+        .extend([AbiParam::new(types::I32), AbiParam::new(types::F32)]);
     f_sig.returns.push(AbiParam::new(types::F32));
-    let apply = module
-        .declare_function("kiln_apply", Linkage::Import, &f_sig)
-        .map_err(err)?;
-    let deriv = module
-        .declare_function("kiln_derivative", Linkage::Import, &f_sig)
+    let prim = module
+        .declare_function("kiln_prim", Linkage::Import, &f_sig)
         .map_err(err)?;
 
     let mut ctx = module.make_context();
@@ -102,8 +98,7 @@ pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, CompileError> {
         let batch = b.ins().load(types::I64, flags, c, CTX_BATCH);
         let funcs = Funcs {
             kernel: module.declare_func_in_func(kernel, b.func),
-            apply: module.declare_func_in_func(apply, b.func),
-            deriv: module.declare_func_in_func(deriv, b.func),
+            prim: module.declare_func_in_func(prim, b.func),
         };
         let mut e = Emitter {
             b,
@@ -145,8 +140,7 @@ pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, CompileError> {
 
 struct Funcs {
     kernel: FuncRef,
-    apply: FuncRef,
-    deriv: FuncRef,
+    prim: FuncRef,
 }
 
 struct Emitter<'a, 'f> {
@@ -427,8 +421,8 @@ impl Emitter<'_, '_> {
         let mut stack = vec![n];
         while let Some(m) = stack.pop() {
             let ok = match &self.g.nodes[m].op {
-                Op::Map(f) => inline_map(*f),
-                Op::MapGrad(f) => inline_grad(*f),
+                Op::Map(f) => inline(&f.def().f),
+                Op::MapGrad(f) => inline(&f.def().df),
                 Op::Binary(_) => true,
                 _ => true,
             };
@@ -580,20 +574,10 @@ impl Emitter<'_, '_> {
         self.choose(c, yes, no, lanes)
     }
 
-    fn sign(&mut self, x: Value, lanes: Type) -> Value {
-        let z = self.constant(0.0, lanes);
-        let one = self.constant(1.0, lanes);
-        let minus = self.constant(-1.0, lanes);
-        let lt = self.b.ins().fcmp(FloatCC::LessThan, x, z);
-        let neg_or_zero = self.choose(lt, minus, z, lanes);
-        self.select_gt0(x, one, neg_or_zero, lanes)
-    }
-
-    fn call(&mut self, f: FuncRef, func: Func, x: Value) -> Value {
-        let (code, p) = func_code(func);
+    /// A primitive computed by the runtime (scalar loops only).
+    fn call(&mut self, code: i32, x: Value) -> Value {
         let code = self.b.ins().iconst(types::I32, i64::from(code));
-        let p = self.b.ins().f32const(p);
-        let call = self.b.ins().call(f, &[code, p, x]);
+        let call = self.b.ins().call(self.funcs.prim, &[code, x]);
         self.b.inst_results(call)[0]
     }
 
@@ -704,88 +688,88 @@ impl Emitter<'_, '_> {
         self.choose(is_small, small, large, lanes)
     }
 
-    /// 4·e/(1 + e)² with e = e^{−k|x|}: sigmoid's derivative for k = 1 (as e/(1 + e)²),
-    /// tanh's for k = 2 — without the cancellation of σ(1 − σ) or 1 − tanh².
-    fn bell(&mut self, x: Value, k: f32, scale: f32, lanes: Type) -> Value {
-        let ax = self.b.ins().fabs(x);
-        let kk = self.constant(-k, lanes);
-        let t = self.b.ins().fmul(ax, kk);
-        let e = self.exp_clamped(t, lanes);
-        let one = self.constant(1.0, lanes);
-        let d = self.b.ins().fadd(one, e);
-        let d2 = self.b.ins().fmul(d, d);
-        let c = self.constant(scale, lanes);
-        let num = self.b.ins().fmul(e, c);
-        self.b.ins().fdiv(num, d2)
+    /// `f(x)`: the function's expression over the primitives.
+    fn map(&mut self, f: Func, x: Value, lanes: Type) -> Value {
+        self.expr(&f.def().f, x, &f.p, lanes)
     }
 
-    fn map(&mut self, f: Func, x: Value, lanes: Type) -> Value {
-        match f {
-            Func::Sigmoid => self.sigmoid(x, lanes),
-            Func::Tanh => self.tanh(x, lanes),
-            Func::Silu => {
-                let s = self.sigmoid(x, lanes);
-                self.b.ins().fmul(x, s)
+    /// `g · f′(x)`, with `g` pushed into the branches of the derivative so that a
+    /// piecewise-constant one (relu's) selects instead of multiplying.
+    fn map_grad(&mut self, f: Func, x: Value, g: Value, lanes: Type) -> Value {
+        self.scaled(&f.def().df, x, g, &f.p, lanes)
+    }
+
+    /// `g · e(x)`.
+    fn scaled(&mut self, e: &Expr, x: Value, g: Value, p: &[f64; 2], lanes: Type) -> Value {
+        match e {
+            Expr::K(c) if *c == 1.0 => g,
+            Expr::K(c) if *c == -1.0 => self.b.ins().fneg(g),
+            Expr::K(c) if *c == 0.0 => self.constant(0.0, lanes),
+            Expr::IfPos(c, a, b) => {
+                let c = self.expr(c, x, p, lanes);
+                let a = self.scaled(a, x, g, p, lanes);
+                let b = self.scaled(b, x, g, p, lanes);
+                self.select_gt0(c, a, b, lanes)
             }
-            Func::Neg => self.b.ins().fneg(x),
-            Func::Abs => self.b.ins().fabs(x),
-            Func::Sqrt => self.b.ins().sqrt(x),
-            Func::Square => self.b.ins().fmul(x, x),
-            Func::Recip => {
-                let one = self.constant(1.0, lanes);
-                self.b.ins().fdiv(one, x)
+            _ => {
+                let d = self.expr(e, x, p, lanes);
+                self.b.ins().fmul(g, d)
             }
-            Func::Relu => {
-                let z = self.constant(0.0, lanes);
-                self.select_gt0(x, x, z, lanes)
-            }
-            Func::LeakyRelu(a) => {
-                let k = self.constant(a as f32, lanes);
-                let ax = self.b.ins().fmul(x, k);
-                self.select_gt0(x, x, ax, lanes)
-            }
-            Func::Step => {
-                let (one, z) = (self.constant(1.0, lanes), self.constant(0.0, lanes));
-                self.select_gt0(x, one, z, lanes)
-            }
-            Func::Sign => self.sign(x, lanes),
-            other => self.call(self.funcs.apply, other, x),
         }
     }
 
-    fn map_grad(&mut self, f: Func, x: Value, g: Value, lanes: Type) -> Value {
-        let d = match f {
-            Func::Neg => return self.b.ins().fneg(g),
-            Func::Relu => {
-                let z = self.constant(0.0, lanes);
-                return self.select_gt0(x, g, z, lanes);
+    /// The value of `e` at `x` with parameters `p`.
+    fn expr(&mut self, e: &Expr, x: Value, p: &[f64; 2], lanes: Type) -> Value {
+        match e {
+            Expr::X => x,
+            Expr::K(c) => self.constant(*c as f32, lanes),
+            Expr::P(k) => self.constant(p[*k] as f32, lanes),
+            Expr::Un(f, a) => {
+                let a = self.expr(a, x, p, lanes);
+                match abi::prim_code(*f) {
+                    Some(code) => self.call(code, a),
+                    None => self.prim(*f, a, lanes),
+                }
             }
-            Func::LeakyRelu(a) => {
-                let k = self.constant(a as f32, lanes);
-                let ag = self.b.ins().fmul(g, k);
-                return self.select_gt0(x, g, ag, lanes);
+            Expr::Bin(f, a, b) => {
+                let a = self.expr(a, x, p, lanes);
+                let b = self.expr(b, x, p, lanes);
+                let op = match f {
+                    Prim2::Add => Binary::Add,
+                    Prim2::Sub => Binary::Sub,
+                    Prim2::Mul => Binary::Mul,
+                    Prim2::Div => Binary::Div,
+                    Prim2::Max => Binary::Max,
+                    Prim2::Min => Binary::Min,
+                };
+                self.binary(op, a, b, lanes)
             }
-            Func::Square => {
-                let two_x = self.b.ins().fadd(x, x);
-                return self.b.ins().fmul(two_x, g);
+            Expr::IfPos(c, a, b) => {
+                let c = self.expr(c, x, p, lanes);
+                let a = self.expr(a, x, p, lanes);
+                let b = self.expr(b, x, p, lanes);
+                self.select_gt0(c, a, b, lanes)
             }
-            Func::Abs => self.sign(x, lanes),
-            Func::Sign | Func::Step => return self.constant(0.0, lanes),
-            Func::Sigmoid => self.bell(x, 1.0, 1.0, lanes),
-            Func::Tanh => self.bell(x, 2.0, 4.0, lanes),
-            // silu' = σ(x)·(1 + x·σ(−x)).
-            Func::Silu => {
-                let s = self.sigmoid(x, lanes);
-                let nx = self.b.ins().fneg(x);
-                let rest = self.sigmoid(nx, lanes);
-                let xr = self.b.ins().fmul(x, rest);
+        }
+    }
+
+    /// A primitive with an inline (vector) form.
+    fn prim(&mut self, f: Prim, a: Value, lanes: Type) -> Value {
+        match f {
+            Prim::Neg => self.b.ins().fneg(a),
+            Prim::Abs => self.b.ins().fabs(a),
+            Prim::Sqrt => self.b.ins().sqrt(a),
+            Prim::Recip => {
                 let one = self.constant(1.0, lanes);
-                let d = self.b.ins().fadd(one, xr);
-                self.b.ins().fmul(s, d)
+                self.b.ins().fdiv(one, a)
             }
-            other => self.call(self.funcs.deriv, other, x),
-        };
-        self.b.ins().fmul(g, d)
+            Prim::Sigmoid => self.sigmoid(a, lanes),
+            Prim::Tanh => self.tanh(a, lanes),
+            Prim::Exp | Prim::Expm1 | Prim::Log | Prim::Log1p | Prim::Erf => {
+                let code = abi::prim_code(f).unwrap_or_default();
+                self.call(code, a)
+            }
+        }
     }
 
     fn binary(&mut self, op: Binary, a: Value, c: Value, lanes: Type) -> Value {
@@ -878,38 +862,12 @@ fn split_axis<'s>(shape: &Shape, operands: impl Iterator<Item = &'s Shape> + Clo
         .unwrap_or(last)
 }
 
-/// Functions computed inline (with vector forms); the others call the runtime.
-fn inline_map(f: Func) -> bool {
-    matches!(
-        f,
-        Func::Neg
-            | Func::Abs
-            | Func::Sqrt
-            | Func::Square
-            | Func::Recip
-            | Func::Relu
-            | Func::LeakyRelu(_)
-            | Func::Step
-            | Func::Sign
-            | Func::Sigmoid
-            | Func::Tanh
-            | Func::Silu
-    )
-}
-
-/// Derivatives computed inline.
-fn inline_grad(f: Func) -> bool {
-    matches!(
-        f,
-        Func::Neg
-            | Func::Relu
-            | Func::LeakyRelu(_)
-            | Func::Square
-            | Func::Abs
-            | Func::Sign
-            | Func::Step
-            | Func::Sigmoid
-            | Func::Tanh
-            | Func::Silu
-    )
+/// Whether every primitive of `e` has an inline vector form (the others call the runtime).
+fn inline(e: &Expr) -> bool {
+    match e {
+        Expr::X | Expr::K(_) | Expr::P(_) => true,
+        Expr::Un(f, a) => abi::prim_code(*f).is_none() && inline(a),
+        Expr::Bin(_, a, b) => inline(a) && inline(b),
+        Expr::IfPos(c, a, b) => inline(c) && inline(a) && inline(b),
+    }
 }

@@ -3,10 +3,11 @@
 //! backpropagation through time).
 
 use super::Mode;
-use crate::check::graph::{Activation, Cell, LayerKind, PoolKind as CPool};
+use crate::check::graph::{Cell, LayerKind, PoolKind as CPool, RnnActivation};
 use crate::ir::build::Builder;
 use crate::ir::op::{self as ir_op, Recurrence};
 use crate::ir::{Binary, ConvGeom, Dim, Func, NodeId, Op, Pool, PoolKind, Reduce, Shape, Windows};
+use crate::ops::Elem;
 
 /// A layer's output, and the new values of its state parameters (by the layer's own
 /// parameter index) that a training step writes back.
@@ -67,8 +68,8 @@ pub fn layer(b: &mut Builder, kind: &LayerKind, x: NodeId, p: &[NodeId], mode: M
             sequence,
         } => {
             let cell = match (cell, activation) {
-                (Cell::Rnn, Activation::Relu) => ir_op::Cell::RnnRelu,
-                (Cell::Rnn, _) => ir_op::Cell::RnnTanh,
+                (Cell::Rnn, RnnActivation::Relu) => ir_op::Cell::RnnRelu,
+                (Cell::Rnn, RnnActivation::Tanh) => ir_op::Cell::RnnTanh,
                 (Cell::Lstm, _) => ir_op::Cell::Lstm,
                 (Cell::Gru, _) => ir_op::Cell::Gru,
             };
@@ -98,9 +99,9 @@ fn per_channel(b: &mut Builder, v: NodeId, rank: usize) -> NodeId {
 
 /// `x` for x ≥ 0 and `slope·x` below: `relu(x) − slope·relu(−x)`.
 pub fn leaky(b: &mut Builder, x: NodeId, slope: NodeId) -> NodeId {
-    let pos = b.map(Func::Relu, x);
-    let nx = b.map(Func::Neg, x);
-    let neg = b.map(Func::Relu, nx);
+    let pos = b.map(Func::of(Elem::Relu), x);
+    let nx = b.map(Func::of(Elem::Neg), x);
+    let neg = b.map(Func::of(Elem::Relu), nx);
     let scaled = b.mul(slope, neg);
     b.sub(pos, scaled)
 }
@@ -109,7 +110,7 @@ pub fn leaky(b: &mut Builder, x: NodeId, slope: NodeId) -> NodeId {
 fn centered(b: &mut Builder, x: NodeId, axes: Vec<usize>) -> (NodeId, NodeId) {
     let mean = b.reduce(Reduce::Mean, x, axes.clone(), true);
     let xc = b.sub(x, mean);
-    let sq = b.map(Func::Square, xc);
+    let sq = b.map(Func::of(Elem::Square), xc);
     let var = b.reduce(Reduce::Mean, sq, axes, true);
     (xc, var)
 }
@@ -118,7 +119,7 @@ fn centered(b: &mut Builder, x: NodeId, axes: Vec<usize>) -> (NodeId, NodeId) {
 fn normalize(b: &mut Builder, xc: NodeId, var: NodeId, eps: f64) -> NodeId {
     let e = b.constant(eps);
     let v = b.add(var, e);
-    let sd = b.map(Func::Sqrt, v);
+    let sd = b.map(Func::of(Elem::Sqrt), v);
     b.div(xc, sd)
 }
 

@@ -6,9 +6,11 @@
 
 mod layers;
 
-use crate::check::graph::{Activation, CheckedModel, Op as COp, ParamRole, Ty};
+use crate::check::graph::{CheckedModel, Op as COp, ParamRole, Ty};
 use crate::ir::build::Builder;
 use crate::ir::{DType, Dim, Func, Graph, NodeId, Noise, Op, Param, Reduce, Shape, Tensor};
+use crate::ops::elementwise::Expr;
+use crate::ops::Elem;
 use crate::syntax::ast::BinOp;
 
 /// Which behaviour a graph has.
@@ -33,26 +35,6 @@ fn dtype(ty: &Ty) -> DType {
 
 fn shape(ty: &Ty) -> Shape {
     ty.shape().cloned().unwrap_or_default()
-}
-
-/// The elementwise function of an activation (None: identity).
-pub fn func(a: Activation) -> Option<Func> {
-    Some(match a {
-        Activation::Relu => Func::Relu,
-        Activation::LeakyRelu(x) => Func::LeakyRelu(x),
-        Activation::Elu(x) => Func::Elu(x),
-        Activation::Sigmoid => Func::Sigmoid,
-        Activation::Tanh => Func::Tanh,
-        Activation::Gelu { tanh: false } => Func::Gelu,
-        Activation::Gelu { tanh: true } => Func::GeluTanh,
-        Activation::Silu => Func::Silu,
-        Activation::Softplus => Func::Softplus,
-        Activation::Exp => Func::Exp,
-        Activation::Log => Func::Log,
-        Activation::Sqrt => Func::Sqrt,
-        Activation::Abs => Func::Abs,
-        Activation::Identity | Activation::Rrelu(..) => return None,
-    })
 }
 
 /// Lowers a checked model to its forward graph with the behaviour of `mode`.
@@ -128,16 +110,13 @@ pub fn lower_model(m: &CheckedModel, mode: Mode) -> Graph {
                 }
                 y
             }
-            COp::Activation(a) => match (func(*a), a, mode) {
-                (Some(f), _, _) => b.map(f, args[0]),
-                (None, Activation::Rrelu(lo, hi), Mode::Eval) => {
-                    b.map(Func::LeakyRelu((lo + hi) / 2.0), args[0])
-                }
-                (None, Activation::Rrelu(lo, hi), Mode::Train { seed }) => {
-                    let slope = b.noise(Noise::Uniform(*lo, *hi), seed, args[0]);
+            COp::Activation(f) => match mode {
+                _ if f.def().f == Expr::X => args[0],
+                Mode::Train { seed } if f.def().traits.random_slope => {
+                    let slope = b.noise(Noise::Uniform(f.p[0], f.p[1]), seed, args[0]);
                     layers::leaky(&mut b, args[0], slope)
                 }
-                (None, _, _) => args[0],
+                _ => b.map(*f, args[0]),
             },
             COp::Softmax(ax) => b.like(Op::Softmax(*ax), args.clone(), args[0]),
             COp::LogSoftmax(ax) => b.like(Op::LogSoftmax(*ax), args.clone(), args[0]),
@@ -187,7 +166,7 @@ pub fn lower_model(m: &CheckedModel, mode: Mode) -> Graph {
                     b.reshape(y, out)
                 }
             },
-            COp::Neg => b.map(Func::Neg, args[0]),
+            COp::Neg => b.map(Func::of(Elem::Neg), args[0]),
             COp::Reduce {
                 kind,
                 axes,
@@ -257,7 +236,11 @@ pub fn lower_model(m: &CheckedModel, mode: Mode) -> Graph {
             b.name = if r.l1 { "l1" } else { "l2" }.into();
             for &p in &r.params {
                 let Some(w) = param_nodes[p] else { continue };
-                let f = if r.l1 { Func::Abs } else { Func::Square };
+                let f = if r.l1 {
+                    Func::of(Elem::Abs)
+                } else {
+                    Func::of(Elem::Square)
+                };
                 let t = b.map(f, w);
                 let s = b.sum_all(t);
                 let term = b.scale(r.lambda, s);

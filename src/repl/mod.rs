@@ -1484,7 +1484,7 @@ pub fn vocabulary() -> Vec<&'static str> {
         "class",
         "wrt",
     ]);
-    v.extend(catalog::BUILTINS.iter().map(|s| s.name));
+    v.extend(catalog::all().iter().map(|s| s.name));
     v.extend(values::CONSTRUCTORS);
     v.sort_unstable();
     v.dedup();

@@ -7,6 +7,7 @@ use super::exec::{Backend, RunError, State};
 use super::train::Program;
 use crate::diag::Diagnostic;
 use crate::ir::{Binary, Func, Graph, Hyper, NodeId, Op};
+use crate::ops::elementwise::Watch;
 use crate::span::Span;
 use ndarray::ArrayD;
 use serde::Serialize;
@@ -78,11 +79,11 @@ fn activations(g: &Graph) -> Vec<(NodeId, Func)> {
         .iter()
         .enumerate()
         .filter_map(|(i, n)| match n.op {
-            Op::Map(f @ (Func::Relu | Func::Sigmoid | Func::Tanh)) => Some((i, f)),
+            Op::Map(f) if f.def().traits.watch != Watch::None => Some((i, f)),
             _ => None,
         })
         .filter(|&(i, f)| {
-            f != Func::Relu
+            f.def().traits.watch != Watch::Dead
                 || !g
                     .nodes
                     .iter()
@@ -152,11 +153,11 @@ pub fn measure(
         .zip(&values)
         .map(|(&(n, f), x)| UnitHealth {
             name: g.nodes[n].name.clone(),
-            activation: f.name(),
-            fraction: match f {
-                Func::Relu => dead_fraction(x),
-                Func::Sigmoid => saturated(x, 4.595),
-                _ => saturated(x, 2.647),
+            activation: f.to_string(),
+            fraction: match f.def().traits.watch {
+                Watch::Dead => dead_fraction(x),
+                Watch::Saturated(limit) => saturated(x, limit as f32),
+                Watch::None => 0.0,
             },
             span: g.nodes[n].span,
         })

@@ -6,7 +6,8 @@
 use super::exec::State;
 use crate::diag::Diagnostic;
 use crate::interp::{self, Env};
-use crate::ir::{Func, Graph, Hyper, LossKind, NodeId, Op};
+use crate::ir::{Graph, Hyper, LossKind, NodeId, Op};
+use crate::ops::Elem;
 use crate::span::Span;
 use ndarray::ArrayD;
 use std::collections::HashMap;
@@ -73,8 +74,8 @@ pub fn trace(
 /// What operation `op` is, in words, for the diagnostic.
 fn describe(op: &Op) -> String {
     match op {
-        Op::Map(f) => format!("`{}`", f.name()),
-        Op::MapGrad(f) => format!("the derivative of `{}`", f.name()),
+        Op::Map(f) => format!("`{}`", f),
+        Op::MapGrad(f) => format!("the derivative of `{}`", f),
         Op::Binary(b) => format!("`{}`", format!("{b:?}").to_lowercase()),
         Op::MatMul { .. } | Op::BatchMatMul { .. } => "a matrix product".into(),
         Op::Conv(_) => "a convolution".into(),
@@ -90,17 +91,14 @@ fn causes(g: &Graph, origin: &Origin, lr: f64, clipped: bool) -> Vec<String> {
         Origin::Op(n) => Some(&g.nodes[*n].op),
         _ => None,
     };
-    match op {
-        Some(Op::Map(Func::Log) | Op::Loss(LossKind::CrossEntropy(_))) => {
-            c.push("log of zero: a probability or input reached 0 (pass logits to `cross_entropy`, or add a small epsilon)".into())
-        }
-        Some(Op::Map(Func::Sqrt)) => c.push("square root of a negative number".into()),
-        Some(Op::Binary(crate::ir::Binary::Div)) => c.push("division by zero".into()),
-        Some(Op::Map(Func::Exp) | Op::Loss(LossKind::Exponential)) => {
-            c.push("exp of a large value overflowed".into())
-        }
-        _ => {}
-    }
+    let hazard = match op {
+        Some(Op::Map(f)) => f.def().traits.hazard,
+        Some(Op::Loss(LossKind::CrossEntropy(_))) => Elem::Log.def().traits.hazard,
+        Some(Op::Loss(LossKind::Exponential)) => Elem::Exp.def().traits.hazard,
+        Some(Op::Binary(crate::ir::Binary::Div)) => Some("division by zero"),
+        _ => None,
+    };
+    c.extend(hazard.map(String::from));
     if matches!(origin, Origin::Input(_)) {
         c.push("bad input values: the data holds NaN or infinite numbers".into());
     } else {

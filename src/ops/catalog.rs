@@ -1,6 +1,10 @@
-//! Every built-in callable of the model language with its arguments and defaults.
-//! Shape rules live in `model.rs`; this table is what name resolution, argument
-//! binding, "did you mean" and the REPL's completion read.
+//! Every built-in callable of the model language with its arguments and defaults: the
+//! table name resolution, argument binding, "did you mean" and the REPL's completion
+//! read. Elementwise functions come from [`elementwise`](super::elementwise); the others
+//! are listed here, and their shape rules and lowerings live in the stages.
+
+use super::elementwise::{Elem, Spelling};
+use std::sync::OnceLock;
 
 /// What a built-in is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +45,7 @@ pub enum Def {
 }
 
 /// One built-in's signature.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Sig {
     /// The DSL word.
     pub name: &'static str,
@@ -83,8 +87,8 @@ const RECURRENT: &[(&str, Def)] = &[
 const REDUCE: &[(&str, Def)] = &[("axis", Optional), ("keepdims", Bool(false))];
 const CLASSIFY: &[(&str, Def)] = &[];
 
-/// All built-ins.
-pub static BUILTINS: &[Sig] = &[
+/// The built-ins other than elementwise functions.
+static BUILTINS: &[Sig] = &[
     Sig {
         name: "dense",
         kind: Layer,
@@ -232,42 +236,6 @@ pub static BUILTINS: &[Sig] = &[
         params: &[],
     },
     Sig {
-        name: "relu",
-        kind: Activation,
-        tensors: 1,
-        params: &[],
-    },
-    Sig {
-        name: "leaky_relu",
-        kind: Activation,
-        tensors: 1,
-        params: &[("alpha", Float(0.01))],
-    },
-    Sig {
-        name: "rrelu",
-        kind: Activation,
-        tensors: 1,
-        params: &[("lower", Float(0.125)), ("upper", Float(1.0 / 3.0))],
-    },
-    Sig {
-        name: "elu",
-        kind: Activation,
-        tensors: 1,
-        params: &[("alpha", Float(1.0))],
-    },
-    Sig {
-        name: "sigmoid",
-        kind: Activation,
-        tensors: 1,
-        params: &[],
-    },
-    Sig {
-        name: "tanh",
-        kind: Activation,
-        tensors: 1,
-        params: &[],
-    },
-    Sig {
         name: "softmax",
         kind: Activation,
         tensors: 1,
@@ -278,54 +246,6 @@ pub static BUILTINS: &[Sig] = &[
         kind: Activation,
         tensors: 1,
         params: &[("axis", Int(-1))],
-    },
-    Sig {
-        name: "identity",
-        kind: Activation,
-        tensors: 1,
-        params: &[],
-    },
-    Sig {
-        name: "gelu",
-        kind: Activation,
-        tensors: 1,
-        params: &[("approximate", Word("none"))],
-    },
-    Sig {
-        name: "silu",
-        kind: Activation,
-        tensors: 1,
-        params: &[],
-    },
-    Sig {
-        name: "softplus",
-        kind: Activation,
-        tensors: 1,
-        params: &[],
-    },
-    Sig {
-        name: "exp",
-        kind: Function,
-        tensors: 1,
-        params: &[],
-    },
-    Sig {
-        name: "log",
-        kind: Function,
-        tensors: 1,
-        params: &[],
-    },
-    Sig {
-        name: "sqrt",
-        kind: Function,
-        tensors: 1,
-        params: &[],
-    },
-    Sig {
-        name: "abs",
-        kind: Function,
-        tensors: 1,
-        params: &[],
     },
     Sig {
         name: "sum",
@@ -473,14 +393,50 @@ pub static BUILTINS: &[Sig] = &[
     },
 ];
 
+/// Every built-in: the table above, then the elementwise functions of the model
+/// language with their parameters (and the word argument that chooses a variant).
+pub fn all() -> &'static [Sig] {
+    static ALL: OnceLock<Vec<Sig>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut v: Vec<Sig> = BUILTINS.iter().map(Sig::clone).collect();
+        for e in Elem::ALL {
+            let d = e.def();
+            let kind = match d.traits.dsl {
+                Some(Spelling::Activation) => Activation,
+                Some(Spelling::Function) => Function,
+                Some(Spelling::Variant { .. }) | None => continue,
+            };
+            let mut params: Vec<(&'static str, Def)> = d
+                .params
+                .iter()
+                .map(|p| (p.name, Float(p.default)))
+                .collect();
+            for v in Elem::ALL {
+                if let Some(Spelling::Variant { of, arg, base, .. }) = v.def().traits.dsl {
+                    if of == d.name && !params.iter().any(|(n, _)| *n == arg) {
+                        params.push((arg, Word(base)));
+                    }
+                }
+            }
+            v.push(Sig {
+                name: d.name,
+                kind,
+                tensors: 1,
+                params: Box::leak(params.into_boxed_slice()),
+            });
+        }
+        v
+    })
+}
+
 /// The built-in called `name`.
 pub fn lookup(name: &str) -> Option<&'static Sig> {
-    BUILTINS.iter().find(|s| s.name == name)
+    all().iter().find(|s| s.name == name)
 }
 
 /// Built-ins usable in a model expression (not regularizers or initializers).
 pub fn expression_names() -> impl Iterator<Item = &'static str> {
-    BUILTINS
+    all()
         .iter()
         .filter(|s| !matches!(s.kind, Kind::Regularizer | Kind::Init))
         .map(|s| s.name)
