@@ -7,7 +7,7 @@ pub mod layers;
 pub mod loss;
 pub mod recurrent;
 
-use crate::ir::{Binary, Dim, Graph, Hyper, NodeId, Op, Reduce, Shape};
+use crate::ir::{Dim, Graph, Hyper, NodeId, Op, Reduce, Shape};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice, Zip};
 use std::collections::HashMap;
 use std::fmt;
@@ -220,7 +220,7 @@ pub fn eval<T: Real>(
             Zip::from(&mut r)
                 .and(&x)
                 .and(&y)
-                .for_each(|r, &x, &y| *r = binary(*op, x, y));
+                .for_each(|r, &x, &y| *r = T::of(binary(*op, x.f(), y.f())));
             r
         }
         Op::MatMul { ta, tb } => {
@@ -412,17 +412,5 @@ fn log_softmax<T: Real>(x: &ArrayD<T>, ax: usize) -> ArrayD<T> {
     r
 }
 
-fn binary<T: Real>(op: Binary, x: T, y: T) -> T {
-    let (a, b) = (x.f(), y.f());
-    T::of(match op {
-        Binary::Add => a + b,
-        Binary::Sub => a - b,
-        Binary::Mul => a * b,
-        Binary::Div => a / b,
-        Binary::Max => a.max(b),
-        Binary::Min => a.min(b),
-        Binary::Eq => f64::from(u8::from(a == b)),
-    })
-}
-
+use crate::ops::elementwise::binary;
 pub(crate) use crate::ops::elementwise::sigmoid;

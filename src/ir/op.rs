@@ -26,26 +26,8 @@ pub enum LossKind {
     ZeroOne,
 }
 
+pub use crate::ops::elementwise::Binary;
 pub use crate::ops::Func;
-
-/// Elementwise functions of two arguments (broadcasting).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Binary {
-    /// a + b.
-    Add,
-    /// a − b.
-    Sub,
-    /// a · b.
-    Mul,
-    /// a / b.
-    Div,
-    /// max(a, b).
-    Max,
-    /// min(a, b).
-    Min,
-    /// 1 where a = b, else 0.
-    Eq,
-}
 
 /// Reductions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

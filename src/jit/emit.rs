@@ -6,7 +6,7 @@
 use super::abi::{self, CTX_BATCH, CTX_BUFS};
 use super::plan::{Kind, Plan};
 use crate::ir::{Binary, Dim, Func, Graph, NodeId, Op, Shape};
-use crate::ops::elementwise::{Expr, Prim, Prim2};
+use crate::ops::elementwise::{Expr, Prim};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
@@ -734,15 +734,7 @@ impl Emitter<'_, '_> {
             Expr::Bin(f, a, b) => {
                 let a = self.expr(a, x, p, lanes);
                 let b = self.expr(b, x, p, lanes);
-                let op = match f {
-                    Prim2::Add => Binary::Add,
-                    Prim2::Sub => Binary::Sub,
-                    Prim2::Mul => Binary::Mul,
-                    Prim2::Div => Binary::Div,
-                    Prim2::Max => Binary::Max,
-                    Prim2::Min => Binary::Min,
-                };
-                self.binary(op, a, b, lanes)
+                self.binary(*f, a, b, lanes)
             }
             Expr::IfPos(c, a, b) => {
                 let c = self.expr(c, x, p, lanes);

@@ -33,9 +33,10 @@ pub enum Prim {
     Erf,
 }
 
-/// A primitive function of two arguments.
+/// A primitive function of two arguments; also the IR's elementwise binary operation
+/// (with broadcasting there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Prim2 {
+pub enum Binary {
     /// a + b.
     Add,
     /// a − b.
@@ -48,6 +49,8 @@ pub enum Prim2 {
     Max,
     /// min(a, b); a NaN operand yields the other.
     Min,
+    /// 1 where a = b, else 0.
+    Eq,
 }
 
 /// An expression in the argument `x` and the function's parameters.
@@ -62,7 +65,7 @@ pub enum Expr {
     /// A primitive of one argument.
     Un(Prim, &'static Expr),
     /// A primitive of two arguments.
-    Bin(Prim2, &'static Expr, &'static Expr),
+    Bin(Binary, &'static Expr, &'static Expr),
     /// `if c > 0 { a } else { b }` (a NaN `c` takes `b`).
     IfPos(&'static Expr, &'static Expr, &'static Expr),
 }
@@ -76,7 +79,7 @@ impl Expr {
             Expr::K(c) => *c,
             Expr::P(k) => p[*k],
             Expr::Un(f, a) => prim(*f, a.eval(x, p)),
-            Expr::Bin(f, a, b) => prim2(*f, a.eval(x, p), b.eval(x, p)),
+            Expr::Bin(f, a, b) => binary(*f, a.eval(x, p), b.eval(x, p)),
             Expr::IfPos(c, a, b) => {
                 if c.eval(x, p) > 0.0 {
                     a.eval(x, p)
@@ -116,14 +119,15 @@ pub fn prim(f: Prim, x: f64) -> f64 {
 }
 
 /// A primitive of two arguments in f64.
-pub fn prim2(f: Prim2, a: f64, b: f64) -> f64 {
+pub fn binary(f: Binary, a: f64, b: f64) -> f64 {
     match f {
-        Prim2::Add => a + b,
-        Prim2::Sub => a - b,
-        Prim2::Mul => a * b,
-        Prim2::Div => a / b,
-        Prim2::Max => a.max(b),
-        Prim2::Min => a.min(b),
+        Binary::Add => a + b,
+        Binary::Sub => a - b,
+        Binary::Mul => a * b,
+        Binary::Div => a / b,
+        Binary::Max => a.max(b),
+        Binary::Min => a.min(b),
+        Binary::Eq => f64::from(u8::from(a == b)),
     }
 }
 
@@ -283,8 +287,8 @@ const RELU_LIKE: Traits = Traits {
     ..ACTIVATION
 };
 
+use Binary::{Add, Div, Max, Min, Mul, Sub};
 use Expr::{Bin, IfPos, Un, K, P, X};
-use Prim2::{Add, Div, Max, Min, Mul, Sub};
 
 /// σ(x)·σ(−x) = σ′(x), without the cancellation of σ(1 − σ).
 const SIGMOID_DX: Expr = Bin(
