@@ -9,11 +9,11 @@ use crate::check::graph::CheckedModel;
 use crate::check::train::TrainConfig;
 use crate::check::{self, LintLevels};
 use crate::diag::{self, ColorChoice, Diagnostic};
+use crate::exec::Backend;
 use crate::interp::dims;
 use crate::ir::{Graph, Tensor};
 use crate::jit::Jit;
 use crate::runtime::data::Dataset;
-use crate::runtime::exec::Backend;
 use crate::runtime::train::{
     self as rt, EpochRecord, Evaluation, Observer, Program, Report, Run, RuntimeError,
 };

@@ -46,6 +46,7 @@ pub use api::{compile_file, compile_str, Diagnostics, Error, Model, Named, Sessi
 pub mod autodiff;
 pub mod check;
 pub mod diag;
+pub mod exec;
 pub mod interp;
 pub mod ir;
 pub mod jit;

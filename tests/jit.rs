@@ -4,10 +4,11 @@
 //! clipping.
 
 use kiln::check::{check_file, LintLevels};
+use kiln::exec::{Backend, State};
 use kiln::interp::dims;
+use kiln::interp::Interpreter;
 use kiln::ir::DType;
 use kiln::jit::Jit;
-use kiln::runtime::exec::{Backend, Interpreter, State};
 use kiln::runtime::train::{self as rt, Program, Run};
 use kiln::span::Sources;
 use ndarray::{ArrayD, IxDyn};

@@ -7,9 +7,10 @@
 
 use kiln::check::train::TrainConfig;
 use kiln::check::{check_file, LintLevels};
+use kiln::exec::{Backend, State};
+use kiln::interp::Interpreter;
 use kiln::interp::{self, Env};
 use kiln::ir::{Graph, Hyper, NodeId, Op, Slot};
-use kiln::runtime::exec::{Backend, Interpreter, State};
 use kiln::runtime::init::init_params;
 use kiln::runtime::train::{self as rt, Program, Run};
 use kiln::span::Sources;

@@ -10,12 +10,12 @@ mod layers;
 pub mod plan;
 mod recurrent;
 
-use crate::interp::dims;
-use crate::ir::{Dim, Graph, Hyper, NodeId, Op, Slot};
-use crate::runtime::exec::{
+use crate::exec::{
     batch_of, gradient_roots, loss_nodes, scalar, write_back, Backend, LossAndGrads, RunError,
     State, StepResult,
 };
+use crate::interp::dims;
+use crate::ir::{Dim, Graph, Hyper, NodeId, Op, Slot};
 use ndarray::{ArrayD, IxDyn};
 use plan::{Kind, Plan};
 use smallvec::SmallVec;

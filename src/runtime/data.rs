@@ -27,7 +27,7 @@ use ndarray_npy::npy::header::Header;
 use ndarray_npy::{NpzReader, ReadNpyError, ReadNpyExt, ReadNpzError, ReadableElement};
 use rand::seq::SliceRandom;
 
-use crate::runtime::rng::{stream, Purpose};
+use crate::exec::rng::{stream, Purpose};
 
 const E_IO: &str = "E0500";
 const E_FORMAT: &str = "E0501";

@@ -2,7 +2,6 @@
 
 use super::checkpoint::{self, Checkpoint};
 use super::data::{self, DataSpec, Dataset, PortSpec, Standardizer};
-use super::exec::{Backend, RunError, State, StepResult};
 use super::health::{self, Health};
 use super::init::init_params;
 use super::metrics::{self, Classification};
@@ -13,6 +12,7 @@ use crate::autodiff::training_graph;
 use crate::check::graph::CheckedModel;
 use crate::check::train::{Clip, Optimizer, TrainConfig};
 use crate::diag::Diagnostic;
+use crate::exec::{Backend, RunError, State, StepResult};
 use crate::ir::{DType, Graph, Hyper, LossKind, NodeId, Op};
 use crate::lower::{lower_model, Mode};
 use ndarray::{ArrayD, Axis, IxDyn};

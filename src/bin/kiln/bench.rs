@@ -157,7 +157,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     let data1 = pool(&p, 1, &mut rng);
     let t_first = Instant::now();
     let trains = p.forward.loss.is_some();
-    let fail = |e: kiln::runtime::exec::RunError| e.to_string();
+    let fail = |e: kiln::exec::RunError| e.to_string();
     // Source to the end of the first step: check, lower, differentiate, compile, run.
     let graph = run.graph().clone();
     let h = rt::hyper(&cfg.optimizer, cfg.clip, cfg.optimizer.lr(), 1);
