@@ -39,6 +39,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 mod api;
 pub use api::{compile_file, compile_str, Diagnostics, Error, Model, Named, Session};

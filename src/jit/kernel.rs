@@ -180,7 +180,7 @@ pub fn run(
         let (a_rs, a_cs) = if ta { (1, k) } else { (k, 1) };
         let n_out = if tb { k2 } else { cols };
         let (b_rs, b_cs) = if tb { (1, cols) } else { (cols, 1) };
-        super::abi::gemm(
+        super::gemm::gemm(
             rows, n_out, inner, out, args[0], a_rs, a_cs, args[1], b_rs, b_cs, threads,
         );
         return Ok(());

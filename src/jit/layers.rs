@@ -5,7 +5,7 @@
 //! Each computes what the interpreter's version computes (the differential tests hold
 //! them to it); summation order differs, accumulation of reductions is in f64.
 
-use super::abi::gemm;
+use super::gemm::gemm;
 use crate::interp::layers::{noise_each, pool_windows, ConvSizes, Plane};
 use crate::ir::{ConvGeom, Noise, Pool, PoolKind, Windows};
 use std::cell::RefCell;
