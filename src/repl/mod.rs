@@ -21,8 +21,11 @@ use crate::exec::{Backend, State};
 use crate::ir::{DType, NodeId, Op, Param, Tensor};
 use crate::jit::Jit;
 use crate::runtime::data::{self, Standardizer};
+use crate::runtime::error::RuntimeError;
+use crate::runtime::eval::{self, Evaluation};
 use crate::runtime::init::init_params;
-use crate::runtime::train::{self as rt, Program, Run, RunPaths};
+use crate::runtime::program::{self, Program};
+use crate::runtime::train::{EpochRecord, Run, RunPaths};
 use crate::span::{FileId, Sources, Span};
 use crate::syntax::ast::{self, Expr, ExprKind, Item, Stmt};
 use crate::syntax::parse_source;
@@ -122,10 +125,10 @@ impl From<Diagnostic> for ReplError {
     }
 }
 
-impl From<rt::RuntimeError> for ReplError {
-    fn from(e: rt::RuntimeError) -> Self {
+impl From<RuntimeError> for ReplError {
+    fn from(e: RuntimeError) -> Self {
         match e {
-            rt::RuntimeError::Diverged(d) => ReplError::Diagnostics(vec![*d]),
+            RuntimeError::Diverged(d) => ReplError::Diagnostics(vec![*d]),
             other => ReplError::Message(other.to_string()),
         }
     }
@@ -611,7 +614,7 @@ impl Session {
         let Some(model) = program.models.into_iter().next() else {
             return Err(ReplError::msg("internal error: no model was synthesized"));
         };
-        let program = rt::prepare(&model);
+        let program = program::prepare(&model);
         let Some(&(_, out)) = program.forward.outputs.first() else {
             return Err(ReplError::msg(
                 "internal error: the expression has no output",
@@ -894,7 +897,7 @@ impl Session {
             .train(name)
             .cloned()
             .unwrap_or_else(|| TrainConfig::defaults(name, m.span));
-        Ok((rt::prepare(m), cfg))
+        Ok((program::prepare(m), cfg))
     }
 
     // ---- commands ----
@@ -1037,7 +1040,7 @@ impl Session {
         let mut run = Run::new(&program, &cfg);
         let report = {
             let mut jit = Jit::new();
-            let mut observe = |r: &rt::EpochRecord| records.push(r.clone());
+            let mut observe = |r: &EpochRecord| records.push(r.clone());
             run.train(&mut jit, &paths, &mut observe)?
         };
         let state = run.state.clone();
@@ -1107,13 +1110,13 @@ impl Session {
                 "error: model `{model}` has no data to evaluate on: name it in its train block"
             )));
         };
-        let spec = rt::data_spec(&t.program.forward);
-        let mut d = data::load(&path, &spec, true).map_err(rt::RuntimeError::from)?;
-        crate::runtime::sanity::check(&d, &spec, &path).map_err(rt::RuntimeError::from)?;
+        let spec = program::data_spec(&t.program.forward);
+        let mut d = data::load(&path, &spec, true).map_err(RuntimeError::from)?;
+        crate::runtime::sanity::check(&d, &spec, &path).map_err(RuntimeError::from)?;
         if let Some(s) = &t.standardizer {
             s.apply(&mut d);
         }
-        let e = rt::evaluate(
+        let e = eval::evaluate(
             &t.program,
             &mut Jit::new(),
             &t.state,
@@ -1167,7 +1170,7 @@ impl Session {
         if let Some(s) = &t.standardizer {
             s.apply(&mut d);
         }
-        let (outs, classes) = rt::predict(
+        let (outs, classes) = eval::predict(
             &t.program,
             &mut Jit::new(),
             &t.state,
@@ -1295,7 +1298,7 @@ impl Session {
                     ReplError::msg(format!("error: cannot write `{}`: {e}", path.display()))
                 })?;
             }
-            "safetensors" => rt::save_tensors(path, tensors.clone())?,
+            "safetensors" => eval::save_tensors(path, tensors.clone())?,
             _ => {
                 return Err(ReplError::msg(
                     "error: save to a `.npy` or `.safetensors` file",
@@ -1340,7 +1343,7 @@ impl Session {
     }
 }
 
-fn eval_line(what: &str, e: &rt::Evaluation) -> String {
+fn eval_line(what: &str, e: &Evaluation) -> String {
     let mut line = format!("{what}: {} rows", e.rows);
     if let Some(l) = e.loss {
         let _ = write!(line, "  loss {l:.5}");

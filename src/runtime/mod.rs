@@ -3,11 +3,15 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod error;
+pub mod eval;
 pub mod health;
 pub mod init;
 pub mod metrics;
 pub mod plot;
+pub mod program;
 pub mod sanity;
 pub mod schedule;
 pub mod trace;
 pub mod train;
+pub mod weights;
