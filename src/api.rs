@@ -9,14 +9,15 @@ use crate::check::graph::CheckedModel;
 use crate::check::train::TrainConfig;
 use crate::check::{self, LintLevels};
 use crate::diag::{self, ColorChoice, Diagnostic};
+use crate::exec::Backend;
 use crate::interp::dims;
 use crate::ir::{Graph, Tensor};
 use crate::jit::Jit;
 use crate::runtime::data::Dataset;
-use crate::runtime::exec::Backend;
-use crate::runtime::train::{
-    self as rt, EpochRecord, Evaluation, Observer, Program, Report, Run, RuntimeError,
-};
+use crate::runtime::error::RuntimeError;
+use crate::runtime::eval::{self, Evaluation};
+use crate::runtime::program::{self, Program};
+use crate::runtime::train::{EpochRecord, Observer, Report, Run};
 use crate::span::Sources;
 use ndarray::{ArrayD, ArrayViewD};
 use std::collections::HashMap;
@@ -194,7 +195,7 @@ fn finish(mut sources: Sources, id: crate::span::FileId) -> Result<Model, Diagno
         .train(&m.name)
         .cloned()
         .unwrap_or_else(|| TrainConfig::defaults(&m.name, m.span));
-    let program = rt::prepare(m);
+    let program = program::prepare(m);
     let noisy = program
         .train_forward(cfg.seed)
         .nodes
@@ -442,7 +443,7 @@ impl Session {
                 &[c.scores],
             )
             .map_err(RuntimeError::Run)?;
-        Ok(vals.first().map(|s| rt::classes_of(s, &c)))
+        Ok(vals.first().map(|s| eval::classes_of(s, &c)))
     }
 
     /// One training step (forward, loss, backward, update) on a batch; returns the loss.
@@ -480,7 +481,7 @@ impl Session {
     pub fn evaluate(&mut self, inputs: Named, targets: Named) -> Result<Evaluation, Error> {
         let d = self.dataset(inputs, Some(targets))?;
         let batch = self.run.config().batch as usize;
-        Ok(rt::evaluate(
+        Ok(eval::evaluate(
             self.program(),
             &mut *Self::jit(&self.model),
             &self.run.state,

@@ -39,6 +39,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 mod api;
 pub use api::{compile_file, compile_str, Diagnostics, Error, Model, Named, Session};
@@ -46,6 +47,7 @@ pub use api::{compile_file, compile_str, Diagnostics, Error, Model, Named, Sessi
 pub mod autodiff;
 pub mod check;
 pub mod diag;
+pub mod exec;
 pub mod interp;
 pub mod ir;
 pub mod jit;

@@ -2,8 +2,9 @@
 //! initializers, shared layers, blocks, train configuration.
 
 use kiln::check::graph::{CheckedModel, Init, LayerKind};
-use kiln::check::train::{Clip, Optimizer, Schedule};
+use kiln::check::train::Schedule;
 use kiln::check::{check_file, Checked, LintLevels};
+use kiln::ir::{Clip, Optimizer};
 use kiln::span::Sources;
 
 fn check(src: &str) -> Checked {

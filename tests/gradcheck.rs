@@ -12,14 +12,13 @@
 
 use kiln::autodiff::{differentiate, training_graph};
 use kiln::check::graph::CheckedModel;
-use kiln::check::train::{Clip, Optimizer};
 use kiln::check::{check_file, LintLevels};
 use kiln::interp::{self, Env};
 use kiln::ir::build::Builder;
 use kiln::ir::op::{Cell, Recurrence};
 use kiln::ir::{
-    Binary, ConvGeom, DType, Dim, Func, Graph, Hyper, LossKind, NodeId, Op, Param, Pool, PoolKind,
-    Reduce, Shape, Slot, Tensor, Windows,
+    Binary, Clip, ConvGeom, DType, Dim, Func, Graph, Hyper, LossKind, NodeId, Op, Optimizer, Param,
+    Pool, PoolKind, Reduce, Shape, Slot, Tensor, Windows,
 };
 use kiln::lower::{lower_model, Mode};
 use kiln::ops::Elem;

@@ -4,13 +4,16 @@
 //! clipping.
 
 use kiln::check::{check_file, LintLevels};
+use kiln::exec::{Backend, State};
 use kiln::interp::dims;
+use kiln::interp::Interpreter;
 use kiln::ir::DType;
 use kiln::jit::Jit;
 use kiln::ops::elementwise::Spelling;
 use kiln::ops::Elem;
-use kiln::runtime::exec::{Backend, Interpreter, State};
-use kiln::runtime::train::{self as rt, Program, Run};
+use kiln::runtime::program::{self, Program};
+use kiln::runtime::schedule;
+use kiln::runtime::train::Run;
 use kiln::span::Sources;
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
@@ -27,7 +30,7 @@ fn program(src: &str) -> (Program, kiln::check::train::TrainConfig) {
         .train(&m.name)
         .cloned()
         .unwrap_or_else(|| kiln::check::train::TrainConfig::defaults(&m.name, m.span));
-    (rt::prepare(m), cfg)
+    (program::prepare(m), cfg)
 }
 
 fn random_batch(
@@ -86,7 +89,7 @@ fn compare(src: &str) {
         }
         // Gradients.
         let g = run.graph();
-        let h = rt::hyper(&cfg.optimizer, cfg.clip, 0.01, 1);
+        let h = schedule::hyper(&cfg.optimizer, cfg.clip, 0.01, 1);
         let (la, ga) = interp.gradients(g, &state, &inputs, &targets, &h).unwrap();
         let (lb, gb) = jit.gradients(g, &state, &inputs, &targets, &h).unwrap();
         assert!(
@@ -104,7 +107,7 @@ fn compare(src: &str) {
         // Three optimizer steps.
         let (mut sa, mut sb) = (state.clone(), state.clone());
         for step in 1..=3 {
-            let h = rt::hyper(&cfg.optimizer, cfg.clip, cfg.optimizer.lr(), step);
+            let h = schedule::hyper(&cfg.optimizer, cfg.clip, cfg.optimizer.lr(), step);
             let ra = interp.step(g, &mut sa, &inputs, &targets, &h).unwrap();
             let rb = jit.step(g, &mut sb, &inputs, &targets, &h).unwrap();
             assert!(
@@ -525,7 +528,7 @@ fn fused_recurrence_is_deterministic_across_threads() {
     let (inputs, targets) = random_batch(&p, 48, &mut rng);
     let run = Run::new(&p, &cfg);
     let g = run.graph();
-    let h = rt::hyper(&cfg.optimizer, cfg.clip, 0.01, 1);
+    let h = schedule::hyper(&cfg.optimizer, cfg.clip, 0.01, 1);
     let grads = |threads: usize| {
         let mut jit = Jit::with_threads(threads);
         jit.gradients(g, &run.state, &inputs, &targets, &h).unwrap()

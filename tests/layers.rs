@@ -7,11 +7,14 @@
 
 use kiln::check::train::TrainConfig;
 use kiln::check::{check_file, LintLevels};
+use kiln::exec::{Backend, State};
+use kiln::interp::Interpreter;
 use kiln::interp::{self, Env};
 use kiln::ir::{Graph, Hyper, NodeId, Op, Slot};
-use kiln::runtime::exec::{Backend, Interpreter, State};
 use kiln::runtime::init::init_params;
-use kiln::runtime::train::{self as rt, Program, Run};
+use kiln::runtime::program::{self, Program};
+use kiln::runtime::schedule;
+use kiln::runtime::train::Run;
 use kiln::span::Sources;
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
@@ -36,7 +39,7 @@ fn program(src: &str) -> (Program, TrainConfig) {
         .train(&m.name)
         .cloned()
         .unwrap_or_else(|| TrainConfig::defaults(&m.name, m.span));
-    (rt::prepare(m), cfg)
+    (program::prepare(m), cfg)
 }
 
 fn array(dims: &[usize], v: Vec<f64>) -> ArrayD<f64> {
@@ -561,7 +564,7 @@ fn one_step(net: &Net, inputs: &[ArrayD<f64>], targets: &[ArrayD<f64>]) -> State
     let mut state = net.state();
     assert_eq!(run.state.params.len(), state.params.len());
     state.states = run.state.states.clone();
-    let h = rt::hyper(&net.cfg.optimizer, net.cfg.clip, net.cfg.optimizer.lr(), 1);
+    let h = schedule::hyper(&net.cfg.optimizer, net.cfg.clip, net.cfg.optimizer.lr(), 1);
     let inputs: Vec<_> = inputs.iter().map(to_f32).collect();
     let targets: Vec<_> = targets.iter().map(to_f32).collect();
     Interpreter
@@ -1308,7 +1311,7 @@ fn evaluation_is_repeatable_and_leaves_running_statistics_alone() {
     // Training output does not depend on the running statistics: changing them leaves
     // the loss of a training step unchanged, while it changes evaluation.
     let g = run.graph();
-    let h = rt::hyper(&cfg.optimizer, cfg.clip, cfg.optimizer.lr(), 1);
+    let h = schedule::hyper(&cfg.optimizer, cfg.clip, cfg.optimizer.lr(), 1);
     let (l1, g1) = Interpreter
         .gradients(g, &state, &inputs, &targets, &h)
         .expect("runs");

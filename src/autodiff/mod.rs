@@ -6,9 +6,8 @@ mod vjp;
 
 pub use vjp::vjp;
 
-use crate::check::train::{Clip, Optimizer};
 use crate::ir::build::Builder;
-use crate::ir::{Binary, DType, Func, Graph, Hyper, NodeId, Op, Slot, Tensor};
+use crate::ir::{Binary, Clip, DType, Func, Graph, Hyper, NodeId, Op, Optimizer, Slot, Tensor};
 use crate::ops::Elem;
 
 /// Adds the gradient of `g.objective` with respect to every trainable parameter to

@@ -4,8 +4,8 @@
 //! axis is a 2-d one of height 1).
 
 use super::{InterpError, Real};
+use crate::exec::rng::{stream, Purpose};
 use crate::ir::{ConvGeom, Noise, Pool, PoolKind, Windows};
-use crate::runtime::rng::{stream, Purpose};
 use ndarray::{ArrayD, IxDyn};
 use rand::Rng;
 

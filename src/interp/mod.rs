@@ -3,9 +3,12 @@
 //! derivative is computed in f64 from its textbook formula and rounded to the element
 //! type once. It runs in f32 for training and in f64 for gradient checks.
 
+mod backend;
 pub mod layers;
 pub mod loss;
 pub mod recurrent;
+
+pub use backend::Interpreter;
 
 use crate::ir::{Dim, Graph, Hyper, NodeId, Op, Reduce, Shape};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice, Zip};

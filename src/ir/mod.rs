@@ -5,11 +5,13 @@
 
 pub mod build;
 pub mod op;
+pub mod optim;
 pub mod shape;
 
 pub use op::{
     Binary, ConvGeom, Func, Hyper, LossKind, Noise, Op, Pool, PoolKind, Reduce, Slot, Windows,
 };
+pub use optim::{Clip, Optimizer};
 pub use shape::{Dim, Shape};
 
 use crate::span::Span;

@@ -3,8 +3,11 @@
 //! shape: a row-times-matrix loop for a few rows, textbook loops for tiny products, the
 //! `gemm` crate on the buffers above; the others share the interpreter's implementation.
 
-use super::layers::{self, ConvPart};
+use super::conv::{self, ConvPart};
+use super::layers;
+use super::movement;
 use super::plan::{leading_sum, GEMV_ROWS, TINY_MACS};
+use super::pool;
 use crate::interp::layers::channels;
 use crate::interp::{self, loss, Env};
 use crate::ir::{Graph, Op, Reduce};
@@ -74,14 +77,14 @@ fn layer_kernel(
     threads: usize,
 ) -> Result<bool, String> {
     let conv = |part, dims: [&[usize]; 3], out: &mut [f32], geom| {
-        layers::conv(part, geom, dims, [a[0], a[1]], out, threads)
+        conv::conv(part, geom, dims, [a[0], a[1]], out, threads)
     };
     match op {
         Op::Conv(geom) => conv(ConvPart::Forward, [d[0], d[1], od], out, geom),
         Op::ConvGradInput(geom) => conv(ConvPart::Input, [od, d[1], d[0]], out, geom),
         Op::ConvGradWeight(geom) => conv(ConvPart::Weight, [d[0], od, d[1]], out, geom),
-        Op::Pool(p) => layers::pool(p, d[0], od, a[0], None, out),
-        Op::PoolGrad(p) => layers::pool(p, d[0], d[1], a[0], Some(a[1]), out),
+        Op::Pool(p) => pool::pool(p, d[0], od, a[0], None, out),
+        Op::PoolGrad(p) => pool::pool(p, d[0], d[1], a[0], Some(a[1]), out),
         Op::Gather => layers::gather(d[0][0], d[0][1], a[1], a[0], false, out)?,
         Op::GatherGrad => layers::gather(od[0], od[1], a[0], a[1], true, out)?,
         Op::BatchStats => layers::batch_stats(channels(d[0]), a[0], out),
@@ -97,10 +100,10 @@ fn layer_kernel(
         Op::Noise { dist, seed, salt } => layers::noise(*dist, *seed, *salt, a[0][0], out),
         Op::Recurrence(r) => super::recurrent::forward(r, d[0], a[0], a[1], a[2], out),
         Op::RecurrenceGrad(r) => super::recurrent::backward(r, od, a[0], a[1], a[2], out),
-        Op::Slice { axis, start, len } => layers::slice(d[0], *axis, *start, *len, a[0], out),
-        Op::SliceGrad { axis, start } => layers::slice_grad(od, *axis, *start, a[0], out),
-        Op::Concat(axis) => layers::concat(d, *axis, a, od, out),
-        Op::BroadcastTo => layers::broadcast(d[0], a[0], od, out),
+        Op::Slice { axis, start, len } => movement::slice(d[0], *axis, *start, *len, a[0], out),
+        Op::SliceGrad { axis, start } => movement::slice_grad(od, *axis, *start, a[0], out),
+        Op::Concat(axis) => movement::concat(d, *axis, a, od, out),
+        Op::BroadcastTo => movement::broadcast(d[0], a[0], od, out),
         Op::Reduce { kind, axes, .. } => {
             let (mean, select) = match kind {
                 Reduce::Sum => (false, None),
@@ -108,7 +111,7 @@ fn layer_kernel(
                 Reduce::Max => (false, Some(true)),
                 Reduce::Min => (false, Some(false)),
             };
-            layers::reduce(d[0], axes, a[0], mean, select, out)
+            movement::reduce(d[0], axes, a[0], mean, select, out)
         }
         _ => return Ok(false),
     }
@@ -180,7 +183,7 @@ pub fn run(
         let (a_rs, a_cs) = if ta { (1, k) } else { (k, 1) };
         let n_out = if tb { k2 } else { cols };
         let (b_rs, b_cs) = if tb { (1, cols) } else { (cols, 1) };
-        super::abi::gemm(
+        super::gemm::gemm(
             rows, n_out, inner, out, args[0], a_rs, a_cs, args[1], b_rs, b_cs, threads,
         );
         return Ok(());
@@ -208,7 +211,7 @@ pub fn run(
         if leading_sum(g, n).is_some() {
             sum_rows(args[0], out, out.len());
         } else {
-            layers::sum_to(arg_dims[0], args[0], out_dims, out);
+            movement::sum_to(arg_dims[0], args[0], out_dims, out);
         }
         return Ok(());
     }

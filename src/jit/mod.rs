@@ -1,21 +1,29 @@
 //! The Cranelift JIT backend (the only module that names Cranelift): a graph and the nodes
 //! a call needs become one native function, compiled once and called for every batch of
 //! any size. `plan` decides what is fused, `emit` writes the code, `kernel` holds the
-//! operations the code calls, `abi` is the boundary (and all the `unsafe`).
+//! operations the code calls (over `conv`, `pool`, `layers`, `movement` and
+//! `recurrent`), `abi` is the boundary and `gemm` the matrix-product dispatch (the only
+//! two modules allowed `unsafe`).
 
+#[allow(unsafe_code)]
 mod abi;
+mod conv;
 mod emit;
+#[allow(unsafe_code)]
+mod gemm;
 mod kernel;
 mod layers;
+mod movement;
 pub mod plan;
+mod pool;
 mod recurrent;
 
-use crate::interp::dims;
-use crate::ir::{Dim, Graph, Hyper, NodeId, Op, Slot};
-use crate::runtime::exec::{
+use crate::exec::{
     batch_of, gradient_roots, loss_nodes, scalar, write_back, Backend, LossAndGrads, RunError,
     State, StepResult,
 };
+use crate::interp::dims;
+use crate::ir::{Dim, Graph, Hyper, NodeId, Op, Slot};
 use ndarray::{ArrayD, IxDyn};
 use plan::{Kind, Plan};
 use smallvec::SmallVec;

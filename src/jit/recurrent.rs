@@ -7,7 +7,7 @@
 //! for AVX-512 (sixteen lanes) and AVX2 (eight), both with fused multiply-adds, and for
 //! the baseline, and chosen by the CPU at run time.
 
-use super::abi::{gemm, Builds, Isa};
+use super::gemm::{gemm, Builds, Isa};
 use crate::interp::recurrent::steps;
 use crate::ir::op::{Cell, Recurrence};
 

@@ -3,9 +3,9 @@
 //! ReLU units or saturated sigmoid/tanh units; and warnings, with the course notes'
 //! remedies, when gradients vanish or explode.
 
-use super::exec::{Backend, RunError, State};
-use super::train::Program;
+use super::program::Program;
 use crate::diag::Diagnostic;
+use crate::exec::{Backend, RunError, State};
 use crate::ir::{Binary, Func, Graph, Hyper, NodeId, Op};
 use crate::ops::elementwise::Watch;
 use crate::span::Span;

@@ -1,7 +1,7 @@
 //! Parameter initialization (LANGUAGE.md §6), each parameter from its own random stream.
 
-use super::rng::{stream, Purpose};
 use crate::check::graph::{CheckedModel, Init, LayerKind};
+use crate::exec::rng::{stream, Purpose};
 use ndarray::{ArrayD, IxDyn};
 use rand_distr::{Distribution, Normal, Uniform};
 

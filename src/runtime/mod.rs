@@ -1,15 +1,17 @@
-//! The training runtime: data, randomness, parameters, optimizers, the training loop,
-//! metrics, checkpoints and NaN tracing. Execution itself is a backend's job.
+//! The training runtime: data, parameters, optimizers, the training loop, metrics,
+//! checkpoints and NaN tracing. Execution itself is a backend's job ([`crate::exec`]).
 
 pub mod checkpoint;
 pub mod data;
-pub mod exec;
+pub mod error;
+pub mod eval;
 pub mod health;
 pub mod init;
 pub mod metrics;
 pub mod plot;
-pub mod rng;
+pub mod program;
 pub mod sanity;
 pub mod schedule;
 pub mod trace;
 pub mod train;
+pub mod weights;

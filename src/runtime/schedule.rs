@@ -1,6 +1,9 @@
-//! Learning-rate schedules, evaluated once per epoch.
+//! Learning-rate schedules, evaluated once per epoch, and the hyperparameters the
+//! optimizer and clipping read at each step.
 
 use crate::check::train::Schedule;
+use crate::ir::{Clip, Hyper, Optimizer};
+use std::collections::HashMap;
 use std::f64::consts::PI;
 
 /// The learning rate of epoch `epoch` (from 0) of a run of `epochs` epochs with base rate `lr`.
@@ -21,6 +24,51 @@ pub fn learning_rate(s: &Schedule, lr: f64, epoch: u64, epochs: u64) -> f64 {
             }
         }
     }
+}
+
+/// The hyperparameters of step `step` (from 1) at learning rate `lr`.
+pub fn hyper(opt: &Optimizer, clip: Option<Clip>, lr: f64, step: u64) -> HashMap<Hyper, f64> {
+    let mut h = HashMap::new();
+    h.insert(Hyper::Lr, lr);
+    match *opt {
+        Optimizer::Sgd {
+            momentum,
+            weight_decay,
+            ..
+        } => {
+            h.insert(Hyper::Momentum, momentum);
+            h.insert(Hyper::WeightDecay, weight_decay);
+        }
+        Optimizer::Adam {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } => {
+            h.insert(Hyper::Beta1, beta1);
+            h.insert(Hyper::Beta2, beta2);
+            h.insert(Hyper::Bias1, 1.0 - beta1.powi(step as i32));
+            h.insert(Hyper::Bias2, 1.0 - beta2.powi(step as i32));
+            h.insert(Hyper::Eps, eps);
+            h.insert(Hyper::WeightDecay, weight_decay);
+        }
+        Optimizer::Rmsprop {
+            alpha,
+            eps,
+            momentum,
+            ..
+        } => {
+            h.insert(Hyper::Alpha, alpha);
+            h.insert(Hyper::Eps, eps);
+            h.insert(Hyper::Momentum, momentum);
+        }
+    }
+    if let Some(Clip::Norm(c) | Clip::Value(c)) = clip {
+        h.insert(Hyper::Clip, c);
+    }
+    h.insert(Hyper::Step, step as f64);
+    h
 }
 
 #[cfg(test)]

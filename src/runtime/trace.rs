@@ -3,8 +3,8 @@
 //! result is not finite though its operands are is named with its place in the model
 //! file.
 
-use super::exec::State;
 use crate::diag::Diagnostic;
+use crate::exec::State;
 use crate::interp::{self, Env};
 use crate::ir::{Graph, Hyper, LossKind, NodeId, Op};
 use crate::ops::Elem;

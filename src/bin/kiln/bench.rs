@@ -9,7 +9,9 @@ use kiln::check::train::TrainConfig;
 use kiln::check::LintLevels;
 use kiln::interp::dims;
 use kiln::ir::DType;
-use kiln::runtime::train::{self as rt, Run};
+use kiln::runtime::program::{self, Program};
+use kiln::runtime::schedule;
+use kiln::runtime::train::Run;
 use kiln::span::Sources;
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
@@ -58,7 +60,7 @@ const POOL: usize = 8;
 const POOL_BYTES: usize = 1 << 30;
 
 /// The bytes of a pool of batches of `batch` rows (None past `usize`).
-fn pool_bytes(p: &rt::Program, batch: usize) -> Option<usize> {
+fn pool_bytes(p: &Program, batch: usize) -> Option<usize> {
     let f = &p.forward;
     f.inputs
         .iter()
@@ -71,7 +73,7 @@ fn pool_bytes(p: &rt::Program, batch: usize) -> Option<usize> {
         })
 }
 
-fn pool(p: &rt::Program, batch: usize, rng: &mut ChaCha8Rng) -> Vec<Batch> {
+fn pool(p: &Program, batch: usize, rng: &mut ChaCha8Rng) -> Vec<Batch> {
     let gen = |t: &kiln::ir::Tensor, rng: &mut ChaCha8Rng| {
         let d = dims(&t.shape, batch);
         let n: usize = d.iter().product();
@@ -138,7 +140,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         .train(&m.name)
         .cloned()
         .unwrap_or_else(|| TrainConfig::defaults(&m.name, m.span));
-    let p = rt::prepare(m);
+    let p = program::prepare(m);
     let batch = a.batch.unwrap_or(cfg.batch) as usize;
     if pool_bytes(&p, batch).is_none_or(|b| b > POOL_BYTES) {
         eprintln!(
@@ -157,10 +159,10 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     let data1 = pool(&p, 1, &mut rng);
     let t_first = Instant::now();
     let trains = p.forward.loss.is_some();
-    let fail = |e: kiln::runtime::exec::RunError| e.to_string();
+    let fail = |e: kiln::exec::RunError| e.to_string();
     // Source to the end of the first step: check, lower, differentiate, compile, run.
     let graph = run.graph().clone();
-    let h = rt::hyper(&cfg.optimizer, cfg.clip, cfg.optimizer.lr(), 1);
+    let h = schedule::hyper(&cfg.optimizer, cfg.clip, cfg.optimizer.lr(), 1);
     if trains {
         be.step(&graph, &mut run.state, &data[0].0, &data[0].1, &h)
             .map_err(anyhow::Error::msg)?;

@@ -1,4 +1,5 @@
 //! The `kiln` command line.
+#![deny(unsafe_code)]
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};

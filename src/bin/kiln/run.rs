@@ -6,11 +6,16 @@ use clap::{Args, ValueEnum};
 use kiln::check::train::{Metric, TrainConfig};
 use kiln::check::{CheckedModel, LintLevels, Program as Checked};
 use kiln::diag::{self, ColorChoice};
+use kiln::exec::Backend;
+use kiln::interp::Interpreter;
 use kiln::ir::shape::MAX_DIM;
 use kiln::ir::Graph;
 use kiln::runtime::data::{self, Dataset};
-use kiln::runtime::exec::{Backend, Interpreter};
-use kiln::runtime::train::{self as rt, Program, Run, RunPaths, RuntimeError};
+use kiln::runtime::error::RuntimeError;
+use kiln::runtime::eval::{self, Evaluation};
+use kiln::runtime::program::{self, Program};
+use kiln::runtime::train::{Run, RunPaths};
+use kiln::runtime::weights;
 use kiln::span::Sources;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -195,7 +200,7 @@ fn load(file: &Path, model: Option<&str>, lints: &LintArgs) -> anyhow::Result<Re
         .unwrap_or_else(|| TrainConfig::defaults(&m.name, m.span));
     Ok(Ok(Loaded {
         sources,
-        program: rt::prepare(m),
+        program: program::prepare(m),
         cfg,
     }))
 }
@@ -388,7 +393,7 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
     }
 }
 
-fn print_eval(what: &str, e: &rt::Evaluation) {
+fn print_eval(what: &str, e: &Evaluation) {
     let mut line = format!("{what}: {} rows", e.rows);
     if let Some(l) = e.loss {
         line += &format!("  loss {l:.5}");
@@ -406,7 +411,7 @@ fn load_data(
     with_targets: bool,
     st: Option<&data::Standardizer>,
 ) -> Result<Dataset, RuntimeError> {
-    let spec = rt::data_spec(&p.forward);
+    let spec = program::data_spec(&p.forward);
     let mut d = data::load(path, &spec, with_targets)?;
     // Non-finite values are errors here too; the warnings are for training.
     kiln::runtime::sanity::check(&d, &spec, path)?;
@@ -432,9 +437,9 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<u8> {
         eprintln!("error: no data: pass `--data FILE`");
         return Ok(crate::EXIT_IO);
     };
-    let result = rt::load_weights(p, &a.weights).and_then(|(state, st)| {
+    let result = weights::load_weights(p, &a.weights).and_then(|(state, st)| {
         let d = load_data(p, &path, true, st.as_ref())?;
-        rt::evaluate(
+        eval::evaluate(
             p,
             a.m.backend().as_mut(),
             &state,
@@ -464,9 +469,9 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     let p = &loaded.program;
-    let result = rt::load_weights(p, &a.weights).and_then(|(state, st)| {
+    let result = weights::load_weights(p, &a.weights).and_then(|(state, st)| {
         let d = load_data(p, &a.data, false, st.as_ref())?;
-        let (outs, classes) = rt::predict(
+        let (outs, classes) = eval::predict(
             p,
             a.m.backend().as_mut(),
             &state,
@@ -584,7 +589,7 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
     let cfg = &loaded.cfg;
     let result = (|| {
         let (state, st) = match &a.weights {
-            Some(w) => rt::load_weights(p, w)?,
+            Some(w) => weights::load_weights(p, w)?,
             None => (Run::new(p, cfg).state, None),
         };
         // Without a checkpoint's statistics, a train block that standardizes fits them on
@@ -593,7 +598,7 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
         if st.is_none() && cfg.standardize {
             data::Standardizer::fit(&d).apply(&mut d);
         }
-        let (loss, grads) = rt::gradients(
+        let (loss, grads) = eval::gradients(
             p,
             cfg,
             a.m.backend().as_mut(),
@@ -616,7 +621,7 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
         for (name, _, norm) in &grads {
             println!("{name:<width$}  {norm:>12.6e}");
         }
-        let health = rt::gradient_health(
+        let health = eval::gradient_health(
             p,
             cfg,
             a.m.backend().as_mut(),
@@ -633,7 +638,7 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
         if let Some(out) = &a.out {
             let map: BTreeMap<String, ndarray::ArrayD<f32>> =
                 grads.into_iter().map(|(n, g, _)| (n, g)).collect();
-            rt::save_tensors(out, map)?;
+            eval::save_tensors(out, map)?;
             println!("gradients: {}", out.display());
         }
         Ok(())

@@ -1,8 +1,10 @@
-//! Backends run graphs: the reference interpreter today, the Cranelift JIT next. The
-//! runtime owns the model's state (parameters, optimizer and layer state) and hands it
-//! to a backend for each batch.
+//! The contract both back ends implement: a [`Backend`] runs graphs on a model's
+//! [`State`] (the reference interpreter and the Cranelift JIT implement it; the runtime
+//! owns the state and hands it to a backend for each batch), and [`rng`] holds the
+//! seeded random streams every stage draws from.
 
-use crate::interp::{self, Env};
+pub mod rng;
+
 use crate::ir::{Graph, Hyper, NodeId, Slot};
 use ndarray::ArrayD;
 use std::collections::HashMap;
@@ -99,10 +101,6 @@ pub trait Backend {
     ) -> Result<LossAndGrads, RunError>;
 }
 
-/// The reference interpreter as a backend (f32).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Interpreter;
-
 /// The batch size of a call: the first dimension of the first input.
 pub fn batch_of(inputs: &[ArrayD<f32>]) -> usize {
     inputs
@@ -111,86 +109,7 @@ pub fn batch_of(inputs: &[ArrayD<f32>]) -> usize {
         .unwrap_or(1)
 }
 
-fn run(
-    graph: &Graph,
-    state: &State,
-    inputs: &[ArrayD<f32>],
-    targets: &[ArrayD<f32>],
-    hyper: &HashMap<Hyper, f64>,
-    roots: &[NodeId],
-) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
-    let env = Env {
-        inputs,
-        targets,
-        params: &state.params,
-        states: &state.states,
-        hyper,
-        batch: batch_of(inputs),
-    };
-    interp::run(graph, &env, roots).map_err(|e| RunError(e.0))
-}
-
-fn take(vals: &mut [Option<ArrayD<f32>>], n: NodeId) -> Result<ArrayD<f32>, RunError> {
-    vals[n]
-        .clone()
-        .ok_or_else(|| RunError(format!("node %{n} was not computed")))
-}
-
 /// The value of a one-element array (NaN when empty).
 pub fn scalar(a: &ArrayD<f32>) -> f64 {
     a.iter().next().map_or(f64::NAN, |v| f64::from(*v))
-}
-
-impl Backend for Interpreter {
-    fn forward(
-        &mut self,
-        graph: &Graph,
-        state: &State,
-        inputs: &[ArrayD<f32>],
-        targets: &[ArrayD<f32>],
-        roots: &[NodeId],
-    ) -> Result<Vec<ArrayD<f32>>, RunError> {
-        let mut vals = run(graph, state, inputs, targets, &HashMap::new(), roots)?;
-        roots.iter().map(|&r| take(&mut vals, r)).collect()
-    }
-
-    fn step(
-        &mut self,
-        graph: &Graph,
-        state: &mut State,
-        inputs: &[ArrayD<f32>],
-        targets: &[ArrayD<f32>],
-        hyper: &HashMap<Hyper, f64>,
-    ) -> Result<StepResult, RunError> {
-        let (loss, objective) = loss_nodes(graph)?;
-        let mut vals = run(graph, state, inputs, targets, hyper, &graph.step_roots())?;
-        let result = StepResult {
-            loss: scalar(&take(&mut vals, loss)?),
-            objective: scalar(&take(&mut vals, objective)?),
-        };
-        for (slot, n) in &graph.updates {
-            write_back(state, *slot, take(&mut vals, *n)?);
-        }
-        Ok(result)
-    }
-
-    fn gradients(
-        &mut self,
-        graph: &Graph,
-        state: &State,
-        inputs: &[ArrayD<f32>],
-        targets: &[ArrayD<f32>],
-        hyper: &HashMap<Hyper, f64>,
-    ) -> Result<LossAndGrads, RunError> {
-        let roots = gradient_roots(graph)?;
-        let loss = roots[0];
-        let mut vals = run(graph, state, inputs, targets, hyper, &roots)?;
-        let l = scalar(&take(&mut vals, loss)?);
-        let grads = graph
-            .grads
-            .iter()
-            .map(|(p, n)| Ok((*p, take(&mut vals, *n)?)))
-            .collect::<Result<_, RunError>>()?;
-        Ok((l, grads))
-    }
 }

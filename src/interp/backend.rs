@@ -1,0 +1,93 @@
+//! The reference interpreter as a [`Backend`] (f32).
+
+use crate::exec::{
+    batch_of, gradient_roots, loss_nodes, scalar, write_back, Backend, LossAndGrads, RunError,
+    State, StepResult,
+};
+use crate::interp::{self, Env};
+use crate::ir::{Graph, Hyper, NodeId};
+use ndarray::ArrayD;
+use std::collections::HashMap;
+
+/// The reference interpreter as a backend (f32).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Interpreter;
+
+fn run(
+    graph: &Graph,
+    state: &State,
+    inputs: &[ArrayD<f32>],
+    targets: &[ArrayD<f32>],
+    hyper: &HashMap<Hyper, f64>,
+    roots: &[NodeId],
+) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
+    let env = Env {
+        inputs,
+        targets,
+        params: &state.params,
+        states: &state.states,
+        hyper,
+        batch: batch_of(inputs),
+    };
+    interp::run(graph, &env, roots).map_err(|e| RunError(e.0))
+}
+
+fn take(vals: &mut [Option<ArrayD<f32>>], n: NodeId) -> Result<ArrayD<f32>, RunError> {
+    vals[n]
+        .clone()
+        .ok_or_else(|| RunError(format!("node %{n} was not computed")))
+}
+
+impl Backend for Interpreter {
+    fn forward(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        roots: &[NodeId],
+    ) -> Result<Vec<ArrayD<f32>>, RunError> {
+        let mut vals = run(graph, state, inputs, targets, &HashMap::new(), roots)?;
+        roots.iter().map(|&r| take(&mut vals, r)).collect()
+    }
+
+    fn step(
+        &mut self,
+        graph: &Graph,
+        state: &mut State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<StepResult, RunError> {
+        let (loss, objective) = loss_nodes(graph)?;
+        let mut vals = run(graph, state, inputs, targets, hyper, &graph.step_roots())?;
+        let result = StepResult {
+            loss: scalar(&take(&mut vals, loss)?),
+            objective: scalar(&take(&mut vals, objective)?),
+        };
+        for (slot, n) in &graph.updates {
+            write_back(state, *slot, take(&mut vals, *n)?);
+        }
+        Ok(result)
+    }
+
+    fn gradients(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<LossAndGrads, RunError> {
+        let roots = gradient_roots(graph)?;
+        let loss = roots[0];
+        let mut vals = run(graph, state, inputs, targets, hyper, &roots)?;
+        let l = scalar(&take(&mut vals, loss)?);
+        let grads = graph
+            .grads
+            .iter()
+            .map(|(p, n)| Ok((*p, take(&mut vals, *n)?)))
+            .collect::<Result<_, RunError>>()?;
+        Ok((l, grads))
+    }
+}

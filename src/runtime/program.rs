@@ -1,0 +1,116 @@
+//! A model ready to run: the checked model, its forward graph, its digest and how a
+//! classifier's predictions are read; and what the data loader reads for it.
+
+use super::checkpoint;
+use super::data::{DataSpec, PortSpec};
+use crate::autodiff::training_graph;
+use crate::check::graph::CheckedModel;
+use crate::check::train::TrainConfig;
+use crate::ir::{DType, Graph, LossKind, NodeId, Op};
+use crate::lower::{lower_model, Mode};
+
+/// How a classifier's predictions are read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Classifier {
+    /// The forward-graph node holding scores `[rows.., K]` (or one logit for binary).
+    pub scores: NodeId,
+    /// The target holding the true classes.
+    pub target: usize,
+    /// Number of classes.
+    pub classes: usize,
+    /// One logit per row (bce): class 1 when it is positive.
+    pub binary: bool,
+}
+
+/// A model ready to run.
+#[derive(Clone, Debug)]
+pub struct Program {
+    /// The checked model.
+    pub model: CheckedModel,
+    /// Its forward graph (evaluation behaviour).
+    pub forward: Graph,
+    /// A digest of the forward graph: checkpoints of another model are refused.
+    pub hash: String,
+    /// Set when the model is a classifier.
+    pub classifier: Option<Classifier>,
+}
+
+/// Lowers a checked model.
+pub fn prepare(model: &CheckedModel) -> Program {
+    let forward = lower_model(model, Mode::Eval);
+    let hash = checkpoint::digest(&forward.print(None));
+    let classifier = find_classifier(&forward);
+    Program {
+        model: model.clone(),
+        forward,
+        hash,
+        classifier,
+    }
+}
+
+impl Program {
+    /// The training graph for `cfg`: the forward pass with training behaviour (noise from
+    /// the run's seed, batch statistics), backward pass, clipping and optimizer update.
+    pub fn training_graph(&self, cfg: &TrainConfig) -> Graph {
+        training_graph(&self.train_forward(cfg.seed), &cfg.optimizer, cfg.clip)
+    }
+
+    /// The forward graph with training behaviour, its noise drawn from `seed`.
+    pub fn train_forward(&self, seed: u64) -> Graph {
+        lower_model(&self.model, Mode::Train { seed })
+    }
+}
+
+fn find_classifier(g: &Graph) -> Option<Classifier> {
+    let mut stack = vec![g.loss?];
+    while let Some(n) = stack.pop() {
+        let node = &g.nodes[n];
+        if let Op::Loss(kind) = node.op {
+            let (pred, target) = (node.args[0], node.args[1]);
+            let Op::Target(t) = g.nodes[target].op else {
+                return None;
+            };
+            let last = g.nodes[pred].shape.last().unwrap_or(1) as usize;
+            return match (g.nodes[target].dtype, kind) {
+                (DType::Class(k), _) if last == k as usize => Some(Classifier {
+                    scores: pred,
+                    target: t,
+                    classes: k as usize,
+                    binary: false,
+                }),
+                (DType::Class(2), _) | (DType::F32, LossKind::Bce | LossKind::Focal(..))
+                    if last == 1 =>
+                {
+                    Some(Classifier {
+                        scores: pred,
+                        target: t,
+                        classes: 2,
+                        binary: true,
+                    })
+                }
+                _ => None,
+            };
+        }
+        stack.extend(node.args.iter().rev());
+    }
+    None
+}
+
+/// What the data loader needs to read for a model.
+pub fn data_spec(g: &Graph) -> DataSpec {
+    let port = |t: &crate::ir::Tensor| PortSpec {
+        name: t.name.clone(),
+        shape: t.shape.0[1..]
+            .iter()
+            .map(|d| d.size().unwrap_or(1) as usize)
+            .collect(),
+        classes: match t.dtype {
+            DType::Class(k) => Some(k as usize),
+            DType::F32 => None,
+        },
+    };
+    DataSpec {
+        inputs: g.inputs.iter().map(port).collect(),
+        targets: g.targets.iter().map(port).collect(),
+    }
+}

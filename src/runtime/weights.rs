@@ -1,0 +1,121 @@
+//! A program's weights in checkpoints: loading them (refusing another model's), and
+//! the standardization stored beside them.
+
+use super::checkpoint::{self, Checkpoint};
+use super::data::Standardizer;
+use super::error::RuntimeError;
+use super::program::Program;
+use crate::exec::State;
+use crate::ir::Graph;
+use ndarray::ArrayD;
+use std::path::Path;
+
+/// The standardization stored in a checkpoint, if any.
+pub fn get_standardizer(c: &Checkpoint, g: &Graph) -> Option<Standardizer> {
+    let mut mean = Vec::new();
+    let mut std = Vec::new();
+    for t in &g.inputs {
+        mean.push(
+            c.tensors
+                .get(&format!("standardize.{}.mean", t.name))?
+                .iter()
+                .copied()
+                .collect(),
+        );
+        std.push(
+            c.tensors
+                .get(&format!("standardize.{}.std", t.name))?
+                .iter()
+                .copied()
+                .collect(),
+        );
+    }
+    Some(Standardizer { mean, std })
+}
+
+/// Loads a checkpoint and refuses one written for another model.
+pub fn load_for(p: &Program, path: &Path) -> Result<Checkpoint, RuntimeError> {
+    let c = Checkpoint::load(path).map_err(|e| RuntimeError::Checkpoint(e.to_string()))?;
+    if let Some(h) = c.meta.get("model_hash") {
+        if *h != p.hash {
+            let other = c
+                .meta
+                .get("model")
+                .map_or(String::new(), |m| format!(" (model `{m}`)"));
+            return Err(RuntimeError::Checkpoint(format!(
+                "`{}` is a checkpoint of a different model{other}: its layers, shapes or names differ from `{}`",
+                path.display(),
+                p.model.name
+            )));
+        }
+    }
+    Ok(c)
+}
+
+/// The parameters of `p` from a checkpoint (keys prefixed by `prefix`), or a message
+/// naming every missing, extra and mis-shaped tensor.
+pub fn params_from(
+    p: &Program,
+    c: &Checkpoint,
+    path: &Path,
+    prefix: &str,
+) -> Result<Vec<ArrayD<f32>>, RuntimeError> {
+    let expected: Vec<(String, Vec<usize>)> = p
+        .forward
+        .params
+        .iter()
+        .map(|t| {
+            (
+                format!("{prefix}{}", t.tensor.name),
+                crate::interp::dims(&t.tensor.shape, 1),
+            )
+        })
+        .collect();
+    // A Kiln checkpoint also holds optimizer state and more; a plain file only parameters.
+    let kiln = c.meta.contains_key("model_hash");
+    let view = if kiln || !prefix.is_empty() {
+        let mut only = Checkpoint::new();
+        for (k, v) in &c.tensors {
+            if expected.iter().any(|(n, _)| n == k) {
+                only.tensors.insert(k.clone(), v.clone());
+            }
+        }
+        for (n, _) in &expected {
+            if !c.tensors.contains_key(n) {
+                only.tensors.remove(n);
+            }
+        }
+        only
+    } else {
+        c.clone()
+    };
+    let problems = checkpoint::compare(&expected, &view);
+    if !problems.is_empty() {
+        return Err(RuntimeError::Checkpoint(format!(
+            "`{}` does not fit model `{}`:\n  {}",
+            path.display(),
+            p.model.name,
+            problems.join("\n  ")
+        )));
+    }
+    Ok(expected
+        .iter()
+        .map(|(n, _)| view.tensors[n].clone())
+        .collect())
+}
+
+/// Parameters (and standardization) for evaluation or prediction from `--weights`.
+pub fn load_weights(
+    p: &Program,
+    path: &Path,
+) -> Result<(State, Option<Standardizer>), RuntimeError> {
+    let c = load_for(p, path)?;
+    let params = params_from(p, &c, path, "")?;
+    Ok((
+        State {
+            params,
+            states: vec![],
+        },
+        get_standardizer(&c, &p.forward),
+    ))
+}
