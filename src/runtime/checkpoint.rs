@@ -384,8 +384,10 @@ mod tests {
             ArrayD::from_shape_vec(IxDyn(shape), values).unwrap()
         };
         c.tensors.insert("b".into(), array(&[2], vec![1.0, -2.5]));
-        c.tensors
-            .insert("a.weight".into(), array(&[2, 3], vec![0., 1., 2., 3., 4., 5.]));
+        c.tensors.insert(
+            "a.weight".into(),
+            array(&[2, 3], vec![0., 1., 2., 3., 4., 5.]),
+        );
         c.tensors.insert("s".into(), array(&[], vec![7.0]));
         c.meta.insert("format".into(), "kiln-checkpoint-1".into());
         let data: Vec<(&str, Vec<usize>, Vec<u8>)> = c
@@ -397,7 +399,10 @@ mod tests {
             })
             .collect();
         let views = data.iter().map(|(name, shape, bytes)| {
-            (*name, TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap())
+            (
+                *name,
+                TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap(),
+            )
         });
         let meta = c.meta.clone().into_iter().collect();
         assert_eq!(
