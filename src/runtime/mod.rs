@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod exec;
 pub mod health;
+pub mod identity;
 pub mod init;
 pub mod metrics;
 pub mod plot;

@@ -4,6 +4,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::data::{self, DataSpec, Dataset, PortSpec, Standardizer};
 use super::exec::{Backend, RunError, State, StepResult};
 use super::health::{self, Health};
+use super::identity;
 use super::init::init_params;
 use super::metrics::{self, Classification};
 use super::sanity::{self, DataWarning};
@@ -42,7 +43,7 @@ pub struct Program {
     pub model: CheckedModel,
     /// Its forward graph (evaluation behaviour).
     pub forward: Graph,
-    /// A digest of the forward graph: checkpoints of another model are refused.
+    /// The model's digest ([`identity::digest`]): checkpoints of another model are refused.
     pub hash: String,
     /// Set when the model is a classifier.
     pub classifier: Option<Classifier>,
@@ -51,7 +52,7 @@ pub struct Program {
 /// Lowers a checked model.
 pub fn prepare(model: &CheckedModel) -> Program {
     let forward = lower_model(model, Mode::Eval);
-    let hash = checkpoint::digest(&forward.print(None));
+    let hash = identity::digest(model);
     let classifier = find_classifier(&forward);
     Program {
         model: model.clone(),
@@ -817,7 +818,8 @@ impl Run {
         let meta = &mut c.meta;
         meta.insert("format".into(), "kiln-checkpoint-1".into());
         meta.insert("model".into(), self.program.model.name.clone());
-        meta.insert("model_hash".into(), self.program.hash.clone());
+        meta.insert(identity::DIGEST_KEY.into(), self.program.hash.clone());
+        meta.insert(identity::SCHEME_KEY.into(), identity::SCHEME.into());
         meta.insert("epoch".into(), self.epoch.to_string());
         meta.insert("step".into(), self.step.to_string());
         meta.insert("seed".into(), self.cfg.seed.to_string());
@@ -905,18 +907,16 @@ pub fn get_standardizer(c: &Checkpoint, g: &Graph) -> Option<Standardizer> {
 /// Loads a checkpoint and refuses one written for another model.
 pub fn load_for(p: &Program, path: &Path) -> Result<Checkpoint, RuntimeError> {
     let c = Checkpoint::load(path).map_err(|e| RuntimeError::Checkpoint(e.to_string()))?;
-    if let Some(h) = c.meta.get("model_hash") {
-        if *h != p.hash {
-            let other = c
-                .meta
-                .get("model")
-                .map_or(String::new(), |m| format!(" (model `{m}`)"));
-            return Err(RuntimeError::Checkpoint(format!(
-                "`{}` is a checkpoint of a different model{other}: its layers, shapes or names differ from `{}`",
-                path.display(),
-                p.model.name
-            )));
-        }
+    if identity::names_another_model(&c.meta, &p.hash) {
+        let other = c
+            .meta
+            .get("model")
+            .map_or(String::new(), |m| format!(" (model `{m}`)"));
+        return Err(RuntimeError::Checkpoint(format!(
+            "`{}` is a checkpoint of a different model{other}: its layers, shapes or names differ from `{}`",
+            path.display(),
+            p.model.name
+        )));
     }
     Ok(c)
 }
@@ -941,7 +941,7 @@ pub fn params_from(
         })
         .collect();
     // A Kiln checkpoint also holds optimizer state and more; a plain file only parameters.
-    let kiln = c.meta.contains_key("model_hash");
+    let kiln = c.meta.contains_key(identity::DIGEST_KEY);
     let view = if kiln || !prefix.is_empty() {
         let mut only = Checkpoint::new();
         for (k, v) in &c.tensors {
