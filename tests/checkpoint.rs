@@ -1,10 +1,18 @@
 //! Checkpoints: safetensors round trips, conversion of other dtypes, errors, atomic
-//! writes and the comparison of a checkpoint with what a model expects.
+//! writes, the comparison of a checkpoint with what a model expects, and the model
+//! digest: pinned for every example, and checkpoints written before it still loading.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
+use kiln::check::graph::CheckedModel;
+use kiln::check::{check_file, load_file, LintLevels};
 use kiln::runtime::checkpoint::{compare, digest, Checkpoint, CheckpointError};
-use ndarray::{arr0, arr1, arr2, ArrayD, IxDyn};
+use kiln::runtime::identity;
+use kiln::runtime::program::{self, Program};
+use kiln::runtime::weights;
+use kiln::span::{FileId, Sources};
+use ndarray::{arr0, arr1, arr2, array, ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, TensorView};
 
 fn sample() -> Checkpoint {
@@ -383,4 +391,327 @@ fn digest_is_stable_sha256_hex() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
     assert_ne!(digest("model a"), digest("model b"));
+}
+
+// ---------------------------------------------------------------- model identity
+
+fn manifest(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn checked(sources: &mut Sources, id: FileId) -> CheckedModel {
+    let c = check_file(sources, id, &LintLevels::default());
+    let errors: Vec<String> = c.diagnostics.iter().map(|d| d.message.clone()).collect();
+    let program = c.program.unwrap_or_else(|| panic!("{errors:?}"));
+    program.models.into_iter().next().expect("a model")
+}
+
+fn checked_file(path: &Path) -> CheckedModel {
+    let mut sources = Sources::new();
+    let (id, problem) = load_file(&mut sources, path).unwrap();
+    assert!(problem.is_none(), "{problem:?}");
+    checked(&mut sources, id)
+}
+
+fn checked_str(src: &str) -> CheckedModel {
+    let mut sources = Sources::new();
+    let id = sources.add("m.kiln", None, src.to_string());
+    checked(&mut sources, id)
+}
+
+/// The digest of every example model. A change to the canonical text changes these on
+/// purpose: it orphans every checkpoint saved before, so it comes with a new
+/// `identity::SCHEME`, never with new digests alone.
+const EXAMPLE_DIGESTS: &[(&str, &str)] = &[
+    (
+        "breast_cancer.kiln",
+        "eb37ed70d8a195b04c9384f5dc4b10fe1a2f5cd1f358dbd8458905cf631aac76",
+    ),
+    (
+        "digits_bn_dropout.kiln",
+        "626322fe05ed9e031e2a04b31ae36b51a9e4839e3d79bdb0441378cde3763864",
+    ),
+    (
+        "digits_cnn.kiln",
+        "59c5b0aa48ed206473834a34ee9f5d5017bdea2cf55a27fda0881c6a0f57b828",
+    ),
+    (
+        "digits_gru.kiln",
+        "4cd3f27a4a48a20ec5f00c8147b57833102c1a3bef172090e7f9d3bc55cdabe7",
+    ),
+    (
+        "digits_mlp.kiln",
+        "45973a89abfec22d8d0fb64ee254affcca1d23339b692f7010591943c90a9688",
+    ),
+    (
+        "iris.kiln",
+        "fcf1d5ff25b315613fbde4bff05c91a15d89fba5431c907b22a4b3b395f6d1c2",
+    ),
+    (
+        "resnet_block.kiln",
+        "6fa3003386b79738bfd7eae965b597d30d33c7b4f34ead2ad2fdeb2404668617",
+    ),
+    (
+        "xor.kiln",
+        "b4bc4f019cce7f0e3aa239006b10c5337a988f097eef349e76f50e25998910bb",
+    ),
+];
+
+#[test]
+fn every_example_model_has_its_pinned_digest() {
+    let mut files: Vec<String> = std::fs::read_dir(manifest("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".kiln"))
+        .collect();
+    files.sort();
+    let actual: Vec<(String, String)> = files
+        .into_iter()
+        .map(|name| {
+            let model = checked_file(&manifest("examples").join(&name));
+            (name, identity::digest(&model))
+        })
+        .collect();
+    let expected: Vec<(String, String)> = EXAMPLE_DIGESTS
+        .iter()
+        .map(|(name, hex)| (name.to_string(), hex.to_string()))
+        .collect();
+    assert_eq!(actual, expected);
+}
+
+#[test]
+fn the_canonical_text_of_iris_is_pinned() {
+    // The example of `src/runtime/identity.rs`'s documentation.
+    let model = checked_file(&manifest("examples/iris.kiln"));
+    assert_eq!(
+        identity::describe(&model),
+        "kiln-model-1
+input features: [N, 4]
+target label: class[N] of 3
+output logits: [N, 3]
+layer h.dense: dense(units: 16, bias: true) [N, 4] -> [N, 16]
+  param h.dense.bias: f32[16]
+  param h.dense.weight: f32[4, 16]
+layer logits.dense: dense(units: 3, bias: true) [N, 16] -> [N, 3]
+  param logits.dense.bias: f32[3]
+  param logits.dense.weight: f32[16, 3]
+"
+    );
+    assert_eq!(
+        identity::digest(&model),
+        digest(&identity::describe(&model))
+    );
+}
+
+#[test]
+fn layer_arguments_are_written_in_the_dsls_words() {
+    let lines = |name: &str| {
+        let model = checked_file(&manifest("examples").join(name));
+        identity::describe(&model)
+            .lines()
+            .filter(|l| l.starts_with("layer "))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        lines("digits_cnn.kiln")[0],
+        "layer c1.conv2d: conv2d(out: 16, k: [3, 3], stride: [1, 1], pad: [1, 1], \
+         dilation: [1, 1], bias: true) [N, 1, 8, 8] -> [N, 16, 8, 8]"
+    );
+    assert_eq!(
+        lines("digits_gru.kiln")[1],
+        "layer logits.gru: gru(h: 64, bidirectional: false, sequence: false) [N, 8, 8] -> [N, 64]"
+    );
+    assert_eq!(
+        lines("digits_bn_dropout.kiln")[0],
+        "layer logits.batchnorm: batchnorm(eps: 0.00001) [N, 256] -> [N, 256]"
+    );
+    let rnn = checked_str(
+        "model m {
+           input x: [N, 5, 3]
+           y = x |> rnn(h: 4, activation: relu) |> last
+           output y
+         }",
+    );
+    assert!(
+        identity::describe(&rnn).contains(
+            "layer y.rnn: rnn(h: 4, activation: relu, bidirectional: false, sequence: true) \
+             [N, 5, 3] -> [N, 5, 4]\n"
+        ),
+        "{}",
+        identity::describe(&rnn)
+    );
+}
+
+/// The digest of a small model with `edits` (text replacements) applied.
+fn small(edits: &[(&str, &str)]) -> String {
+    let mut src = "model m {
+  input  x: [N, 4]
+  target y: [N, 1]
+  h   = x |> dense(8) |> relu
+  out = h |> dense(1)
+  output out
+  loss mse(out, y)
+}
+"
+    .to_string();
+    for (from, to) in edits {
+        assert!(src.contains(from), "{from}");
+        src = src.replace(from, to);
+    }
+    identity::digest(&checked_str(&src))
+}
+
+#[test]
+fn the_digest_follows_the_tensors_and_interface_not_the_spelling() {
+    let base = small(&[]);
+    let same: &[&[(&str, &str)]] = &[
+        &[("h   = x", "# a comment\n  h = x")],
+        &[("model m", "model renamed")],
+        &[("[N, ", "[B, ")],
+        &[("relu", "tanh")],
+        &[("dense(8)", "dense(units: 8, init: xavier)")],
+        &[("mse", "mae")],
+    ];
+    for edits in same {
+        assert_eq!(small(edits), base, "{edits:?}");
+    }
+    let different: &[&[(&str, &str)]] = &[
+        &[("dense(8)", "dense(9)")],
+        &[("dense(8)", "dense(8, bias: false)")],
+        &[("h   = x", "hidden = x"), ("out = h", "out = hidden")],
+        &[("x: [N, 4]", "x: [N, 5]")],
+        &[("target y", "target t"), (", y)", ", t)")],
+        &[("output out", "output out\n  output h")],
+    ];
+    for edits in different {
+        assert_ne!(small(edits), base, "{edits:?}");
+    }
+}
+
+/// A checkpoint written before digests had a scheme (see `tests/fixtures/README.md`).
+fn legacy() -> PathBuf {
+    manifest("tests/fixtures/xor-legacy.safetensors")
+}
+
+fn program(path: &str) -> Program {
+    program::prepare(&checked_file(&manifest(path)))
+}
+
+#[test]
+fn a_legacy_checkpoint_carries_no_scheme_and_an_older_digest() {
+    let c = Checkpoint::load(&legacy()).unwrap();
+    assert_eq!(c.meta.get(identity::SCHEME_KEY), None);
+    assert_eq!(c.meta["format"], "kiln-checkpoint-1");
+    assert_eq!(
+        c.meta["model_hash"],
+        "d4e3a512a39f09458e11364bf9999768868c9d48b7152f0608d366b41c6589ce"
+    );
+    assert_ne!(c.meta["model_hash"], program("examples/xor.kiln").hash);
+}
+
+#[test]
+fn a_legacy_checkpoint_still_resumes_and_predicts() {
+    let model = kiln::compile_file(manifest("examples/xor.kiln")).unwrap();
+    let mut session = model.session(8);
+    session.load(legacy()).unwrap();
+    assert_eq!(session.progress(), (500, 500));
+    let x = array![[0., 0.], [0., 1.], [1., 0.], [1., 1.]].into_dyn();
+    let y = array![[0.], [1.], [1.], [0.]].into_dyn();
+    let out = session.predict(&[("x", &x)]).unwrap();
+    for (got, want) in out.iter().zip(&y) {
+        assert!((got - want).abs() < 1e-6, "{out}");
+    }
+    // Its momentum buffers were restored too: one more step keeps the loss at zero.
+    let loss = session.train_step(&[("x", &x)], &[("y", &y)]).unwrap();
+    assert!(loss < 1e-9, "{loss}");
+}
+
+#[test]
+fn kiln_predict_takes_a_legacy_checkpoint_as_weights() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("predict")
+        .arg(manifest("examples/xor.kiln"))
+        .arg("--weights")
+        .arg(legacy())
+        .arg("--data")
+        .arg(manifest("examples/data/xor.csv"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let values: Vec<f64> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.parse::<f64>().unwrap().round())
+        .collect();
+    assert_eq!(values, [0.0, 1.0, 1.0, 0.0], "{stdout}");
+}
+
+#[test]
+fn a_legacy_checkpoint_of_another_model_is_refused_by_its_tensors() {
+    let err = weights::load_weights(&program("examples/iris.kiln"), &legacy())
+        .map(|_| ())
+        .expect_err("xor's weights do not fit iris")
+        .to_string();
+    assert!(err.contains("does not fit model `iris`"), "{err}");
+    assert!(
+        err.contains("`h.dense.weight` has shape [2, 2] in the file but the model needs [4, 16]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`logits.dense.weight` is missing from the file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn only_a_digest_of_this_scheme_is_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xor.safetensors");
+    let xor = program("examples/xor.kiln");
+    let load = |c: &Checkpoint| {
+        c.save(&path).unwrap();
+        weights::load_weights(&xor, &path).map(|(state, _)| state.params)
+    };
+    // The legacy file tagged with today's scheme: its old digest is now compared.
+    let mut c = Checkpoint::load(&legacy()).unwrap();
+    c.meta
+        .insert(identity::SCHEME_KEY.into(), identity::SCHEME.into());
+    let err = load(&c).expect_err("the old digest differs").to_string();
+    assert_eq!(
+        err,
+        format!(
+            "`{}` is a checkpoint of a different model (model `xor`): its layers, \
+             shapes or names differ from `xor`",
+            path.display()
+        )
+    );
+    // With today's digest it loads.
+    c.meta.insert("model_hash".into(), xor.hash.clone());
+    let params = load(&c).unwrap();
+    assert_eq!(params[0], c.tensors[&xor.forward.params[0].tensor.name]);
+    // A scheme this version does not know: the digest is not evidence, the tensors fit.
+    c.meta
+        .insert(identity::SCHEME_KEY.into(), "kiln-model-99".into());
+    c.meta.insert("model_hash".into(), "0".repeat(64));
+    assert_eq!(load(&c).unwrap(), params);
+}
+
+#[test]
+fn a_new_checkpoint_carries_the_scheme_and_the_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xor.safetensors");
+    let model = kiln::compile_file(manifest("examples/xor.kiln")).unwrap();
+    model.session(8).save(&path).unwrap();
+    let c = Checkpoint::load(&path).unwrap();
+    assert_eq!(c.meta[identity::SCHEME_KEY], "kiln-model-1");
+    assert_eq!(
+        c.meta["model_hash"],
+        "b4bc4f019cce7f0e3aa239006b10c5337a988f097eef349e76f50e25998910bb"
+    );
 }

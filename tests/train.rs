@@ -227,6 +227,37 @@ fn same_seed_same_weights_bit_for_bit_for_any_thread_count() {
 }
 
 #[test]
+fn same_seed_same_checkpoint_byte_for_byte() {
+    // Two processes: each has its own hash seeds, so nothing in the file may follow a
+    // hash map's order. Iris writes many metadata keys and the standardization.
+    let dir = tmp();
+    let d = dir.path();
+    for name in ["a.ckpt", "b.ckpt"] {
+        ok(&kiln(
+            &[
+                "train",
+                &example("iris.kiln"),
+                "--quiet",
+                "--epochs",
+                "2",
+                "--threads",
+                "1",
+                "--save",
+                name,
+            ],
+            d,
+        ));
+    }
+    let a = std::fs::read(d.join("a.ckpt")).unwrap();
+    let b = std::fs::read(d.join("b.ckpt")).unwrap();
+    assert!(a.len() > 1000, "{}", a.len());
+    assert!(a == b, "the two checkpoints differ");
+    let c = Checkpoint::load(&d.join("a.ckpt")).unwrap();
+    assert!(c.meta.len() >= 8, "{:?}", c.meta);
+    assert!(c.tensors.contains_key("standardize.features.mean"));
+}
+
+#[test]
 fn dropout_and_batchnorm_runs_repeat_bit_for_bit() {
     // Dropout masks come from the seed and the step; the running statistics are saved.
     let dir = tmp();

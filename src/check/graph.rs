@@ -242,6 +242,16 @@ pub enum RnnActivation {
     Relu,
 }
 
+impl RnnActivation {
+    /// The word of `rnn(activation: …)`.
+    pub fn word(self) -> &'static str {
+        match self {
+            RnnActivation::Tanh => "tanh",
+            RnnActivation::Relu => "relu",
+        }
+    }
+}
+
 /// Pooling kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {

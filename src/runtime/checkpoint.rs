@@ -8,8 +8,7 @@
 //! Loading accepts files exported from other frameworks: F64, F16, BF16 and integer
 //! tensors are converted to f32. Every malformed file is an error, never a panic.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};
@@ -17,7 +16,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
-use safetensors::tensor::{Dtype, SafeTensors, View};
+use safetensors::tensor::{Dtype, SafeTensors};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// A checkpoint: named f32 tensors and string metadata.
@@ -78,28 +78,16 @@ impl std::error::Error for CheckpointError {
 /// The key safetensors reserves for the header's metadata.
 const METADATA_KEY: &str = "__metadata__";
 
-/// One f32 tensor, serialized little-endian in logical (row-major) order.
-struct F32Bytes {
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-impl View for &F32Bytes {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
-    }
-
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
+/// One entry of a safetensors header: the metadata, or where a tensor's data lies.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum HeaderEntry<'a> {
+    Metadata(&'a BTreeMap<String, String>),
+    Tensor {
+        dtype: &'static str,
+        shape: &'a [usize],
+        data_offsets: [usize; 2],
+    },
 }
 
 impl Checkpoint {
@@ -108,7 +96,13 @@ impl Checkpoint {
         Self::default()
     }
 
-    /// The file's bytes in safetensors format.
+    /// The file's bytes in safetensors format, always the same for the same checkpoint:
+    /// the header's entries (the metadata under `__metadata__`, and each tensor's dtype,
+    /// shape and data offsets) are sorted by key, the metadata's by key too, and the f32
+    /// data follows little-endian, tensor by tensor in name order, in logical (row-major)
+    /// order. The header is written here rather than by `safetensors::serialize`, which
+    /// takes the metadata as a `HashMap` and writes it in hash order, different on every
+    /// run.
     fn to_bytes(&self) -> io::Result<Vec<u8>> {
         if self.tensors.contains_key(METADATA_KEY) {
             return Err(io::Error::new(
@@ -116,33 +110,33 @@ impl Checkpoint {
                 format!("a tensor cannot be named `{METADATA_KEY}` in a safetensors file"),
             ));
         }
-        let views: Vec<(&str, F32Bytes)> = self
-            .tensors
-            .iter()
-            .map(|(name, array)| {
-                let mut bytes = Vec::with_capacity(array.len() * 4);
-                for value in array.iter() {
-                    bytes.extend_from_slice(&value.to_le_bytes());
-                }
-                let view = F32Bytes {
-                    shape: array.shape().to_vec(),
-                    bytes,
-                };
-                (name.as_str(), view)
-            })
-            .collect();
-        let meta: Option<HashMap<String, String>> = if self.meta.is_empty() {
-            None
-        } else {
-            Some(
-                self.meta
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            )
-        };
-        safetensors::serialize(views.iter().map(|(name, view)| (*name, view)), meta)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+        let mut header = BTreeMap::new();
+        if !self.meta.is_empty() {
+            header.insert(METADATA_KEY, HeaderEntry::Metadata(&self.meta));
+        }
+        let mut offset = 0;
+        for (name, array) in &self.tensors {
+            let end = offset + array.len() * 4;
+            let entry = HeaderEntry::Tensor {
+                dtype: "F32",
+                shape: array.shape(),
+                data_offsets: [offset, end],
+            };
+            header.insert(name.as_str(), entry);
+            offset = end;
+        }
+        let mut header = serde_json::to_vec(&header)?;
+        // Padded with spaces so that the data starts 8-byte aligned, as safetensors does.
+        header.resize(header.len().next_multiple_of(8), b' ');
+        let mut bytes = Vec::with_capacity(8 + header.len() + offset);
+        bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        for array in self.tensors.values() {
+            for value in array.iter() {
+                bytes.extend_from_slice(&value.to_le_bytes());
+            }
+        }
+        Ok(bytes)
     }
 
     /// Writes to `<path>.tmp-<pid>` in the same directory, flushes and fsyncs it, then
@@ -361,6 +355,7 @@ pub fn digest(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use safetensors::tensor::TensorView;
 
     #[test]
     fn temp_file_sits_next_to_the_target() {
@@ -375,6 +370,65 @@ mod tests {
         );
         assert_eq!(parent_dir(Path::new("model.safetensors")), Path::new("."));
         assert_eq!(parent_dir(Path::new("/model.safetensors")), Path::new("/"));
+    }
+
+    #[test]
+    fn bytes_are_those_of_safetensors_own_writer() {
+        // With one metadata entry there is no order to differ in.
+        let mut c = Checkpoint::new();
+        assert_eq!(
+            c.to_bytes().unwrap(),
+            safetensors::serialize(Vec::<(&str, TensorView)>::new(), None).unwrap()
+        );
+        let array = |shape: &[usize], values: Vec<f32>| {
+            ArrayD::from_shape_vec(IxDyn(shape), values).unwrap()
+        };
+        c.tensors.insert("b".into(), array(&[2], vec![1.0, -2.5]));
+        c.tensors.insert(
+            "a.weight".into(),
+            array(&[2, 3], vec![0., 1., 2., 3., 4., 5.]),
+        );
+        c.tensors.insert("s".into(), array(&[], vec![7.0]));
+        c.meta.insert("format".into(), "kiln-checkpoint-1".into());
+        let data: Vec<(&str, Vec<usize>, Vec<u8>)> = c
+            .tensors
+            .iter()
+            .map(|(name, a)| {
+                let bytes = a.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name.as_str(), a.shape().to_vec(), bytes)
+            })
+            .collect();
+        let views = data.iter().map(|(name, shape, bytes)| {
+            (
+                *name,
+                TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap(),
+            )
+        });
+        let meta = c.meta.clone().into_iter().collect();
+        assert_eq!(
+            c.to_bytes().unwrap(),
+            safetensors::serialize(views, Some(meta)).unwrap()
+        );
+    }
+
+    #[test]
+    fn header_lists_metadata_and_tensors_sorted_by_key() {
+        let mut c = Checkpoint::new();
+        for key in ["step", "epoch", "seed", "model", "format"] {
+            c.meta.insert(key.into(), "1".into());
+        }
+        c.tensors.insert("z".into(), ArrayD::zeros(IxDyn(&[1])));
+        c.tensors.insert("a".into(), ArrayD::zeros(IxDyn(&[2])));
+        let bytes = c.to_bytes().unwrap();
+        let header = std::str::from_utf8(&bytes[8..bytes.len() - 12]).unwrap();
+        assert_eq!(
+            header.trim_end(),
+            r#"{"__metadata__":{"epoch":"1","format":"1","model":"1","seed":"1","step":"1"},"#
+                .to_string()
+                + r#""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"#
+                + r#""z":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#
+        );
+        assert_eq!(header.len() % 8, 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod health;
+pub mod identity;
 pub mod init;
 pub mod metrics;
 pub mod plot;

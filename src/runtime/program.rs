@@ -1,7 +1,7 @@
 //! A model ready to run: the checked model, its forward graph, its digest and how a
 //! classifier's predictions are read; and what the data loader reads for it.
 
-use super::checkpoint;
+use super::identity;
 use super::data::{DataSpec, PortSpec};
 use crate::autodiff::training_graph;
 use crate::check::graph::CheckedModel;
@@ -29,7 +29,7 @@ pub struct Program {
     pub model: CheckedModel,
     /// Its forward graph (evaluation behaviour).
     pub forward: Graph,
-    /// A digest of the forward graph: checkpoints of another model are refused.
+    /// The model's digest ([`identity::digest`]): checkpoints of another model are refused.
     pub hash: String,
     /// Set when the model is a classifier.
     pub classifier: Option<Classifier>,
@@ -38,7 +38,7 @@ pub struct Program {
 /// Lowers a checked model.
 pub fn prepare(model: &CheckedModel) -> Program {
     let forward = lower_model(model, Mode::Eval);
-    let hash = checkpoint::digest(&forward.print(None));
+    let hash = identity::digest(model);
     let classifier = find_classifier(&forward);
     Program {
         model: model.clone(),

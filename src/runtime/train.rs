@@ -6,6 +6,7 @@ use super::data::{self, Dataset, Standardizer};
 use super::error::RuntimeError;
 use super::eval::{evaluate, Evaluation};
 use super::health::{self, Health};
+use super::identity;
 use super::init::init_params;
 use super::program::{data_spec, Program};
 use super::sanity::{self, DataWarning};
@@ -555,7 +556,8 @@ impl Run {
         let meta = &mut c.meta;
         meta.insert("format".into(), "kiln-checkpoint-1".into());
         meta.insert("model".into(), self.program.model.name.clone());
-        meta.insert("model_hash".into(), self.program.hash.clone());
+        meta.insert(identity::DIGEST_KEY.into(), self.program.hash.clone());
+        meta.insert(identity::SCHEME_KEY.into(), identity::SCHEME.into());
         meta.insert("epoch".into(), self.epoch.to_string());
         meta.insert("step".into(), self.step.to_string());
         meta.insert("seed".into(), self.cfg.seed.to_string());

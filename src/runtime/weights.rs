@@ -2,6 +2,7 @@
 //! the standardization stored beside them.
 
 use super::checkpoint::{self, Checkpoint};
+use super::identity;
 use super::data::Standardizer;
 use super::error::RuntimeError;
 use super::program::Program;
@@ -36,18 +37,16 @@ pub fn get_standardizer(c: &Checkpoint, g: &Graph) -> Option<Standardizer> {
 /// Loads a checkpoint and refuses one written for another model.
 pub fn load_for(p: &Program, path: &Path) -> Result<Checkpoint, RuntimeError> {
     let c = Checkpoint::load(path).map_err(|e| RuntimeError::Checkpoint(e.to_string()))?;
-    if let Some(h) = c.meta.get("model_hash") {
-        if *h != p.hash {
-            let other = c
-                .meta
-                .get("model")
-                .map_or(String::new(), |m| format!(" (model `{m}`)"));
-            return Err(RuntimeError::Checkpoint(format!(
-                "`{}` is a checkpoint of a different model{other}: its layers, shapes or names differ from `{}`",
-                path.display(),
-                p.model.name
-            )));
-        }
+    if identity::names_another_model(&c.meta, &p.hash) {
+        let other = c
+            .meta
+            .get("model")
+            .map_or(String::new(), |m| format!(" (model `{m}`)"));
+        return Err(RuntimeError::Checkpoint(format!(
+            "`{}` is a checkpoint of a different model{other}: its layers, shapes or names differ from `{}`",
+            path.display(),
+            p.model.name
+        )));
     }
     Ok(c)
 }
@@ -72,7 +71,7 @@ pub fn params_from(
         })
         .collect();
     // A Kiln checkpoint also holds optimizer state and more; a plain file only parameters.
-    let kiln = c.meta.contains_key("model_hash");
+    let kiln = c.meta.contains_key(identity::DIGEST_KEY);
     let view = if kiln || !prefix.is_empty() {
         let mut only = Checkpoint::new();
         for (k, v) in &c.tensors {
