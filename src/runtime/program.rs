@@ -1,8 +1,8 @@
 //! A model ready to run: the checked model, its forward graph, its digest and how a
 //! classifier's predictions are read; and what the data loader reads for it.
 
-use super::identity;
 use super::data::{DataSpec, PortSpec};
+use super::identity;
 use crate::autodiff::training_graph;
 use crate::check::graph::CheckedModel;
 use crate::check::train::TrainConfig;

@@ -2,9 +2,9 @@
 //! the standardization stored beside them.
 
 use super::checkpoint::{self, Checkpoint};
-use super::identity;
 use super::data::Standardizer;
 use super::error::RuntimeError;
+use super::identity;
 use super::program::Program;
 use crate::exec::State;
 use crate::ir::Graph;
