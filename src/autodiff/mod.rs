@@ -8,7 +8,7 @@ pub use vjp::vjp;
 
 use crate::check::train::{Clip, Optimizer};
 use crate::ir::build::Builder;
-use crate::ir::{Binary, DType, Func, Graph, Hyper, NodeId, Op, Slot, Tensor};
+use crate::ir::{Binary, DType, Func, Graph, GraphData, Hyper, NodeId, Op, Slot, Tensor};
 
 /// Adds the gradient of `g.objective` with respect to every trainable parameter to
 /// `g.grads`. Frozen parameters, inputs and targets get no gradient.
@@ -45,6 +45,7 @@ pub fn differentiate(g: &mut Graph) {
             });
         }
     }
+    let g: &mut GraphData = g;
     for (i, node) in g.nodes.iter().enumerate().take(objective + 1) {
         if let (Op::Param(p), Some(gr)) = (&node.op, grads[i]) {
             g.grads.push((*p, gr));

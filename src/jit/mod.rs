@@ -11,7 +11,7 @@ pub mod plan;
 mod recurrent;
 
 use crate::interp::dims;
-use crate::ir::{Dim, Graph, Hyper, NodeId, Op, Slot};
+use crate::ir::{Dim, Graph, GraphId, Hyper, NodeId, Op, Slot};
 use crate::runtime::exec::{
     batch_of, gradient_roots, loss_nodes, scalar, write_back, Backend, LossAndGrads, RunError,
     State, StepResult,
@@ -33,8 +33,8 @@ type Call<'a> = (
 
 /// A compiled entry point.
 struct Entry {
-    /// The graph's address and size, and the roots: what this entry was compiled for.
-    key: (usize, usize),
+    /// The graph's id and the roots: what this entry was compiled for.
+    key: GraphId,
     plan: Plan,
     code: emit::Compiled,
     roots: Vec<NodeId>,
@@ -209,12 +209,6 @@ pub struct Jit {
     threads: usize,
 }
 
-/// Identifies a graph in the cache: its address and size. Graphs are owned by the run
-/// that calls the backend and are not changed while it runs.
-fn key(g: &Graph) -> (usize, usize) {
-    (g as *const Graph as usize, g.nodes.len())
-}
-
 impl Default for Jit {
     fn default() -> Jit {
         Jit::new()
@@ -251,7 +245,7 @@ impl Jit {
         roots: &[NodeId],
         batch: usize,
     ) -> Result<(&Entry, &Layout), RunError> {
-        let k = key(g);
+        let k = g.id();
         let at = match self
             .cache
             .iter()
