@@ -110,6 +110,12 @@ pub fn check_file_with(
             }
         }
     };
+    if parsed.items.is_empty() {
+        return Checked {
+            program: None,
+            diagnostics: vec![declares_nothing(sources, file)],
+        };
+    }
     let base = sources
         .get(file)
         .path
@@ -192,6 +198,23 @@ pub fn check_file_with(
         program.trains.push(cfg);
     }
     finish(diags, program, levels)
+}
+
+/// The error for a file without a single declaration (empty, only comments or blank
+/// lines), pointing where its text ends.
+fn declares_nothing(sources: &Sources, file: FileId) -> Diagnostic {
+    let f = sources.get(file);
+    let name = Path::new(&f.name)
+        .file_name()
+        .map_or(f.name.clone(), |n| n.to_string_lossy().into_owned());
+    let end = f.text.trim_end().len();
+    Diagnostic::error(
+        "E0211",
+        format!("`{name}` declares nothing"),
+        Span::new(file, end, end),
+    )
+    .primary_label("the file ends here")
+    .with_help("a model file declares at least one `model NAME { ... }`, or `block`s for other files to `use`")
 }
 
 /// Why a model cannot be trained, if it cannot.
