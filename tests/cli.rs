@@ -465,6 +465,30 @@ fn a_file_that_declares_nothing_is_e0211_for_every_command() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
+#[test]
+fn a_zero_one_loss_is_e0404_once_for_check_and_train() {
+    for file in [
+        "tests/ui/e0404_zero_one_loss_without_train.kiln",
+        "tests/ui/e0404_zero_one_loss.kiln",
+    ] {
+        for cmd in ["check", "train"] {
+            let o = kiln(&[cmd, "--color", "never", file]);
+            let err = stderr(&o);
+            assert_eq!(code(&o), 1, "{cmd} {file}: {err}");
+            assert_eq!(
+                err.matches("error[E0404]: `zero_one` cannot be trained")
+                    .count(),
+                1,
+                "{cmd} {file}: {err}"
+            );
+            assert!(
+                err.ends_with("error: found 1 error and 0 warnings\n"),
+                "{err}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- explain
 
 #[test]
