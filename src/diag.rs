@@ -179,7 +179,9 @@ codes! {
          relative to the importing file.";
     "E0211" "" "missing statement"
         "A block must end in `return`; a model needs at least one `input` and one `output` (or a \
-         `loss`).";
+         `loss`); a file needs at least one declaration (a `model`, or `block`s for other \
+         files to `use`): one holding only comments and blank lines, empty or truncated, \
+         declares nothing.";
     "E0212" "" "recursive or too deeply expanded block"
         "A block uses itself, directly or through other blocks, or blocks expand too far: \
          more than 32 levels of blocks calling blocks, or more than 10,000 block instances in \

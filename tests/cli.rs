@@ -433,13 +433,60 @@ fn summary_errors() {
     let o = kiln(&["summary", "--model", "nope", "examples/xor.kiln"]);
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("E0208"), "{}", stderr(&o));
+}
 
-    let empty = temp("summary", "empty.kiln", b"# nothing here\n");
-    let o = kiln(&["check", s(&empty)]);
-    assert_eq!(code(&o), 0, "an empty file is a valid file: {}", stderr(&o));
-    let o = kiln(&["summary", s(&empty)]);
-    assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("E0211"), "{}", stderr(&o));
+#[test]
+fn a_file_that_declares_nothing_is_e0211_for_every_command() {
+    for (name, text) in [("empty.kiln", ""), ("comment.kiln", "# nothing here\n\n")] {
+        let p = temp("nothing", name, text.as_bytes());
+        for cmd in ["check", "summary", "train"] {
+            let args = [cmd, "--color", "never", s(&p)];
+            let o = kiln(&args);
+            let err = stderr(&o);
+            assert_eq!(code(&o), 1, "{args:?}: {err}");
+            assert!(
+                err.starts_with(&format!("error[E0211]: `{name}` declares nothing\n")),
+                "{args:?}: {err}"
+            );
+            assert!(err.contains("^ the file ends here"), "{err}");
+            assert!(
+                err.contains("= help: a model file declares at least one `model NAME { ... }`"),
+                "{err}"
+            );
+            assert!(
+                err.ends_with("error: found 1 error and 0 warnings\n"),
+                "{err}"
+            );
+            assert_eq!(stdout(&o), "");
+        }
+    }
+    // A file of blocks for others to `use` declares something.
+    let o = kiln(&["check", "tests/ui/lib/residual.kiln"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+#[test]
+fn a_zero_one_loss_is_e0404_once_for_check_and_train() {
+    for file in [
+        "tests/ui/e0404_zero_one_loss_without_train.kiln",
+        "tests/ui/e0404_zero_one_loss.kiln",
+    ] {
+        for cmd in ["check", "train"] {
+            let o = kiln(&[cmd, "--color", "never", file]);
+            let err = stderr(&o);
+            assert_eq!(code(&o), 1, "{cmd} {file}: {err}");
+            assert_eq!(
+                err.matches("error[E0404]: `zero_one` cannot be trained")
+                    .count(),
+                1,
+                "{cmd} {file}: {err}"
+            );
+            assert!(
+                err.ends_with("error: found 1 error and 0 warnings\n"),
+                "{err}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------- explain

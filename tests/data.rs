@@ -718,7 +718,7 @@ fn npy_header_larger_than_the_file() {
     // A valid header announcing 2^40 float32 values, then 8 bytes of data.
     let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1), }";
     let mut padded = header.to_string();
-    while (10 + padded.len() + 1) % 64 != 0 {
+    while !(10 + padded.len() + 1).is_multiple_of(64) {
         padded.push(' ');
     }
     padded.push('\n');

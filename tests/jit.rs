@@ -782,3 +782,35 @@ fn recurrences_take_their_states_gradient() {
         }
     }
 }
+
+/// The JIT's cache never runs code compiled for other contents: neither after a graph is
+/// edited in place nor after another graph takes its place at the same address.
+#[test]
+fn cache_follows_the_graph_not_its_address() {
+    let src = "model m {\n  input x: [N, 2]\n  output y = x + x\n}\n";
+    let (p, _) = program(src);
+    let root = p.forward.outputs[0].1;
+    let state = State {
+        params: vec![],
+        states: vec![],
+    };
+    let x = ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![3.0f32, 5.0]).unwrap();
+    let inputs = [x];
+    let mut jit = Jit::new();
+    let run = |jit: &mut Jit, g: &kiln::ir::Graph| -> Vec<f32> {
+        let out = jit.forward(g, &state, &inputs, &[], &[root]).unwrap();
+        out[0].iter().copied().collect()
+    };
+    let mut g = p.forward.clone();
+    assert_eq!(run(&mut jit, &g), [6.0, 10.0]);
+    assert_eq!(run(&mut jit, &g), [6.0, 10.0]);
+    assert_eq!(jit.compiled(), 1, "an unchanged graph is compiled once");
+    // Edited in place: same address, same number of nodes.
+    g.nodes[root].op = kiln::ir::Op::Binary(kiln::ir::Binary::Mul);
+    assert_eq!(run(&mut jit, &g), [9.0, 25.0]);
+    // Replaced by another graph of as many nodes, in the same place.
+    let (q, _) = program("model m {\n  input x: [N, 2]\n  output y = x - x\n}\n");
+    assert_eq!(q.forward.nodes.len(), g.nodes.len());
+    g = q.forward.clone();
+    assert_eq!(run(&mut jit, &g), [0.0, 0.0]);
+}

@@ -249,3 +249,16 @@ fn pseudo_terminal_session() {
     assert!(h.contains("x = ones([2, 3]) |> sigmoid"), "{h}");
     assert!(h.contains(":quit"), "{h}");
 }
+
+#[test]
+fn loading_a_file_that_declares_nothing_is_e0211() {
+    let o = repl(":load tests/ui/e0211_only_comments.kiln\n");
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error[E0211]: `e0211_only_comments.kiln` declares nothing\n"),
+        "{err}"
+    );
+    assert!(err.contains("^ the file ends here"), "{err}");
+    assert_eq!(stdout(&o), "");
+}

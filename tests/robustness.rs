@@ -456,28 +456,34 @@ fn non_utf8_file_is_e0104() {
 }
 
 #[test]
-fn empty_and_blank_files_are_fine() {
-    // A file that declares nothing is a valid (empty) program: `kiln check` accepts it,
-    // and only `kiln summary` complains that there is no model (E0211).
-    for text in [
-        "",
-        "\n",
-        "\n\n\n",
-        "   \t  ",
-        "# only a comment",
-        "# a\n# b\n",
-        "\r\n",
-        ";",
+fn empty_and_blank_files_declare_nothing() {
+    // A file without a declaration is one E0211 at the end of its text (blank lines and
+    // trailing spaces left out), not an empty program.
+    for (text, end) in [
+        ("", 0),
+        ("\n", 0),
+        ("\n\n\n", 0),
+        ("   \t  ", 0),
+        ("# only a comment", 16),
+        ("# a\n# b\n", 7),
+        ("\r\n", 0),
     ] {
         let c = check_text(text);
-        if text == ";" {
-            assert!(has_error(&c, "E0101"), "`;` alone: {:?}", codes(&c));
-            continue;
-        }
-        assert!(c.diagnostics.is_empty(), "{text:?}: {:?}", c.diagnostics);
-        let program = c.program.expect("no errors, so a program");
-        assert!(program.models.is_empty() && program.trains.is_empty());
+        assert!(c.program.is_none(), "{text:?}");
+        assert_eq!(c.diagnostics.len(), 1, "{text:?}: {:?}", c.diagnostics);
+        let d = &c.diagnostics[0];
+        assert_eq!(
+            (d.code, d.message.as_str()),
+            ("E0211", "`test.kiln` declares nothing")
+        );
+        assert_eq!((d.span().start, d.span().end), (end, end), "{text:?}");
+        assert!(
+            d.help.as_deref().is_some_and(|h| h.contains("`model")),
+            "{d:?}"
+        );
     }
+    let c = check_text(";");
+    assert!(has_error(&c, "E0101"), "`;` alone: {:?}", codes(&c));
     // An empty model body is an error that names what is missing, not a panic.
     let c = check_text("model m {}\n");
     assert!(has_error(&c, "E0211"), "{:?}", codes(&c));

@@ -7,7 +7,9 @@ mod vjp;
 pub use vjp::vjp;
 
 use crate::ir::build::Builder;
-use crate::ir::{Binary, Clip, DType, Func, Graph, Hyper, NodeId, Op, Optimizer, Slot, Tensor};
+use crate::ir::{
+    Binary, Clip, DType, Func, Graph, GraphData, Hyper, NodeId, Op, Optimizer, Slot, Tensor,
+};
 use crate::ops::Elem;
 
 /// Adds the gradient of `g.objective` with respect to every trainable parameter to
@@ -45,6 +47,7 @@ pub fn differentiate(g: &mut Graph) {
             });
         }
     }
+    let g: &mut GraphData = g;
     for (i, node) in g.nodes.iter().enumerate().take(objective + 1) {
         if let (Op::Param(p), Some(gr)) = (&node.op, grads[i]) {
             g.grads.push((*p, gr));

@@ -110,6 +110,12 @@ pub fn check_file_with(
             }
         }
     };
+    if parsed.items.is_empty() {
+        return Checked {
+            program: None,
+            diagnostics: vec![declares_nothing(sources, file)],
+        };
+    }
     let base = sources
         .get(file)
         .path
@@ -155,6 +161,7 @@ pub fn check_file_with(
         );
         let mut m = r.model;
         if !failed {
+            diags.extend(zero_one_loss(&m));
             he_before_relu(&mut m);
             for w in lints::lint_model(&m, &r.unused_layers, &r.block_bindings) {
                 if !r.allowed.iter().any(|a| a == w.code) {
@@ -194,20 +201,44 @@ pub fn check_file_with(
     finish(diags, program, levels)
 }
 
-/// Why a model cannot be trained, if it cannot.
+/// The error for a file without a single declaration (empty, only comments or blank
+/// lines), pointing where its text ends.
+fn declares_nothing(sources: &Sources, file: FileId) -> Diagnostic {
+    let f = sources.get(file);
+    let name = Path::new(&f.name)
+        .file_name()
+        .map_or(f.name.clone(), |n| n.to_string_lossy().into_owned());
+    let end = f.text.trim_end().len();
+    Diagnostic::error(
+        "E0211",
+        format!("`{name}` declares nothing"),
+        Span::new(file, end, end),
+    )
+    .primary_label("the file ends here")
+    .with_help("a model file declares at least one `model NAME { ... }`, or `block`s for other files to `use`")
+}
+
+/// Why a model cannot be trained, if it cannot: it has no loss. (A `zero_one` in the loss
+/// is an error in the model itself, found by the check: see [`zero_one_loss`].)
 pub fn trainable(m: &CheckedModel, at: Span) -> Option<Diagnostic> {
-    let Some(loss) = m.loss else {
-        return Some(
-            Diagnostic::error(
-                "E0404",
-                format!("model `{}` has no `loss` to train", m.name),
-                at,
-            )
-            .with_label(m.span, "declared here")
-            .with_help("add a loss to the model, e.g. `loss cross_entropy(logits, label)`"),
-        );
-    };
-    let mut stack = vec![loss];
+    if m.loss.is_some() {
+        return None;
+    }
+    Some(
+        Diagnostic::error(
+            "E0404",
+            format!("model `{}` has no `loss` to train", m.name),
+            at,
+        )
+        .with_label(m.span, "declared here")
+        .with_help("add a loss to the model, e.g. `loss cross_entropy(logits, label)`"),
+    )
+}
+
+/// A `zero_one` in the model's loss: a metric whose gradient is zero almost everywhere,
+/// so nothing could ever minimize the loss (E0404, with or without a train block).
+fn zero_one_loss(m: &CheckedModel) -> Option<Diagnostic> {
+    let mut stack: Vec<usize> = m.loss.into_iter().collect();
     let mut seen = HashSet::new();
     while let Some(n) = stack.pop() {
         if !seen.insert(n) {
@@ -218,7 +249,6 @@ pub fn trainable(m: &CheckedModel, at: Span) -> Option<Diagnostic> {
             return Some(
                 Diagnostic::error("E0404", "`zero_one` cannot be trained", node.span)
                     .primary_label("its gradient is zero almost everywhere")
-                    .with_label(at, "training requested here")
                     .with_help(
                         "train with `cross_entropy` and report accuracy with `metrics accuracy`",
                     ),

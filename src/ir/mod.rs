@@ -16,6 +16,8 @@ pub use shape::{Dim, Shape};
 
 use crate::span::Span;
 use std::fmt::Write;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Index of a node in [`Graph::nodes`]; nodes only refer to earlier nodes.
 pub type NodeId = usize;
@@ -68,9 +70,31 @@ pub struct Param {
     pub trainable: bool,
 }
 
-/// A graph: the forward pass, and after autodiff the whole training step.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Identifies a graph's contents: given at construction, and anew by every mutable access
+/// to them (see [`Graph`]). Two graphs with the same id have the same contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GraphId(u64);
+
+impl GraphId {
+    fn fresh() -> GraphId {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        GraphId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A graph: the forward pass, and after autodiff the whole training step. Its fields are
+/// those of [`GraphData`], reached through `Deref`; every mutable access goes through
+/// `DerefMut`, which gives the graph a new [`GraphId`], so a back end that caches compiled
+/// code by id never runs it for other contents. A clone keeps the id with the contents.
+#[derive(Clone, Debug)]
 pub struct Graph {
+    id: GraphId,
+    data: GraphData,
+}
+
+/// The contents of a [`Graph`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GraphData {
     /// Nodes in evaluation order.
     pub nodes: Vec<Node>,
     /// Data inputs.
@@ -93,7 +117,50 @@ pub struct Graph {
     pub updates: Vec<(Slot, NodeId)>,
 }
 
+impl From<GraphData> for Graph {
+    fn from(data: GraphData) -> Graph {
+        Graph {
+            id: GraphId::fresh(),
+            data,
+        }
+    }
+}
+
+impl Default for Graph {
+    fn default() -> Graph {
+        Graph::from(GraphData::default())
+    }
+}
+
+/// Graphs are equal when their contents are (whatever their ids).
+impl PartialEq for Graph {
+    fn eq(&self, other: &Graph) -> bool {
+        self.data == other.data
+    }
+}
+
+impl Deref for Graph {
+    type Target = GraphData;
+
+    fn deref(&self) -> &GraphData {
+        &self.data
+    }
+}
+
+impl DerefMut for Graph {
+    /// The contents, to change: the graph gets a new id.
+    fn deref_mut(&mut self) -> &mut GraphData {
+        self.id = GraphId::fresh();
+        &mut self.data
+    }
+}
+
 impl Graph {
+    /// The id of the graph's current contents.
+    pub fn id(&self) -> GraphId {
+        self.id
+    }
+
     /// The node `id`.
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id]

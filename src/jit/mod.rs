@@ -23,7 +23,7 @@ use crate::exec::{
     State, StepResult,
 };
 use crate::interp::dims;
-use crate::ir::{Dim, Graph, Hyper, NodeId, Op, Slot};
+use crate::ir::{Dim, Graph, GraphId, Hyper, NodeId, Op, Slot};
 use ndarray::{ArrayD, IxDyn};
 use plan::{Kind, Plan};
 use smallvec::SmallVec;
@@ -41,8 +41,8 @@ type Call<'a> = (
 
 /// A compiled entry point.
 struct Entry {
-    /// The graph's address and size, and the roots: what this entry was compiled for.
-    key: (usize, usize),
+    /// The graph's id and the roots: what this entry was compiled for.
+    key: GraphId,
     plan: Plan,
     code: emit::Compiled,
     roots: Vec<NodeId>,
@@ -217,12 +217,6 @@ pub struct Jit {
     threads: usize,
 }
 
-/// Identifies a graph in the cache: its address and size. Graphs are owned by the run
-/// that calls the backend and are not changed while it runs.
-fn key(g: &Graph) -> (usize, usize) {
-    (g as *const Graph as usize, g.nodes.len())
-}
-
 impl Default for Jit {
     fn default() -> Jit {
         Jit::new()
@@ -259,7 +253,7 @@ impl Jit {
         roots: &[NodeId],
         batch: usize,
     ) -> Result<(&Entry, &Layout), RunError> {
-        let k = key(g);
+        let k = g.id();
         let at = match self
             .cache
             .iter()

@@ -327,10 +327,11 @@ impl Session {
         match input {
             Some(i) => {
                 let p = g.params.len();
+                let shape = g.inputs[i].shape.clone();
                 g.params.push(Param {
                     tensor: Tensor {
                         name: wrt.to_string(),
-                        shape: g.inputs[i].shape.clone(),
+                        shape,
                         dtype: DType::F32,
                     },
                     trainable: true,
