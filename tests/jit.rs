@@ -81,6 +81,8 @@ fn compare(src: &str) {
         let b = jit
             .forward(&p.forward, &state, &inputs, &targets, &roots)
             .unwrap();
+        assert_eq!(a.len(), roots.len(), "batch {batch}: interpreter outputs");
+        assert_eq!(b.len(), roots.len(), "batch {batch}: JIT outputs");
         for (k, (x, y)) in a.iter().zip(&b).enumerate() {
             close(&format!("batch {batch} forward root {k}"), x, y);
         }
@@ -96,6 +98,7 @@ fn compare(src: &str) {
             (la - lb).abs() <= 1e-5 * la.abs().max(1.0),
             "batch {batch} loss {la} vs {lb}"
         );
+        assert_eq!(ga.len(), gb.len(), "batch {batch}: gradients");
         for ((pa, x), (pb, y)) in ga.iter().zip(&gb) {
             assert_eq!(pa, pb);
             close(
@@ -117,6 +120,12 @@ fn compare(src: &str) {
                 rb.loss
             );
         }
+        assert_eq!(
+            sa.params.len(),
+            sb.params.len(),
+            "batch {batch}: parameters"
+        );
+        assert_eq!(sa.params.len(), p.forward.params.len());
         for (k, (x, y)) in sa.params.iter().zip(&sb.params).enumerate() {
             close(
                 &format!(
@@ -127,6 +136,7 @@ fn compare(src: &str) {
                 y,
             );
         }
+        assert_eq!(sa.states.len(), sb.states.len(), "batch {batch}: states");
         for (k, (x, y)) in sa.states.iter().zip(&sb.states).enumerate() {
             close(
                 &format!("batch {batch} optimizer state {k} after 3 steps"),
@@ -813,4 +823,380 @@ fn cache_follows_the_graph_not_its_address() {
     assert_eq!(q.forward.nodes.len(), g.nodes.len());
     g = q.forward.clone();
     assert_eq!(run(&mut jit, &g), [0.0, 0.0]);
+}
+
+/// A graph of inputs and targets built node by node, for the tests below that check the
+/// JIT against formulas written here in f64 (code the JIT shares with the interpreter —
+/// losses, softmax, batched products — cannot be checked by comparing the two).
+struct Reference {
+    g: kiln::ir::Graph,
+}
+
+impl Reference {
+    fn new() -> Self {
+        Reference {
+            g: kiln::ir::Graph::default(),
+        }
+    }
+
+    /// A new input (`target: false`) or target of this shape and type.
+    fn leaf(&mut self, target: bool, dims: Vec<kiln::ir::Dim>, dtype: DType) -> usize {
+        use kiln::ir::{Op, Shape, Tensor};
+        let list = if target {
+            &mut self.g.targets
+        } else {
+            &mut self.g.inputs
+        };
+        let k = list.len();
+        list.push(Tensor {
+            name: format!("t{k}"),
+            shape: Shape::new(dims.clone()),
+            dtype,
+        });
+        let op = if target { Op::Target(k) } else { Op::Input(k) };
+        self.g
+            .push(op, vec![], Shape::new(dims), dtype, None, format!("t{k}"))
+    }
+
+    /// The JIT's values of `roots`, as f64.
+    fn run(
+        &self,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        roots: &[usize],
+    ) -> Vec<Vec<f64>> {
+        let state = State {
+            params: vec![],
+            states: vec![],
+        };
+        let out = Jit::new()
+            .forward(&self.g, &state, inputs, targets, roots)
+            .unwrap();
+        assert_eq!(out.len(), roots.len());
+        out.iter()
+            .map(|a| a.iter().map(|&v| f64::from(v)).collect())
+            .collect()
+    }
+}
+
+fn uniform(rng: &mut ChaCha8Rng, dims: &[usize], lo: f32, hi: f32) -> ArrayD<f32> {
+    let n = dims.iter().product();
+    let v = (0..n).map(|_| rng.gen_range(lo..hi)).collect();
+    ArrayD::from_shape_vec(IxDyn(dims), v).unwrap()
+}
+
+fn f64s(a: &ArrayD<f32>) -> Vec<f64> {
+    a.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// `jit` against `want` elementwise: relative 1e-5, absolute `floor`.
+fn near(what: &str, want: &[f64], jit: &[f64], floor: f64) {
+    assert_eq!(want.len(), jit.len(), "{what}: lengths");
+    for (i, (w, j)) in want.iter().zip(jit).enumerate() {
+        let tol = (1e-5 * w.abs().max(j.abs())).max(floor);
+        assert!((w - j).abs() <= tol, "{what}[{i}]: formula {w} vs jit {j}");
+    }
+}
+
+fn sigmoid64(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Row-wise log-softmax of `z` (rows of `k`).
+fn log_softmax64(z: &[f64], k: usize) -> Vec<f64> {
+    z.chunks(k)
+        .flat_map(|row| {
+            let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            row.iter().map(move |v| v - lse).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// PyTorch's definitions of each loss, in f64: `x` the predictions, `t` the targets
+/// (class ids when `k` is `Some(classes)`).
+fn loss64(kind: kiln::ir::LossKind, x: &[f64], t: &[f64], k: Option<usize>) -> f64 {
+    use kiln::ir::LossKind as L;
+    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+    let pairs = || x.iter().zip(t).map(|(&x, &t)| (x, t));
+    if let Some(k) = k {
+        let lp = log_softmax64(x, k);
+        let rows = (0..t.len()).map(|r| {
+            (
+                &x[r * k..(r + 1) * k],
+                &lp[r * k..(r + 1) * k],
+                t[r] as usize,
+            )
+        });
+        return mean(match kind {
+            // torch.nn.functional.cross_entropy(label_smoothing=ε).
+            L::CrossEntropy(eps) => rows
+                .map(|(_, lp, c)| (1.0 - eps) * -lp[c] + eps * -lp.iter().sum::<f64>() / k as f64)
+                .collect(),
+            // Softmax focal loss: −α (1 − p_c)^γ log p_c.
+            L::Focal(gamma, alpha) => rows
+                .map(|(_, lp, c)| -alpha * (1.0 - lp[c].exp()).powf(gamma) * lp[c])
+                .collect(),
+            // torch.nn.MultiMarginLoss: Σ_{j≠c} max(0, 1 − x_c + x_j) / K.
+            L::Hinge => rows
+                .map(|(z, _, c)| {
+                    (0..k)
+                        .filter(|&j| j != c)
+                        .map(|j| (1.0 - z[c] + z[j]).max(0.0))
+                        .sum::<f64>()
+                        / k as f64
+                })
+                .collect(),
+            _ => unreachable!("{kind:?} takes no class labels"),
+        });
+    }
+    mean(match kind {
+        L::Mae => pairs().map(|(x, t)| (x - t).abs()).collect(),
+        L::Mse => pairs().map(|(x, t)| (x - t).powi(2)).collect(),
+        L::Huber(d) => pairs()
+            .map(|(x, t)| {
+                let e = (x - t).abs();
+                if e <= d {
+                    0.5 * e * e
+                } else {
+                    d * (e - 0.5 * d)
+                }
+            })
+            .collect(),
+        L::Exponential => pairs().map(|(x, t)| (-t * x).exp()).collect(),
+        L::Hinge => pairs().map(|(x, t)| (1.0 - t * x).max(0.0)).collect(),
+        // binary_cross_entropy_with_logits.
+        L::Bce => pairs()
+            .map(|(x, t)| {
+                let p = sigmoid64(x);
+                -(t * p.ln() + (1.0 - t) * (1.0 - p).ln())
+            })
+            .collect(),
+        // torchvision.ops.sigmoid_focal_loss.
+        L::Focal(gamma, alpha) => pairs()
+            .map(|(x, t)| {
+                let p = sigmoid64(x);
+                let ce = -(t * p.ln() + (1.0 - t) * (1.0 - p).ln());
+                let pt = p * t + (1.0 - p) * (1.0 - t);
+                let at = alpha * t + (1.0 - alpha) * (1.0 - t);
+                at * ce * (1.0 - pt).powf(gamma)
+            })
+            .collect(),
+        _ => unreachable!("{kind:?} needs class labels"),
+    })
+}
+
+/// Every loss's value and its gradient w.r.t. the prediction (`Op::LossGrad`, scaled by
+/// an upstream gradient) against PyTorch's definitions, the gradient by central
+/// differences of the f64 formula.
+#[test]
+fn losses_match_their_definitions() {
+    use kiln::ir::{Dim, LossKind as L, Op, Shape};
+    let (n, classes) = (7usize, 5usize);
+    // (loss, class labels, the targets' range: 0 uniform in [-1.5, 1.5), 1 in [0, 1],
+    // 2 in {0, 1}, 3 in {−1, +1})
+    let cases = [
+        (L::Mae, false, 0),
+        (L::Mse, false, 0),
+        (L::Huber(0.7), false, 0),
+        (L::Exponential, false, 3),
+        (L::Hinge, false, 3),
+        (L::Hinge, true, 0),
+        (L::CrossEntropy(0.0), true, 0),
+        (L::CrossEntropy(0.1), true, 0),
+        (L::Bce, false, 1),
+        (L::Focal(2.0, 0.25), false, 2),
+        (L::Focal(1.5, 0.6), false, 1),
+        (L::Focal(2.0, 0.25), true, 0),
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    for (kind, labels, range) in cases {
+        let mut r = Reference::new();
+        let pdims = vec![Dim::Batch, Dim::Fixed(classes as u64)];
+        let pred = r.leaf(false, pdims.clone(), DType::F32);
+        let (tdims, dtype) = if labels {
+            (vec![Dim::Batch], DType::Class(classes as u64))
+        } else {
+            (pdims.clone(), DType::F32)
+        };
+        let target = r.leaf(true, tdims, dtype);
+        let upstream = r.leaf(false, vec![], DType::F32);
+        let mut b = kiln::ir::build::Builder::new(&mut r.g);
+        let loss = b.loss(kind, pred, target);
+        let grad = b.push(
+            Op::LossGrad(kind),
+            vec![pred, target, upstream],
+            Shape::new(pdims),
+        );
+        let x = uniform(&mut rng, &[n, classes], -2.0, 2.0);
+        let t = if labels {
+            let v = (0..n).map(|_| rng.gen_range(0..classes) as f32).collect();
+            ArrayD::from_shape_vec(IxDyn(&[n]), v).unwrap()
+        } else {
+            let v = (0..n * classes)
+                .map(|_| match range {
+                    0 => rng.gen_range(-1.5f32..1.5),
+                    1 => rng.gen_range(0.0f32..1.0),
+                    2 => f32::from(u8::from(rng.gen_bool(0.5))),
+                    _ => [-1.0, 1.0][usize::from(rng.gen_bool(0.5))],
+                })
+                .collect();
+            ArrayD::from_shape_vec(IxDyn(&[n, classes]), v).unwrap()
+        };
+        let g = 0.75f32;
+        let up = ArrayD::from_elem(IxDyn(&[]), g);
+        let out = r.run(&[x.clone(), up], std::slice::from_ref(&t), &[loss, grad]);
+        let (xs, ts) = (f64s(&x), f64s(&t));
+        let k = labels.then_some(classes);
+        let what = format!("{kind:?} labels {labels}");
+        near(&what, &[loss64(kind, &xs, &ts, k)], &out[0], 1e-6);
+        let h = 1e-6;
+        let numeric: Vec<f64> = (0..xs.len())
+            .map(|i| {
+                let (mut hi, mut lo) = (xs.clone(), xs.clone());
+                hi[i] += h;
+                lo[i] -= h;
+                f64::from(g) * (loss64(kind, &hi, &ts, k) - loss64(kind, &lo, &ts, k)) / (2.0 * h)
+            })
+            .collect();
+        near(&format!("{what} gradient"), &numeric, &out[1], 1e-7);
+    }
+}
+
+/// Softmax and log-softmax along the last axis against their formulas.
+#[test]
+fn softmax_matches_its_definition() {
+    use kiln::ir::{Dim, Op};
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let mut r = Reference::new();
+    let x = r.leaf(
+        false,
+        vec![Dim::Batch, Dim::Fixed(3), Dim::Fixed(6)],
+        DType::F32,
+    );
+    let mut b = kiln::ir::build::Builder::new(&mut r.g);
+    let sm = b.like(Op::Softmax(2), vec![x], x);
+    let lsm = b.like(Op::LogSoftmax(2), vec![x], x);
+    for (batch, spread) in [(1, 1.0), (7, 4.0), (5, 40.0)] {
+        let v = uniform(&mut rng, &[batch, 3, 6], -spread, spread);
+        let out = r.run(std::slice::from_ref(&v), &[], &[sm, lsm]);
+        let want = log_softmax64(&f64s(&v), 6);
+        let probs: Vec<f64> = want.iter().map(|l| l.exp()).collect();
+        near(&format!("softmax, spread {spread}"), &probs, &out[0], 1e-7);
+        near(
+            &format!("log_softmax, spread {spread}"),
+            &want,
+            &out[1],
+            1e-6,
+        );
+    }
+}
+
+/// Batched matrix products, each combination of transposes, against the triple loop.
+#[test]
+fn batch_matmul_matches_its_definition() {
+    use kiln::ir::Dim;
+    let f = |k: u64| Dim::Fixed(k);
+    let (m, k, n) = (3usize, 4usize, 5usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (ra, ca) = if ta { (k, m) } else { (m, k) };
+        let (rb, cb) = if tb { (n, k) } else { (k, n) };
+        let mut r = Reference::new();
+        let a = r.leaf(
+            false,
+            vec![Dim::Batch, f(2), f(ra as u64), f(ca as u64)],
+            DType::F32,
+        );
+        let bb = r.leaf(
+            false,
+            vec![Dim::Batch, f(2), f(rb as u64), f(cb as u64)],
+            DType::F32,
+        );
+        let y = kiln::ir::build::Builder::new(&mut r.g).batch_matmul(a, bb, ta, tb);
+        for batch in [1, 3] {
+            let av = uniform(&mut rng, &[batch, 2, ra, ca], -1.0, 1.0);
+            let bv = uniform(&mut rng, &[batch, 2, rb, cb], -1.0, 1.0);
+            let out = r.run(&[av.clone(), bv.clone()], &[], &[y]);
+            let (ad, bd) = (f64s(&av), f64s(&bv));
+            let mut want = vec![];
+            for s in 0..batch * 2 {
+                let at = |i: usize, l: usize| {
+                    let (row, col) = if ta { (l, i) } else { (i, l) };
+                    ad[s * ra * ca + row * ca + col]
+                };
+                let bt = |l: usize, j: usize| {
+                    let (row, col) = if tb { (j, l) } else { (l, j) };
+                    bd[s * rb * cb + row * cb + col]
+                };
+                for i in 0..m {
+                    for j in 0..n {
+                        want.push((0..k).map(|l| at(i, l) * bt(l, j)).sum());
+                    }
+                }
+            }
+            near(
+                &format!("ta {ta} tb {tb} batch {batch}"),
+                &want,
+                &out[0],
+                1e-6,
+            );
+        }
+    }
+}
+
+/// Every elementwise function of the registry: the JIT's `f(x)` and `g·f′(x)` (its inline
+/// code) against the registry's f64 expressions, across the checked domain and, for
+/// functions defined on negative numbers, at ±30 and ±80.
+#[test]
+fn elementwise_functions_match_the_registry() {
+    use kiln::ir::{Dim, Func};
+    let mut rng = ChaCha8Rng::seed_from_u64(18);
+    for &e in Elem::ALL {
+        let def = e.def();
+        let mut p = [0.0; 2];
+        for (v, param) in p.iter_mut().zip(def.params) {
+            *v = param.default;
+        }
+        let func = Func::with(e, p);
+        let d = def.domain;
+        let mut xs: Vec<f64> = (0..64)
+            .map(|i| d.lo + (d.hi - d.lo) * f64::from(i) / 63.0)
+            .filter(|x| d.kinks.iter().all(|k| (x - k).abs() >= 0.1))
+            .collect();
+        let inner = xs.len();
+        if d.lo < 0.0 {
+            xs.extend([-80.0, -30.0, 30.0, 80.0]);
+        }
+        let mut r = Reference::new();
+        let x = r.leaf(false, vec![Dim::Batch], DType::F32);
+        let g = r.leaf(false, vec![Dim::Batch], DType::F32);
+        let mut b = kiln::ir::build::Builder::new(&mut r.g);
+        let y = b.map(func, x);
+        let dy = b.map_grad(func, x, g);
+        let xv: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
+        let gv: Vec<f32> = (0..xs.len()).map(|_| rng.gen_range(0.5f32..1.5)).collect();
+        let arr = |v: &[f32]| ArrayD::from_shape_vec(IxDyn(&[v.len()]), v.to_vec()).unwrap();
+        let out = r.run(&[arr(&xv), arr(&gv)], &[], &[y, dy]);
+        for (i, &xf) in xv.iter().enumerate() {
+            let x64 = f64::from(xf);
+            let want = [func.apply(x64), f64::from(gv[i]) * func.derivative(x64)];
+            for (which, (w, j)) in ["f", "g·f′"].iter().zip(want.iter().zip(&out)) {
+                let (w, j) = (*w, j[i]);
+                let what = format!("{} {which}({x64}): registry {w} vs jit {j}", def.name);
+                if i < inner {
+                    let tol = (1e-5 * w.abs()).max(1e-6);
+                    assert!((w - j).abs() <= tol, "{what}");
+                } else {
+                    // f32 overflows where f64 does not: compare as f32.
+                    let w = f64::from(w as f32);
+                    let same_inf = w.is_infinite() && w == j;
+                    let close = w.is_finite()
+                        && j.is_finite()
+                        && (w - j).abs() <= (1e-4 * w.abs().max(j.abs())).max(1e-6);
+                    assert!(same_inf || close, "{what}");
+                }
+            }
+        }
+    }
 }
