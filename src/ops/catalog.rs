@@ -596,3 +596,35 @@ pub fn expression_names() -> impl Iterator<Item = &'static str> {
         .filter(|s| !matches!(s.kind, Kind::Regularizer | Kind::Init))
         .map(|s| s.name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_agrees_with_id() {
+        for s in all() {
+            let ok = match s.id {
+                Id::Layer(_) => s.kind == Kind::Layer,
+                Id::Shaping(_) => s.kind == Kind::Shaping,
+                Id::Elementwise(_) => matches!(s.kind, Kind::Activation | Kind::Function),
+                Id::Function(Function::Softmax | Function::LogSoftmax) => {
+                    s.kind == Kind::Activation
+                }
+                Id::Function(_) => s.kind == Kind::Function,
+                Id::Loss(_) => s.kind == Kind::Loss,
+                Id::Regularizer(_) => s.kind == Kind::Regularizer,
+                Id::Init(_) => s.kind == Kind::Init,
+            };
+            assert!(ok, "`{}`: {:?} with {:?}", s.name, s.kind, s.id);
+        }
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let ids: Vec<Id> = all().iter().map(|s| s.id).collect();
+        for (i, a) in ids.iter().enumerate() {
+            assert!(!ids[i + 1..].contains(a), "{a:?} twice");
+        }
+    }
+}
