@@ -2,7 +2,7 @@
 //! blocks, shared layers) into a [`CheckedModel`], reporting every independent error.
 
 use super::args::{bind, bind_call, eval, Bound, CVal, Const};
-use super::catalog::{self, Kind, Sig, MANY};
+use super::catalog::{self, Id, Kind, Sig, MANY};
 use super::graph::*;
 use crate::diag::{did_you_mean, Diagnostic};
 use crate::ir::shape::{broadcast, matmul, window_out, Dim, Shape, MAX_DIM};
@@ -666,10 +666,21 @@ impl Elab<'_> {
             );
             return;
         };
-        let l1 = match call.callee.name.as_str() {
-            "l1" => true,
-            "l2" => false,
-            other => {
+        let other = call.callee.name.as_str();
+        let (sig, l1) = match catalog::lookup(other) {
+            Some(
+                sig @ Sig {
+                    id: Id::Regularizer(r),
+                    ..
+                },
+            ) => (
+                sig,
+                match r {
+                    catalog::Regularizer::L1 => true,
+                    catalog::Regularizer::L2 => false,
+                },
+            ),
+            _ => {
                 let mut d = Diagnostic::error(
                     "E0202",
                     format!("unknown regularizer `{other}`"),
@@ -683,7 +694,6 @@ impl Elab<'_> {
                 return;
             }
         };
-        let sig = catalog::lookup(&call.callee.name).expect("catalog has l1 and l2");
         let bound = match self.const_args(scope, sig.name, sig.params, call.args(), call.span) {
             Ok(b) => b,
             Err(d) => {
@@ -1121,22 +1131,29 @@ impl Elab<'_> {
         let Some(sig) = catalog::lookup(name) else {
             return self.unknown_callee(scope, &call.callee);
         };
-        if matches!(sig.kind, Kind::Regularizer | Kind::Init) {
-            let what = if sig.kind == Kind::Init {
-                "an initializer (`init: ...`)"
-            } else {
-                "a regularizer (`regularize ...`)"
-            };
-            return self.err(
-                Diagnostic::error(
-                    "E0207",
-                    format!("`{name}` is {what}, not a layer or function"),
-                    call.callee.span,
+        let what = match sig.id {
+            Id::Layer(l) => Ok(Route::Layer(l)),
+            Id::Loss(l) => Ok(Route::Loss(l)),
+            Id::Shaping(s) => Ok(Route::Fun(Fun::Shaping(s))),
+            Id::Function(f) => Ok(Route::Fun(Fun::Function(f))),
+            Id::Elementwise(e) => Ok(Route::Fun(Fun::Elementwise(e))),
+            Id::Init(_) => Err("an initializer (`init: ...`)"),
+            Id::Regularizer(_) => Err("a regularizer (`regularize ...`)"),
+        };
+        let route = match what {
+            Ok(route) => route,
+            Err(what) => {
+                return self.err(
+                    Diagnostic::error(
+                        "E0207",
+                        format!("`{name}` is {what}, not a layer or function"),
+                        call.callee.span,
+                    )
+                    .primary_label("used in an expression"),
                 )
-                .primary_label("used in an expression"),
-            );
-        }
-        if let (Some(alias), false) = (&call.alias, sig.kind == Kind::Layer) {
+            }
+        };
+        if let (Some(alias), false) = (&call.alias, matches!(route, Route::Layer(_))) {
             return self.err(
                 Diagnostic::error(
                     "E0207",
@@ -1199,15 +1216,16 @@ impl Elab<'_> {
             }
         }
         let spans: Vec<Span> = operands.iter().map(|(_, s)| *s).collect();
-        let label = match sig.kind {
-            Kind::Layer => String::new(),
-            _ => self.layer_name(scope, naming, name, None),
+        let label = match route {
+            Route::Layer(_) => String::new(),
+            Route::Loss(_) | Route::Fun(_) => self.layer_name(scope, naming, name, None),
         };
-        let result = match sig.kind {
-            Kind::Layer => {
+        let result = match route {
+            Route::Layer(layer) => {
                 let lname = self.layer_name(scope, naming, name, call.alias.as_ref());
                 self.apply_builtin_layer(
                     sig,
+                    layer,
                     &bound,
                     nodes[0],
                     spans[0],
@@ -1217,8 +1235,8 @@ impl Elab<'_> {
                     Some(naming),
                 )
             }
-            Kind::Loss => self.loss(sig, &bound, &nodes, &spans, call.span),
-            _ => self.function(sig, &bound, &nodes, &spans, call.span),
+            Route::Loss(loss) => self.loss(sig, loss, &bound, &nodes, &spans, call.span),
+            Route::Fun(fun) => self.function(sig, fun, &bound, &nodes, &spans, call.span),
         };
         match result {
             Ok((op, ty)) => {
@@ -1320,14 +1338,22 @@ impl Elab<'_> {
             Val::Layer => return self.not_a_tensor(span),
             _ => return Val::Error,
         };
-        let sig =
-            catalog::lookup(&decl.callee.name).expect("layer values name catalog layers or blocks");
+        let (sig, layer) = match catalog::lookup(&decl.callee.name) {
+            Some(
+                sig @ Sig {
+                    id: Id::Layer(layer),
+                    ..
+                },
+            ) => (sig, *layer),
+            _ => unreachable!("layer values name catalog layers or blocks"),
+        };
         let bound = match self.const_args(scope, sig.name, sig.params, &decl.args, decl.span) {
             Ok(b) => b,
             Err(d) => return self.err(d),
         };
         match self.apply_builtin_layer(
             sig,
+            layer,
             &bound,
             node,
             span,
@@ -1578,6 +1604,7 @@ impl Elab<'_> {
     fn apply_builtin_layer(
         &mut self,
         sig: &Sig,
+        layer: catalog::Layer,
         a: &Bound,
         input: NodeId,
         in_span: Span,
@@ -1614,7 +1641,7 @@ impl Elab<'_> {
             }
             return Ok((Op::Layer(existing), l.output.clone()));
         }
-        let (kind, out, params, macs) = self.layer_rule(sig, a, &in_ty, in_span)?;
+        let (kind, out, params, macs) = self.layer_rule(sig, layer, a, &in_ty, in_span)?;
         let id = self.m.layers.len();
         let mut ids = Vec::new();
         for (pname, shape, init, role, trainable) in params {
@@ -1649,53 +1676,25 @@ impl Elab<'_> {
     fn layer_rule(
         &mut self,
         sig: &Sig,
+        layer: catalog::Layer,
         a: &Bound,
         in_ty: &Ty,
         in_span: Span,
     ) -> Result<LayerRule, Diagnostic> {
+        use catalog::Layer as L;
         let name = sig.name;
-        if name == "embedding" {
-            let Ty::Labels { shape, classes } = in_ty else {
-                return Err(Diagnostic::error(
-                    "E0207",
-                    format!("`embedding` takes class ids, found {in_ty}"),
-                    in_span,
-                )
-                .primary_label(format!("{in_ty}"))
-                .with_help("declare the input as `class[N, T] of VOCAB`"));
-            };
-            let vocab = a.size("vocab")?;
-            let dim = a.size("dim")?;
-            if vocab != *classes {
-                return Err(Diagnostic::error("E0307", format!("`embedding` has a vocabulary of {vocab} but its input has {classes} classes"), a.span_of("vocab"))
-                    .primary_label(format!("vocab {vocab}"))
-                    .with_label(in_span, format!("{in_ty}")));
-            }
-            let frozen = a.boolean("frozen")?;
-            let init = self.init(a, Init::Normal(1.0))?;
-            let mut out = shape.clone();
-            out.0.push(Dim::Fixed(dim));
-            let kind = LayerKind::Embedding { vocab, dim };
-            return Ok((
-                kind,
-                Ty::Tensor(out),
-                vec![("weight", vec![vocab, dim], init, ParamRole::Weight, !frozen)],
-                0,
-            ));
-        }
-        let shape = match in_ty {
-            Ty::Tensor(s) => s.clone(),
-            _ => {
-                return Err(Diagnostic::error(
-                    "E0207",
-                    format!("`{name}` takes a tensor, found {in_ty}"),
-                    in_span,
-                )
-                .primary_label(format!("{in_ty}"))
-                .with_help("class labels feed `embedding` or a classification loss"))
-            }
+        // Every layer but `embedding` reads a tensor.
+        let tensor = || match in_ty {
+            Ty::Tensor(s) => Ok(s.clone()),
+            _ => Err(Diagnostic::error(
+                "E0207",
+                format!("`{name}` takes a tensor, found {in_ty}"),
+                in_span,
+            )
+            .primary_label(format!("{in_ty}"))
+            .with_help("class labels feed `embedding` or a classification loss")),
         };
-        let rank_err = |want: &str, example: &str| {
+        let rank_err = |shape: &Shape, want: &str, example: &str| {
             Diagnostic::error(
                 "E0302",
                 format!("`{name}` expects {want}, found {shape}"),
@@ -1708,10 +1707,41 @@ impl Elab<'_> {
             let end = if skip_last { s.rank() - 1 } else { s.rank() };
             (1..end).filter_map(|i| s.fixed(i)).product()
         };
-        match name {
-            "dense" => {
+        match layer {
+            L::Embedding => {
+                let Ty::Labels { shape, classes } = in_ty else {
+                    return Err(Diagnostic::error(
+                        "E0207",
+                        format!("`embedding` takes class ids, found {in_ty}"),
+                        in_span,
+                    )
+                    .primary_label(format!("{in_ty}"))
+                    .with_help("declare the input as `class[N, T] of VOCAB`"));
+                };
+                let vocab = a.size("vocab")?;
+                let dim = a.size("dim")?;
+                if vocab != *classes {
+                    return Err(Diagnostic::error("E0307", format!("`embedding` has a vocabulary of {vocab} but its input has {classes} classes"), a.span_of("vocab"))
+                    .primary_label(format!("vocab {vocab}"))
+                    .with_label(in_span, format!("{in_ty}")));
+                }
+                let frozen = a.boolean("frozen")?;
+                let init = self.init(a, Init::Normal(1.0))?;
+                let mut out = shape.clone();
+                out.0.push(Dim::Fixed(dim));
+                let kind = LayerKind::Embedding { vocab, dim };
+                Ok((
+                    kind,
+                    Ty::Tensor(out),
+                    vec![("weight", vec![vocab, dim], init, ParamRole::Weight, !frozen)],
+                    0,
+                ))
+            }
+            L::Dense => {
+                let shape = tensor()?;
                 if shape.rank() < 2 || !self.batched(&shape) {
                     return Err(rank_err(
+                        &shape,
                         "`[N, ..., F]`",
                         "add a feature axis: `reshape([N, 1])`",
                     ));
@@ -1740,13 +1770,19 @@ impl Elab<'_> {
                     macs,
                 ))
             }
-            "conv1d" | "conv2d" => {
-                let nd = if name == "conv1d" { 1 } else { 2 };
+            L::Conv1d | L::Conv2d => {
+                let shape = tensor()?;
+                let nd = if layer == L::Conv1d { 1 } else { 2 };
                 if shape.rank() != nd + 2 || !self.batched(&shape) {
                     return Err(if nd == 1 {
-                        rank_err("`[N, C, L]`", "reshape the input: `reshape([N, 1, L])`")
+                        rank_err(
+                            &shape,
+                            "`[N, C, L]`",
+                            "reshape the input: `reshape([N, 1, L])`",
+                        )
                     } else {
                         rank_err(
+                            &shape,
                             "`[N, C, H, W]`",
                             "reshape the input: `reshape([N, 1, H, W])`",
                         )
@@ -1794,9 +1830,11 @@ impl Elab<'_> {
                 };
                 Ok((kind, Ty::Tensor(out_shape), ps, macs))
             }
-            "batchnorm" => {
+            L::Batchnorm => {
+                let shape = tensor()?;
                 if shape.rank() < 2 || !self.batched(&shape) {
                     return Err(rank_err(
+                        &shape,
                         "`[N, C]` or `[N, C, ...]`",
                         "batchnorm normalizes axis 1 over the batch",
                     ));
@@ -1832,9 +1870,11 @@ impl Elab<'_> {
                     0,
                 ))
             }
-            "layernorm" => {
+            L::Layernorm => {
+                let shape = tensor()?;
                 if shape.rank() < 2 {
                     return Err(rank_err(
+                        &shape,
                         "`[N, ..., F]`",
                         "layernorm normalizes the last axis",
                     ));
@@ -1848,7 +1888,8 @@ impl Elab<'_> {
                     0,
                 ))
             }
-            "prelu" => {
+            L::Prelu => {
+                let shape = tensor()?;
                 let c = if shape.rank() >= 2 {
                     shape.fixed(1).unwrap_or(1)
                 } else {
@@ -1862,99 +1903,105 @@ impl Elab<'_> {
                     0,
                 ))
             }
-            _ => {
-                // rnn, lstm, gru
-                if shape.rank() != 3 || !self.batched(&shape) {
-                    return Err(rank_err(
-                        "`[N, T, F]`",
-                        "recurrent layers read a sequence of T steps of F features",
-                    ));
-                }
-                let cell = match name {
-                    "rnn" => Cell::Rnn,
-                    "lstm" => Cell::Lstm,
-                    _ => Cell::Gru,
-                };
-                let t = shape.fixed(1).unwrap_or(1);
-                let f = shape.fixed(2).unwrap_or(1);
-                let h = a.size("h")?;
-                let activation = if cell == Cell::Rnn {
-                    match a.choice("activation", &["tanh", "relu"])? {
-                        "relu" => RnnActivation::Relu,
-                        _ => RnnActivation::Tanh,
-                    }
-                } else {
-                    RnnActivation::Tanh
-                };
-                let bidirectional = a.boolean("bidirectional")?;
-                let sequence = a.boolean("sequence")?;
-                let g = cell.gates();
-                let dirs: &[&'static str] = if bidirectional {
-                    &["", "_reverse"]
-                } else {
-                    &[""]
-                };
-                let mut ps = Vec::new();
-                for d in dirs {
-                    let names: [&'static str; 4] = if d.is_empty() {
-                        ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
-                    } else {
-                        [
-                            "weight_ih_reverse",
-                            "weight_hh_reverse",
-                            "bias_ih_reverse",
-                            "bias_hh_reverse",
-                        ]
-                    };
-                    ps.push((
-                        names[0],
-                        vec![g * h, f],
-                        Init::RecurrentUniform,
-                        ParamRole::Weight,
-                        true,
-                    ));
-                    ps.push((
-                        names[1],
-                        vec![g * h, h],
-                        Init::RecurrentUniform,
-                        ParamRole::Weight,
-                        true,
-                    ));
-                    ps.push((
-                        names[2],
-                        vec![g * h],
-                        Init::RecurrentUniform,
-                        ParamRole::Bias,
-                        true,
-                    ));
-                    ps.push((
-                        names[3],
-                        vec![g * h],
-                        Init::RecurrentUniform,
-                        ParamRole::Bias,
-                        true,
-                    ));
-                }
-                let width = h * dirs.len() as u64;
-                let out = if sequence {
-                    Shape::new(vec![shape.0[0], Dim::Fixed(t), Dim::Fixed(width)])
-                } else {
-                    Shape::new(vec![shape.0[0], Dim::Fixed(width)])
-                };
-                let macs = t
-                    .saturating_mul(g * h)
-                    .saturating_mul(f + h)
-                    .saturating_mul(dirs.len() as u64);
-                let kind = LayerKind::Recurrent {
-                    cell,
-                    hidden: h,
-                    activation,
-                    bidirectional,
-                    sequence,
-                };
-                Ok((kind, Ty::Tensor(out), ps, macs))
-            }
+            L::Rnn => self.recurrent_rule(Cell::Rnn, a, tensor()?, &rank_err),
+            L::Lstm => self.recurrent_rule(Cell::Lstm, a, tensor()?, &rank_err),
+            L::Gru => self.recurrent_rule(Cell::Gru, a, tensor()?, &rank_err),
         }
+    }
+
+    /// The rule of `rnn`, `lstm` and `gru`.
+    fn recurrent_rule(
+        &self,
+        cell: Cell,
+        a: &Bound,
+        shape: Shape,
+        rank_err: &dyn Fn(&Shape, &str, &str) -> Diagnostic,
+    ) -> Result<LayerRule, Diagnostic> {
+        if shape.rank() != 3 || !self.batched(&shape) {
+            return Err(rank_err(
+                &shape,
+                "`[N, T, F]`",
+                "recurrent layers read a sequence of T steps of F features",
+            ));
+        }
+        let t = shape.fixed(1).unwrap_or(1);
+        let f = shape.fixed(2).unwrap_or(1);
+        let h = a.size("h")?;
+        let activation = if cell == Cell::Rnn {
+            match a.choice("activation", &["tanh", "relu"])? {
+                "relu" => RnnActivation::Relu,
+                _ => RnnActivation::Tanh,
+            }
+        } else {
+            RnnActivation::Tanh
+        };
+        let bidirectional = a.boolean("bidirectional")?;
+        let sequence = a.boolean("sequence")?;
+        let g = cell.gates();
+        let dirs: &[&'static str] = if bidirectional {
+            &["", "_reverse"]
+        } else {
+            &[""]
+        };
+        let mut ps = Vec::new();
+        for d in dirs {
+            let names: [&'static str; 4] = if d.is_empty() {
+                ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+            } else {
+                [
+                    "weight_ih_reverse",
+                    "weight_hh_reverse",
+                    "bias_ih_reverse",
+                    "bias_hh_reverse",
+                ]
+            };
+            ps.push((
+                names[0],
+                vec![g * h, f],
+                Init::RecurrentUniform,
+                ParamRole::Weight,
+                true,
+            ));
+            ps.push((
+                names[1],
+                vec![g * h, h],
+                Init::RecurrentUniform,
+                ParamRole::Weight,
+                true,
+            ));
+            ps.push((
+                names[2],
+                vec![g * h],
+                Init::RecurrentUniform,
+                ParamRole::Bias,
+                true,
+            ));
+            ps.push((
+                names[3],
+                vec![g * h],
+                Init::RecurrentUniform,
+                ParamRole::Bias,
+                true,
+            ));
+        }
+        let width = h * dirs.len() as u64;
+        let out = if sequence {
+            Shape::new(vec![shape.0[0], Dim::Fixed(t), Dim::Fixed(width)])
+        } else {
+            Shape::new(vec![shape.0[0], Dim::Fixed(width)])
+        };
+        let macs = t
+            .saturating_mul(g * h)
+            .saturating_mul(f + h)
+            .saturating_mul(dirs.len() as u64);
+        let kind = LayerKind::Recurrent {
+            cell,
+            hidden: h,
+            activation,
+            bidirectional,
+            sequence,
+        };
+        Ok((kind, Ty::Tensor(out), ps, macs))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1995,7 +2042,10 @@ impl Elab<'_> {
         let inits = [
             "he", "xavier", "normal", "uniform", "zeros", "ones", "constant",
         ];
-        let Some(sig) = catalog::lookup(name).filter(|s| s.kind == Kind::Init) else {
+        let Some((sig, init)) = catalog::lookup(name).and_then(|s| match s.id {
+            Id::Init(i) => Some((s, i)),
+            _ => None,
+        }) else {
             let mut d = Diagnostic::error("E0202", format!("unknown initializer `{name}`"), c.span)
                 .primary_label("not an initializer");
             d = match did_you_mean(name, inits) {
@@ -2007,14 +2057,15 @@ impl Elab<'_> {
             return Err(d);
         };
         let b = bind_call(name, sig.params, args, c.span)?;
-        Ok(match name {
-            "he" => Init::He,
-            "xavier" => Init::Xavier,
-            "normal" => Init::Normal(b.float_in("std", |v| v >= 0.0, "must be at least 0")?),
-            "uniform" => Init::Uniform(b.float_in("a", |v| v >= 0.0, "must be at least 0")?),
-            "zeros" => Init::Constant(0.0),
-            "ones" => Init::Constant(1.0),
-            _ => Init::Constant(b.float("v")?),
+        use catalog::Init as I;
+        Ok(match init {
+            I::He => Init::He,
+            I::Xavier => Init::Xavier,
+            I::Normal => Init::Normal(b.float_in("std", |v| v >= 0.0, "must be at least 0")?),
+            I::Uniform => Init::Uniform(b.float_in("a", |v| v >= 0.0, "must be at least 0")?),
+            I::Zeros => Init::Constant(0.0),
+            I::Ones => Init::Constant(1.0),
+            I::Constant => Init::Constant(b.float("v")?),
         })
     }
 
@@ -2043,6 +2094,7 @@ impl Elab<'_> {
     fn function(
         &mut self,
         sig: &Sig,
+        fun: Fun,
         a: &Bound,
         nodes: &[NodeId],
         spans: &[Span],
@@ -2073,24 +2125,26 @@ impl Elab<'_> {
                 Ok(())
             }
         };
-        if let Some((base, choice)) = elementwise::by_word(name) {
-            return Ok((Op::Activation(elementwise_call(base, choice, a)?), same));
-        }
-        match name {
-            "softmax" | "log_softmax" => {
+        use catalog::{Function as F, Shaping as S};
+        match fun {
+            Fun::Elementwise(base) => {
+                let choice = elementwise::by_word(name).and_then(|(_, choice)| choice);
+                Ok((Op::Activation(elementwise_call(base, choice, a)?), same))
+            }
+            Fun::Function(f @ (F::Softmax | F::LogSoftmax)) => {
                 let ax = self.axis(a, "axis", &shape, name)?;
-                let op = if name == "softmax" {
+                let op = if f == F::Softmax {
                     Op::Softmax(ax)
                 } else {
                     Op::LogSoftmax(ax)
                 };
                 Ok((op, same))
             }
-            "dropout" => {
+            Fun::Shaping(S::Dropout) => {
                 let p = a.float_in("p", |v| (0.0..1.0).contains(&v), "must be in [0, 1)")?;
                 Ok((Op::Dropout(p), same))
             }
-            "flatten" => {
+            Fun::Shaping(S::Flatten) => {
                 if shape.rank() < 2 || !self.batched(&shape) {
                     return Err(Diagnostic::error(
                         "E0302",
@@ -2107,12 +2161,12 @@ impl Elab<'_> {
                     Ty::Tensor(Shape::new(vec![shape.0[0], Dim::Fixed(n)])),
                 ))
             }
-            "reshape" => self
+            Fun::Shaping(S::Reshape) => self
                 .reshape(a, &shape, spans[0])
                 .map(|s| (Op::Reshape, Ty::Tensor(s))),
-            "last" | "first" => {
+            Fun::Shaping(s @ (S::Last | S::First)) => {
                 need_rank(3, "`[N, T, F]`")?;
-                let op = if name == "last" { Op::Last } else { Op::First };
+                let op = if s == S::Last { Op::Last } else { Op::First };
                 Ok((
                     op,
                     Ty::Tensor(Shape::new(vec![
@@ -2121,8 +2175,12 @@ impl Elab<'_> {
                     ])),
                 ))
             }
-            "maxpool1d" | "maxpool2d" | "avgpool1d" | "avgpool2d" => {
-                let nd = if name.ends_with("1d") { 1 } else { 2 };
+            Fun::Shaping(s @ (S::Maxpool1d | S::Maxpool2d | S::Avgpool1d | S::Avgpool2d)) => {
+                let nd = if matches!(s, S::Maxpool1d | S::Avgpool1d) {
+                    1
+                } else {
+                    2
+                };
                 if nd == 1 {
                     need_rank(3, "`[N, C, L]`")?;
                 } else {
@@ -2153,7 +2211,7 @@ impl Elab<'_> {
                         self.window(len, k[i], stride[i], pad[i], 1, a, spans[0], &shape)?,
                     ));
                 }
-                let (kind, count_pad) = if name.starts_with("max") {
+                let (kind, count_pad) = if matches!(s, S::Maxpool1d | S::Maxpool2d) {
                     (PoolKind::Max, true)
                 } else {
                     (PoolKind::Avg, a.boolean("count_pad")?)
@@ -2169,7 +2227,7 @@ impl Elab<'_> {
                     Ty::Tensor(Shape::new(dims)),
                 ))
             }
-            "global_avgpool" | "global_maxpool" => {
+            Fun::Shaping(s @ (S::GlobalAvgpool | S::GlobalMaxpool)) => {
                 if shape.rank() < 3 || !self.batched(&shape) {
                     return Err(Diagnostic::error(
                         "E0302",
@@ -2178,7 +2236,7 @@ impl Elab<'_> {
                     )
                     .primary_label(format!("{shape}")));
                 }
-                let kind = if name == "global_avgpool" {
+                let kind = if s == S::GlobalAvgpool {
                     PoolKind::Avg
                 } else {
                     PoolKind::Max
@@ -2188,7 +2246,7 @@ impl Elab<'_> {
                     Ty::Tensor(Shape::new(vec![shape.0[0], shape.0[1]])),
                 ))
             }
-            "spp" => {
+            Fun::Shaping(S::Spp) => {
                 need_rank(4, "`[N, C, H, W]`")?;
                 let levels_c = a.get("levels").cloned();
                 let levels: Vec<u64> = match levels_c.as_ref().map(|c| &c.v) {
@@ -2218,7 +2276,7 @@ impl Elab<'_> {
                     Ty::Tensor(Shape::new(vec![shape.0[0], Dim::Fixed(c * bins)])),
                 ))
             }
-            "sum" | "mean" | "max" | "min" => {
+            Fun::Function(f @ (F::Sum | F::Mean | F::Max | F::Min)) => {
                 let keepdims = a.boolean("keepdims")?;
                 let axes: Vec<usize> = match a.get("axis") {
                     // Without an axis: every non-batch axis (every axis in unbatched mode).
@@ -2268,11 +2326,14 @@ impl Elab<'_> {
                         (true, false) => None,
                     })
                     .collect();
-                let kind = match name {
-                    "sum" => ReduceKind::Sum,
-                    "mean" => ReduceKind::Mean,
-                    "max" => ReduceKind::Max,
-                    _ => ReduceKind::Min,
+                let kind = match f {
+                    F::Sum => ReduceKind::Sum,
+                    F::Mean => ReduceKind::Mean,
+                    F::Max => ReduceKind::Max,
+                    F::Min => ReduceKind::Min,
+                    F::Softmax | F::LogSoftmax | F::Concat => {
+                        unreachable!("matched as a reduction")
+                    }
                 };
                 Ok((
                     Op::Reduce {
@@ -2283,7 +2344,7 @@ impl Elab<'_> {
                     Ty::Tensor(Shape::new(dims)),
                 ))
             }
-            "concat" => {
+            Fun::Function(F::Concat) => {
                 let ax = self.axis(a, "axis", &shape, "concat")?;
                 let mut total = 0u64;
                 for (n, span) in nodes.iter().zip(spans) {
@@ -2314,7 +2375,6 @@ impl Elab<'_> {
                 out.0[ax] = Dim::Fixed(total);
                 Ok((Op::Concat(ax), Ty::Tensor(out)))
             }
-            other => unreachable!("catalog entry `{other}` without a rule"),
         }
     }
 
@@ -2404,6 +2464,7 @@ impl Elab<'_> {
     fn loss(
         &mut self,
         sig: &Sig,
+        loss: catalog::Loss,
         a: &Bound,
         nodes: &[NodeId],
         spans: &[Span],
@@ -2472,20 +2533,24 @@ impl Elab<'_> {
                 "logits have the labels' shape plus a class axis: {expect}"
             )))
         };
-        match name {
-            "cross_entropy" | "focal" | "hinge" | "zero_one" => {
-                let kind = match name {
-                    "cross_entropy" => LossKind::CrossEntropy(a.float_in(
+        use catalog::Loss as L;
+        match loss {
+            L::CrossEntropy | L::Focal | L::Hinge | L::ZeroOne => {
+                let kind = match loss {
+                    L::CrossEntropy => LossKind::CrossEntropy(a.float_in(
                         "smoothing",
                         |v| (0.0..1.0).contains(&v),
                         "must be in [0, 1)",
                     )?),
-                    "focal" => LossKind::Focal(
+                    L::Focal => LossKind::Focal(
                         a.float_in("gamma", |v| v >= 0.0, "must be at least 0")?,
                         a.float_in("alpha", |v| (0.0..=1.0).contains(&v), "must be in [0, 1]")?,
                     ),
-                    "hinge" => LossKind::Hinge,
-                    _ => LossKind::ZeroOne,
+                    L::Hinge => LossKind::Hinge,
+                    L::ZeroOne => LossKind::ZeroOne,
+                    L::Mae | L::L1Loss | L::Mse | L::Huber | L::Exponential | L::Bce => {
+                        unreachable!("matched as a classification loss")
+                    }
                 };
                 match &tgt_ty {
                     Ty::Labels { shape, classes } => classify(kind, pred, shape, *classes),
@@ -2493,15 +2558,18 @@ impl Elab<'_> {
                     _ => Err(mismatch("pass labels `class[N] of K` with logits `[N, K]`, or a target of the prediction's shape")),
                 }
             }
-            _ => {
-                let kind = match name {
-                    "mae" | "l1_loss" => LossKind::Mae,
-                    "mse" => LossKind::Mse,
-                    "huber" => {
+            L::Mae | L::L1Loss | L::Mse | L::Huber | L::Exponential | L::Bce => {
+                let kind = match loss {
+                    L::Mae | L::L1Loss => LossKind::Mae,
+                    L::Mse => LossKind::Mse,
+                    L::Huber => {
                         LossKind::Huber(a.float_in("delta", |v| v > 0.0, "must be positive")?)
                     }
-                    "exponential" => LossKind::Exponential,
-                    _ => LossKind::Bce,
+                    L::Exponential => LossKind::Exponential,
+                    L::Bce => LossKind::Bce,
+                    L::CrossEntropy | L::Focal | L::Hinge | L::ZeroOne => {
+                        unreachable!("matched as a regression loss")
+                    }
                 };
                 match &tgt_ty {
                     Ty::Labels { shape, classes } => {
@@ -2565,6 +2633,22 @@ fn elementwise_call(base: Elem, choice: Option<Choice>, a: &Bound) -> Result<Fun
 type ParamDef = (&'static str, Vec<u64>, Init, ParamRole, bool);
 
 /// What a layer rule computes: kind, output type, parameters, MACs per sample.
+/// How a call to a built-in (other than a regularizer or initializer) is checked.
+#[derive(Clone, Copy)]
+enum Route {
+    Layer(catalog::Layer),
+    Loss(catalog::Loss),
+    Fun(Fun),
+}
+
+/// The built-ins checked by the `function` rule.
+#[derive(Clone, Copy)]
+enum Fun {
+    Shaping(catalog::Shaping),
+    Function(catalog::Function),
+    Elementwise(Elem),
+}
+
 type LayerRule = (LayerKind, Ty, Vec<ParamDef>, u64);
 
 /// The scale (γ, ones) and shift (β, zeros) of a normalization over `c` features.

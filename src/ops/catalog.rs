@@ -25,6 +25,111 @@ pub enum Kind {
     Init,
 }
 
+/// Which built-in a [`Sig`] is. Every stage that gives built-ins their meaning matches
+/// on this exhaustively, so a new catalog entry does not compile until it has a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Id {
+    /// A layer with parameters.
+    Layer(Layer),
+    /// A layer without parameters.
+    Shaping(Shaping),
+    /// An elementwise function of [`elementwise`](super::elementwise).
+    Elementwise(Elem),
+    /// Softmax, reductions, concat.
+    Function(Function),
+    /// A loss.
+    Loss(Loss),
+    /// A regularizer.
+    Regularizer(Regularizer),
+    /// A weight initializer.
+    Init(Init),
+}
+
+/// The layers with parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Layer {
+    Dense,
+    Conv1d,
+    Conv2d,
+    Batchnorm,
+    Layernorm,
+    Embedding,
+    Rnn,
+    Lstm,
+    Gru,
+    Prelu,
+}
+
+/// The layers without parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Shaping {
+    Maxpool1d,
+    Maxpool2d,
+    Avgpool1d,
+    Avgpool2d,
+    GlobalAvgpool,
+    GlobalMaxpool,
+    Spp,
+    Dropout,
+    Flatten,
+    Reshape,
+    Last,
+    First,
+}
+
+/// The functions that are not elementwise (softmax and log_softmax are spelled as
+/// activations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Function {
+    Softmax,
+    LogSoftmax,
+    Sum,
+    Mean,
+    Max,
+    Min,
+    Concat,
+}
+
+/// The losses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Loss {
+    Mae,
+    L1Loss,
+    Mse,
+    Huber,
+    Exponential,
+    Hinge,
+    CrossEntropy,
+    Bce,
+    Focal,
+    ZeroOne,
+}
+
+/// The regularizers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Regularizer {
+    L1,
+    L2,
+}
+
+/// The weight initializers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Init {
+    He,
+    Xavier,
+    Normal,
+    Uniform,
+    Zeros,
+    Ones,
+    Constant,
+}
+
 /// An argument's default.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Def {
@@ -51,6 +156,8 @@ pub struct Sig {
     pub name: &'static str,
     /// What it is.
     pub kind: Kind,
+    /// Which built-in it is: the checker dispatches on this, exhaustively.
+    pub id: Id,
     /// Tensor operands taken before the other arguments (`usize::MAX`: two or more).
     pub tensors: usize,
     /// The other arguments in positional order.
@@ -61,7 +168,6 @@ pub struct Sig {
 pub const MANY: usize = usize::MAX;
 
 use Def::*;
-use Kind::*;
 
 const SLIDE: &[(&str, Def)] = &[
     ("out", Required),
@@ -91,7 +197,8 @@ const CLASSIFY: &[(&str, Def)] = &[];
 static BUILTINS: &[Sig] = &[
     Sig {
         name: "dense",
-        kind: Layer,
+        kind: Kind::Layer,
+        id: Id::Layer(Layer::Dense),
         tensors: 1,
         params: &[
             ("units", Required),
@@ -101,31 +208,36 @@ static BUILTINS: &[Sig] = &[
     },
     Sig {
         name: "conv1d",
-        kind: Layer,
+        kind: Kind::Layer,
+        id: Id::Layer(Layer::Conv1d),
         tensors: 1,
         params: SLIDE,
     },
     Sig {
         name: "conv2d",
-        kind: Layer,
+        kind: Kind::Layer,
+        id: Id::Layer(Layer::Conv2d),
         tensors: 1,
         params: SLIDE,
     },
     Sig {
         name: "batchnorm",
-        kind: Layer,
+        kind: Kind::Layer,
+        id: Id::Layer(Layer::Batchnorm),
         tensors: 1,
         params: &[("momentum", Float(0.1)), ("eps", Float(1e-5))],
     },
     Sig {
         name: "layernorm",
-        kind: Layer,
+        kind: Kind::Layer,
+        id: Id::Layer(Layer::Layernorm),
         tensors: 1,
         params: &[("eps", Float(1e-5))],
     },
     Sig {
         name: "embedding",
-        kind: Layer,
+        kind: Kind::Layer,
+        id: Id::Layer(Layer::Embedding),
         tensors: 1,
         params: &[
             ("vocab", Required),
@@ -136,7 +248,8 @@ static BUILTINS: &[Sig] = &[
     },
     Sig {
         name: "rnn",
-        kind: Layer,
+        kind: Kind::Layer,
+        id: Id::Layer(Layer::Rnn),
         tensors: 1,
         params: &[
             ("h", Required),
@@ -147,247 +260,288 @@ static BUILTINS: &[Sig] = &[
     },
     Sig {
         name: "lstm",
-        kind: Layer,
+        kind: Kind::Layer,
+        id: Id::Layer(Layer::Lstm),
         tensors: 1,
         params: RECURRENT,
     },
     Sig {
         name: "gru",
-        kind: Layer,
+        kind: Kind::Layer,
+        id: Id::Layer(Layer::Gru),
         tensors: 1,
         params: RECURRENT,
     },
     Sig {
         name: "prelu",
-        kind: Layer,
+        kind: Kind::Layer,
+        id: Id::Layer(Layer::Prelu),
         tensors: 1,
         params: &[("init", Optional)],
     },
     Sig {
         name: "maxpool1d",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::Maxpool1d),
         tensors: 1,
         params: MAXPOOL,
     },
     Sig {
         name: "maxpool2d",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::Maxpool2d),
         tensors: 1,
         params: MAXPOOL,
     },
     Sig {
         name: "avgpool1d",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::Avgpool1d),
         tensors: 1,
         params: AVGPOOL,
     },
     Sig {
         name: "avgpool2d",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::Avgpool2d),
         tensors: 1,
         params: AVGPOOL,
     },
     Sig {
         name: "global_avgpool",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::GlobalAvgpool),
         tensors: 1,
         params: &[],
     },
     Sig {
         name: "global_maxpool",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::GlobalMaxpool),
         tensors: 1,
         params: &[],
     },
     Sig {
         name: "spp",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::Spp),
         tensors: 1,
         params: &[("levels", Ints(&[1, 2, 4]))],
     },
     Sig {
         name: "dropout",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::Dropout),
         tensors: 1,
         params: &[("p", Required)],
     },
     Sig {
         name: "flatten",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::Flatten),
         tensors: 1,
         params: &[],
     },
     Sig {
         name: "reshape",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::Reshape),
         tensors: 1,
         params: &[("shape", Required)],
     },
     Sig {
         name: "last",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::Last),
         tensors: 1,
         params: &[],
     },
     Sig {
         name: "first",
-        kind: Shaping,
+        kind: Kind::Shaping,
+        id: Id::Shaping(Shaping::First),
         tensors: 1,
         params: &[],
     },
     Sig {
         name: "softmax",
-        kind: Activation,
+        kind: Kind::Activation,
+        id: Id::Function(Function::Softmax),
         tensors: 1,
         params: &[("axis", Int(-1))],
     },
     Sig {
         name: "log_softmax",
-        kind: Activation,
+        kind: Kind::Activation,
+        id: Id::Function(Function::LogSoftmax),
         tensors: 1,
         params: &[("axis", Int(-1))],
     },
     Sig {
         name: "sum",
-        kind: Function,
+        kind: Kind::Function,
+        id: Id::Function(Function::Sum),
         tensors: 1,
         params: REDUCE,
     },
     Sig {
         name: "mean",
-        kind: Function,
+        kind: Kind::Function,
+        id: Id::Function(Function::Mean),
         tensors: 1,
         params: REDUCE,
     },
     Sig {
         name: "max",
-        kind: Function,
+        kind: Kind::Function,
+        id: Id::Function(Function::Max),
         tensors: 1,
         params: REDUCE,
     },
     Sig {
         name: "min",
-        kind: Function,
+        kind: Kind::Function,
+        id: Id::Function(Function::Min),
         tensors: 1,
         params: REDUCE,
     },
     Sig {
         name: "concat",
-        kind: Function,
+        kind: Kind::Function,
+        id: Id::Function(Function::Concat),
         tensors: MANY,
         params: &[("axis", Int(-1))],
     },
     Sig {
         name: "mae",
-        kind: Loss,
+        kind: Kind::Loss,
+        id: Id::Loss(Loss::Mae),
         tensors: 2,
         params: &[],
     },
     Sig {
         name: "l1_loss",
-        kind: Loss,
+        kind: Kind::Loss,
+        id: Id::Loss(Loss::L1Loss),
         tensors: 2,
         params: &[],
     },
     Sig {
         name: "mse",
-        kind: Loss,
+        kind: Kind::Loss,
+        id: Id::Loss(Loss::Mse),
         tensors: 2,
         params: &[],
     },
     Sig {
         name: "huber",
-        kind: Loss,
+        kind: Kind::Loss,
+        id: Id::Loss(Loss::Huber),
         tensors: 2,
         params: &[("delta", Float(1.0))],
     },
     Sig {
         name: "exponential",
-        kind: Loss,
+        kind: Kind::Loss,
+        id: Id::Loss(Loss::Exponential),
         tensors: 2,
         params: &[],
     },
     Sig {
         name: "hinge",
-        kind: Loss,
+        kind: Kind::Loss,
+        id: Id::Loss(Loss::Hinge),
         tensors: 2,
         params: CLASSIFY,
     },
     Sig {
         name: "cross_entropy",
-        kind: Loss,
+        kind: Kind::Loss,
+        id: Id::Loss(Loss::CrossEntropy),
         tensors: 2,
         params: &[("smoothing", Float(0.0))],
     },
     Sig {
         name: "bce",
-        kind: Loss,
+        kind: Kind::Loss,
+        id: Id::Loss(Loss::Bce),
         tensors: 2,
         params: &[],
     },
     Sig {
         name: "focal",
-        kind: Loss,
+        kind: Kind::Loss,
+        id: Id::Loss(Loss::Focal),
         tensors: 2,
         params: &[("gamma", Float(2.0)), ("alpha", Float(0.25))],
     },
     Sig {
         name: "zero_one",
-        kind: Loss,
+        kind: Kind::Loss,
+        id: Id::Loss(Loss::ZeroOne),
         tensors: 2,
         params: &[],
     },
     Sig {
         name: "l1",
-        kind: Regularizer,
+        kind: Kind::Regularizer,
+        id: Id::Regularizer(Regularizer::L1),
         tensors: 0,
         params: &[("lambda", Required)],
     },
     Sig {
         name: "l2",
-        kind: Regularizer,
+        kind: Kind::Regularizer,
+        id: Id::Regularizer(Regularizer::L2),
         tensors: 0,
         params: &[("lambda", Required)],
     },
     Sig {
         name: "he",
-        kind: Init,
+        kind: Kind::Init,
+        id: Id::Init(Init::He),
         tensors: 0,
         params: &[],
     },
     Sig {
         name: "xavier",
-        kind: Init,
+        kind: Kind::Init,
+        id: Id::Init(Init::Xavier),
         tensors: 0,
         params: &[],
     },
     Sig {
         name: "normal",
-        kind: Init,
+        kind: Kind::Init,
+        id: Id::Init(Init::Normal),
         tensors: 0,
         params: &[("std", Required)],
     },
     Sig {
         name: "uniform",
-        kind: Init,
+        kind: Kind::Init,
+        id: Id::Init(Init::Uniform),
         tensors: 0,
         params: &[("a", Required)],
     },
     Sig {
         name: "zeros",
-        kind: Init,
+        kind: Kind::Init,
+        id: Id::Init(Init::Zeros),
         tensors: 0,
         params: &[],
     },
     Sig {
         name: "ones",
-        kind: Init,
+        kind: Kind::Init,
+        id: Id::Init(Init::Ones),
         tensors: 0,
         params: &[],
     },
     Sig {
         name: "constant",
-        kind: Init,
+        kind: Kind::Init,
+        id: Id::Init(Init::Constant),
         tensors: 0,
         params: &[("v", Required)],
     },
@@ -402,8 +556,8 @@ pub fn all() -> &'static [Sig] {
         for e in Elem::ALL {
             let d = e.def();
             let kind = match d.traits.dsl {
-                Some(Spelling::Activation) => Activation,
-                Some(Spelling::Function) => Function,
+                Some(Spelling::Activation) => Kind::Activation,
+                Some(Spelling::Function) => Kind::Function,
                 Some(Spelling::Variant { .. }) | None => continue,
             };
             let mut params: Vec<(&'static str, Def)> = d
@@ -421,6 +575,7 @@ pub fn all() -> &'static [Sig] {
             v.push(Sig {
                 name: d.name,
                 kind,
+                id: Id::Elementwise(*e),
                 tensors: 1,
                 params: Box::leak(params.into_boxed_slice()),
             });
@@ -440,4 +595,36 @@ pub fn expression_names() -> impl Iterator<Item = &'static str> {
         .iter()
         .filter(|s| !matches!(s.kind, Kind::Regularizer | Kind::Init))
         .map(|s| s.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_agrees_with_id() {
+        for s in all() {
+            let ok = match s.id {
+                Id::Layer(_) => s.kind == Kind::Layer,
+                Id::Shaping(_) => s.kind == Kind::Shaping,
+                Id::Elementwise(_) => matches!(s.kind, Kind::Activation | Kind::Function),
+                Id::Function(Function::Softmax | Function::LogSoftmax) => {
+                    s.kind == Kind::Activation
+                }
+                Id::Function(_) => s.kind == Kind::Function,
+                Id::Loss(_) => s.kind == Kind::Loss,
+                Id::Regularizer(_) => s.kind == Kind::Regularizer,
+                Id::Init(_) => s.kind == Kind::Init,
+            };
+            assert!(ok, "`{}`: {:?} with {:?}", s.name, s.kind, s.id);
+        }
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let ids: Vec<Id> = all().iter().map(|s| s.id).collect();
+        for (i, a) in ids.iter().enumerate() {
+            assert!(!ids[i + 1..].contains(a), "{a:?} twice");
+        }
+    }
 }
