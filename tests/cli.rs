@@ -530,3 +530,53 @@ fn explain_lists_every_code() {
         assert_eq!(code(&o), 0, "{}", c.code);
     }
 }
+
+/// Every command that writes to standard output, run with the reading end already closed
+/// (`kiln … | head -1` once head has gone): it ends quietly with status 0, never with
+/// "failed printing to stdout: Broken pipe" (a panic, status 101).
+#[test]
+fn every_command_ends_quietly_when_stdout_is_closed() {
+    let save = temp("closed-pipe", "iris.safetensors", b"");
+    let saved = save.to_str().unwrap();
+    let trained = kiln(&[
+        "train",
+        "examples/iris.kiln",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--save",
+        saved,
+    ]);
+    assert_eq!(code(&trained), 0, "{}", stderr(&trained));
+    let iris = "examples/iris.kiln";
+    let test_csv = "examples/data/iris_test.csv";
+    let runs: &[&[&str]] = &[
+        &["train", iris, "--epochs", "2"],
+        &["train", iris, "--epochs", "2", "--diagnose"],
+        &["explain"],
+        &["explain", "E0301"],
+        &["grad", iris, "--data", test_csv],
+        &["summary", iris],
+        &["check", "--format", "json", "examples/resnet_block.kiln"],
+        &["ir", iris],
+        &["ir", iris, "--after", "fuse"],
+        &["eval", iris, "--weights", saved, "--data", test_csv],
+        &["predict", iris, "--weights", saved, "--data", test_csv],
+        &["bench", "examples/xor.kiln", "--seconds", "0.01"],
+    ];
+    for args in runs {
+        let mut child = Command::new(KILN)
+            .args(*args)
+            .current_dir(root())
+            .env_remove("RUST_BACKTRACE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run kiln");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("kiln ends");
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "kiln {args:?}: {err}");
+        assert_eq!(code(&out), 0, "kiln {args:?}: {err}");
+    }
+}

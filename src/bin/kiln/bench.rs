@@ -3,6 +3,7 @@
 //! cycled, a warm-up, then repetitions of at least a fixed time, the median reported).
 
 use crate::run::{count, positive, ModelArgs};
+use crate::stdout::outln;
 use crate::{check_one, print_diags, EXIT_INPUT, EXIT_IO};
 use clap::Args;
 use kiln::check::train::TrainConfig;
@@ -206,27 +207,28 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         infer_b1_samples_per_s: infer_b1,
     };
     if a.json {
-        println!("{}", serde_json::to_string(&f)?);
+        outln!("{}", serde_json::to_string(&f)?);
     } else {
-        println!(
+        outln!(
             "model {} on {} (batch {batch}, {} thread{})",
             f.model,
             f.backend,
             f.threads,
             if f.threads == 1 { "" } else { "s" }
         );
-        println!("compile (source to first step): {:.1} ms", f.compile_ms);
+        outln!("compile (source to first step): {:.1} ms", f.compile_ms);
         if trains {
-            println!(
+            outln!(
                 "train: {:.0} steps/s, {:.0} samples/s",
-                f.train_steps_per_s, f.train_samples_per_s
+                f.train_steps_per_s,
+                f.train_samples_per_s
             );
         }
-        println!(
+        outln!(
             "inference batch {batch}: {:.0} samples/s",
             f.infer_samples_per_s
         );
-        println!(
+        outln!(
             "inference batch 1: {:.0} samples/s",
             f.infer_b1_samples_per_s
         );

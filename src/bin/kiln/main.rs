@@ -1,6 +1,7 @@
 //! The `kiln` command line.
 #![deny(unsafe_code)]
 
+use crate::stdout::{out, outln};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln::check::{self, Checked, LintLevels};
@@ -15,6 +16,7 @@ mod plot;
 mod progress;
 mod repl;
 mod run;
+mod stdout;
 
 /// Kiln: a declarative model-definition compiler.
 #[derive(Parser)]
@@ -211,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 all.extend(check_one(&mut sources, f, &levels)?.diagnostics);
             }
             match format {
-                Format::Json => println!("{}", diag::render_json(&sources, &all)),
+                Format::Json => outln!("{}", diag::render_json(&sources, &all)),
                 Format::Human => print_diags(&sources, &all, lints.color),
             }
             Ok(if all.iter().any(Diagnostic::is_error) {
@@ -239,7 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 return Ok(EXIT_INPUT);
             };
-            print!("{}", kiln::summary::render_summary(m));
+            out!("{}", kiln::summary::render_summary(m));
             Ok(0)
         }
         Command::Explain { code } => {
@@ -251,7 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         } else {
                             format!(" ({})", c.lint)
                         };
-                        println!("{}{name}: {}", c.code, c.title);
+                        outln!("{}{name}: {}", c.code, c.title);
                     }
                     Ok(0)
                 }
@@ -262,7 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         } else {
                             format!(" (lint `{}`)", c.lint)
                         };
-                        println!("{}{name}: {}\n\n{}", c.code, c.title, c.explanation);
+                        outln!("{}{name}: {}\n\n{}", c.code, c.title, c.explanation);
                         Ok(0)
                     }
                     None => {

@@ -1,5 +1,6 @@
 //! `kiln plot` and `kiln train --plot`: training curves from a report.
 
+use crate::stdout::outln;
 use crate::{EXIT_INPUT, EXIT_IO};
 use clap::Args;
 use kiln::runtime::plot::{self, EpochPoint, Format};
@@ -46,7 +47,7 @@ fn title(model: &str) -> String {
 /// Draws `history` to `path` (`kiln train --plot`).
 pub fn write(history: &[EpochRecord], model: &str, path: &Path) -> anyhow::Result<()> {
     plot::plot(history, &title(model), path).map_err(anyhow::Error::msg)?;
-    println!("plot: {}", path.display());
+    outln!("plot: {}", path.display());
     Ok(())
 }
 
@@ -96,7 +97,7 @@ pub fn run(a: PlotArgs) -> anyhow::Result<u8> {
     }
     match plot::plot_points(&saved.history, &title(&saved.model), &out) {
         Ok(()) => {
-            println!("plot: {}", out.display());
+            outln!("plot: {}", out.display());
             Ok(0)
         }
         Err(e) => {

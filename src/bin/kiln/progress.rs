@@ -3,6 +3,7 @@
 //! `--diagnose`, and warnings rendered like compiler diagnostics. Piped output gets the
 //! plain lines only, with no terminal control characters.
 
+use crate::stdout::{out, outln};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln::diag::{self, ColorChoice, Diagnostic};
 use kiln::runtime::health::Health;
@@ -113,9 +114,9 @@ impl Observer for Console<'_> {
             "  lr {:.3e}  {:.0} samples/s  {:.2}s",
             r.lr, r.samples_per_s, r.seconds
         );
-        println!("{line}");
+        outln!("{line}");
         if let Some(h) = &r.health {
-            print!("{}", health_table(h));
+            out!("{}", health_table(h));
         }
         let _ = std::io::stdout().flush();
     }

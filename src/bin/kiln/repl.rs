@@ -1,6 +1,7 @@
 //! `kiln repl`: the line editor (rustyline: history, multi-line input, completion) and
 //! printing around the library's [`kiln::repl::Session`].
 
+use crate::stdout::outln;
 use kiln::diag::{self, ColorChoice};
 use kiln::repl::{self, ReplError, Session};
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
@@ -168,7 +169,7 @@ fn interactive_loop(mut session: Session, color: ColorChoice) -> anyhow::Result<
     if let Some(h) = &history {
         let _ = rl.load_history(h);
     }
-    println!("kiln repl — `:help` for commands, `:quit` or Ctrl-D to leave");
+    outln!("kiln repl — `:help` for commands, `:quit` or Ctrl-D to leave");
     loop {
         let mut words: Vec<String> = repl::vocabulary().iter().map(|w| w.to_string()).collect();
         words.extend(session.names());

@@ -1,5 +1,6 @@
 //! The commands that run models: `train`, `eval`, `predict`, `grad`, `ir`.
 
+use crate::stdout::{out, outln};
 use crate::{check_one, print_diags, Color, LintArgs, EXIT_INPUT};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -285,7 +286,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
     let mut run = Run::new(&loaded.program, &cfg);
     let mut be = a.m.backend();
     if !a.quiet {
-        println!(
+        outln!(
             "training `{}`: {} parameters, {} epochs, batch {}, seed {}",
             loaded.program.model.name,
             kiln::summary::thousands(loaded.program.model.trainable_count()),
@@ -307,10 +308,10 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         Err(e) => return Ok(fail(&e, &loaded.sources, color(a.m.lints.color))),
     };
     if let Some(reason) = &report.stopped_early {
-        println!("stopped early: {reason}");
+        outln!("stopped early: {reason}");
     }
     if let Some(best) = report.best_epoch {
-        println!(
+        outln!(
             "kept the weights of epoch {best} (the best `{}`)",
             cfg.early_stop.as_ref().map_or("", |e| e.monitor.as_str())
         );
@@ -330,7 +331,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
     let confusion = all || cfg.metrics.contains(&Metric::Confusion);
     let shown = report.test.as_ref().unwrap_or(&report.train);
     if let (true, Some(c)) = (scores || confusion, &shown.classification) {
-        println!(
+        outln!(
             "\n{} metrics:",
             if report.test.is_some() {
                 "test"
@@ -338,17 +339,17 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
                 "training"
             }
         );
-        print!("{}", c.render_with(scores, confusion));
+        out!("{}", c.render_with(scores, confusion));
     }
     match (&report.checkpoint, report.best_epoch) {
-        (Some(c), Some(best)) => println!(
+        (Some(c), Some(best)) => outln!(
             "checkpoint: {} (the weights of epoch {best}, the best)",
             c.display()
         ),
-        (Some(c), None) => println!("checkpoint: {}", c.display()),
+        (Some(c), None) => outln!("checkpoint: {}", c.display()),
         _ => {}
     }
-    println!("time: {:.2}s", report.seconds);
+    outln!("time: {:.2}s", report.seconds);
     if let Some(path) = &a.report {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("cannot write `{}`", path.display()))?;
@@ -401,7 +402,7 @@ fn print_eval(what: &str, e: &Evaluation) {
     if let Some(c) = &e.classification {
         line += &format!("  accuracy {:.2}%", c.accuracy * 100.0);
     }
-    println!("{line}");
+    outln!("{line}");
 }
 
 /// Loads data and applies the checkpoint's standardization.
@@ -449,12 +450,12 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<u8> {
     });
     match result {
         Ok(e) => {
-            println!("{}: {} rows", path.display(), e.rows);
+            outln!("{}: {} rows", path.display(), e.rows);
             if let Some(l) = e.loss {
-                println!("loss: {l:.6}");
+                outln!("loss: {l:.6}");
             }
             if let Some(c) = &e.classification {
-                print!("{}", c.render());
+                out!("{}", c.render());
             }
             Ok(0)
         }
@@ -528,7 +529,7 @@ fn write_predictions(
             match out {
                 Some(path) => std::fs::write(path, text).map_err(|e| io(e, path)),
                 None => {
-                    print!("{text}");
+                    out!("{text}");
                     Ok(())
                 }
             }
@@ -606,7 +607,7 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
             &d,
             cfg.batch as usize,
         )?;
-        println!(
+        outln!(
             "loss: {loss:.6} (first {} rows of {})",
             d.rows.min(cfg.batch as usize),
             a.data.display()
@@ -617,9 +618,9 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
             .max()
             .unwrap_or(9)
             .max(9);
-        println!("{:<width$}  {:>12}", "parameter", "grad norm");
+        outln!("{:<width$}  {:>12}", "parameter", "grad norm");
         for (name, _, norm) in &grads {
-            println!("{name:<width$}  {norm:>12.6e}");
+            outln!("{name:<width$}  {norm:>12.6e}");
         }
         let health = eval::gradient_health(
             p,
@@ -629,8 +630,8 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
             &d,
             cfg.batch as usize,
         )?;
-        println!("\ngradient health:");
-        print!("{}", crate::progress::health_table(&health));
+        outln!("\ngradient health:");
+        out!("{}", crate::progress::health_table(&health));
         let c = color(a.m.lints.color);
         for w in kiln::runtime::health::warnings(&health, cfg.span) {
             eprint!("{}", diag::render(&loaded.sources, &[w], c));
@@ -639,7 +640,7 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
             let map: BTreeMap<String, ndarray::ArrayD<f32>> =
                 grads.into_iter().map(|(n, g, _)| (n, g)).collect();
             eval::save_tensors(out, map)?;
-            println!("gradients: {}", out.display());
+            outln!("gradients: {}", out.display());
         }
         Ok(())
     })();
@@ -676,9 +677,9 @@ pub fn ir(a: IrArgs) -> anyhow::Result<u8> {
         } else {
             g.outputs.iter().map(|(_, n)| *n).collect()
         };
-        print!("{}", kiln::jit::plan::plan(&g, &roots).print(&g));
+        out!("{}", kiln::jit::plan::plan(&g, &roots).print(&g));
         return Ok(0);
     }
-    print!("{}", g.print(Some(&loaded.sources)));
+    out!("{}", g.print(Some(&loaded.sources)));
     Ok(0)
 }
