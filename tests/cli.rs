@@ -195,6 +195,11 @@ fn usage_errors_exit_2() {
         &["train", "examples/xor.kiln", "--lr", "0"],
         &["bench", "examples/xor.kiln", "--seconds", "inf"],
         &["bench", "examples/xor.kiln", "--batch", "0"],
+        // Negative numbers are values out of range, not flags.
+        &["train", "examples/xor.kiln", "--lr", "-1"],
+        &["train", "examples/xor.kiln", "--epochs", "-3"],
+        &["bench", "examples/xor.kiln", "--seconds", "-2"],
+        &["train", "examples/xor.kiln", "--threads", "-1"],
     ] {
         let o = kiln(args);
         assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
@@ -205,6 +210,16 @@ fn usage_errors_exit_2() {
         );
         assert_eq!(stdout(&o), "", "{args:?}");
     }
+    // A negative number is told its range, not clap's tip to write `-- -1`.
+    let o = kiln(&["train", "examples/xor.kiln", "--lr", "-1"]);
+    assert!(!stderr(&o).contains("-- -1"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("must be a positive finite number"),
+        "{}",
+        stderr(&o)
+    );
+    let o = kiln(&["train", "examples/xor.kiln", "--epochs", "-3"]);
+    assert!(stderr(&o).contains("-3 is not in 1..="), "{}", stderr(&o));
     // An unknown flag gets clap's usage line.
     let o = kiln(&["check", "--bogus", "examples/xor.kiln"]);
     assert!(stderr(&o).contains("'--bogus'"), "{}", stderr(&o));

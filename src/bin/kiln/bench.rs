@@ -26,10 +26,10 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub m: ModelArgs,
     /// Batch size (default: the train block's).
-    #[arg(long, value_parser = count())]
+    #[arg(long, allow_negative_numbers = true, value_parser = count())]
     pub batch: Option<u64>,
     /// Seconds each of the 3 timed repetitions runs at least.
-    #[arg(long, default_value_t = 2.0, value_parser = positive)]
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true, value_parser = positive)]
     pub seconds: f64,
     /// Print one JSON object instead of text.
     #[arg(long)]

@@ -43,7 +43,7 @@ pub struct ModelArgs {
     pub backend: BackendChoice,
     /// Threads for the JIT's matrix products and convolutions (default: every core).
     /// Results are identical for any thread count.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
     #[command(flatten)]
     pub lints: LintArgs,
@@ -65,13 +65,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub test: Option<PathBuf>,
     /// Epochs.
-    #[arg(long, value_parser = count())]
+    #[arg(long, allow_negative_numbers = true, value_parser = count())]
     pub epochs: Option<u64>,
     /// Batch size.
-    #[arg(long, value_parser = count())]
+    #[arg(long, allow_negative_numbers = true, value_parser = count())]
     pub batch: Option<u64>,
     /// Base learning rate.
-    #[arg(long, value_parser = positive)]
+    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     pub lr: Option<f64>,
     /// Seed of all randomness.
     #[arg(long)]
@@ -361,9 +361,9 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
 }
 
 /// A clap value parser for counts (epochs, batch sizes): 1 to [`MAX_DIM`], as in a train
-/// block.
-pub fn count() -> clap::builder::RangedU64ValueParser<u64> {
-    clap::value_parser!(u64).range(1..=MAX_DIM)
+/// block. Parsed as a signed number, so that `--epochs -3` is told its range.
+pub fn count() -> clap::builder::RangedI64ValueParser<u64> {
+    clap::builder::RangedI64ValueParser::<u64>::new().range(1..=MAX_DIM as i64)
 }
 
 /// A clap value parser for a learning rate or a duration: a positive finite number.
