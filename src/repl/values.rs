@@ -417,7 +417,8 @@ fn load(c: &Call, a: &Args, ctx: &Ctx) -> Result<ArrayD<f32>, Diagnostic> {
                     c.span,
                 ));
             }
-            read_npy(&file).map_err(fail)
+            let bytes = std::fs::read(&file).map_err(|e| fail(e.to_string()))?;
+            read_npy(&bytes).map_err(|e| fail(e.to_string()))
         }
         "csv" => read_csv(&file, b[1].map(|x| &x.value)).map_err(|e| match e {
             CsvError::Io(m) => fail(m),
@@ -427,21 +428,19 @@ fn load(c: &Call, a: &Args, ctx: &Ctx) -> Result<ArrayD<f32>, Diagnostic> {
     }
 }
 
-fn read_npy(path: &Path) -> Result<ArrayD<f32>, String> {
+/// The array of the bytes of a `.npy` file, of any float or integer element type.
+fn read_npy(bytes: &[u8]) -> Result<ArrayD<f32>, ndarray_npy::ReadNpyError> {
     use ndarray_npy::ReadNpyExt;
-    let open = || std::fs::File::open(path).map_err(|e| e.to_string());
-    if let Ok(a) = ArrayD::<f32>::read_npy(open()?) {
+    if let Ok(a) = ArrayD::<f32>::read_npy(bytes) {
         return Ok(a);
     }
-    if let Ok(a) = ArrayD::<f64>::read_npy(open()?) {
+    if let Ok(a) = ArrayD::<f64>::read_npy(bytes) {
         return Ok(a.mapv(|v| v as f32));
     }
-    if let Ok(a) = ArrayD::<i64>::read_npy(open()?) {
+    if let Ok(a) = ArrayD::<i64>::read_npy(bytes) {
         return Ok(a.mapv(|v| v as f32));
     }
-    ArrayD::<i32>::read_npy(open()?)
-        .map(|a| a.mapv(|v| v as f32))
-        .map_err(|e| e.to_string())
+    ArrayD::<i32>::read_npy(bytes).map(|a| a.mapv(|v| v as f32))
 }
 
 enum CsvError {
