@@ -8,7 +8,7 @@
 use crate::check::graph::CheckedModel;
 use crate::check::train::TrainConfig;
 use crate::check::{self, LintLevels};
-use crate::diag::{self, ColorChoice, Diagnostic};
+use crate::diag::{self, Code, ColorChoice, Diagnostic};
 use crate::exec::Backend;
 use crate::interp::dims;
 use crate::ir::{Graph, Tensor};
@@ -188,7 +188,11 @@ fn finish(mut sources: Sources, id: crate::span::FileId) -> Result<Model, Diagno
         return Err(fail(sources, checked.diagnostics));
     };
     let Some(m) = program.models.first() else {
-        let d = Diagnostic::error("E0211", "the source declares no model", program_span(id));
+        let d = Diagnostic::error(
+            Code::E0211,
+            "the source declares no model",
+            program_span(id),
+        );
         return Err(fail(sources, vec![d]));
     };
     let cfg = program

@@ -34,7 +34,11 @@ fn param_names(m: &CheckedModel) -> Vec<(String, Vec<u64>)> {
 }
 
 fn codes(src: &str) -> Vec<&'static str> {
-    check(src).diagnostics.iter().map(|d| d.code).collect()
+    check(src)
+        .diagnostics
+        .iter()
+        .map(|d| d.code.as_str())
+        .collect()
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use kiln::diag::Code;
 use kiln::runtime::data::{
     epoch_order, load, DataError, DataSpec, Dataset, PortSpec, Standardizer,
 };
@@ -231,7 +232,7 @@ fn prediction_reads_only_the_inputs() {
     assert!(data.targets.is_empty());
     // Training on it is an error.
     let e = load_err(&path, &xor(), true);
-    assert_eq!((e.code, e.line, e.column), ("E0502", Some(1), None));
+    assert_eq!((e.code, e.line, e.column), (Code::E0502, Some(1), None));
     assert!(e
         .message
         .contains("expected 3 columns (2 for `x`, 1 for `y`), found 2"));
@@ -306,7 +307,7 @@ fn csv_several_inputs_and_a_multi_element_target() {
           30,11,1,10,2,13,1.8,12,3,4,0\n",
     );
     let e = load_err(&path, &model, true);
-    assert_eq!((e.code, e.line, e.column), ("E0502", Some(1), Some(11)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0502, Some(1), Some(11)));
     assert!(e.message.contains("expected 10 columns"), "{e}");
     assert!(e.message.contains("found 11"), "{e}");
     assert!(e.message.contains("`extra`"), "{e}");
@@ -317,7 +318,7 @@ fn csv_several_inputs_and_a_multi_element_target() {
         b"img.p0,img.p1,img.p2,meta.a,meta.b,t.0,t.1,t.2,t.3\n1,2,3,4,5,6,7,8,9\n",
     );
     let e = load_err(&path, &model, true);
-    assert_eq!((e.code, e.line), ("E0502", Some(1)));
+    assert_eq!((e.code, e.line), (Code::E0502, Some(1)));
     assert!(
         e.message
             .contains("expected 10 columns (4 for `img`, 2 for `meta`, 4 for `t`), found 9"),
@@ -331,7 +332,7 @@ fn csv_several_inputs_and_a_multi_element_target() {
         b"img.p0,img.p1,img.p2,img.p3,meta.a,meta.b,t.0,t.1,t.2,t.4\n1,2,3,4,5,6,7,8,9,10\n",
     );
     let e = load_err(&path, &model, true);
-    assert_eq!((e.code, e.line, e.column), ("E0502", Some(1), Some(10)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0502, Some(1), Some(10)));
     assert!(e.message.contains("`t.4`"), "{e}");
 }
 
@@ -342,7 +343,7 @@ fn csv_several_inputs_and_a_multi_element_target() {
 fn a_row_with_a_missing_field() {
     let (_dir, path) = temp_file("x.csv", b"x0,x1,y\n0,0,0\n0,1\n1,0,1\n");
     let e = load_err(&path, &xor(), true);
-    assert_eq!((e.code, e.line, e.column), ("E0502", Some(3), None));
+    assert_eq!((e.code, e.line, e.column), (Code::E0502, Some(3), None));
     assert!(
         e.message
             .contains("expected 3 columns (2 for `x`, 1 for `y`), found 2"),
@@ -358,7 +359,7 @@ fn a_row_with_a_missing_field() {
     // And one too many.
     let (_dir, path) = temp_file("x.csv", b"x0,x1,y\n0,0,0,7\n");
     let e = load_err(&path, &xor(), true);
-    assert_eq!((e.code, e.line), ("E0502", Some(2)));
+    assert_eq!((e.code, e.line), (Code::E0502, Some(2)));
     assert!(e.message.contains("found 4"), "{e}");
 }
 
@@ -366,13 +367,13 @@ fn a_row_with_a_missing_field() {
 fn a_cell_that_is_not_a_number() {
     let (_dir, path) = temp_file("x.csv", b"x0,x1,y\n0,0,0\n0,abc,1\n");
     let e = load_err(&path, &xor(), true);
-    assert_eq!((e.code, e.line, e.column), ("E0501", Some(3), Some(2)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0501, Some(3), Some(2)));
     assert!(e.message.contains("`abc`"), "{e}");
     assert!(e.message.contains("`x1`"), "{e}");
 
     let (_dir, path) = temp_file("x.csv", b"x0,x1,y\n0,,0\n");
     let e = load_err(&path, &xor(), true);
-    assert_eq!((e.code, e.line, e.column), ("E0501", Some(2), Some(2)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0501, Some(2), Some(2)));
     assert!(e.message.contains("empty"), "{e}");
 }
 
@@ -386,7 +387,7 @@ fn a_label_out_of_range() {
         vec![port("label", &[], Some(10))],
     );
     let e = load_err(&path, &model, true);
-    assert_eq!((e.code, e.line, e.column), ("E0503", Some(3), Some(5)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0503, Some(3), Some(5)));
     assert!(
         e.message.contains("10 in column `label` is out of range"),
         "{e}"
@@ -400,7 +401,7 @@ fn a_label_out_of_range() {
 fn a_label_that_is_not_an_integer() {
     let (_dir, path) = temp_file("x.csv", b"a,b,c,d,label\n1,2,3,4,2.5\n");
     let e = load_err(&path, &iris(), true);
-    assert_eq!((e.code, e.line, e.column), ("E0503", Some(2), Some(5)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0503, Some(2), Some(5)));
     assert!(
         e.message
             .contains("2.5 in column `label` is not an integer"),
@@ -409,14 +410,14 @@ fn a_label_that_is_not_an_integer() {
     assert!(e.message.contains("3 classes"), "{e}");
 
     let (_dir, path) = temp_file("x.csv", b"a,b,c,d,label\n1,2,3,4,-1\n");
-    assert_eq!(load_err(&path, &iris(), true).code, "E0503");
+    assert_eq!(load_err(&path, &iris(), true).code, Code::E0503);
 }
 
 #[test]
 fn a_file_too_wide_for_the_model() {
     let path = example("digits_train.csv");
     let e = load_err(&path, &iris(), true);
-    assert_eq!((e.code, e.line, e.column), ("E0502", Some(1), None));
+    assert_eq!((e.code, e.line, e.column), (Code::E0502, Some(1), None));
     assert!(
         e.message
             .contains("expected 5 columns (4 for `features`, 1 for `label`), found 65"),
@@ -447,7 +448,7 @@ fn a_file_too_wide_for_the_model() {
 fn a_duplicated_target_column() {
     let (_dir, path) = temp_file("x.csv", b"x0,y,x1,y\n0,0,0,0\n");
     let e = load_err(&path, &xor(), true);
-    assert_eq!((e.code, e.line, e.column), ("E0502", Some(1), Some(4)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0502, Some(1), Some(4)));
     assert!(e.message.contains("`y` appears twice"), "{e}");
 }
 
@@ -456,7 +457,7 @@ fn empty_and_header_only_files() {
     for contents in [&b""[..], b"x0,x1,y\n", b"x0,x1,y"] {
         let (_dir, path) = temp_file("x.csv", contents);
         let e = load_err(&path, &xor(), true);
-        assert_eq!(e.code, "E0501", "{e}");
+        assert_eq!(e.code, Code::E0501, "{e}");
         assert!(e.message.starts_with("no rows"), "{e}");
     }
 }
@@ -467,7 +468,7 @@ fn a_missing_file() {
     for name in ["absent.csv", "absent.npy", "absent.npz"] {
         let path = dir.path().join(name);
         let e = load_err(&path, &xor(), false);
-        assert_eq!(e.code, "E0500", "{e}");
+        assert_eq!(e.code, Code::E0500, "{e}");
         assert_eq!(e.path, path);
         assert!(e.message.contains("cannot read the file"), "{e}");
         assert_eq!((e.line, e.column), (None, None));
@@ -479,13 +480,13 @@ fn an_unknown_format() {
     for name in ["x.txt", "x", "x.parquet"] {
         let (_dir, path) = temp_file(name, b"x0,x1,y\n0,0,0\n");
         let e = load_err(&path, &xor(), true);
-        assert_eq!(e.code, "E0501");
+        assert_eq!(e.code, Code::E0501);
         assert!(e.message.contains("unknown data format"), "{e}");
     }
     // A CSV named .safetensors is read as safetensors, and refused as malformed.
     let (_dir, path) = temp_file("x.safetensors", b"x0,x1,y\n0,0,0\n");
     let e = load_err(&path, &xor(), true);
-    assert_eq!(e.code, "E0501");
+    assert_eq!(e.code, Code::E0501);
     assert!(e.message.contains("not a valid .safetensors file"), "{e}");
     // The extension is read in any case.
     let (_dir, path) = temp_file("X.CSV", b"x0,x1,y\n0,0,0\n");
@@ -496,11 +497,11 @@ fn an_unknown_format() {
 fn non_utf8_and_garbage_do_not_panic() {
     let (_dir, path) = temp_file("x.csv", b"x0,x1,y\n0,\xFF\xFE,0\n");
     let e = load_err(&path, &xor(), true);
-    assert_eq!((e.code, e.line, e.column), ("E0501", Some(2), Some(2)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0501, Some(2), Some(2)));
     for name in ["x.npy", "x.npz"] {
         let (_dir, path) = temp_file(name, b"\x93NUMPY garbage");
         let e = load_err(&path, &xor(), false);
-        assert_eq!(e.code, "E0501", "{e}");
+        assert_eq!(e.code, Code::E0501, "{e}");
     }
 }
 
@@ -611,7 +612,7 @@ fn npz_missing_a_key() {
         ],
     );
     let e = load_err(&path, &xor(), true);
-    assert_eq!((e.code, e.line, e.column), ("E0504", None, None));
+    assert_eq!((e.code, e.line, e.column), (Code::E0504, None, None));
     assert!(e.message.contains("no array `y`"), "{e}");
     assert!(e.message.contains("`x`, `z`"), "{e}");
     // Prediction does not need it.
@@ -630,7 +631,7 @@ fn npz_wrong_shape_and_rows() {
         ],
     );
     let e = load_err(&path, &xor(), true);
-    assert_eq!(e.code, "E0505");
+    assert_eq!(e.code, Code::E0505);
     assert!(
         e.message.contains("has shape [4, 3], expected [4, 2]"),
         "{e}"
@@ -644,7 +645,7 @@ fn npz_wrong_shape_and_rows() {
         ],
     );
     let e = load_err(&path, &xor(), true);
-    assert_eq!(e.code, "E0505");
+    assert_eq!(e.code, Code::E0505);
     assert!(e.message.contains("`y` has 3 rows, but `x` has 4"), "{e}");
 
     write_npz(
@@ -655,7 +656,7 @@ fn npz_wrong_shape_and_rows() {
         ],
     );
     let e = load_err(&path, &xor(), true);
-    assert_eq!(e.code, "E0501");
+    assert_eq!(e.code, Code::E0501);
     assert!(e.message.starts_with("no rows"), "{e}");
 }
 
@@ -669,7 +670,7 @@ fn npz_labels_are_checked() {
     npz.add_array("label", &arr1(&[0i32, 3, 1])).unwrap();
     npz.finish().unwrap();
     let e = load_err(&path, &iris(), true);
-    assert_eq!(e.code, "E0503");
+    assert_eq!(e.code, Code::E0503);
     assert!(
         e.message
             .contains("3 in array `label`, row 1 (counting from 0), is out of range"),
@@ -692,17 +693,17 @@ fn npy_holds_the_single_input() {
 
     // Training needs the targets too.
     let e = load_err(&path, &digits(&[64]), true);
-    assert_eq!(e.code, "E0504");
+    assert_eq!(e.code, Code::E0504);
     assert!(e.message.contains(".npz or .csv"), "{e}");
     // A model without targets reads it even "with targets".
     let no_targets = spec(vec![port("pixels", &[64], None)], vec![]);
     assert_eq!(load(&path, &no_targets, true).unwrap().rows, 3);
     // Several inputs need an .npz.
     let two = spec(vec![port("a", &[32], None), port("b", &[32], None)], vec![]);
-    assert_eq!(load_err(&path, &two, false).code, "E0504");
+    assert_eq!(load_err(&path, &two, false).code, Code::E0504);
     // Wrong width.
     let e = load_err(&path, &iris(), false);
-    assert_eq!(e.code, "E0505");
+    assert_eq!(e.code, Code::E0505);
     assert!(
         e.message.contains("has shape [3, 64], expected [3, 4]"),
         "{e}"
@@ -729,7 +730,7 @@ fn npy_header_larger_than_the_file() {
     let (_dir, path) = temp_file("big.npy", &bytes);
     let spec1 = spec(vec![port("x", &[1], None)], vec![]);
     let e = load_err(&path, &spec1, false);
-    assert_eq!(e.code, "E0501");
+    assert_eq!(e.code, Code::E0501);
     assert!(
         e.message.contains("announces shape [1099511627776, 1]"),
         "{e}"
@@ -928,5 +929,5 @@ fn safetensors_holds_named_arrays() {
     );
     c.save(&path).unwrap();
     let e = kiln::runtime::data::load(&path, &spec, true).unwrap_err();
-    assert_eq!(e.code, "E0503", "{e}");
+    assert_eq!(e.code, Code::E0503, "{e}");
 }

@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use kiln::diag::Code;
 use kiln::runtime::data::{load, DataError, DataSpec, Dataset, PortSpec};
 use kiln::runtime::sanity::{check, DataWarning};
 use ndarray::{arr1, arr2, ArrayD, IxDyn};
@@ -73,7 +74,7 @@ fn csv(header: &str, rows: usize, row: impl Fn(usize) -> String) -> String {
     text
 }
 
-fn codes(warnings: &[DataWarning]) -> Vec<&str> {
+fn codes(warnings: &[DataWarning]) -> Vec<Code> {
     warnings.iter().map(|w| w.code).collect()
 }
 
@@ -98,7 +99,7 @@ fn nan_in_an_input_names_the_file_line_and_column() {
         vec![port("label", &[], Some(2))],
     );
     let e = check_err(&path, &model);
-    assert_eq!((e.code, e.line, e.column), ("E0506", Some(17), Some(3)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0506, Some(17), Some(3)));
     assert_eq!(e.path, path);
     assert_eq!(
         e.to_string(),
@@ -115,7 +116,7 @@ fn the_column_is_the_field_in_the_file_even_with_the_label_first() {
     // The target is the first column: the inputs are fields 2 to 4.
     let path = write(&dir, "x.csv", "label,a,b,c\n0,1,2,3\n1,4,inf,6\n0,7,8,9\n");
     let e = check_err(&path, &classifier(3, 2));
-    assert_eq!((e.code, e.line, e.column), ("E0506", Some(3), Some(3)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0506, Some(3), Some(3)));
     assert!(
         e.message
             .contains("`x` holds inf in column `b` (row 1, feature 1)"),
@@ -130,7 +131,7 @@ fn inf_in_a_target() {
     let path = write(&dir, "r.csv", "a,y,b\n1,0.5,2\n3,0.25,4\n5,-inf,6\n7,1,8\n");
     let model = spec(vec![port("x", &[2], None)], vec![port("y", &[1], None)]);
     let e = check_err(&path, &model);
-    assert_eq!((e.code, e.line, e.column), ("E0506", Some(4), Some(2)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0506, Some(4), Some(2)));
     assert_eq!(
         e.to_string(),
         format!(
@@ -148,7 +149,7 @@ fn the_first_bad_value_in_file_order_is_reported() {
     let path = write(&dir, "r.csv", "y,a,b\n1,2,3\ninf,5,nan\n7,nan,9\n");
     let model = spec(vec![port("x", &[2], None)], vec![port("y", &[1], None)]);
     let e = check_err(&path, &model);
-    assert_eq!((e.code, e.line, e.column), ("E0506", Some(3), Some(1)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0506, Some(3), Some(1)));
     assert!(e.message.starts_with("`y` holds inf"), "{e}");
 }
 
@@ -158,7 +159,7 @@ fn the_line_follows_the_file_when_a_field_spans_lines() {
     // A quoted header name with a line break: row 1 starts on line 4, not 3.
     let path = write(&dir, "q.csv", "\"a\nA\",label\n1,0\nNaN,1\n");
     let e = check_err(&path, &classifier(1, 2));
-    assert_eq!((e.code, e.line, e.column), ("E0506", Some(4), Some(1)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0506, Some(4), Some(1)));
 }
 
 #[test]
@@ -170,7 +171,7 @@ fn several_inputs_are_found_by_their_prefixed_columns() {
         vec![port("y", &[1], None)],
     );
     let e = check_err(&path, &model);
-    assert_eq!((e.code, e.line, e.column), ("E0506", Some(3), Some(4)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0506, Some(3), Some(4)));
     assert!(
         e.message
             .contains("`a` holds NaN in column `a.1` (row 1, feature 1)"),
@@ -188,7 +189,7 @@ fn nan_in_an_npz_array_names_the_array_and_the_row() {
     npz.add_array("label", &arr1(&[0i64, 1, 0])).unwrap();
     npz.finish().unwrap();
     let e = check_err(&path, &classifier(2, 2));
-    assert_eq!((e.code, e.line, e.column), ("E0506", None, None));
+    assert_eq!((e.code, e.line, e.column), (Code::E0506, None, None));
     assert_eq!(
         e.to_string(),
         format!(
@@ -206,7 +207,7 @@ fn inf_in_an_npy_file_for_prediction() {
     let model = classifier(2, 2);
     let data = load(&path, &model, false).unwrap();
     let e = check(&data, &model, &path).unwrap_err();
-    assert_eq!((e.code, e.line, e.column), ("E0506", None, None));
+    assert_eq!((e.code, e.line, e.column), (Code::E0506, None, None));
     assert!(
         e.message
             .contains("the array (`x`) holds inf (row 1, feature 0, counting from 0)"),
@@ -221,7 +222,7 @@ fn without_targets_only_the_inputs_are_checked() {
     let model = spec(vec![port("x", &[2], None)], vec![port("y", &[1], None)]);
     let data = load(&path, &model, false).unwrap();
     let e = check(&data, &model, &path).unwrap_err();
-    assert_eq!((e.code, e.line, e.column), ("E0506", Some(3), Some(3)));
+    assert_eq!((e.code, e.line, e.column), (Code::E0506, Some(3), Some(3)));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -243,7 +244,7 @@ fn bad_class_labels_are_refused_with_file_line_and_column() {
         let e = load(&path, &classifier(2, 3), true).unwrap_err();
         assert_eq!(
             (e.code, e.line, e.column),
-            ("E0503", Some(4), Some(2)),
+            (Code::E0503, Some(4), Some(2)),
             "{label}: {e}"
         );
         assert_eq!(e.path, path);
@@ -269,7 +270,7 @@ fn a_constant_column_is_named_with_its_value() {
         "label,a,b,c\n0,1,7,3\n1,2,7,1\n0,3,7,4\n1,4,7,1\n",
     );
     let w = warnings(&path, &classifier(3, 2));
-    assert_eq!(codes(&w), ["W0201"], "{w:?}");
+    assert_eq!(codes(&w), [Code::W0201], "{w:?}");
     assert_eq!((w[0].line, w[0].column), (None, Some(3)));
     assert_eq!(w[0].message, "column 3 (`b`) of `x` is 7 in all 4 rows");
     let help = w[0].help.as_deref().unwrap_or_default();
@@ -304,7 +305,7 @@ fn more_than_five_constant_columns_are_summarized() {
     let path = write(&dir, "many.csv", &text);
     let w = warnings(&path, &classifier(12, 2));
     // Constant: f0, f1, f3, f4, f6, f7, f9, f10 (fields 1, 2, 4, 5, 7, 8, 10, 11).
-    assert_eq!(codes(&w), ["W0201"; 6], "{w:#?}");
+    assert_eq!(codes(&w), [Code::W0201; 6], "{w:#?}");
     let columns: Vec<Option<usize>> = w.iter().map(|w| w.column).collect();
     assert_eq!(columns, [Some(1), Some(2), Some(4), Some(5), Some(7), None]);
     assert_eq!(w[0].message, "column 1 (`f0`) of `x` is 0.5 in all 6 rows");
@@ -329,7 +330,7 @@ fn constant_features_of_an_npz_array() {
     npz.finish().unwrap();
     let w = warnings(&path, &classifier(8, 2));
     // Features 0..8 except 6 are constant: 5 one by one, then 2 more.
-    assert_eq!(codes(&w), ["W0201"; 6], "{w:#?}");
+    assert_eq!(codes(&w), [Code::W0201; 6], "{w:#?}");
     assert_eq!(w[0].message, "feature 0 of array `x` is 0 in all 3 rows");
     assert_eq!(w[0].column, None);
     assert_eq!(
@@ -356,7 +357,7 @@ fn an_imbalance_of_ten_to_one_is_reported_with_the_focal_hint() {
     let text = csv("a,label", 22, |r| format!("{r},{}", u8::from(r >= 20)));
     let path = write(&dir, "imb.csv", &text);
     let w = warnings(&path, &classifier(1, 2));
-    assert_eq!(codes(&w), ["W0202"], "{w:#?}");
+    assert_eq!(codes(&w), [Code::W0202], "{w:#?}");
     assert_eq!(w[0].column, Some(2));
     assert_eq!(
         w[0].message,
@@ -385,7 +386,7 @@ fn a_class_without_rows_is_reported_on_its_own() {
     let text = csv("a,label", 14, |r| format!("{r},{}", r % 7));
     let path = write(&dir, "miss.csv", &text);
     let w = warnings(&path, &classifier(1, 10));
-    assert_eq!(codes(&w), ["W0202"; 3], "{w:#?}");
+    assert_eq!(codes(&w), [Code::W0202; 3], "{w:#?}");
     assert_eq!(w[0].message, "class 7 of `label` has no rows");
     assert_eq!(w[2].message, "class 9 of `label` has no rows");
     assert!(w[0]
@@ -401,7 +402,7 @@ fn many_missing_classes_are_summarized() {
     let text = csv("a,label", 4, |r| format!("{r},{}", r % 2));
     let path = write(&dir, "vocab.csv", &text);
     let w = warnings(&path, &classifier(1, 1000));
-    assert_eq!(codes(&w), ["W0202"; 6], "{w:#?}");
+    assert_eq!(codes(&w), [Code::W0202; 6], "{w:#?}");
     assert_eq!(w[0].message, "class 2 of `label` has no rows");
     assert_eq!(
         w[5].message,
@@ -477,7 +478,7 @@ fn the_bundled_digits_have_constant_pixels() {
     let path = example("digits_test.csv");
     let w = warnings(&path, &digits);
     show("digits_test.csv", &w);
-    assert_eq!(codes(&w), ["W0201"; 6]);
+    assert_eq!(codes(&w), [Code::W0201; 6]);
     assert_eq!(
         w[5].message,
         "1 more input column is constant: column 57 (`p56`)"
@@ -503,14 +504,14 @@ fn a_data_set_that_does_not_match_its_spec_does_not_panic() {
     };
     // The file does not exist: no column names, but the warnings still come.
     let w = check(&odd, &empty, path).unwrap();
-    assert_eq!(codes(&w), ["W0201", "W0201"], "{w:#?}");
+    assert_eq!(codes(&w), [Code::W0201, Code::W0201], "{w:#?}");
     assert_eq!(w[0].message, "feature 0 of `input 3` is 0 in all 3 rows");
 
     let mut bad = odd.clone();
     bad.inputs[3][[2, 1]] = f32::NEG_INFINITY;
     let e = check(&bad, &empty, path).unwrap_err();
     // The header cannot be read again: the line is row + 2.
-    assert_eq!((e.code, e.line, e.column), ("E0506", Some(4), None));
+    assert_eq!((e.code, e.line, e.column), (Code::E0506, Some(4), None));
 
     // Labels outside the classes (never from the loader) are not counted.
     let labels = spec(vec![], vec![port("t", &[], Some(2))]);

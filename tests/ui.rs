@@ -193,7 +193,7 @@ fn ui() {
     // Every code Kiln can emit is exercised by at least one case.
     let missing: Vec<&str> = CODES
         .iter()
-        .map(|c| c.code)
+        .map(|c| c.code.as_str())
         // Data errors (E05xx), a diverged run (E06xx) and gradient health (W01xx) never
         // come from `kiln check`; tests/data.rs and tests/train.rs cover them.
         .filter(|code| !["E05", "E06", "W01"].iter().any(|p| code.starts_with(p)))

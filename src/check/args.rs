@@ -2,7 +2,7 @@
 //! initializer calls, block symbols) and binding them to a signature.
 
 use super::catalog::Def;
-use crate::diag::{did_you_mean, Diagnostic};
+use crate::diag::{did_you_mean, Code, Diagnostic};
 use crate::ir::shape::{Dim, MAX_DIM};
 use crate::span::Span;
 use crate::syntax::ast::{BinOp, Expr, ExprKind, Ident};
@@ -81,7 +81,7 @@ pub fn eval(e: &Expr, syms: &HashMap<String, Dim>) -> Result<Const, Diagnostic> 
             CVal::Num { v, int } => CVal::Num { v: -v, int },
             other => {
                 return Err(Diagnostic::error(
-                    "E0206",
+                    Code::E0206,
                     format!("cannot negate {}", describe(&other)),
                     span,
                 )
@@ -105,7 +105,7 @@ pub fn eval(e: &Expr, syms: &HashMap<String, Dim>) -> Result<Const, Diagnostic> 
                         BinOp::Div => x / y,
                         BinOp::MatMul => {
                             return Err(Diagnostic::error(
-                                "E0206",
+                                Code::E0206,
                                 "`@` needs tensors, found numbers",
                                 *op_span,
                             )
@@ -114,7 +114,7 @@ pub fn eval(e: &Expr, syms: &HashMap<String, Dim>) -> Result<Const, Diagnostic> 
                     };
                     if !v.is_finite() {
                         return Err(Diagnostic::error(
-                            "E0102",
+                            Code::E0102,
                             "constant arithmetic overflows or divides by zero",
                             span,
                         )
@@ -129,7 +129,7 @@ pub fn eval(e: &Expr, syms: &HashMap<String, Dim>) -> Result<Const, Diagnostic> 
                         &a
                     };
                     return Err(Diagnostic::error(
-                        "E0206",
+                        Code::E0206,
                         format!("arithmetic on {} in an argument", describe(&bad.v)),
                         bad.span,
                     )
@@ -158,7 +158,7 @@ pub fn eval(e: &Expr, syms: &HashMap<String, Dim>) -> Result<Const, Diagnostic> 
         ExprKind::Call(c) => {
             if let Some(alias) = &c.alias {
                 return Err(Diagnostic::error(
-                    "E0207",
+                    Code::E0207,
                     "`as` names a layer, not an argument",
                     alias.span,
                 ));
@@ -171,10 +171,12 @@ pub fn eval(e: &Expr, syms: &HashMap<String, Dim>) -> Result<Const, Diagnostic> 
             CVal::Call(c.callee.name.clone(), args)
         }
         ExprKind::Pipe { .. } => {
-            return Err(
-                Diagnostic::error("E0206", "a pipeline is not a constant argument", span)
-                    .primary_label("expected a number, a name or a list"),
+            return Err(Diagnostic::error(
+                Code::E0206,
+                "a pipeline is not a constant argument",
+                span,
             )
+            .primary_label("expected a number, a name or a list"))
         }
     };
     Ok(Const { v, span })
@@ -209,7 +211,7 @@ pub fn bind(
                 plural(params.len())
             )
         };
-        return Err(Diagnostic::error("E0205", msg, extra.span)
+        return Err(Diagnostic::error(Code::E0205, msg, extra.span)
             .primary_label("unexpected argument")
             .with_note(format!("`{what}` takes: {}", param_list(params))));
     }
@@ -219,7 +221,7 @@ pub fn bind(
     for (name, c) in named {
         let Some(&(key, _)) = params.iter().find(|(p, _)| *p == name.name) else {
             let mut d = Diagnostic::error(
-                "E0203",
+                Code::E0203,
                 format!("`{what}` has no argument `{}`", name.name),
                 name.span,
             )
@@ -233,7 +235,7 @@ pub fn bind(
         };
         if let Some(prev) = values.get(key) {
             return Err(Diagnostic::error(
-                "E0205",
+                Code::E0205,
                 format!("argument `{key}` is given twice"),
                 name.span,
             )
@@ -249,7 +251,7 @@ pub fn bind(
         let v = match def {
             Def::Required => {
                 return Err(Diagnostic::error(
-                    "E0205",
+                    Code::E0205,
                     format!("`{what}` needs the argument `{p}`"),
                     call_span,
                 )
@@ -323,7 +325,7 @@ fn param_list(params: &[(&str, Def)]) -> String {
 
 fn type_error(c: &Const, name: &str, expected: &str) -> Diagnostic {
     Diagnostic::error(
-        "E0206",
+        Code::E0206,
         format!("`{name}` must be {expected}, found {}", describe(&c.v)),
         c.span,
     )
@@ -331,7 +333,7 @@ fn type_error(c: &Const, name: &str, expected: &str) -> Diagnostic {
 }
 
 fn range_error(c: &Const, name: &str, rule: &str) -> Diagnostic {
-    Diagnostic::error("E0313", format!("`{name}` {rule}"), c.span).primary_label("out of range")
+    Diagnostic::error(Code::E0313, format!("`{name}` {rule}"), c.span).primary_label("out of range")
 }
 
 impl Bound {
@@ -423,7 +425,7 @@ impl Bound {
                 return Ok(found);
             }
             let mut d = Diagnostic::error(
-                "E0206",
+                Code::E0206,
                 format!("`{name}` must be one of {list}, found `{w}`"),
                 c.span,
             )
@@ -468,7 +470,7 @@ impl Bound {
     }
 
     fn missing(&self, name: &str) -> Diagnostic {
-        Diagnostic::error("E0205", format!("missing argument `{name}`"), self.span)
+        Diagnostic::error(Code::E0205, format!("missing argument `{name}`"), self.span)
     }
 }
 

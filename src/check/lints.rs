@@ -1,7 +1,7 @@
 //! Lints: the practice of the course notes as warnings (W0001–W0007).
 
 use super::graph::*;
-use crate::diag::Diagnostic;
+use crate::diag::{Code, Diagnostic};
 use crate::span::Span;
 
 /// Saturating activations in a row (without normalization or a residual path) that
@@ -31,7 +31,7 @@ fn symmetric_init(m: &CheckedModel, out: &mut Vec<Diagnostic>) {
         if let Some(p) = constant {
             let Init::Constant(v) = p.init else { continue };
             out.push(
-                Diagnostic::warning("W0001", format!("every weight of `{}` starts at {v}", layer.name), layer.span)
+                Diagnostic::warning(Code::W0001, format!("every weight of `{}` starts at {v}", layer.name), layer.span)
                     .primary_label("symmetric initialization")
                     .with_note("units that start equal get equal gradients and stay equal: the layer acts as one unit")
                     .with_help("use a random initializer: `init: he` or `init: xavier`"),
@@ -61,7 +61,7 @@ fn loss_inputs(m: &CheckedModel, out: &mut Vec<Diagnostic>) {
         if regression && is_squashing(&pred.op) {
             let w = op_word(pred);
             out.push(
-                Diagnostic::warning("W0002", format!("`{w}` directly before a regression loss"), pred.span)
+                Diagnostic::warning(Code::W0002, format!("`{w}` directly before a regression loss"), pred.span)
                     .primary_label(format!("`{w}` limits the predictions' range"))
                     .with_label(node.span, "regression loss")
                     .with_help("regression outputs are usually linear: remove the activation, or use `bce`/`cross_entropy` for probabilities"),
@@ -71,7 +71,7 @@ fn loss_inputs(m: &CheckedModel, out: &mut Vec<Diagnostic>) {
             && matches!(pred.op, Op::Softmax(_) | Op::LogSoftmax(_))
         {
             out.push(
-                Diagnostic::warning("W0003", "softmax is applied twice", pred.span)
+                Diagnostic::warning(Code::W0003, "softmax is applied twice", pred.span)
                     .primary_label("probabilities, not logits")
                     .with_label(node.span, "this loss applies softmax itself")
                     .with_help("pass the logits to the loss and keep softmax for an `output`"),
@@ -80,7 +80,7 @@ fn loss_inputs(m: &CheckedModel, out: &mut Vec<Diagnostic>) {
         if regression && matches!(target.ty, Ty::Labels { .. }) {
             out.push(
                 Diagnostic::warning(
-                    "W0004",
+                    Code::W0004,
                     "squared or absolute error against class labels",
                     node.span,
                 )
@@ -118,7 +118,7 @@ fn saturating_stack(m: &CheckedModel, out: &mut Vec<Diagnostic>) {
         };
         if depth[i] == SATURATING_DEPTH && inherited < SATURATING_DEPTH {
             out.push(
-                Diagnostic::warning("W0005", format!("{SATURATING_DEPTH} saturating activations in a row"), node.span)
+                Diagnostic::warning(Code::W0005, format!("{SATURATING_DEPTH} saturating activations in a row"), node.span)
                     .primary_label(format!("the {SATURATING_DEPTH}th sigmoid/tanh without normalization or a residual path"))
                     .with_note("sigmoid's derivative is at most 0.25: the gradient reaching the first layers vanishes")
                     .with_help("use relu (or gelu, silu), add batchnorm/layernorm between layers, or residual connections"),
@@ -137,7 +137,7 @@ fn dropout_before_batchnorm(m: &CheckedModel, out: &mut Vec<Diagnostic>) {
         let input = &m.nodes[node.inputs[0]];
         if matches!(input.op, Op::Dropout(_)) {
             out.push(
-                Diagnostic::warning("W0006", "dropout directly before batchnorm", input.span)
+                Diagnostic::warning(Code::W0006, "dropout directly before batchnorm", input.span)
                     .primary_label("dropout changes the variance between training and evaluation")
                     .with_label(
                         node.span,
@@ -171,7 +171,7 @@ fn unused(
             };
             out.push(
                 Diagnostic::warning(
-                    "W0007",
+                    Code::W0007,
                     format!("{what} `{}` does not reach the loss or an output", p.name),
                     m.nodes[p.node].span,
                 )
@@ -188,7 +188,7 @@ fn unused(
     {
         out.push(
             Diagnostic::warning(
-                "W0007",
+                Code::W0007,
                 format!("`{}` does not reach the loss or an output", b.name),
                 b.span,
             )
@@ -207,7 +207,7 @@ fn unused(
     {
         out.push(
             Diagnostic::warning(
-                "W0007",
+                Code::W0007,
                 format!("`{}` does not reach the block's result", b.name),
                 b.span,
             )
@@ -217,9 +217,13 @@ fn unused(
     }
     for (name, span) in unused_layers {
         out.push(
-            Diagnostic::warning("W0007", format!("layer `{name}` is never applied"), *span)
-                .primary_label("declared here")
-                .with_help(format!("apply it (`x |> {name}`) or remove it")),
+            Diagnostic::warning(
+                Code::W0007,
+                format!("layer `{name}` is never applied"),
+                *span,
+            )
+            .primary_label("declared here")
+            .with_help(format!("apply it (`x |> {name}`) or remove it")),
         );
     }
 }

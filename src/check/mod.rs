@@ -12,7 +12,7 @@ pub mod train;
 pub use graph::CheckedModel;
 pub use train::TrainConfig;
 
-use crate::diag::{Diagnostic, Severity};
+use crate::diag::{Code, Diagnostic, Severity};
 use crate::span::{FileId, Sources, Span};
 use crate::syntax::{ast, parse_source};
 use graph::{Init, LayerKind, LossKind, Op, ParamRole};
@@ -29,9 +29,9 @@ pub struct LintLevels {
 }
 
 impl LintLevels {
-    fn matches(list: &[String], code: &str) -> bool {
+    fn matches(list: &[String], code: Code) -> bool {
         list.iter().any(|x| {
-            x.eq_ignore_ascii_case(code)
+            x.eq_ignore_ascii_case(code.as_str())
                 || x == "warnings"
                 || crate::diag::lookup(x).is_some_and(|c| c.code == code)
         })
@@ -133,7 +133,7 @@ pub fn check_file_with(
         &mut diags,
     );
     // A block that failed to import is reported once, at its `use`, not at every call.
-    let import_failed = diags.iter().any(|d| d.code != "E0204");
+    let import_failed = diags.iter().any(|d| d.code != Code::E0204);
 
     let mut program = Program::default();
     let mut model_spans: HashMap<String, Span> = HashMap::new();
@@ -144,7 +144,7 @@ pub fn check_file_with(
         if let Some(prev) = model_spans.insert(decl.name.name.clone(), decl.name.span) {
             diags.push(
                 Diagnostic::error(
-                    "E0204",
+                    Code::E0204,
                     format!("model `{}` is declared twice", decl.name.name),
                     decl.name.span,
                 )
@@ -157,14 +157,14 @@ pub fn check_file_with(
         diags.extend(
             r.errors
                 .into_iter()
-                .filter(|d| !(import_failed && d.code == "E0202")),
+                .filter(|d| !(import_failed && d.code == Code::E0202)),
         );
         let mut m = r.model;
         if !failed {
             diags.extend(zero_one_loss(&m));
             he_before_relu(&mut m);
             for w in lints::lint_model(&m, &r.unused_layers, &r.block_bindings) {
-                if !r.allowed.iter().any(|a| a == w.code) {
+                if !r.allowed.contains(&w.code) {
                     diags.push(w);
                 }
             }
@@ -180,7 +180,7 @@ pub fn check_file_with(
             None => {
                 let names: Vec<&str> = program.models.iter().map(|m| m.name.as_str()).collect();
                 let mut d = Diagnostic::error(
-                    "E0208",
+                    Code::E0208,
                     format!("no model named `{}`", cfg.model),
                     decl.model.span,
                 )
@@ -210,7 +210,7 @@ fn declares_nothing(sources: &Sources, file: FileId) -> Diagnostic {
         .map_or(f.name.clone(), |n| n.to_string_lossy().into_owned());
     let end = f.text.trim_end().len();
     Diagnostic::error(
-        "E0211",
+        Code::E0211,
         format!("`{name}` declares nothing"),
         Span::new(file, end, end),
     )
@@ -226,7 +226,7 @@ pub fn trainable(m: &CheckedModel, at: Span) -> Option<Diagnostic> {
     }
     Some(
         Diagnostic::error(
-            "E0404",
+            Code::E0404,
             format!("model `{}` has no `loss` to train", m.name),
             at,
         )
@@ -247,7 +247,7 @@ fn zero_one_loss(m: &CheckedModel) -> Option<Diagnostic> {
         let node = &m.nodes[n];
         if node.op == Op::Loss(LossKind::ZeroOne) {
             return Some(
-                Diagnostic::error("E0404", "`zero_one` cannot be trained", node.span)
+                Diagnostic::error(Code::E0404, "`zero_one` cannot be trained", node.span)
                     .primary_label("its gradient is zero almost everywhere")
                     .with_help(
                         "train with `cross_entropy` and report accuracy with `metrics accuracy`",
@@ -273,7 +273,7 @@ fn collect_blocks(
                 if let Some(prev) = blocks.get(&b.name.name) {
                     diags.push(
                         Diagnostic::error(
-                            "E0204",
+                            Code::E0204,
                             format!("block `{}` is declared twice", b.name.name),
                             b.name.span,
                         )
@@ -293,7 +293,7 @@ fn collect_blocks(
                         .map(|p| format!("`{}`", p.display()))
                         .collect();
                     let mut d = Diagnostic::error(
-                        "E0210",
+                        Code::E0210,
                         format!("importing `{}` forms a cycle", u.path),
                         u.span,
                     )
@@ -307,7 +307,7 @@ fn collect_blocks(
                 if stack.len() > MAX_IMPORT_DEPTH {
                     diags.push(
                         Diagnostic::error(
-                            "E0210",
+                            Code::E0210,
                             format!("imports are nested more than {MAX_IMPORT_DEPTH} files deep"),
                             u.span,
                         )
@@ -326,7 +326,7 @@ fn collect_blocks(
                         Err(e) => {
                             diags.push(
                                 Diagnostic::error(
-                                    "E0104",
+                                    Code::E0104,
                                     format!("`{}` is not valid UTF-8", u.path),
                                     u.span,
                                 )
@@ -341,9 +341,13 @@ fn collect_blocks(
                     },
                     Err(e) => {
                         diags.push(
-                            Diagnostic::error("E0210", format!("cannot read `{}`", u.path), u.span)
-                                .primary_label(format!("{e}: {}", path.display()))
-                                .with_note("paths in `use` are relative to the importing file"),
+                            Diagnostic::error(
+                                Code::E0210,
+                                format!("cannot read `{}`", u.path),
+                                u.span,
+                            )
+                            .primary_label(format!("{e}: {}", path.display()))
+                            .with_note("paths in `use` are relative to the importing file"),
                         );
                         continue;
                     }
@@ -468,7 +472,7 @@ pub fn load_file(
             let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
             let id = sources.add(name, Some(path), text);
             let d = Diagnostic::error(
-                "E0104",
+                Code::E0104,
                 "the file is not valid UTF-8",
                 Span::new(id, at, at + 1),
             )
@@ -500,7 +504,7 @@ mod tests {
     fn unbatched_mode() {
         let src = "model m {\n  input x: [4, 3]\n  input w: [3, 2]\n  y = x @ w |> dense(5) |> relu\n  output y\n}\n";
         let normal = check(src, false);
-        assert!(normal.diagnostics.iter().any(|d| d.code == "E0311"));
+        assert!(normal.diagnostics.iter().any(|d| d.code == Code::E0311));
         let repl = check(src, true);
         assert!(!repl.has_errors(), "{:?}", repl.diagnostics);
         let m = &repl.program.unwrap().models[0];

@@ -4,7 +4,7 @@
 use super::args::{bind, bind_call, eval, Bound, CVal, Const};
 use super::catalog::{self, Id, Kind, Sig, MANY};
 use super::graph::*;
-use crate::diag::{did_you_mean, Diagnostic};
+use crate::diag::{did_you_mean, Code, Diagnostic};
 use crate::ir::shape::{broadcast, matmul, window_out, Dim, Shape, MAX_DIM};
 use crate::ops::elementwise::{self, Choice, Elem};
 use crate::span::Span;
@@ -96,7 +96,7 @@ pub struct ModelResult {
     /// The model (with error nodes where checking failed).
     pub model: CheckedModel,
     /// Lints silenced by `allow` statements.
-    pub allowed: Vec<String>,
+    pub allowed: Vec<Code>,
     /// Spans of `layer` values never used (name, span).
     pub unused_layers: Vec<(String, Span)>,
     /// Bindings inside block instances.
@@ -171,7 +171,7 @@ pub fn check_model(
                 let prev = e.m.outputs.iter().find(|o| o.name == name.name);
                 if let (Some(prev), None) = (prev, value) {
                     let d = Diagnostic::error(
-                        "E0204",
+                        Code::E0204,
                         format!("output `{}` is declared twice", name.name),
                         name.span,
                     )
@@ -189,7 +189,7 @@ pub fn check_model(
             Stmt::Loss { value, span } => {
                 if let Some(prev) = loss_span {
                     e.diags.push(
-                        Diagnostic::error("E0204", "a model has at most one `loss`", *span)
+                        Diagnostic::error(Code::E0204, "a model has at most one `loss`", *span)
                             .with_label(prev, "first loss here")
                             .with_help("add the terms into one loss: `loss a + 0.1 * b`"),
                     );
@@ -207,7 +207,7 @@ pub fn check_model(
                         ty => {
                             let msg = format!("the loss must be a scalar, found {ty}");
                             e.diags.push(
-                                Diagnostic::error("E0312", msg, value.span)
+                                Diagnostic::error(Code::E0312, msg, value.span)
                                     .primary_label(format!("{ty}"))
                                     .with_help("use a loss function (`mse(pred, y)`) or `mean(...)` of per-sample values"),
                             );
@@ -219,7 +219,7 @@ pub fn check_model(
             }
             Stmt::Regularize { value, on, span } => regularizers.push((value, on, *span)),
             Stmt::Return { span, .. } => e.diags.push(
-                Diagnostic::error("E0209", "`return` is only allowed in a block", *span)
+                Diagnostic::error(Code::E0209, "`return` is only allowed in a block", *span)
                     .with_help("a model names its results with `output`"),
             ),
             Stmt::Allow { lints, .. } => e.allow(lints),
@@ -231,7 +231,7 @@ pub fn check_model(
     if e.m.inputs.is_empty() {
         e.diags.push(
             Diagnostic::error(
-                "E0211",
+                Code::E0211,
                 format!("model `{}` has no `input`", decl.name.name),
                 decl.name.span,
             )
@@ -240,7 +240,7 @@ pub fn check_model(
     } else if !decl.body.iter().any(|s| matches!(s, Stmt::Output { .. })) && loss_span.is_none() {
         e.diags.push(
             Diagnostic::error(
-                "E0211",
+                Code::E0211,
                 format!("model `{}` has no `output` and no `loss`", decl.name.name),
                 decl.name.span,
             )
@@ -277,7 +277,7 @@ struct Elab<'a> {
     /// Bindings inside block instances, for the unused-value lint.
     block_bindings: Vec<BlockBinding>,
     binding_layers: HashMap<String, Vec<LayerId>>,
-    allowed: Vec<String>,
+    allowed: Vec<Code>,
     batch_span: Option<Span>,
 }
 
@@ -312,14 +312,15 @@ impl Elab<'_> {
     fn allow(&mut self, lints: &[ast::Ident]) {
         for l in lints {
             match crate::diag::lookup(&l.name) {
-                Some(info) if info.code.starts_with('W') => {
-                    self.allowed.push(info.code.to_string())
-                }
+                Some(info) if info.code.is_warning() => self.allowed.push(info.code),
                 _ => {
                     let lint_names = crate::diag::CODES.iter().filter(|c| !c.lint.is_empty());
-                    let mut d =
-                        Diagnostic::warning("W0008", format!("unknown lint `{}`", l.name), l.span)
-                            .primary_label("not a lint code or name");
+                    let mut d = Diagnostic::warning(
+                        Code::W0008,
+                        format!("unknown lint `{}`", l.name),
+                        l.span,
+                    )
+                    .primary_label("not a lint code or name");
                     if let Some(s) = did_you_mean(&l.name, lint_names.map(|c| c.lint)) {
                         d = d.with_help(format!("did you mean `{s}`?"));
                     } else {
@@ -383,7 +384,7 @@ impl Elab<'_> {
                         self.batch_span = Some(d.span);
                     } else if *s != self.m.batch_symbol {
                         let mut diag = Diagnostic::error(
-                            "E0311",
+                            Code::E0311,
                             format!(
                                 "the batch dimension is `{}`, found `{s}`",
                                 self.m.batch_symbol
@@ -406,7 +407,7 @@ impl Elab<'_> {
                 (ast::DimKind::Size(_), 0) => {
                     self.diags.push(
                         Diagnostic::error(
-                            "E0311",
+                            Code::E0311,
                             "the first dimension must be the batch symbol",
                             d.span,
                         )
@@ -418,7 +419,7 @@ impl Elab<'_> {
                 (ast::DimKind::Sym(s), _) => {
                     self.diags.push(
                         Diagnostic::error(
-                            "E0311",
+                            Code::E0311,
                             format!("dimension `{s}` is not known at compile time"),
                             d.span,
                         )
@@ -436,7 +437,7 @@ impl Elab<'_> {
         if shape_expr.dims.is_empty() && !self.unbatched {
             self.diags.push(
                 Diagnostic::error(
-                    "E0311",
+                    Code::E0311,
                     "an input or target needs at least the batch dimension",
                     shape_expr.span,
                 )
@@ -453,7 +454,7 @@ impl Elab<'_> {
                 ast::DimKind::Sym(s) => {
                     self.diags.push(
                         Diagnostic::error(
-                            "E0311",
+                            Code::E0311,
                             format!("the class count `{s}` is not a number"),
                             c.span,
                         )
@@ -477,7 +478,7 @@ impl Elab<'_> {
     fn size_dim(&mut self, n: u64, span: Span) -> Option<u64> {
         if n == 0 || n > MAX_DIM {
             self.diags.push(
-                Diagnostic::error("E0311", format!("dimension {n} is out of range"), span)
+                Diagnostic::error(Code::E0311, format!("dimension {n} is out of range"), span)
                     .primary_label("sizes are between 1 and 2^31 − 1"),
             );
             None
@@ -491,7 +492,7 @@ impl Elab<'_> {
         if scope.values.contains_key(&name.name) || scope.layer_vals.contains_key(&name.name) {
             self.diags.push(
                 Diagnostic::error(
-                    "E0204",
+                    Code::E0204,
                     format!("`{}` is defined twice", name.name),
                     name.span,
                 )
@@ -533,7 +534,7 @@ impl Elab<'_> {
                         "`{}` is annotated {expected} but its value is {got}",
                         name.name
                     );
-                    let d = Diagnostic::error("E0304", msg, ann.span())
+                    let d = Diagnostic::error(Code::E0304, msg, ann.span())
                         .primary_label(format!("annotated {expected}"))
                         .with_label(value.span, format!("{got}"));
                     self.diags.push(d);
@@ -544,7 +545,7 @@ impl Elab<'_> {
         if let Val::Layer = v {
             self.diags.push(
                 Diagnostic::error(
-                    "E0207",
+                    Code::E0207,
                     format!("`{}` would bind a layer, not a tensor", name.name),
                     value.span,
                 )
@@ -583,8 +584,12 @@ impl Elab<'_> {
                     Some(d) => Some(*d),
                     None => {
                         this.diags.push(
-                            Diagnostic::error("E0311", format!("unknown dimension `{s}`"), d.span)
-                                .primary_label("not the batch symbol or a block symbol"),
+                            Diagnostic::error(
+                                Code::E0311,
+                                format!("unknown dimension `{s}`"),
+                                d.span,
+                            )
+                            .primary_label("not the batch symbol or a block symbol"),
                         );
                         None
                     }
@@ -608,7 +613,7 @@ impl Elab<'_> {
             ExprKind::Name(id) => (id.clone(), vec![]),
             _ => {
                 self.diags.push(
-                    Diagnostic::error("E0207", "`layer` takes a layer call", value.span)
+                    Diagnostic::error(Code::E0207, "`layer` takes a layer call", value.span)
                         .primary_label("not a layer")
                         .with_help("for example `layer enc = dense(64)`"),
                 );
@@ -623,7 +628,7 @@ impl Elab<'_> {
             Some(sig) => {
                 self.diags.push(
                     Diagnostic::error(
-                        "E0207",
+                        Code::E0207,
                         format!("`{}` has no parameters to share", sig.name),
                         callee.span,
                     )
@@ -661,8 +666,12 @@ impl Elab<'_> {
     fn regularize(&mut self, scope: &Scope, value: &Expr, on: &[ast::Ident], span: Span) {
         let ExprKind::Call(call) = &value.kind else {
             self.diags.push(
-                Diagnostic::error("E0206", "`regularize` takes `l1(λ)` or `l2(λ)`", value.span)
-                    .with_help("for example `regularize l2(1e-4)`"),
+                Diagnostic::error(
+                    Code::E0206,
+                    "`regularize` takes `l1(λ)` or `l2(λ)`",
+                    value.span,
+                )
+                .with_help("for example `regularize l2(1e-4)`"),
             );
             return;
         };
@@ -682,7 +691,7 @@ impl Elab<'_> {
             ),
             _ => {
                 let mut d = Diagnostic::error(
-                    "E0202",
+                    Code::E0202,
                     format!("unknown regularizer `{other}`"),
                     call.callee.span,
                 )
@@ -719,7 +728,7 @@ impl Elab<'_> {
                 let candidates: Vec<&str> =
                     self.binding_layers.keys().map(String::as_str).collect();
                 let mut d = Diagnostic::error(
-                    "E0201",
+                    Code::E0201,
                     format!("`{}` is not a binding or layer of this model", name.name),
                     name.span,
                 )
@@ -767,7 +776,7 @@ impl Elab<'_> {
             };
             return self.err(
                 Diagnostic::error(
-                    "E0207",
+                    Code::E0207,
                     format!("`{}` is a function, not a tensor", sig.name),
                     name.span,
                 )
@@ -778,7 +787,7 @@ impl Elab<'_> {
         if self.blocks.contains_key(&name.name) {
             return self.err(
                 Diagnostic::error(
-                    "E0207",
+                    Code::E0207,
                     format!("`{}` is a block, not a tensor", name.name),
                     name.span,
                 )
@@ -788,7 +797,7 @@ impl Elab<'_> {
         if let Some(&def) = scope.later.get(&name.name) {
             return self.err(
                 Diagnostic::error(
-                    "E0201",
+                    Code::E0201,
                     format!("`{}` is used before it is defined", name.name),
                     name.span,
                 )
@@ -798,7 +807,7 @@ impl Elab<'_> {
             );
         }
         let mut d = Diagnostic::error(
-            "E0201",
+            Code::E0201,
             format!("cannot find `{}` in this scope", name.name),
             name.span,
         )
@@ -821,13 +830,13 @@ impl Elab<'_> {
         }
         if scope.values.contains_key(&callee.name) {
             return self.err(
-                Diagnostic::error("E0207", format!("`{}` is a tensor, not a layer", callee.name), callee.span)
+                Diagnostic::error(Code::E0207, format!("`{}` is a tensor, not a layer", callee.name), callee.span)
                     .primary_label("called here")
                     .with_help("declare a shared layer with `layer NAME = dense(...)` to apply it in several places"),
             );
         }
         let mut d = Diagnostic::error(
-            "E0202",
+            Code::E0202,
             format!("unknown layer or function `{}`", callee.name),
             callee.span,
         )
@@ -843,7 +852,7 @@ impl Elab<'_> {
 
     fn not_a_tensor(&mut self, span: Span) -> Val {
         self.err(
-            Diagnostic::error("E0207", "expected a tensor, found a layer", span)
+            Diagnostic::error(Code::E0207, "expected a tensor, found a layer", span)
                 .with_help("apply the layer to an input: `x |> layer_name`"),
         )
     }
@@ -981,16 +990,17 @@ impl Elab<'_> {
                 }
             }
             ExprKind::Str(_) => self.err(
-                Diagnostic::error("E0206", "a string is not a tensor", e.span)
+                Diagnostic::error(Code::E0206, "a string is not a tensor", e.span)
                     .with_note("strings are only used for paths in `use` and `data`"),
             ),
             ExprKind::Tuple(_) | ExprKind::List(_) => self.err(
-                Diagnostic::error("E0206", "a tuple or list is not a tensor", e.span).with_note(
+                Diagnostic::error(Code::E0206, "a tuple or list is not a tensor", e.span)
+                    .with_note(
                     "tuples and lists are arguments: `conv2d(16, (3, 3))`, `spp(levels: [1, 2])`",
                 ),
             ),
             ExprKind::Then(_) => self.err(Diagnostic::error(
-                "E0209",
+                Code::E0209,
                 "`then` is only allowed in a `schedule`",
                 e.span,
             )),
@@ -1004,7 +1014,7 @@ impl Elab<'_> {
                 Ty::Tensor(_) => Some(n),
                 Ty::Labels { .. } => {
                     self.err(
-                        Diagnostic::error("E0207", "class labels cannot be used in arithmetic", span)
+                        Diagnostic::error(Code::E0207, "class labels cannot be used in arithmetic", span)
                             .primary_label(format!("{}", self.m.nodes[n].ty))
                             .with_help("labels are integers for classification losses; declare a float target `[N, 1]` for regression"),
                     );
@@ -1039,7 +1049,7 @@ impl Elab<'_> {
                 Some(s) => s,
                 None => {
                     return self.err(
-                        Diagnostic::error("E0306", format!("cannot multiply matrices of shapes {ta} and {tb}"), op_span)
+                        Diagnostic::error(Code::E0306, format!("cannot multiply matrices of shapes {ta} and {tb}"), op_span)
                             .with_label(sa, format!("{ta}"))
                             .with_label(sb, format!("{tb}"))
                             .with_note("`a @ b` contracts the last dimension of `a` with the second-to-last of `b` (per sample)"),
@@ -1057,7 +1067,7 @@ impl Elab<'_> {
                         _ => "divide",
                     };
                     let mut d = Diagnostic::error(
-                        "E0301",
+                        Code::E0301,
                         format!("cannot {verb} tensors of shapes {ta} and {tb}"),
                         sa,
                     )
@@ -1101,7 +1111,7 @@ impl Elab<'_> {
                 None => {
                     if let Some((n, _)) = named.last() {
                         return Err(Diagnostic::error(
-                            "E0205",
+                            Code::E0205,
                             "positional argument after a named one",
                             a.span,
                         )
@@ -1145,7 +1155,7 @@ impl Elab<'_> {
             Err(what) => {
                 return self.err(
                     Diagnostic::error(
-                        "E0207",
+                        Code::E0207,
                         format!("`{name}` is {what}, not a layer or function"),
                         call.callee.span,
                     )
@@ -1156,7 +1166,7 @@ impl Elab<'_> {
         if let (Some(alias), false) = (&call.alias, matches!(route, Route::Layer(_))) {
             return self.err(
                 Diagnostic::error(
-                    "E0207",
+                    Code::E0207,
                     format!("`as` names a layer with parameters; `{name}` has none"),
                     alias.span,
                 )
@@ -1190,7 +1200,7 @@ impl Elab<'_> {
             };
             return self.err(
                 Diagnostic::error(
-                    "E0205",
+                    Code::E0205,
                     format!("`{name}` needs {what}, found {}", operands.len()),
                     call.span,
                 )
@@ -1265,7 +1275,7 @@ impl Elab<'_> {
             if a.name.is_some() || !is_tensor_expr(&a.value, scope) {
                 return self.err(
                     Diagnostic::error(
-                        "E0205",
+                        Code::E0205,
                         format!(
                             "`{}` is a configured layer; it takes only its input",
                             call.callee.name
@@ -1280,8 +1290,12 @@ impl Elab<'_> {
         }
         if let Some(alias) = &call.alias {
             return self.err(
-                Diagnostic::error("E0207", "a `layer` value already has a name", alias.span)
-                    .with_label(decl.span, format!("named `{}` here", decl.prefix)),
+                Diagnostic::error(
+                    Code::E0207,
+                    "a `layer` value already has a name",
+                    alias.span,
+                )
+                .with_label(decl.span, format!("named `{}` here", decl.prefix)),
             );
         }
         if self.blocks.contains_key(&decl.callee.name) {
@@ -1295,7 +1309,7 @@ impl Elab<'_> {
             let first = args.next();
             if args.next().is_some() {
                 return self.err(Diagnostic::error(
-                    "E0205",
+                    Code::E0205,
                     "a shared block takes its inputs by pipeline",
                     call.span,
                 ));
@@ -1310,7 +1324,7 @@ impl Elab<'_> {
                             decl.prefix
                         );
                         return self.err(
-                            Diagnostic::error("E0314", msg, *span)
+                            Diagnostic::error(Code::E0314, msg, *span)
                                 .primary_label(format!("{ty}"))
                                 .with_label(*first_span, format!("first applied to {first_ty}"))
                                 .with_help("declare a second `layer` for inputs of this shape"),
@@ -1325,7 +1339,7 @@ impl Elab<'_> {
         if operands.len() != 1 {
             return self.err(
                 Diagnostic::error(
-                    "E0205",
+                    Code::E0205,
                     format!("`{}` takes exactly one input", call.callee.name),
                     call.span,
                 )
@@ -1398,7 +1412,7 @@ impl Elab<'_> {
             };
             self.block_uses = MAX_BLOCK_USES + 1;
             return self.err(
-                Diagnostic::error("E0212", msg, call.callee.span)
+                Diagnostic::error(Code::E0212, msg, call.callee.span)
                     .primary_label("expanded here")
                     .with_note("each use of a block creates its own copy of its layers")
                     .with_help(
@@ -1410,7 +1424,7 @@ impl Elab<'_> {
             let chain = self.block_stack.join("` → `");
             return self.err(
                 Diagnostic::error(
-                    "E0212",
+                    Code::E0212,
                     format!("block `{name}` uses itself"),
                     call.callee.span,
                 )
@@ -1437,7 +1451,7 @@ impl Elab<'_> {
                     Some(i) => i,
                     None => {
                         let mut d = Diagnostic::error(
-                            "E0203",
+                            Code::E0203,
                             format!("block `{name}` has no argument `{}`", n.name),
                             n.span,
                         );
@@ -1453,7 +1467,7 @@ impl Elab<'_> {
             if slot >= operands.len() {
                 return self.err(
                     Diagnostic::error(
-                        "E0205",
+                        Code::E0205,
                         format!(
                             "block `{name}` takes {} argument{}",
                             operands.len(),
@@ -1476,7 +1490,7 @@ impl Elab<'_> {
             let Some((v, span)) = operand else {
                 return self.err(
                     Diagnostic::error(
-                        "E0205",
+                        Code::E0205,
                         format!("block `{name}` needs the argument `{}`", param.name.name),
                         call.span,
                     )
@@ -1543,8 +1557,11 @@ impl Elab<'_> {
                 }
                 Stmt::Return { value, span } => {
                     if result.is_some() {
-                        self.diags
-                            .push(Diagnostic::error("E0204", "a block returns once", *span));
+                        self.diags.push(Diagnostic::error(
+                            Code::E0204,
+                            "a block returns once",
+                            *span,
+                        ));
                         continue;
                     }
                     let mut nm = self.naming("return", value);
@@ -1563,7 +1580,7 @@ impl Elab<'_> {
                     };
                     self.diags.push(
                         Diagnostic::error(
-                            "E0209",
+                            Code::E0209,
                             format!("`{word}` is not allowed in a block"),
                             other.span(),
                         )
@@ -1589,7 +1606,7 @@ impl Elab<'_> {
             Some(v) => v,
             None => self.err(
                 Diagnostic::error(
-                    "E0211",
+                    Code::E0211,
                     format!("block `{name}` has no `return`"),
                     block.name.span,
                 )
@@ -1617,7 +1634,7 @@ impl Elab<'_> {
         if let Some(&existing) = self.layers_by_name.get(&name) {
             if !shared {
                 return Err(Diagnostic::error(
-                    "E0204",
+                    Code::E0204,
                     format!("two layers are named `{name}`"),
                     call.span,
                 )
@@ -1628,7 +1645,7 @@ impl Elab<'_> {
             let l = &self.m.layers[existing];
             if l.input != in_ty {
                 return Err(Diagnostic::error(
-                    "E0314",
+                    Code::E0314,
                     format!(
                         "shared layer `{name}` is applied to {in_ty}, but earlier to {}",
                         l.input
@@ -1687,7 +1704,7 @@ impl Elab<'_> {
         let tensor = || match in_ty {
             Ty::Tensor(s) => Ok(s.clone()),
             _ => Err(Diagnostic::error(
-                "E0207",
+                Code::E0207,
                 format!("`{name}` takes a tensor, found {in_ty}"),
                 in_span,
             )
@@ -1696,7 +1713,7 @@ impl Elab<'_> {
         };
         let rank_err = |shape: &Shape, want: &str, example: &str| {
             Diagnostic::error(
-                "E0302",
+                Code::E0302,
                 format!("`{name}` expects {want}, found {shape}"),
                 in_span,
             )
@@ -1711,7 +1728,7 @@ impl Elab<'_> {
             L::Embedding => {
                 let Ty::Labels { shape, classes } = in_ty else {
                     return Err(Diagnostic::error(
-                        "E0207",
+                        Code::E0207,
                         format!("`embedding` takes class ids, found {in_ty}"),
                         in_span,
                     )
@@ -1721,7 +1738,7 @@ impl Elab<'_> {
                 let vocab = a.size("vocab")?;
                 let dim = a.size("dim")?;
                 if vocab != *classes {
-                    return Err(Diagnostic::error("E0307", format!("`embedding` has a vocabulary of {vocab} but its input has {classes} classes"), a.span_of("vocab"))
+                    return Err(Diagnostic::error(Code::E0307, format!("`embedding` has a vocabulary of {vocab} but its input has {classes} classes"), a.span_of("vocab"))
                     .primary_label(format!("vocab {vocab}"))
                     .with_label(in_span, format!("{in_ty}")));
                 }
@@ -2018,7 +2035,7 @@ impl Elab<'_> {
     ) -> Result<u64, Diagnostic> {
         window_out(len, k, stride, pad, dil).ok_or_else(|| {
             let covered = dil * (k - 1) + 1;
-            Diagnostic::error("E0303", format!("a window of {covered} does not fit in an input of size {len} with padding {pad}"), a.span_of("k"))
+            Diagnostic::error(Code::E0303, format!("a window of {covered} does not fit in an input of size {len} with padding {pad}"), a.span_of("k"))
                 .primary_label(format!("window {covered}"))
                 .with_label(in_span, format!("{shape}"))
                 .with_note("output size = floor((L + 2·pad − dilation·(k − 1) − 1) / stride) + 1 must be at least 1")
@@ -2034,7 +2051,7 @@ impl Elab<'_> {
             CVal::Word(w) => (w.as_str(), vec![]),
             CVal::Call(n, args) => (n.as_str(), args.clone()),
             _ => return Err(
-                Diagnostic::error("E0206", "`init` takes an initializer", c.span).with_note(
+                Diagnostic::error(Code::E0206, "`init` takes an initializer", c.span).with_note(
                     "initializers: he, xavier, normal(std), uniform(a), zeros, ones, constant(v)",
                 ),
             ),
@@ -2046,8 +2063,9 @@ impl Elab<'_> {
             Id::Init(i) => Some((s, i)),
             _ => None,
         }) else {
-            let mut d = Diagnostic::error("E0202", format!("unknown initializer `{name}`"), c.span)
-                .primary_label("not an initializer");
+            let mut d =
+                Diagnostic::error(Code::E0202, format!("unknown initializer `{name}`"), c.span)
+                    .primary_label("not an initializer");
             d = match did_you_mean(name, inits) {
                 Some(s) => d.with_help(format!("did you mean `{s}`?")),
                 None => d.with_note(
@@ -2075,7 +2093,7 @@ impl Elab<'_> {
         let raw = a.int(key, i64::MIN)?;
         match shape.axis(raw) {
             Some(0) if shape.has_batch() => Err(Diagnostic::error(
-                "E0309",
+                Code::E0309,
                 format!("`{what}` cannot work along the batch axis"),
                 a.span_of(key),
             )
@@ -2083,7 +2101,7 @@ impl Elab<'_> {
             .with_help("use axis 1 or a negative axis counted from the end")),
             Some(ax) => Ok(ax),
             None => Err(Diagnostic::error(
-                "E0309",
+                Code::E0309,
                 format!("axis {raw} is out of range for {shape}"),
                 a.span_of(key),
             )
@@ -2104,7 +2122,7 @@ impl Elab<'_> {
         let in_ty = self.m.nodes[nodes[0]].ty.clone();
         let Ty::Tensor(shape) = in_ty.clone() else {
             return Err(Diagnostic::error(
-                "E0207",
+                Code::E0207,
                 format!("`{name}` takes a tensor, found {in_ty}"),
                 spans[0],
             )
@@ -2116,7 +2134,7 @@ impl Elab<'_> {
         let need_rank = |r: usize, want: &str| -> Result<(), Diagnostic> {
             if shape.rank() != r || !batched {
                 Err(Diagnostic::error(
-                    "E0302",
+                    Code::E0302,
                     format!("`{name}` expects {want}, found {shape}"),
                     spans[0],
                 )
@@ -2147,7 +2165,7 @@ impl Elab<'_> {
             Fun::Shaping(S::Flatten) => {
                 if shape.rank() < 2 || !self.batched(&shape) {
                     return Err(Diagnostic::error(
-                        "E0302",
+                        Code::E0302,
                         format!("`flatten` expects `[N, ...]`, found {shape}"),
                         spans[0],
                     ));
@@ -2195,7 +2213,7 @@ impl Elab<'_> {
                 let pad = a.ints("pad", nd, 0)?;
                 if let Some(i) = (0..nd).find(|&i| pad[i] >= k[i]) {
                     return Err(Diagnostic::error(
-                        "E0313",
+                        Code::E0313,
                         format!(
                             "pooling padding {} must be smaller than the window {}",
                             pad[i], k[i]
@@ -2230,7 +2248,7 @@ impl Elab<'_> {
             Fun::Shaping(s @ (S::GlobalAvgpool | S::GlobalMaxpool)) => {
                 if shape.rank() < 3 || !self.batched(&shape) {
                     return Err(Diagnostic::error(
-                        "E0302",
+                        Code::E0302,
                         format!("`{name}` expects `[N, C, ...]` with spatial axes, found {shape}"),
                         spans[0],
                     )
@@ -2255,7 +2273,7 @@ impl Elab<'_> {
                         .map(|x| match super::args::as_int(x) {
                             Some(v) if (1..=1024).contains(&v) => Ok(v as u64),
                             _ => Err(Diagnostic::error(
-                                "E0313",
+                                Code::E0313,
                                 "pyramid levels are integers from 1 to 1024",
                                 x.span,
                             )),
@@ -2263,7 +2281,7 @@ impl Elab<'_> {
                         .collect::<Result<_, _>>()?,
                     _ => {
                         return Err(Diagnostic::error(
-                            "E0206",
+                            Code::E0206,
                             "`levels` must be a list of integers like `[1, 2, 4]`",
                             a.span_of("levels"),
                         ))
@@ -2289,12 +2307,12 @@ impl Elab<'_> {
                         let mut axes = Vec::new();
                         for it in items {
                             let raw = super::args::as_int(&it).ok_or_else(|| {
-                                Diagnostic::error("E0206", "`axis` must be an integer", it.span)
+                                Diagnostic::error(Code::E0206, "`axis` must be an integer", it.span)
                             })?;
                             match shape.axis(raw) {
                                 Some(0) if shape.has_batch() => {
                                     return Err(Diagnostic::error(
-                                        "E0309",
+                                        Code::E0309,
                                         format!("`{name}` cannot reduce the batch axis"),
                                         it.span,
                                     )
@@ -2304,7 +2322,7 @@ impl Elab<'_> {
                                 Some(ax) => axes.push(ax),
                                 None => {
                                     return Err(Diagnostic::error(
-                                        "E0309",
+                                        Code::E0309,
                                         format!("axis {raw} is out of range for {shape}"),
                                         it.span,
                                     ))
@@ -2351,7 +2369,7 @@ impl Elab<'_> {
                     let ty = self.m.nodes[*n].ty.clone();
                     let Ty::Tensor(s) = &ty else {
                         return Err(Diagnostic::error(
-                            "E0207",
+                            Code::E0207,
                             format!("`concat` takes tensors, found {ty}"),
                             *span,
                         ));
@@ -2360,7 +2378,7 @@ impl Elab<'_> {
                         && (0..s.rank()).all(|i| i == ax || s.0[i] == shape.0[i]);
                     if !compatible {
                         return Err(Diagnostic::error(
-                            "E0315",
+                            Code::E0315,
                             format!("cannot concatenate {shape} and {s} along axis {ax}"),
                             *span,
                         )
@@ -2382,7 +2400,7 @@ impl Elab<'_> {
         let c = a.get("shape").expect("required argument");
         let CVal::List(items) = &c.v else {
             return Err(Diagnostic::error(
-                "E0206",
+                Code::E0206,
                 "`reshape` takes a list of dimensions like `[N, 1, 8, 8]`",
                 c.span,
             ));
@@ -2394,14 +2412,14 @@ impl Elab<'_> {
                 (CVal::Dim(Dim::Batch), 0) => dims.push(Dim::Batch),
                 (CVal::Dim(Dim::Batch), _) => {
                     return Err(Diagnostic::error(
-                        "E0310",
+                        Code::E0310,
                         "the batch dimension must stay first",
                         it.span,
                     ))
                 }
                 (_, 0) if !self.unbatched => {
                     return Err(Diagnostic::error(
-                        "E0310",
+                        Code::E0310,
                         "`reshape` must keep the batch dimension first",
                         it.span,
                     )
@@ -2410,7 +2428,7 @@ impl Elab<'_> {
                 (CVal::Num { v, int: true }, _) if *v == -1.0 => {
                     if infer.is_some() {
                         return Err(Diagnostic::error(
-                            "E0310",
+                            Code::E0310,
                             "only one dimension may be -1",
                             it.span,
                         ));
@@ -2423,7 +2441,7 @@ impl Elab<'_> {
                 }
                 _ => {
                     return Err(Diagnostic::error(
-                        "E0206",
+                        Code::E0206,
                         "a reshape dimension is a positive integer, -1, or the batch symbol first",
                         it.span,
                     ))
@@ -2436,7 +2454,7 @@ impl Elab<'_> {
         if let Some(i) = infer {
             if want == 0 || have % want != 0 {
                 return Err(Diagnostic::error(
-                    "E0310",
+                    Code::E0310,
                     format!(
                         "cannot reshape {shape} ({have} values per sample) so that -1 is whole"
                     ),
@@ -2447,7 +2465,7 @@ impl Elab<'_> {
             out.0[i] = Dim::Fixed(have / want);
         } else if want != have {
             return Err(Diagnostic::error(
-                "E0310",
+                Code::E0310,
                 format!(
                     "cannot reshape {shape} into {out}: {have} values per sample become {want}"
                 ),
@@ -2476,7 +2494,7 @@ impl Elab<'_> {
         let scalar = Ty::Tensor(Shape::scalar());
         let Ty::Tensor(pred) = &pred_ty else {
             return Err(Diagnostic::error(
-                "E0207",
+                Code::E0207,
                 format!(
                     "the first operand of `{name}` must be a prediction tensor, found {pred_ty}"
                 ),
@@ -2489,7 +2507,7 @@ impl Elab<'_> {
         };
         let mismatch = |help: &str| {
             Diagnostic::error(
-                "E0308",
+                Code::E0308,
                 format!("`{name}` compares {pred_ty} with {tgt_ty}"),
                 spans[1],
             )
@@ -2510,7 +2528,7 @@ impl Elab<'_> {
                 if pred.last() != Some(classes) {
                     let k = pred.last().unwrap_or(0);
                     return Err(Diagnostic::error(
-                        "E0307",
+                        Code::E0307,
                         format!("`{name}` gets {k} logits per sample for {classes} classes"),
                         spans[0],
                     )
@@ -2523,7 +2541,7 @@ impl Elab<'_> {
                 return Ok((Op::Loss(kind), Ty::Tensor(Shape::scalar())));
             }
             Err(Diagnostic::error(
-                "E0308",
+                Code::E0308,
                 format!("`{name}` compares logits {pred} with labels {tgt_ty}"),
                 spans[0],
             )
@@ -2702,14 +2720,18 @@ fn display_call(call: &ast::Call) -> String {
 }
 
 fn too_large(span: Span) -> Diagnostic {
-    Diagnostic::error("E0311", "the tensor has too many elements per sample", span)
-        .primary_label("more than 2^63 values")
+    Diagnostic::error(
+        Code::E0311,
+        "the tensor has too many elements per sample",
+        span,
+    )
+    .primary_label("more than 2^63 values")
 }
 
 fn check_size(n: u64, span: Span) -> Result<(), Diagnostic> {
     if n > MAX_DIM {
         Err(
-            Diagnostic::error("E0311", format!("dimension {n} is out of range"), span)
+            Diagnostic::error(Code::E0311, format!("dimension {n} is out of range"), span)
                 .primary_label("sizes are below 2^31"),
         )
     } else {
@@ -2748,7 +2770,7 @@ fn unify(
         (Ty::Labels { shape, classes }, Some(_)) => (shape, Some(*classes)),
         _ => {
             return Err(Diagnostic::error(
-                "E0305",
+                Code::E0305,
                 format!("the block expects {}, found {arg}", describe_param(param)),
                 span,
             )
@@ -2758,7 +2780,7 @@ fn unify(
     };
     if pshape.dims.len() != shape.rank() {
         return Err(Diagnostic::error(
-            "E0305",
+            Code::E0305,
             format!(
                 "the block expects a rank-{} tensor, found {arg}",
                 pshape.dims.len()
@@ -2779,7 +2801,7 @@ fn unify(
             ast::DimKind::Size(n) if Dim::Fixed(*n) == d => {}
             ast::DimKind::Size(n) => {
                 return Err(Diagnostic::error(
-                    "E0305",
+                    Code::E0305,
                     format!("the block expects size {n} here, found {d} in {arg}"),
                     span,
                 )
@@ -2789,7 +2811,7 @@ fn unify(
             ast::DimKind::Sym(s) => match syms.get(s) {
                 Some(prev) if *prev != d => {
                     return Err(Diagnostic::error(
-                        "E0305",
+                        Code::E0305,
                         format!("`{s}` would be both {prev} and {d}"),
                         span,
                     )

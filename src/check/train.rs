@@ -2,7 +2,7 @@
 
 use super::args::{bind, bind_call, eval, Bound, CVal, Const};
 use super::catalog::Def::{self, *};
-use crate::diag::{did_you_mean, Diagnostic};
+use crate::diag::{did_you_mean, Code, Diagnostic};
 use crate::ir::{Clip, Optimizer};
 use crate::span::Span;
 use crate::syntax::ast::{Ident, Setting, TrainDecl};
@@ -156,7 +156,7 @@ pub fn check_train(
         let key = s.key.name.as_str();
         let Some(&known) = SETTINGS.iter().find(|k| **k == key) else {
             let mut d = Diagnostic::error(
-                "E0401",
+                Code::E0401,
                 format!("unknown train setting `{key}`"),
                 s.key.span,
             )
@@ -170,7 +170,7 @@ pub fn check_train(
         };
         if let Some(prev) = seen.insert(known, s.key.span) {
             diags.push(
-                Diagnostic::error("E0204", format!("`{key}` is set twice"), s.key.span)
+                Diagnostic::error(Code::E0204, format!("`{key}` is set twice"), s.key.span)
                     .primary_label("second setting")
                     .with_label(prev, "first set here"),
             );
@@ -183,7 +183,7 @@ pub fn check_train(
     if let (Some(es), Some(at)) = (&cfg.early_stop, seen.get("early_stop")) {
         if es.monitor.starts_with("val_") && cfg.validation == 0.0 {
             diags.push(
-                Diagnostic::error("E0403", format!("early stopping on `{}` needs a validation split", es.monitor), *at)
+                Diagnostic::error(Code::E0403, format!("early stopping on `{}` needs a validation split", es.monitor), *at)
                     .primary_label("monitors validation data")
                     .with_note("validation rows come from the training data; the test set never steers training")
                     .with_help("hold out a fraction of the training rows: `validation 0.1`"),
@@ -214,7 +214,7 @@ fn single(s: &Setting, what: &str) -> Result<Const, Diagnostic> {
     let (pos, named) = consts(s)?;
     if pos.len() != 1 || !named.is_empty() {
         return Err(Diagnostic::error(
-            "E0205",
+            Code::E0205,
             format!("`{}` takes one value: {what}", s.key.name),
             s.span,
         )
@@ -272,7 +272,7 @@ fn apply(
                 let Some(c) = b.get(name) else { continue };
                 let CVal::Str(p) = &c.v else {
                     return Err(Diagnostic::error(
-                        "E0206",
+                        Code::E0206,
                         format!("`{name}` must be a path in quotes"),
                         c.span,
                     )
@@ -281,7 +281,7 @@ fn apply(
                 let path = base.map_or_else(|| PathBuf::from(p), |b| b.join(p));
                 if base.is_some() && !path.exists() {
                     return Err(Diagnostic::error(
-                        "E0405",
+                        Code::E0405,
                         format!("data file `{p}` does not exist"),
                         c.span,
                     )
@@ -340,14 +340,14 @@ fn apply(
             let (pos, named) = consts(s)?;
             if let Some((n, _)) = named.first() {
                 return Err(Diagnostic::error(
-                    "E0206",
+                    Code::E0206,
                     "`metrics` takes a list of names",
                     n.span,
                 ));
             }
             if pos.is_empty() {
                 return Err(Diagnostic::error(
-                    "E0205",
+                    Code::E0205,
                     "`metrics` needs at least one metric",
                     s.span,
                 ));
@@ -363,8 +363,9 @@ fn apply(
                         CVal::Word(w) => w.clone(),
                         _ => String::new(),
                     };
-                    let mut d = Diagnostic::error("E0402", format!("unknown metric `{w}`"), c.span)
-                        .primary_label("not a metric");
+                    let mut d =
+                        Diagnostic::error(Code::E0402, format!("unknown metric `{w}`"), c.span)
+                            .primary_label("not a metric");
                     d = match did_you_mean(&w, all) {
                         Some(m) => d.with_help(format!("did you mean `{m}`?")),
                         None => d.with_note("metrics: accuracy, precision, recall, f1, confusion"),
@@ -395,15 +396,15 @@ fn rename(mut d: Diagnostic, key: &str) -> Diagnostic {
 
 /// Out-of-range settings are training-configuration errors.
 fn range(mut d: Diagnostic) -> Diagnostic {
-    if d.code == "E0313" {
-        d.code = "E0403";
+    if d.code == Code::E0313 {
+        d.code = Code::E0403;
     }
     d
 }
 
 fn unknown_choice(mut d: Diagnostic) -> Diagnostic {
-    if d.code == "E0206" && d.message.contains("must be one of") {
-        d.code = "E0402";
+    if d.code == Code::E0206 && d.message.contains("must be one of") {
+        d.code = Code::E0402;
     }
     d
 }
@@ -418,7 +419,7 @@ fn call(c: &Const, table: Table, what: &str) -> Result<(&'static str, Bound), Di
         other => {
             let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
             return Err(Diagnostic::error(
-                "E0206",
+                Code::E0206,
                 format!("expected {what}, found {}", super::args::describe(other)),
                 c.span,
             )
@@ -427,7 +428,7 @@ fn call(c: &Const, table: Table, what: &str) -> Result<(&'static str, Bound), Di
     };
     let Some((known, params)) = table.iter().find(|(n, _)| *n == name) else {
         let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
-        let mut d = Diagnostic::error("E0402", format!("unknown {what} `{name}`"), c.span)
+        let mut d = Diagnostic::error(Code::E0402, format!("unknown {what} `{name}`"), c.span)
             .primary_label(format!("not a known {what}"));
         d = match did_you_mean(name, names.iter().copied()) {
             Some(s) => d.with_help(format!("did you mean `{s}`?")),
@@ -487,7 +488,7 @@ fn optimizer(c: &Const) -> Result<Optimizer, Diagnostic> {
             let nesterov = b.boolean("nesterov")?;
             if nesterov && momentum == 0.0 {
                 return Err(Diagnostic::error(
-                    "E0403",
+                    Code::E0403,
                     "nesterov momentum needs a momentum above 0",
                     b.span_of("nesterov"),
                 )
@@ -548,11 +549,13 @@ fn schedule(c: &Const) -> Result<Schedule, Diagnostic> {
         _ => vec![c.clone()],
     };
     if parts.len() > 2 {
-        return Err(
-            Diagnostic::error("E0402", "a schedule has at most one `then`", parts[2].span)
-                .primary_label("second `then`")
-                .with_help("for example `warmup(2) then cosine(min_lr: 0)`"),
-        );
+        return Err(Diagnostic::error(
+            Code::E0402,
+            "a schedule has at most one `then`",
+            parts[2].span,
+        )
+        .primary_label("second `then`")
+        .with_help("for example `warmup(2) then cosine(min_lr: 0)`"));
     }
     let mut out: Option<Schedule> = None;
     let last = parts.len() - 1;
@@ -563,7 +566,7 @@ fn schedule(c: &Const) -> Result<Schedule, Diagnostic> {
         };
         if name != "warmup" {
             return Err(Diagnostic::error(
-                "E0402",
+                Code::E0402,
                 "only `warmup(...)` can come before `then`",
                 p.span,
             )
@@ -593,7 +596,7 @@ fn schedule(c: &Const) -> Result<Schedule, Diagnostic> {
                 let epochs = b.int("epochs", 1).map_err(range)? as u64;
                 let Some(then) = out.take() else {
                     return Err(Diagnostic::error(
-                        "E0402",
+                        Code::E0402,
                         "`warmup` must be followed by `then <schedule>`",
                         p.span,
                     )

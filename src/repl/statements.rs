@@ -7,7 +7,7 @@ use super::{
     ReplError, Seg, Session, Typed,
 };
 use crate::check::{self, CheckOptions, LintLevels};
-use crate::diag::Diagnostic;
+use crate::diag::{Code, Diagnostic};
 use crate::exec::{Backend, State};
 use crate::jit::Jit;
 use crate::runtime::init::init_params;
@@ -87,7 +87,7 @@ impl Session {
             } => {
                 if !expr && name.name.starts_with("__") {
                     return Err(Diagnostic::error(
-                        "E0209",
+                        Code::E0209,
                         "names starting with `__` are reserved at the prompt",
                         t.span(name.span),
                     )
@@ -138,7 +138,7 @@ impl Session {
                 Ok(())
             }
             other => Err(Diagnostic::error(
-                "E0209",
+                Code::E0209,
                 "this statement belongs in a model",
                 t.span(other.span()),
             )
@@ -215,7 +215,7 @@ impl Session {
         }
         let warnings = diags
             .into_iter()
-            .filter(|d| d.span().file == typed && d.code != "W0007")
+            .filter(|d| d.span().file == typed && d.code != Code::W0007)
             .collect();
         Ok((checked.program.unwrap_or_default(), warnings))
     }
@@ -333,7 +333,7 @@ impl Session {
                 Some(old) if old.shape() == v.shape() => params.push(old.clone()),
                 Some(old) => {
                     return Err(Diagnostic::error(
-                        "E0314",
+                        Code::E0314,
                         format!(
                             "`{name}` was created as {} and is now used as {}",
                             shape_text(old.shape()),

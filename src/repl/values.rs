@@ -3,7 +3,7 @@
 //! evaluated before checking; each becomes an input of the synthesized model.
 
 use crate::check::catalog;
-use crate::diag::Diagnostic;
+use crate::diag::{Code, Diagnostic};
 use crate::span::Span;
 use crate::syntax::ast::{Arg, Call, Expr, ExprKind};
 use ndarray::{ArrayD, IxDyn};
@@ -129,7 +129,7 @@ pub fn literal(e: &Expr) -> Result<ArrayD<f32>, Diagnostic> {
         }
         let ExprKind::List(items) = &e.kind else {
             return Err(Diagnostic::error(
-                "E0206",
+                Code::E0206,
                 "a tensor literal holds numbers and lists of numbers",
                 e.span,
             )
@@ -138,7 +138,7 @@ pub fn literal(e: &Expr) -> Result<ArrayD<f32>, Diagnostic> {
         };
         if items.is_empty() {
             return Err(
-                Diagnostic::error("E0206", "a tensor literal cannot be empty", e.span)
+                Diagnostic::error(Code::E0206, "a tensor literal cannot be empty", e.span)
                     .primary_label("no elements")
                     .with_help("use `zeros([n])` for a tensor of zeros"),
             );
@@ -168,7 +168,7 @@ pub fn literal(e: &Expr) -> Result<ArrayD<f32>, Diagnostic> {
 
 fn ragged(span: Span) -> Diagnostic {
     Diagnostic::error(
-        "E0305",
+        Code::E0305,
         "the rows of a tensor literal differ in length",
         span,
     )
@@ -177,7 +177,7 @@ fn ragged(span: Span) -> Diagnostic {
 
 fn too_many(span: Span) -> Diagnostic {
     Diagnostic::error(
-        "E0311",
+        Code::E0311,
         format!("a tensor built at the prompt holds at most {MAX_ELEMENTS} elements"),
         span,
     )
@@ -199,7 +199,7 @@ impl<'a> Args<'a> {
             let slot = match &a.name {
                 Some(n) => allowed.iter().position(|x| *x == n.name).ok_or_else(|| {
                     Diagnostic::error(
-                        "E0203",
+                        Code::E0203,
                         format!("`{}` has no argument `{}`", self.call.callee.name, n.name),
                         n.span,
                     )
@@ -213,7 +213,7 @@ impl<'a> Args<'a> {
             };
             if slot >= allowed.len() {
                 return Err(Diagnostic::error(
-                    "E0205",
+                    Code::E0205,
                     format!(
                         "`{}` takes at most {} arguments",
                         self.call.callee.name,
@@ -225,7 +225,7 @@ impl<'a> Args<'a> {
             }
             if out[slot].is_some() {
                 return Err(Diagnostic::error(
-                    "E0204",
+                    Code::E0204,
                     format!("argument `{}` is given twice", allowed[slot]),
                     a.span,
                 ));
@@ -237,7 +237,7 @@ impl<'a> Args<'a> {
 
     fn missing(&self, what: &str) -> Diagnostic {
         Diagnostic::error(
-            "E0205",
+            Code::E0205,
             format!("`{}` needs {what}", self.call.callee.name),
             self.call.span,
         )
@@ -249,7 +249,7 @@ fn int(e: &Expr, what: &str) -> Result<i64, Diagnostic> {
     match number(e) {
         Some(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => Ok(v as i64),
         _ => Err(Diagnostic::error(
-            "E0206",
+            Code::E0206,
             format!("{what} must be an integer"),
             e.span,
         )),
@@ -257,7 +257,8 @@ fn int(e: &Expr, what: &str) -> Result<i64, Diagnostic> {
 }
 
 fn float(e: &Expr, what: &str) -> Result<f64, Diagnostic> {
-    number(e).ok_or_else(|| Diagnostic::error("E0206", format!("{what} must be a number"), e.span))
+    number(e)
+        .ok_or_else(|| Diagnostic::error(Code::E0206, format!("{what} must be a number"), e.span))
 }
 
 /// A shape: `4` or `[4, 3]` or `(4, 3)`.
@@ -272,7 +273,7 @@ fn shape(e: &Expr) -> Result<Vec<usize>, Diagnostic> {
         let d = int(it, "a dimension")?;
         if d < 1 || d > crate::ir::shape::MAX_DIM as i64 {
             return Err(Diagnostic::error(
-                "E0311",
+                Code::E0311,
                 format!("dimension {d} is out of range"),
                 it.span,
             )
@@ -332,7 +333,7 @@ fn construct(c: &Call, ctx: &mut Ctx) -> Result<ArrayD<f32>, Diagnostic> {
             let n = int(&e.value, "the size")?;
             if !(1..=4096).contains(&n) {
                 return Err(Diagnostic::error(
-                    "E0311",
+                    Code::E0311,
                     "`eye` takes a size from 1 to 4096",
                     e.span,
                 ));
@@ -361,14 +362,14 @@ fn construct(c: &Call, ctx: &mut Ctx) -> Result<ArrayD<f32>, Diagnostic> {
             let n = ((stop - start) / step).ceil();
             if step == 0.0 || !n.is_finite() {
                 return Err(Diagnostic::error(
-                    "E0313",
+                    Code::E0313,
                     "`arange` needs a non-zero step",
                     c.span,
                 ));
             }
             if n < 1.0 {
                 return Err(
-                    Diagnostic::error("E0313", "`arange` would be empty", c.span)
+                    Diagnostic::error(Code::E0313, "`arange` would be empty", c.span)
                         .primary_label(format!("no values from {start} to {stop}")),
                 );
             }
@@ -389,7 +390,7 @@ fn load(c: &Call, a: &Args, ctx: &Ctx) -> Result<ArrayD<f32>, Diagnostic> {
     let p = b[0].ok_or_else(|| a.missing("a file: `load(\"x.npy\")`"))?;
     let ExprKind::Str(path) = &p.value.kind else {
         return Err(Diagnostic::error(
-            "E0206",
+            Code::E0206,
             "the file name is a string",
             p.value.span,
         ));
@@ -403,19 +404,21 @@ fn load(c: &Call, a: &Args, ctx: &Ctx) -> Result<ArrayD<f32>, Diagnostic> {
         }
     }
     let fail = |msg: String| {
-        Diagnostic::error("E0500", format!("cannot read `{path}`"), p.value.span).primary_label(msg)
+        Diagnostic::error(Code::E0500, format!("cannot read `{path}`"), p.value.span)
+            .primary_label(msg)
     };
     let ext = extension(&file);
     match ext.as_str() {
         "npy" => {
             if b[1].is_some() {
                 return Err(Diagnostic::error(
-                    "E0203",
+                    Code::E0203,
                     "`columns` applies to CSV files",
                     c.span,
                 ));
             }
-            read_npy(&file).map_err(fail)
+            let bytes = std::fs::read(&file).map_err(|e| fail(e.to_string()))?;
+            read_npy(&bytes).map_err(|e| fail(e.to_string()))
         }
         "csv" => read_csv(&file, b[1].map(|x| &x.value)).map_err(|e| match e {
             CsvError::Io(m) => fail(m),
@@ -425,21 +428,19 @@ fn load(c: &Call, a: &Args, ctx: &Ctx) -> Result<ArrayD<f32>, Diagnostic> {
     }
 }
 
-fn read_npy(path: &Path) -> Result<ArrayD<f32>, String> {
+/// The array of the bytes of a `.npy` file, of any float or integer element type.
+fn read_npy(bytes: &[u8]) -> Result<ArrayD<f32>, ndarray_npy::ReadNpyError> {
     use ndarray_npy::ReadNpyExt;
-    let open = || std::fs::File::open(path).map_err(|e| e.to_string());
-    if let Ok(a) = ArrayD::<f32>::read_npy(open()?) {
+    if let Ok(a) = ArrayD::<f32>::read_npy(bytes) {
         return Ok(a);
     }
-    if let Ok(a) = ArrayD::<f64>::read_npy(open()?) {
+    if let Ok(a) = ArrayD::<f64>::read_npy(bytes) {
         return Ok(a.mapv(|v| v as f32));
     }
-    if let Ok(a) = ArrayD::<i64>::read_npy(open()?) {
+    if let Ok(a) = ArrayD::<i64>::read_npy(bytes) {
         return Ok(a.mapv(|v| v as f32));
     }
-    ArrayD::<i32>::read_npy(open()?)
-        .map(|a| a.mapv(|v| v as f32))
-        .map_err(|e| e.to_string())
+    ArrayD::<i32>::read_npy(bytes).map(|a| a.mapv(|v| v as f32))
 }
 
 enum CsvError {
@@ -461,12 +462,13 @@ fn read_csv(path: &Path, columns: Option<&Expr>) -> Result<ArrayD<f32>, CsvError
         .map(|h| h.trim().to_string())
         .collect();
     let width = header.len();
-    let arg = |e: &Expr, m: &str| CsvError::Arg(Diagnostic::error("E0206", m.to_string(), e.span));
+    let arg =
+        |e: &Expr, m: &str| CsvError::Arg(Diagnostic::error(Code::E0206, m.to_string(), e.span));
     let index = |e: &Expr| -> Result<usize, CsvError> {
         if let ExprKind::Str(s) = &e.kind {
             return header.iter().position(|h| h == s).ok_or_else(|| {
                 CsvError::Arg(
-                    Diagnostic::error("E0201", format!("no column `{s}`"), e.span)
+                    Diagnostic::error(Code::E0201, format!("no column `{s}`"), e.span)
                         .with_note(format!("the columns: {}", header.join(", "))),
                 )
             });

@@ -172,16 +172,17 @@ impl Checkpoint {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_bytes(&bytes).map_err(|message| CheckpointError::Format {
-            path: path.to_path_buf(),
-            message,
-        })
+        Self::from_bytes(&bytes, path)
     }
 
-    /// Parses the bytes of a safetensors file.
-    fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, String> {
+    /// Parses the bytes of a safetensors file read from `path`.
+    fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let bad = |message: String| CheckpointError::Format {
+            path: path.to_path_buf(),
+            message,
+        };
         let (header_len, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| format!("not a safetensors file ({e})"))?;
+            .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
         // `read_metadata` has checked that the offsets tile the data exactly.
         let data = bytes.get(8 + header_len..).unwrap_or(&[]);
         let mut checkpoint = Checkpoint::new();
@@ -194,13 +195,14 @@ impl Checkpoint {
             let (start, end) = info.data_offsets;
             let raw = data
                 .get(start..end)
-                .ok_or_else(|| format!("tensor `{name}` lies outside the file"))?;
-            let values = to_f32(info.dtype, raw).ok_or_else(|| unsupported(&name, info.dtype))?;
+                .ok_or_else(|| bad(format!("tensor `{name}` lies outside the file")))?;
+            let values =
+                to_f32(info.dtype, raw).ok_or_else(|| bad(unsupported(&name, info.dtype)))?;
             let array = ArrayD::from_shape_vec(IxDyn(&info.shape), values).map_err(|e| {
-                format!(
+                bad(format!(
                     "tensor `{name}` has shape {:?} that does not match its data ({e})",
                     info.shape
-                )
+                ))
             })?;
             checkpoint.tensors.insert(name, array);
         }

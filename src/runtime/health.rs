@@ -4,7 +4,7 @@
 //! remedies, when gradients vanish or explode.
 
 use super::program::Program;
-use crate::diag::Diagnostic;
+use crate::diag::{Code, Diagnostic};
 use crate::exec::{Backend, RunError, State};
 use crate::ir::{Binary, Func, Graph, Hyper, NodeId, Op};
 use crate::ops::elementwise::Watch;
@@ -205,7 +205,7 @@ pub fn warnings(h: &Health, fallback: Span) -> Vec<Diagnostic> {
         if weighted.len() >= 2 && ratio < VANISHING_RATIO {
             out.push(
                 Diagnostic::warning(
-                    "W0101",
+                    Code::W0101,
                     format!(
                         "vanishing gradients: the first layer `{}` gets a gradient {ratio:.1e} times the last layer's `{}`",
                         first.layer, last.layer
@@ -225,7 +225,7 @@ pub fn warnings(h: &Health, fallback: Span) -> Vec<Diagnostic> {
         if l.grad_norm.is_nan() || l.grad_norm > EXPLODING_NORM {
             out.push(
                 Diagnostic::warning(
-                    "W0102",
+                    Code::W0102,
                     format!(
                         "exploding gradients: layer `{}` has a gradient norm of {:.2e}",
                         l.layer, l.grad_norm
@@ -244,7 +244,7 @@ pub fn warnings(h: &Health, fallback: Span) -> Vec<Diagnostic> {
         let pct = u.fraction * 100.0;
         let d = if u.activation == "relu" {
             Diagnostic::warning(
-                "W0103",
+                Code::W0103,
                 format!("{pct:.0}% of the ReLU units of `{}` are dead", u.name),
                 u.span.unwrap_or(fallback),
             )
@@ -254,7 +254,7 @@ pub fn warnings(h: &Health, fallback: Span) -> Vec<Diagnostic> {
             .with_help("a lower learning rate, leaky_relu or elu, or he initialization")
         } else {
             Diagnostic::warning(
-                "W0104",
+                Code::W0104,
                 format!("{pct:.0}% of the `{}` outputs of `{}` are saturated", u.activation, u.name),
                 u.span.unwrap_or(fallback),
             )

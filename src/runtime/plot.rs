@@ -15,6 +15,7 @@ use plotters::prelude::*;
 use plotters::style::register_font;
 use serde::Deserialize;
 use std::ffi::OsString;
+use std::fmt;
 use std::fs::{self, File};
 use std::io::Write;
 use std::ops::Range;
@@ -38,6 +39,50 @@ const TRAIN: RGBColor = RGBColor(31, 119, 180);
 const VAL: RGBColor = RGBColor(255, 127, 14);
 const ACC: RGBColor = RGBColor(44, 160, 44);
 
+/// Why a plot was not drawn; the target file is then left untouched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlotError {
+    /// The file name ends in neither `.svg` nor `.png`.
+    Extension(PathBuf),
+    /// The history has no epochs.
+    Empty(PathBuf),
+    /// The embedded font cannot be registered: Kiln was built wrong.
+    Font,
+    /// Drawing or writing the file failed.
+    Write {
+        /// The plot file.
+        path: PathBuf,
+        /// What the drawing library or the operating system said.
+        cause: String,
+    },
+}
+
+impl fmt::Display for PlotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlotError::Extension(path) => write!(
+                f,
+                "cannot plot to `{}`: the file name must end in .svg or .png",
+                path.display()
+            ),
+            PlotError::Empty(path) => write!(
+                f,
+                "cannot plot to `{}`: the history has no epochs",
+                path.display()
+            ),
+            PlotError::Font => f.write_str("the embedded font cannot be loaded"),
+            PlotError::Write { path, cause } => {
+                write!(f, "cannot write `{}`: {cause}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for PlotError {}
+
+/// What a drawing or writing step reported, before the plot's path is attached.
+struct Cause(String);
+
 /// The output formats, chosen by the file's extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -50,7 +95,7 @@ pub enum Format {
 impl Format {
     /// The format for `path`'s extension (case-insensitive); an error naming the accepted
     /// extensions otherwise.
-    pub fn of(path: &Path) -> Result<Format, String> {
+    pub fn of(path: &Path) -> Result<Format, PlotError> {
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
@@ -58,10 +103,7 @@ impl Format {
         match ext.as_deref() {
             Some("svg") => Ok(Format::Svg),
             Some("png") => Ok(Format::Png),
-            _ => Err(format!(
-                "cannot plot to `{}`: the file name must end in .svg or .png",
-                path.display()
-            )),
+            _ => Err(PlotError::Extension(path.to_path_buf())),
         }
     }
 
@@ -110,19 +152,16 @@ impl From<&EpochRecord> for EpochPoint {
 /// as is a series with no value left; the loss axis is logarithmic when the losses span more than two decades.
 /// An empty history, an unknown extension and an I/O failure are errors; `path` is then
 /// left untouched.
-pub fn plot(history: &[EpochRecord], title: &str, path: &Path) -> Result<(), String> {
+pub fn plot(history: &[EpochRecord], title: &str, path: &Path) -> Result<(), PlotError> {
     let points: Vec<EpochPoint> = history.iter().map(EpochPoint::from).collect();
     plot_points(&points, title, path)
 }
 
 /// [`plot`] of the plotted values alone (a history read back from a report).
-pub fn plot_points(history: &[EpochPoint], title: &str, path: &Path) -> Result<(), String> {
+pub fn plot_points(history: &[EpochPoint], title: &str, path: &Path) -> Result<(), PlotError> {
     let format = Format::of(path)?;
     if history.is_empty() {
-        return Err(format!(
-            "cannot plot to `{}`: the history has no epochs",
-            path.display()
-        ));
+        return Err(PlotError::Empty(path.to_path_buf()));
     }
     register()?;
     let curves = Curves::new(history);
@@ -135,32 +174,39 @@ pub fn plot_points(history: &[EpochPoint], title: &str, path: &Path) -> Result<(
     let drawn = match format {
         Format::Svg => {
             let mut svg = String::new();
-            {
+            let drawn = {
                 let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
-                draw(&root, &curves, title)?;
-                root.present().map_err(|e| e.to_string())?;
-            }
-            write_synced(&tmp, svg.as_bytes()).map_err(|e| e.to_string())
+                draw(&root, &curves, title)
+                    .and_then(|()| root.present().map_err(|e| Cause(e.to_string())))
+            };
+            drawn
+                .and_then(|()| write_synced(&tmp, svg.as_bytes()).map_err(|e| Cause(e.to_string())))
         }
         Format::Png => {
             // The bitmap backend saves on `present`, choosing the encoder by the extension,
             // which the temporary name keeps. Creating the file first reports an unwritable
             // place as a plain I/O error.
-            let result = File::create(&tmp).map_err(|e| e.to_string()).and_then(|_| {
-                let root = BitMapBackend::new(&tmp, (WIDTH, height)).into_drawing_area();
-                draw(&root, &curves, title).and_then(|()| root.present().map_err(|e| e.to_string()))
-            });
+            let result = File::create(&tmp)
+                .map_err(|e| Cause(e.to_string()))
+                .and_then(|_| {
+                    let root = BitMapBackend::new(&tmp, (WIDTH, height)).into_drawing_area();
+                    draw(&root, &curves, title)
+                        .and_then(|()| root.present().map_err(|e| Cause(e.to_string())))
+                });
             result.and_then(|()| {
                 File::open(&tmp)
                     .and_then(|f| f.sync_all())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| Cause(e.to_string()))
             })
         }
     };
-    let renamed = drawn.and_then(|()| fs::rename(&tmp, path).map_err(|e| e.to_string()));
-    if let Err(e) = renamed {
+    let renamed = drawn.and_then(|()| fs::rename(&tmp, path).map_err(|e| Cause(e.to_string())));
+    if let Err(Cause(cause)) = renamed {
         let _ = fs::remove_file(&tmp);
-        return Err(format!("cannot write `{}`: {e}", path.display()));
+        return Err(PlotError::Write {
+            path: path.to_path_buf(),
+            cause,
+        });
     }
     sync_dir(path);
     Ok(())
@@ -205,10 +251,10 @@ impl Curves {
 }
 
 /// The result type of drawing into an area of backend `DB`.
-type Drawn = Result<(), String>;
+type Drawn = Result<(), Cause>;
 
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Curves, title: &str) -> Drawn {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| Cause(e.to_string());
     root.fill(&WHITE).map_err(err)?;
     let area = root
         .titled(title, (FAMILY, 24).into_font().color(&BLACK))
@@ -263,7 +309,7 @@ where
     Y: AsRangedCoord<Value = f64>,
     Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| Cause(e.to_string());
     let mut chart = ChartBuilder::on(area)
         .margin(12)
         .x_label_area_size(40)
@@ -296,7 +342,7 @@ where
 }
 
 fn accuracy_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Curves) -> Drawn {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| Cause(e.to_string());
     let mut chart = ChartBuilder::on(area)
         .margin(12)
         .x_label_area_size(40)
@@ -331,13 +377,13 @@ fn series<'a, DB, X, Y>(
     points: &[(u64, f64)],
     name: &str,
     color: RGBColor,
-) -> Result<bool, String>
+) -> Result<bool, Cause>
 where
     DB: DrawingBackend + 'a,
     X: Ranged<ValueType = u64>,
     Y: Ranged<ValueType = f64>,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| Cause(e.to_string());
     if points.is_empty() {
         return Ok(false);
     }
@@ -389,7 +435,7 @@ where
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(160, 160, 160))
         .draw()
-        .map_err(|e| e.to_string())
+        .map_err(|e| Cause(e.to_string()))
 }
 
 /// A tick label: plain for moderate magnitudes, scientific otherwise.
@@ -407,11 +453,11 @@ fn number(v: f64) -> String {
 }
 
 /// Registers the embedded font once; every later call sees the first outcome.
-fn register() -> Result<(), String> {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+fn register() -> Result<(), PlotError> {
+    static DONE: OnceLock<Result<(), PlotError>> = OnceLock::new();
     DONE.get_or_init(|| {
         register_font(FAMILY, FontStyle::Normal, ttf_noto_sans::REGULAR)
-            .map_err(|_| "the embedded font cannot be loaded".to_string())
+            .map_err(|_| PlotError::Font)
     })
     .clone()
 }
@@ -503,14 +549,14 @@ mod tests {
             }
         }
         let e = plot_points(&[], "t", &dir.path().join("e.svg")).unwrap_err();
-        assert!(e.contains("no epochs"), "{e}");
+        assert!(e.to_string().contains("no epochs"), "{e}");
     }
 
     #[test]
     fn format_by_extension() {
         assert_eq!(Format::of(Path::new("a.svg")), Ok(Format::Svg));
         assert_eq!(Format::of(Path::new("a.PNG")), Ok(Format::Png));
-        let e = Format::of(Path::new("a.pdf")).unwrap_err();
+        let e = Format::of(Path::new("a.pdf")).unwrap_err().to_string();
         assert!(e.contains(".svg") && e.contains(".png"), "{e}");
         assert!(Format::of(Path::new("noext")).is_err());
     }

@@ -20,11 +20,13 @@ use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
 
+use crate::diag::Code;
+
 use crate::runtime::data::{csv_fields, csv_row_line, CsvFields, DataError, DataSpec, Dataset};
 
-const E_NON_FINITE: &str = "E0506";
-const W_CONSTANT: &str = "W0201";
-const W_IMBALANCE: &str = "W0202";
+const E_NON_FINITE: Code = Code::E0506;
+const W_CONSTANT: Code = Code::W0201;
+const W_IMBALANCE: Code = Code::W0202;
 
 /// How many constant columns (or missing classes) are reported one by one; the rest are
 /// summed up in one more warning.
@@ -49,7 +51,7 @@ const MISSING_HELP: &str = "a class without rows cannot be learned: add rows of 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataWarning {
     /// The warning code, `W0201` or `W0202`.
-    pub code: &'static str,
+    pub code: Code,
     /// The data file.
     pub path: PathBuf,
     /// The line (the CSV header is line 1), when the warning is about one line.

@@ -3,7 +3,7 @@
 //! result is not finite though its operands are is named with its place in the model
 //! file.
 
-use crate::diag::Diagnostic;
+use crate::diag::{Code, Diagnostic};
 use crate::exec::State;
 use crate::interp::{self, Env};
 use crate::ir::{Graph, Hyper, LossKind, NodeId, Op};
@@ -152,7 +152,7 @@ pub fn diverged(
         ),
         Origin::Unknown => (fallback, "the loss is not finite".into()),
     };
-    let mut d = Diagnostic::error("E0601", message, span).primary_label(label);
+    let mut d = Diagnostic::error(Code::E0601, message, span).primary_label(label);
     for c in causes(g, origin, lr, clipped) {
         d = d.with_note(format!("likely cause: {c}"));
     }

@@ -14,7 +14,7 @@ use super::schedule::{hyper, learning_rate};
 use super::trace;
 use super::weights::{get_standardizer, load_for, params_from};
 use crate::check::train::TrainConfig;
-use crate::diag::Diagnostic;
+use crate::diag::{Code, Diagnostic};
 use crate::exec::{Backend, State, StepResult};
 use crate::ir::Graph;
 use ndarray::{ArrayD, IxDyn};
@@ -143,7 +143,7 @@ pub struct Run {
     /// Measure gradient health at the end of every epoch.
     pub diagnose: bool,
     /// Warnings given so far (code and place), each once.
-    warned: Vec<(&'static str, crate::span::Span)>,
+    warned: Vec<(Code, crate::span::Span)>,
     /// The state before the last step (to replay a step whose loss is not finite).
     prev: Option<State>,
     /// Where the run's checkpoint is written (named when a step diverges).

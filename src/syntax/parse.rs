@@ -1,7 +1,7 @@
 //! Source text → [`ast::File`], with parse errors worded for people (E01xx).
 
 use super::ast::*;
-use crate::diag::{did_you_mean, Diagnostic};
+use crate::diag::{did_you_mean, Code, Diagnostic};
 use crate::span::{FileId, Span};
 use pest::error::InputLocation;
 use pest::iterators::Pair;
@@ -64,7 +64,7 @@ fn check_nesting(text: &str, file: FileId) -> Result<(), Diagnostic> {
                 depth += 1;
                 if depth > MAX_NESTING {
                     return Err(Diagnostic::error(
-                        "E0103",
+                        Code::E0103,
                         format!("brackets nested more than {MAX_NESTING} deep"),
                         Span::new(file, i, i + 1),
                     )
@@ -267,7 +267,7 @@ fn syntax_error(text: &str, file: FileId, e: &pest::error::Error<Rule>) -> Diagn
         .or_else(|| unterminated_string(text, pos))
     {
         return Diagnostic::error(
-            "E0101",
+            Code::E0101,
             "unterminated string",
             Span::new(file, start, start + len),
         )
@@ -283,7 +283,7 @@ fn syntax_error(text: &str, file: FileId, e: &pest::error::Error<Rule>) -> Diagn
     } else {
         format!("unexpected {found}")
     };
-    let mut d = Diagnostic::error("E0101", message, span).primary_label(label);
+    let mut d = Diagnostic::error(Code::E0101, message, span).primary_label(label);
     let word = found.trim_matches('`');
     if list.iter().any(|s| s == "`model`") {
         if let Some(k) = did_you_mean(word, KEYWORDS.iter().copied()) {
@@ -387,7 +387,7 @@ impl Builder {
         self.ops.set(self.ops.get() + 1);
         if self.ops.get() > MAX_OPERATORS {
             return Err(Diagnostic::error(
-                "E0103",
+                Code::E0103,
                 format!("more than {MAX_OPERATORS} operators in one statement"),
                 self.span(op),
             )
@@ -573,7 +573,7 @@ impl Builder {
         let inner = p.into_inner().next().expect("grammar: dim");
         let kind = match inner.as_rule() {
             Rule::integer => DimKind::Size(inner.as_str().parse().map_err(|_| {
-                Diagnostic::error("E0102", "dimension is too large", span)
+                Diagnostic::error(Code::E0102, "dimension is too large", span)
                     .primary_label("does not fit in 64 bits")
             })?),
             _ => DimKind::Sym(inner.as_str().to_string()),
@@ -672,10 +672,12 @@ impl Builder {
                 let is_int = !text.contains(['.', 'e', 'E']);
                 let value: f64 = text.parse().unwrap_or(f64::INFINITY);
                 if !value.is_finite() || (is_int && text.parse::<u64>().is_err()) {
-                    return Err(
-                        Diagnostic::error("E0102", "number literal is too large", span)
-                            .primary_label("out of range"),
-                    );
+                    return Err(Diagnostic::error(
+                        Code::E0102,
+                        "number literal is too large",
+                        span,
+                    )
+                    .primary_label("out of range"));
                 }
                 Ok(Expr {
                     kind: ExprKind::Number { value, is_int },

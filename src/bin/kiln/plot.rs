@@ -31,7 +31,7 @@ struct Saved {
 /// before anything runs.
 pub fn out_path(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
-    Format::of(&p)?;
+    Format::of(&p).map_err(|e| e.to_string())?;
     Ok(p)
 }
 
@@ -46,7 +46,7 @@ fn title(model: &str) -> String {
 
 /// Draws `history` to `path` (`kiln train --plot`).
 pub fn write(history: &[EpochRecord], model: &str, path: &Path) -> anyhow::Result<()> {
-    plot::plot(history, &title(model), path).map_err(anyhow::Error::msg)?;
+    plot::plot(history, &title(model), path)?;
     outln!("plot: {}", path.display());
     Ok(())
 }

@@ -23,7 +23,7 @@ pub struct Console<'s> {
     /// Warnings silenced with `--allow` (codes or lint names).
     allowed: Vec<String>,
     /// Data warning codes whose help has been shown.
-    helped: Vec<&'static str>,
+    helped: Vec<diag::Code>,
     /// Epochs of the run (from the first step).
     epochs: u64,
 }
@@ -49,11 +49,11 @@ impl<'s> Console<'s> {
     }
 
     /// True when `--allow` names the code or its lint name.
-    fn allows(&self, code: &str) -> bool {
-        let name = diag::lookup(code).map(|c| c.lint);
+    fn allows(&self, code: diag::Code) -> bool {
+        let name = diag::lookup(code.as_str()).map(|c| c.lint);
         self.allowed
             .iter()
-            .any(|a| a == code || a == "warnings" || Some(a.as_str()) == name)
+            .any(|a| a == code.as_str() || a == "warnings" || Some(a.as_str()) == name)
     }
 
     fn eprint(&self, text: &str) {

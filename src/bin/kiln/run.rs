@@ -249,7 +249,7 @@ fn fail(e: &RuntimeError, sources: &Sources, color: ColorChoice) -> u8 {
     }
     match e {
         RuntimeError::Io(_) => crate::EXIT_IO,
-        RuntimeError::Data(d) if d.code == "E0500" => crate::EXIT_IO,
+        RuntimeError::Data(d) if d.code == diag::Code::E0500 => crate::EXIT_IO,
         _ => EXIT_INPUT,
     }
 }

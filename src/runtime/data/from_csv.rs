@@ -79,16 +79,7 @@ pub(super) fn load_csv(
             for &column in &group.columns {
                 let field = record.get(column).unwrap_or_default();
                 let at = |e: DataError| e.at(line, Some(column + 1));
-                let value = parse_number(field).map_err(|text| {
-                    at(DataError::new(
-                        E_FORMAT,
-                        path,
-                        format!(
-                            "expected a number in column `{}`, found {text}",
-                            names[column]
-                        ),
-                    ))
-                })?;
+                let value = parse_number(field, path, &names[column]).map_err(at)?;
                 if let Some(classes) = group.classes {
                     let place = format!(" in column `{}`", names[column]);
                     if let Some(problem) = label_problem(value, classes, &place) {
@@ -217,22 +208,28 @@ fn record_line(record: &csv::ByteRecord) -> Option<usize> {
     record.position().map(|p| p.line() as usize)
 }
 
-/// Parses one field as an `f32`, allowing surrounding spaces; on failure, returns a
-/// description of the text found.
-fn parse_number(field: &[u8]) -> Result<f32, String> {
+/// Parses one field of column `column` as an `f32`, allowing surrounding spaces; on
+/// failure, an error describing the text found.
+fn parse_number(field: &[u8], path: &Path, column: &str) -> Result<f32, DataError> {
     let text = String::from_utf8_lossy(field);
     let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err("an empty field".to_string());
-    }
-    trimmed.parse::<f32>().map_err(|_| {
+    let found = if trimmed.is_empty() {
+        "an empty field".to_string()
+    } else if let Ok(value) = trimmed.parse::<f32>() {
+        return Ok(value);
+    } else {
         let shown: String = trimmed.chars().take(40).collect();
         if shown.len() < trimmed.len() {
             format!("`{shown}…`")
         } else {
             format!("`{shown}`")
         }
-    })
+    };
+    Err(DataError::new(
+        E_FORMAT,
+        path,
+        format!("expected a number in column `{column}`, found {found}"),
+    ))
 }
 
 /// Describes a run of columns: `` `y` `` or `` `y.0` to `y.2` ``.
@@ -487,15 +484,24 @@ mod tests {
 
     #[test]
     fn numbers_parse_with_spaces_and_specials() {
-        assert_eq!(parse_number(b" 1.5 "), Ok(1.5));
-        assert_eq!(parse_number(b"-2e3"), Ok(-2000.0));
-        assert!(parse_number(b"nan").is_ok_and(f32::is_nan));
-        assert_eq!(parse_number(b"inf"), Ok(f32::INFINITY));
-        assert_eq!(parse_number(b"-inf"), Ok(f32::NEG_INFINITY));
-        assert_eq!(parse_number(b"abc"), Err("`abc`".to_string()));
-        assert_eq!(parse_number(b"  "), Err("an empty field".to_string()));
-        assert_eq!(parse_number(b"\xFF"), Err("`\u{FFFD}`".to_string()));
-        let long = parse_number(&[b'x'; 100]).unwrap_err();
+        let parse = |field: &[u8]| parse_number(field, Path::new("d.csv"), "x");
+        let found = |field: &[u8]| {
+            let e = parse(field).unwrap_err();
+            assert_eq!((e.code, e.path.as_path()), (E_FORMAT, Path::new("d.csv")));
+            e.message
+                .strip_prefix("expected a number in column `x`, found ")
+                .map(str::to_string)
+                .unwrap_or_else(|| panic!("{}", e.message))
+        };
+        assert_eq!(parse(b" 1.5 "), Ok(1.5));
+        assert_eq!(parse(b"-2e3"), Ok(-2000.0));
+        assert!(parse(b"nan").is_ok_and(f32::is_nan));
+        assert_eq!(parse(b"inf"), Ok(f32::INFINITY));
+        assert_eq!(parse(b"-inf"), Ok(f32::NEG_INFINITY));
+        assert_eq!(found(b"abc"), "`abc`");
+        assert_eq!(found(b"  "), "an empty field");
+        assert_eq!(found(b"\xFF"), "`\u{FFFD}`");
+        let long = found(&[b'x'; 100]);
         assert!(long.ends_with("…`") && long.len() < 60, "{long}");
     }
 }

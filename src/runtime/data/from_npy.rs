@@ -79,16 +79,21 @@ impl ToF32 for bool {
 
 /// Somewhere an array can be read from with a chosen element type.
 trait ArraySource {
-    /// Reads the array as elements of type `T`; on failure, a description.
-    fn read<T: ReadableElement>(&mut self) -> Result<ArrayD<T>, String>;
+    /// What a failed read reports.
+    type Error: std::fmt::Display;
+
+    /// Reads the array as elements of type `T`.
+    fn read<T: ReadableElement>(&mut self) -> Result<ArrayD<T>, Self::Error>;
 }
 
 /// The bytes of a whole `.npy` file.
 struct NpyBytes<'a>(&'a [u8]);
 
 impl ArraySource for NpyBytes<'_> {
-    fn read<T: ReadableElement>(&mut self) -> Result<ArrayD<T>, String> {
-        ArrayD::<T>::read_npy(self.0).map_err(|e| e.to_string())
+    type Error = ndarray_npy::ReadNpyError;
+
+    fn read<T: ReadableElement>(&mut self) -> Result<ArrayD<T>, Self::Error> {
+        ArrayD::<T>::read_npy(self.0)
     }
 }
 
@@ -99,10 +104,10 @@ struct NpzEntry<'a, R: std::io::Read + std::io::Seek> {
 }
 
 impl<R: std::io::Read + std::io::Seek> ArraySource for NpzEntry<'_, R> {
-    fn read<T: ReadableElement>(&mut self) -> Result<ArrayD<T>, String> {
-        self.npz
-            .by_name::<OwnedRepr<T>, IxDyn>(self.name)
-            .map_err(|e| e.to_string())
+    type Error = ndarray_npy::ReadNpzError;
+
+    fn read<T: ReadableElement>(&mut self) -> Result<ArrayD<T>, Self::Error> {
+        self.npz.by_name::<OwnedRepr<T>, IxDyn>(self.name)
     }
 }
 
@@ -111,7 +116,7 @@ impl<R: std::io::Read + std::io::Seek> ArraySource for NpzEntry<'_, R> {
 fn read_as_f32<S: ArraySource>(
     source: &mut S,
     elem: Elem,
-) -> Result<(Vec<usize>, Vec<f32>), String> {
+) -> Result<(Vec<usize>, Vec<f32>), S::Error> {
     fn convert<T: ToF32>(array: ArrayD<T>) -> (Vec<usize>, Vec<f32>) {
         let values = array.iter().map(|v| v.to_f32()).collect();
         (array.shape().to_vec(), values)

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, Axis, IxDyn};
 
+use crate::diag::Code;
+
 mod from_csv;
 mod from_npy;
 mod from_safetensors;
@@ -32,12 +34,12 @@ pub(crate) use from_csv::{csv_fields, csv_row_line, CsvFields};
 pub use split::epoch_order;
 pub use standardize::Standardizer;
 
-const E_IO: &str = "E0500";
-const E_FORMAT: &str = "E0501";
-const E_COLUMNS: &str = "E0502";
-const E_LABEL: &str = "E0503";
-const E_MISSING: &str = "E0504";
-const E_SHAPE: &str = "E0505";
+const E_IO: Code = Code::E0500;
+const E_FORMAT: Code = Code::E0501;
+const E_COLUMNS: Code = Code::E0502;
+const E_LABEL: Code = Code::E0503;
+const E_MISSING: Code = Code::E0504;
+const E_SHAPE: Code = Code::E0505;
 
 /// One input or target of a model as the data loader needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,7 +79,7 @@ pub struct Dataset {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataError {
     /// The error code, `E0500` to `E0506`.
-    pub code: &'static str,
+    pub code: Code,
     /// The data file.
     pub path: PathBuf,
     /// The line (the CSV header is line 1), when known.
@@ -89,7 +91,7 @@ pub struct DataError {
 }
 
 impl DataError {
-    fn new(code: &'static str, path: &Path, message: impl Into<String>) -> DataError {
+    fn new(code: Code, path: &Path, message: impl Into<String>) -> DataError {
         DataError {
             code,
             path: path.to_path_buf(),
