@@ -279,3 +279,49 @@ fn malformed_report_names_the_file_line_and_column() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("no epochs"), "{}", stderr(&out));
 }
+
+/// Losses falling over 27 decades (XOR reaches 8e-27) get a label near the smallest
+/// loss; an accuracy between 90 and 98 % gets an axis around those values, not 0–100.
+#[test]
+fn the_axes_follow_the_values() {
+    let dir = tmp();
+    let d = dir.path();
+    let history: Vec<String> = (1..=30)
+        .map(|e| {
+            let loss = 0.7 * 10f64.powi(-(e as i32) + 1).max(8e-27);
+            let acc = 0.9 + 0.08 * f64::from(e) / 30.0;
+            format!(
+                r#"{{"epoch": {e}, "train_loss": {loss:e}, "val_loss": null, "val_accuracy": {acc}}}"#
+            )
+        })
+        .collect();
+    std::fs::write(
+        d.join("r.json"),
+        format!(r#"{{"model": "m", "history": [{}]}}"#, history.join(",")),
+    )
+    .expect("write");
+    ok(&kiln(&["plot", "r.json", "--out", "axes.svg"], d));
+    let svg = parse_svg(&d.join("axes.svg"));
+    let exponents: Vec<i32> = svg
+        .texts
+        .iter()
+        .filter_map(|t| t.strip_prefix("1e").and_then(|x| x.parse().ok()))
+        .collect();
+    assert!(
+        exponents.iter().any(|&x| x <= -25),
+        "no tick near 8e-27: {:?}",
+        svg.texts
+    );
+    // The accuracy axis spans 85–100 %: no tick at 0 or 50.
+    assert!(has_text(&svg, "accuracy (%)"), "{:?}", svg.texts);
+    assert!(
+        has_text(&svg, "90") && has_text(&svg, "100"),
+        "{:?}",
+        svg.texts
+    );
+    assert!(
+        !has_text(&svg, "50") && !has_text(&svg, "0"),
+        "{:?}",
+        svg.texts
+    );
+}

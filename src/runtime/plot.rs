@@ -9,7 +9,7 @@
 //! fsynced, then renamed over it, so a reader never sees a half-written plot.
 
 use super::train::EpochRecord;
-use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
+use plotters::coord::ranged1d::Ranged;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::register_font;
@@ -248,6 +248,17 @@ impl Curves {
             epochs,
         }
     }
+
+    /// The same curves with the losses replaced by their base-10 logarithms (all positive).
+    fn log10(&self) -> Curves {
+        let log = |v: &[(u64, f64)]| v.iter().map(|&(e, x)| (e, x.log10())).collect();
+        Curves {
+            train: log(&self.train),
+            val: log(&self.val),
+            accuracy: self.accuracy.clone(),
+            epochs: self.epochs.clone(),
+        }
+    }
 }
 
 /// The result type of drawing into an area of backend `DB`.
@@ -267,11 +278,13 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Curves, title: &s
         (top, Some(bottom))
     };
     let (lo, hi) = bounds(c.train.iter().chain(&c.val).map(|p| p.1));
-    // More than two decades, all positive: a logarithmic axis (below 300 decades, which
-    // plotters cannot divide into ticks).
-    if lo > 0.0 && hi / lo > 100.0 && hi / lo < 1e300 {
-        let y = (lo / 1.5..hi * 1.5).log_scale();
-        loss_panel(&loss_area, c, y)?;
+    // More than two decades, all positive: a logarithmic axis, drawn as the logarithms
+    // on a linear axis from decade to decade, so that every decade the losses reach is
+    // labelled (plotters' own logarithmic axis stopped labelling around 1e-14).
+    if lo > 0.0 && hi / lo > 100.0 {
+        let (bottom, top) = (lo.log10().floor(), hi.log10().ceil());
+        let labels = ((top - bottom) as usize + 1).min(10);
+        loss_panel(&loss_area, &c.log10(), bottom..top, labels, &decade)?;
     } else {
         let pad = if hi > lo {
             (hi - lo) * 0.05
@@ -283,7 +296,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Curves, title: &s
         } else {
             lo - pad
         };
-        loss_panel(&loss_area, c, bottom..hi + pad)?;
+        loss_panel(&loss_area, c, bottom..hi + pad, 10, &|v| number(*v))?;
     }
     if let Some(acc_area) = acc_area {
         accuracy_panel(&acc_area, c)?;
@@ -303,12 +316,23 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     }
 }
 
-fn loss_panel<DB, Y>(area: &DrawingArea<DB, Shift>, c: &Curves, y: Y) -> Drawn
-where
-    DB: DrawingBackend,
-    Y: AsRangedCoord<Value = f64>,
-    Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
-{
+/// The label of a tick of a logarithmic axis at `v` = log₁₀ of the value: the power of
+/// ten at whole decades, nothing between them.
+fn decade(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        number(10f64.powi(v.round() as i32))
+    } else {
+        String::new()
+    }
+}
+
+fn loss_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    c: &Curves,
+    y: Range<f64>,
+    labels: usize,
+    label: &dyn Fn(&f64) -> String,
+) -> Drawn {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| Cause(e.to_string());
     let mut chart = ChartBuilder::on(area)
         .margin(12)
@@ -321,7 +345,8 @@ where
         .x_desc("epoch")
         .y_desc("loss")
         .x_labels(10)
-        .y_label_formatter(&|v| number(*v))
+        .y_labels(labels)
+        .y_label_formatter(label)
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 16))
         .max_light_lines(4)
@@ -347,7 +372,7 @@ fn accuracy_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Curves)
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(c.epochs.clone(), 0f64..100f64)
+        .build_cartesian_2d(c.epochs.clone(), accuracy_range(&c.accuracy))
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -367,6 +392,19 @@ fn accuracy_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Curves)
         legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     Ok(())
+}
+
+/// The accuracy axis in percent: the data's range widened to multiples of 5 with a margin
+/// of 2 points, at least 10 points tall, within 0–100, so the region where accuracy
+/// changes fills the panel.
+fn accuracy_range(points: &[(u64, f64)]) -> Range<f64> {
+    let (lo, hi) = bounds(points.iter().map(|p| p.1));
+    let mut bottom = (((lo - 2.0) / 5.0).floor() * 5.0).max(0.0);
+    let top = (((hi + 2.0) / 5.0).ceil() * 5.0).min(100.0);
+    if top - bottom < 10.0 {
+        bottom = (top - 10.0).max(0.0);
+    }
+    bottom..top.max(bottom + 10.0)
 }
 
 /// Draws `points` as a line with a marker on each point (so that a single epoch shows),
