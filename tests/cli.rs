@@ -595,3 +595,47 @@ fn every_command_ends_quietly_when_stdout_is_closed() {
         assert_eq!(code(&out), 0, "kiln {args:?}: {err}");
     }
 }
+
+/// A file that cannot be read is an I/O error, exit 2, whichever flag names it; a file
+/// that is read but wrong is the input's fault, exit 1.
+#[test]
+fn unreadable_files_exit_2_and_wrong_files_exit_1() {
+    let iris = "examples/iris.kiln";
+    let test_csv = "examples/data/iris_test.csv";
+    let missing = "no-such-dir/missing.safetensors";
+    for args in [
+        &["predict", iris, "--weights", missing, "--data", test_csv][..],
+        &["eval", iris, "--weights", missing, "--data", test_csv],
+        &["train", iris, "--resume", missing, "--quiet"],
+        &[
+            "train",
+            iris,
+            "--train",
+            "no-such-dir/missing.csv",
+            "--quiet",
+        ],
+        &[
+            "predict",
+            iris,
+            "--data",
+            "no-such-dir/x.csv",
+            "--weights",
+            missing,
+        ],
+    ] {
+        let o = kiln(args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("missing") || stderr(&o).contains("x.csv"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = kiln(&["eval", iris, "--weights", "README.md", "--data", test_csv]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not a valid checkpoint"),
+        "{}",
+        stderr(&o)
+    );
+}

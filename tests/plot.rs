@@ -288,7 +288,7 @@ fn the_axes_follow_the_values() {
     let d = dir.path();
     let history: Vec<String> = (1..=30)
         .map(|e| {
-            let loss = 0.7 * 10f64.powi(-(e as i32) + 1).max(8e-27);
+            let loss = 0.7 * 10f64.powi(-e + 1).max(8e-27);
             let acc = 0.9 + 0.08 * f64::from(e) / 30.0;
             format!(
                 r#"{{"epoch": {e}, "train_loss": {loss:e}, "val_loss": null, "val_accuracy": {acc}}}"#

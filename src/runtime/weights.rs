@@ -1,7 +1,7 @@
 //! A program's weights in checkpoints: loading them (refusing another model's), and
 //! the standardization stored beside them.
 
-use super::checkpoint::{self, Checkpoint};
+use super::checkpoint::{self, Checkpoint, CheckpointError};
 use super::data::Standardizer;
 use super::error::RuntimeError;
 use super::identity;
@@ -36,7 +36,12 @@ pub fn get_standardizer(c: &Checkpoint, g: &Graph) -> Option<Standardizer> {
 
 /// Loads a checkpoint and refuses one written for another model.
 pub fn load_for(p: &Program, path: &Path) -> Result<Checkpoint, RuntimeError> {
-    let c = Checkpoint::load(path).map_err(|e| RuntimeError::Checkpoint(e.to_string()))?;
+    // A file that cannot be read is an I/O error (exit 2); one that is not a checkpoint
+    // Kiln can load, or of another model, is the input's fault (exit 1).
+    let c = Checkpoint::load(path).map_err(|e| match e {
+        CheckpointError::Io { .. } => RuntimeError::Io(e.to_string()),
+        CheckpointError::Format { .. } => RuntimeError::Checkpoint(e.to_string()),
+    })?;
     if identity::names_another_model(&c.meta, &p.hash) {
         let other = c
             .meta
