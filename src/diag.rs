@@ -317,7 +317,7 @@ codes! {
     W0004 "mse_on_labels" "mse against class labels"
         "Squared error treats class ids as numbers on a line (class 9 is 'far' from class 0). \
          For classification use `cross_entropy` with logits of shape [N, K].";
-    W0005 "vanishing_gradients" "deep stack of saturating activations"
+    W0005 "saturating_stack" "deep stack of saturating activations"
         "The derivative of sigmoid is at most 0.25 and that of tanh at most 1, and both vanish \
          when saturated; many of them in a row multiply small factors and the first layers stop \
          learning. Use the ReLU family, batchnorm or layernorm, or residual connections.";

@@ -343,3 +343,21 @@ fn every_example_checks_cleanly() {
         }
     }
 }
+
+/// Every lint has its own name (W0005 and W0101 were both `vanishing_gradients`, so
+/// `allow vanishing_gradients` silenced only the first).
+#[test]
+fn lint_names_are_unique() {
+    let lints: Vec<&str> = kiln::diag::CODES
+        .iter()
+        .map(|c| c.lint)
+        .filter(|l| !l.is_empty())
+        .collect();
+    for (i, a) in lints.iter().enumerate() {
+        assert!(!lints[i + 1..].contains(a), "two lints are named `{a}`");
+    }
+    assert_eq!(
+        kiln::diag::lookup("saturating_stack").map(|c| c.code.as_str()),
+        Some("W0005")
+    );
+}

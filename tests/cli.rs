@@ -200,6 +200,9 @@ fn usage_errors_exit_2() {
         &["train", "examples/xor.kiln", "--epochs", "-3"],
         &["bench", "examples/xor.kiln", "--seconds", "-2"],
         &["train", "examples/xor.kiln", "--threads", "-1"],
+        // A lint that does not exist silences nothing: refused, as W0008 is in a file.
+        &["check", "--allow", "W0999", "examples/xor.kiln"],
+        &["check", "--deny", "unusd", "examples/xor.kiln"],
     ] {
         let o = kiln(args);
         assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
@@ -220,6 +223,12 @@ fn usage_errors_exit_2() {
     );
     let o = kiln(&["train", "examples/xor.kiln", "--epochs", "-3"]);
     assert!(stderr(&o).contains("-3 is not in 1..="), "{}", stderr(&o));
+    let o = kiln(&["check", "--deny", "unusd", "examples/xor.kiln"]);
+    assert!(
+        stderr(&o).contains("did you mean `unused`?"),
+        "{}",
+        stderr(&o)
+    );
     // An unknown flag gets clap's usage line.
     let o = kiln(&["check", "--bogus", "examples/xor.kiln"]);
     assert!(stderr(&o).contains("'--bogus'"), "{}", stderr(&o));

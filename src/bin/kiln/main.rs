@@ -47,10 +47,10 @@ pub(crate) enum Color {
 #[derive(clap::Args, Clone)]
 pub(crate) struct LintArgs {
     /// Silence a lint (code like W0007, or its name like `unused`); repeatable.
-    #[arg(long = "allow", value_name = "LINT")]
+    #[arg(long = "allow", value_name = "LINT", value_parser = lint)]
     pub(crate) allow: Vec<String>,
     /// Turn a lint into an error; `--deny warnings` denies all; repeatable.
-    #[arg(long = "deny", value_name = "LINT")]
+    #[arg(long = "deny", value_name = "LINT", value_parser = lint)]
     pub(crate) deny: Vec<String>,
     /// When to color diagnostics.
     #[arg(long, value_enum, default_value = "auto")]
@@ -126,6 +126,24 @@ fn main() -> ExitCode {
         Ok(Ok(code)) => ExitCode::from(code),
         _ => ExitCode::from(101),
     }
+}
+
+/// A clap value parser for `--allow`/`--deny`: a lint's code or name, or `warnings`. An
+/// unknown one is a usage error, as `allow` of an unknown lint in a file is W0008.
+fn lint(s: &str) -> Result<String, String> {
+    let known = s == "warnings" || diag::lookup(s).is_some_and(|c| !c.lint.is_empty());
+    if known {
+        return Ok(s.to_string());
+    }
+    let names = diag::CODES
+        .iter()
+        .filter(|c| !c.lint.is_empty())
+        .flat_map(|c| [c.code.as_str(), c.lint]);
+    let hint =
+        diag::did_you_mean(s, names).map_or(String::new(), |n| format!(" (did you mean `{n}`?)"));
+    Err(format!(
+        "not a lint code or name{hint}; `kiln explain` lists the lints"
+    ))
 }
 
 fn levels(l: &LintArgs) -> LintLevels {
