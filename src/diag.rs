@@ -351,6 +351,13 @@ codes! {
          sigmoid's or tanh's outputs are within 0.01 of their bounds, where the derivative is \
          almost zero. Remedies: batchnorm before the activation, smaller initial weights, a \
          ReLU-family activation.";
+    W0105 "not_learning" "training learned nothing"
+        "At the end of training, the accuracy is no better than always predicting the most \
+         frequent class, or the training loss did not fall from the first epoch to the last. \
+         The run finished, but the model is no better than a constant. Likely causes: a \
+         learning rate far too high (the loss jumps or stalls) or far too low (it barely \
+         moves); inputs on very different scales (`--standardize`); targets that do not \
+         match the inputs.";
     W0201 "constant_column" "constant input column"
         "An input feature (a CSV column, or one element of an array's rows) has the same value \
          in every row of the training data. It carries no information: the model cannot learn \

@@ -648,3 +648,44 @@ fn unreadable_files_exit_2_and_wrong_files_exit_1() {
         stderr(&o)
     );
 }
+
+/// A run that learns nothing still exits 0, but says so (W0105) with the likely causes;
+/// a run that learns does not. Huge losses print in scientific notation.
+#[test]
+fn a_run_that_learns_nothing_warns() {
+    let o = kiln(&[
+        "train",
+        "examples/digits_mlp.kiln",
+        "--lr",
+        "100",
+        "--epochs",
+        "3",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning[W0105]: training learned nothing"),
+        "{err}"
+    );
+    assert!(err.contains("learning rate far too high"), "{err}");
+    let first = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with("epoch   1/3"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(first.contains("loss 8.1220e8"), "{first}");
+    let o = kiln(&["train", "examples/iris.kiln", "--quiet"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("W0105"), "{}", stderr(&o));
+    let o = kiln(&[
+        "train",
+        "examples/digits_mlp.kiln",
+        "--lr",
+        "100",
+        "--epochs",
+        "3",
+        "--allow",
+        "not_learning",
+    ]);
+    assert!(!stderr(&o).contains("W0105"), "{}", stderr(&o));
+}

@@ -15,4 +15,5 @@ pub mod sanity;
 pub mod schedule;
 pub mod trace;
 pub mod train;
+pub mod verdict;
 pub mod weights;

@@ -12,6 +12,7 @@ use super::program::{data_spec, Program};
 use super::sanity::{self, DataWarning};
 use super::schedule::{hyper, learning_rate};
 use super::trace;
+use super::verdict;
 use super::weights::{get_standardizer, load_for, params_from};
 use crate::check::train::TrainConfig;
 use crate::diag::{Code, Diagnostic};
@@ -478,6 +479,20 @@ impl Run {
             None => None,
         };
         let train_eval = evaluate(&self.program, backend, &self.state, &train, batch)?;
+        let final_eval = test_eval.as_ref().unwrap_or(&train_eval);
+        let losses: Vec<(u64, f64)> = self
+            .history
+            .iter()
+            .map(|r| (r.epoch, r.train_loss))
+            .collect();
+        if let Some(w) = verdict::learned_nothing(
+            self.program.model.span,
+            final_eval,
+            test_eval.is_some(),
+            &losses,
+        ) {
+            observer.warning(&w);
+        }
         Ok(Report {
             model: self.program.model.name.clone(),
             epochs: self.epoch,

@@ -9,6 +9,7 @@ use kiln::diag::{self, ColorChoice, Diagnostic};
 use kiln::runtime::health::Health;
 use kiln::runtime::sanity::DataWarning;
 use kiln::runtime::train::{EpochRecord, Observer, StepProgress};
+use kiln::runtime::verdict::number;
 use kiln::span::Sources;
 use std::io::{IsTerminal, Write};
 
@@ -90,8 +91,9 @@ impl Observer for Console<'_> {
         });
         bar.set_position(p.batch as u64);
         bar.set_message(format!(
-            "loss {:.5}  {:.0} samples/s",
-            p.loss, p.samples_per_s
+            "loss {}  {:.0} samples/s",
+            number(p.loss),
+            p.samples_per_s
         ));
     }
 
@@ -101,11 +103,13 @@ impl Observer for Console<'_> {
             return;
         }
         let mut line = format!(
-            "epoch {:>3}/{}  loss {:.5}",
-            r.epoch, self.epochs, r.train_loss
+            "epoch {:>3}/{}  loss {}",
+            r.epoch,
+            self.epochs,
+            number(r.train_loss)
         );
         if let Some(v) = r.val_loss {
-            line += &format!("  val_loss {v:.5}");
+            line += &format!("  val_loss {}", number(v));
         }
         if let Some(acc) = r.val_accuracy {
             line += &format!("  val_accuracy {:.2}%", acc * 100.0);

@@ -397,7 +397,7 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
 fn print_eval(what: &str, e: &Evaluation) {
     let mut line = format!("{what}: {} rows", e.rows);
     if let Some(l) = e.loss {
-        line += &format!("  loss {l:.5}");
+        line += &format!("  loss {}", kiln::runtime::verdict::number(l));
     }
     if let Some(c) = &e.classification {
         line += &format!("  accuracy {:.2}%", c.accuracy * 100.0);
