@@ -5,7 +5,7 @@ use super::{
 };
 use crate::autodiff::differentiate;
 use crate::check;
-use crate::exec::{Backend, State};
+use crate::exec::{Backend, Bug, State};
 use crate::ir::{DType, Op, Param, Tensor};
 use crate::jit::Jit;
 use crate::runtime::data;
@@ -365,11 +365,9 @@ impl Session {
             params,
             states: vec![],
         };
-        let (value, grads) = Jit::new()
-            .gradients(&g, &state, &c.inputs, &[], &HashMap::new())
-            .map_err(|e| ReplError::msg(format!("error: {e}")))?;
+        let (value, grads) = Jit::new().gradients(&g, &state, &c.inputs, &[], &HashMap::new())?;
         let Some((_, gr)) = grads.into_iter().next() else {
-            return Err(ReplError::msg("internal error: no gradient"));
+            return Err(ReplError::Internal(Bug::new("no gradient")));
         };
         Ok(format!(
             "value: {}\n∂/∂{wrt}: {}\n{}\n",

@@ -19,7 +19,7 @@ pub mod values;
 use crate::check::catalog;
 use crate::check::train::TrainConfig;
 use crate::diag::Diagnostic;
-use crate::exec::State;
+use crate::exec::{Bug, RunError, State};
 use crate::ir::NodeId;
 use crate::runtime::data::Standardizer;
 use crate::runtime::error::RuntimeError;
@@ -108,6 +108,8 @@ pub enum ReplError {
     Diagnostics(Vec<Diagnostic>),
     /// Any other failure (a command's usage, a data or I/O error).
     Message(String),
+    /// Kiln's bug.
+    Internal(Bug),
 }
 
 impl ReplError {
@@ -126,7 +128,17 @@ impl From<RuntimeError> for ReplError {
     fn from(e: RuntimeError) -> Self {
         match e {
             RuntimeError::Diverged(d) => ReplError::Diagnostics(vec![*d]),
+            RuntimeError::Run(RunError::Internal(b)) => ReplError::Internal(b),
             other => ReplError::Message(other.to_string()),
+        }
+    }
+}
+
+impl From<RunError> for ReplError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Input(m) => ReplError::Message(format!("error: {m}")),
+            RunError::Internal(b) => ReplError::Internal(b),
         }
     }
 }

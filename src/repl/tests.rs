@@ -8,6 +8,7 @@ fn ok(s: &mut Session, input: &str) -> Output {
             crate::diag::render(s.sources(), &ds, crate::diag::ColorChoice::Never)
         ),
         Err(ReplError::Message(m)) => panic!("`{input}` failed: {m}"),
+        Err(ReplError::Internal(b)) => panic!("`{input}` failed: {b}"),
     }
 }
 
@@ -18,6 +19,7 @@ fn err(s: &mut Session, input: &str) -> String {
             crate::diag::render(s.sources(), &ds, crate::diag::ColorChoice::Never)
         }
         Err(ReplError::Message(m)) => m,
+        Err(ReplError::Internal(b)) => panic!("`{input}` hit a bug: {b}"),
     }
 }
 

@@ -105,6 +105,10 @@ fn show(session: &Session, r: &Result<repl::Output, ReplError>, color: ColorChoi
             let _ = writeln!(err, "{m}");
             true
         }
+        Err(ReplError::Internal(b)) => {
+            let _ = writeln!(err, "error: {b}");
+            true
+        }
     }
 }
 
