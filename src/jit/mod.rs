@@ -262,8 +262,7 @@ impl Jit {
             Some(at) => at,
             None => {
                 let plan = plan::plan(g, roots);
-                let code = emit::compile(g, &plan)
-                    .map_err(|e| RunError::bug(format!("JIT compilation failed: {}", e.0)))?;
+                let code = emit::compile(g, &plan).map_err(RunError::Internal)?;
                 let inplace = inplace_updates(g, &plan, roots);
                 let sources = sources(g, &plan, &inplace);
                 let scalars = (0..g.nodes.len())
