@@ -405,10 +405,7 @@ pub enum ColorChoice {
 
 /// Renders diagnostics as rustc-style text.
 pub fn render(sources: &Sources, diags: &[Diagnostic], color: ColorChoice) -> String {
-    let mut buf = match color {
-        ColorChoice::Never => termcolor::Buffer::no_color(),
-        ColorChoice::Always => termcolor::Buffer::ansi(),
-    };
+    let mut buf = buffer(color);
     let config = term::Config::default();
     for d in diags {
         // Writing to an in-memory buffer with valid spans cannot fail; a span outside
@@ -424,6 +421,63 @@ pub fn render(sources: &Sources, diags: &[Diagnostic], color: ColorChoice) -> St
     String::from_utf8_lossy(buf.as_slice()).into_owned()
 }
 
+/// Renders a diagnostic that points into no model source (a data file, whose position
+/// the message names, or a REPL command) in the style of [`render`]: the header line
+/// `error[E0502]: MESSAGE` (or `error: MESSAGE` without a code), then `  = help: HELP`.
+pub fn render_unplaced(
+    severity: Severity,
+    code: Option<Code>,
+    message: &str,
+    help: Option<&str>,
+    color: ColorChoice,
+) -> String {
+    let mut buf = buffer(color);
+    let styles = term::Styles::default();
+    // Writing to an in-memory buffer cannot fail.
+    let _ = write_unplaced(&mut buf, &styles, severity, code, message, help);
+    String::from_utf8_lossy(buf.as_slice()).into_owned()
+}
+
+fn write_unplaced(
+    buf: &mut termcolor::Buffer,
+    styles: &term::Styles,
+    severity: Severity,
+    code: Option<Code>,
+    message: &str,
+    help: Option<&str>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use termcolor::WriteColor;
+    buf.set_color(styles.header(cs_severity(severity)))?;
+    write!(buf, "{}", severity_word(severity))?;
+    if let Some(code) = code {
+        write!(buf, "[{code}]")?;
+    }
+    buf.reset()?;
+    buf.set_color(&styles.header_message)?;
+    write!(buf, ": {message}")?;
+    buf.reset()?;
+    writeln!(buf)?;
+    if let Some(help) = help {
+        writeln!(buf, "  = help: {help}")?;
+    }
+    Ok(())
+}
+
+fn buffer(color: ColorChoice) -> termcolor::Buffer {
+    match color {
+        ColorChoice::Never => termcolor::Buffer::no_color(),
+        ColorChoice::Always => termcolor::Buffer::ansi(),
+    }
+}
+
+fn cs_severity(s: Severity) -> cs::Severity {
+    match s {
+        Severity::Error => cs::Severity::Error,
+        Severity::Warning => cs::Severity::Warning,
+    }
+}
+
 fn severity_word(s: Severity) -> &'static str {
     match s {
         Severity::Error => "error",
@@ -432,10 +486,7 @@ fn severity_word(s: Severity) -> &'static str {
 }
 
 fn to_codespan(d: &Diagnostic) -> cs::Diagnostic<usize> {
-    let severity = match d.severity {
-        Severity::Error => cs::Severity::Error,
-        Severity::Warning => cs::Severity::Warning,
-    };
+    let severity = cs_severity(d.severity);
     let labels = d
         .labels
         .iter()

@@ -19,13 +19,60 @@ pub struct State {
     pub states: Vec<ArrayD<f32>>,
 }
 
-/// A failure while running a graph (shapes the caller got wrong, or an internal error).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunError(pub String);
+/// A violated invariant of Kiln: a bug in Kiln, never a mistake in a model or its data.
+/// Its `Display` says so and asks for a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bug(String);
+
+impl Bug {
+    /// A bug; `what` says which invariant failed.
+    pub fn new(what: impl Into<String>) -> Bug {
+        Bug(what.into())
+    }
+}
+
+impl fmt::Display for Bug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "internal error: {} (this is a bug in Kiln; please report it)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Bug {}
+
+/// Why a graph could not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// The caller's values do not fit the graph: an input, target, parameter or state of
+    /// the wrong count, shape or layout, a graph without a loss where one is needed, or
+    /// data values no model accepts (a class label or an id outside its range). A
+    /// message for the user.
+    Input(String),
+    /// Kiln's bug.
+    Internal(Bug),
+}
+
+impl RunError {
+    /// The caller's mistake, described by `message`.
+    pub fn input(message: impl Into<String>) -> RunError {
+        RunError::Input(message.into())
+    }
+
+    /// Kiln's bug: `what` says which invariant failed.
+    pub fn bug(what: impl Into<String>) -> RunError {
+        RunError::Internal(Bug::new(what))
+    }
+}
 
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        match self {
+            RunError::Input(m) => f.write_str(m),
+            RunError::Internal(b) => write!(f, "{b}"),
+        }
     }
 }
 
@@ -44,7 +91,7 @@ pub struct StepResult {
 pub fn loss_nodes(graph: &Graph) -> Result<(NodeId, NodeId), RunError> {
     match (graph.loss, graph.objective) {
         (Some(l), Some(o)) => Ok((l, o)),
-        _ => Err(RunError("the graph has no loss".into())),
+        _ => Err(RunError::input("the graph has no loss")),
     }
 }
 
@@ -112,4 +159,21 @@ pub fn batch_of(inputs: &[ArrayD<f32>]) -> usize {
 /// The value of a one-element array (NaN when empty).
 pub fn scalar(a: &ArrayD<f32>) -> f64 {
     a.iter().next().map_or(f64::NAN, |v| f64::from(*v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunError;
+
+    #[test]
+    fn a_bug_says_it_is_kilns_and_a_user_error_is_the_message_alone() {
+        assert_eq!(
+            RunError::bug("a root has no value").to_string(),
+            "internal error: a root has no value (this is a bug in Kiln; please report it)"
+        );
+        assert_eq!(
+            RunError::input("class label 7 is not in 0..3").to_string(),
+            "class label 7 is not in 0..3"
+        );
+    }
 }

@@ -29,13 +29,13 @@ fn run(
         hyper,
         batch: batch_of(inputs),
     };
-    interp::run(graph, &env, roots).map_err(|e| RunError(e.0))
+    interp::run(graph, &env, roots)
 }
 
 fn take(vals: &mut [Option<ArrayD<f32>>], n: NodeId) -> Result<ArrayD<f32>, RunError> {
     vals[n]
         .clone()
-        .ok_or_else(|| RunError(format!("node %{n} was not computed")))
+        .ok_or_else(|| RunError::bug(format!("node %{n} was not computed")))
 }
 
 impl Backend for Interpreter {

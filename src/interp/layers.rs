@@ -3,7 +3,7 @@
 //! output element, accumulating in f64; one and two spatial axes share the code (a 1-d
 //! axis is a 2-d one of height 1).
 
-use super::{InterpError, Real};
+use super::{Real, RunError};
 use crate::exec::rng::{stream, Purpose};
 use crate::ir::{ConvGeom, Noise, Pool, PoolKind, Windows};
 use ndarray::{ArrayD, IxDyn};
@@ -128,7 +128,7 @@ impl ConvSizes {
     }
 }
 
-fn slice<T>(a: &ArrayD<T>) -> Result<std::borrow::Cow<'_, [T]>, InterpError>
+fn slice<T>(a: &ArrayD<T>) -> Result<std::borrow::Cow<'_, [T]>, RunError>
 where
     T: Clone,
 {
@@ -138,9 +138,9 @@ where
     }
 }
 
-fn array<T: Real>(out: &[usize], acc: Vec<f64>) -> Result<ArrayD<T>, InterpError> {
+fn array<T: Real>(out: &[usize], acc: Vec<f64>) -> Result<ArrayD<T>, RunError> {
     ArrayD::from_shape_vec(IxDyn(out), acc.into_iter().map(T::of).collect())
-        .map_err(|e| InterpError(e.to_string()))
+        .map_err(|e| RunError::bug(e.to_string()))
 }
 
 /// `conv(x, w)`.
@@ -149,7 +149,7 @@ pub fn conv<T: Real>(
     w: &ArrayD<T>,
     out: &[usize],
     g: &ConvGeom,
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let s = ConvSizes::new(x.shape(), w.shape(), out, g);
     let (xs, ws) = (slice(x)?, slice(w)?);
     let mut acc = vec![0.0f64; out.iter().product()];
@@ -163,7 +163,7 @@ pub fn conv_grad_input<T: Real>(
     w: &ArrayD<T>,
     out: &[usize],
     g: &ConvGeom,
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let s = ConvSizes::new(out, w.shape(), gy.shape(), g);
     let (gs, ws) = (slice(gy)?, slice(w)?);
     let mut acc = vec![0.0f64; out.iter().product()];
@@ -177,7 +177,7 @@ pub fn conv_grad_weight<T: Real>(
     gy: &ArrayD<T>,
     out: &[usize],
     g: &ConvGeom,
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let s = ConvSizes::new(x.shape(), out, gy.shape(), g);
     let (xs, gs) = (slice(x)?, slice(gy)?);
     let mut acc = vec![0.0f64; out.iter().product()];
@@ -291,7 +291,7 @@ fn argmax(xs: &[f64], idx: &[usize]) -> Option<usize> {
 }
 
 /// `pool(x)`.
-pub fn pool<T: Real>(x: &ArrayD<T>, out: &[usize], p: &Pool) -> Result<ArrayD<T>, InterpError> {
+pub fn pool<T: Real>(x: &ArrayD<T>, out: &[usize], p: &Pool) -> Result<ArrayD<T>, RunError> {
     let xs: Vec<f64> = x.iter().map(|v| v.f()).collect();
     let mut acc = vec![0.0f64; out.iter().product()];
     each_window(p, x.shape(), out, |o, idx, div| {
@@ -309,7 +309,7 @@ pub fn pool_grad<T: Real>(
     gy: &ArrayD<T>,
     out: &[usize],
     p: &Pool,
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let xs: Vec<f64> = x.iter().map(|v| v.f()).collect();
     let gs: Vec<f64> = gy.iter().map(|v| v.f()).collect();
     let mut acc = vec![0.0f64; out.iter().product()];
@@ -329,11 +329,11 @@ pub fn pool_grad<T: Real>(
 }
 
 /// The row of a `vocab`-row table for id value `v`.
-fn row(v: f64, vocab: usize) -> Result<usize, InterpError> {
+fn row(v: f64, vocab: usize) -> Result<usize, RunError> {
     if v >= 0.0 && v.fract() == 0.0 && (v as usize) < vocab {
         Ok(v as usize)
     } else {
-        Err(InterpError(format!(
+        Err(RunError::input(format!(
             "id {v} is not a class id below {vocab}"
         )))
     }
@@ -344,7 +344,7 @@ pub fn gather<T: Real>(
     table: &ArrayD<T>,
     ids: &ArrayD<T>,
     out: &[usize],
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let (vocab, d) = (table.shape()[0], table.shape()[1]);
     let t = slice(table)?;
     let mut acc = Vec::with_capacity(out.iter().product());
@@ -360,7 +360,7 @@ pub fn gather_grad<T: Real>(
     ids: &ArrayD<T>,
     gy: &ArrayD<T>,
     out: &[usize],
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let (vocab, d) = (out[0], out[1]);
     let gs = slice(gy)?;
     let mut acc = vec![0.0f64; vocab * d];
@@ -432,7 +432,7 @@ pub fn noise<T: Real>(
     salt: u64,
     step: &ArrayD<T>,
     out: &[usize],
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let step = step.iter().next().map_or(0.0, |v| v.f());
     array(
         out,
@@ -453,7 +453,7 @@ fn channel_of(dims: &[usize]) -> impl Iterator<Item = usize> {
 }
 
 /// Batch statistics `[2, C]`: each channel's mean, then its biased variance.
-pub fn batch_stats<T: Real>(x: &ArrayD<T>, out: &[usize]) -> Result<ArrayD<T>, InterpError> {
+pub fn batch_stats<T: Real>(x: &ArrayD<T>, out: &[usize]) -> Result<ArrayD<T>, RunError> {
     let (n, c, p) = channels(x.shape());
     let m = (n * p) as f64;
     let mut mean = vec![0.0f64; c];
@@ -484,7 +484,7 @@ pub fn batchnorm<T: Real>(
     a: [&ArrayD<T>; 4],
     eps: f64,
     out: &[usize],
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let [x, stats, gamma, beta] = a;
     let mo = moments(stats, eps);
     let (gamma, beta) = (slice(gamma)?, slice(beta)?);
@@ -500,7 +500,7 @@ pub fn batchnorm_sums<T: Real>(
     a: [&ArrayD<T>; 3],
     eps: f64,
     out: &[usize],
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let [x, stats, g] = a;
     let mo = moments(stats, eps);
     let c = mo.len();
@@ -517,7 +517,7 @@ pub fn batchnorm_grad<T: Real>(
     a: [&ArrayD<T>; 5],
     eps: f64,
     out: &[usize],
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let [x, stats, gamma, sums, g] = a;
     let mo = moments(stats, eps);
     let (n, c, p) = channels(x.shape());

@@ -2,7 +2,7 @@
 //! with respect to the prediction, in f64. The interpreter and the JIT's kernels share
 //! this code, so both backends compute every loss the same way.
 
-use super::{sigmoid, InterpError, Real};
+use super::{sigmoid, Real, RunError};
 use crate::ir::{Func, LossKind};
 use crate::ops::Elem;
 
@@ -33,7 +33,7 @@ impl<'a, T: Real> Operands<'a, T> {
 }
 
 /// The loss's value.
-pub fn value<T: Real>(kind: LossKind, ops: &Operands<T>) -> Result<f64, InterpError> {
+pub fn value<T: Real>(kind: LossKind, ops: &Operands<T>) -> Result<f64, RunError> {
     run::<T, T>(kind, ops, None)
 }
 
@@ -44,9 +44,9 @@ pub fn gradient<T: Real, G: Real>(
     ops: &Operands<T>,
     scale: f64,
     out: &mut [G],
-) -> Result<(), InterpError> {
+) -> Result<(), RunError> {
     if out.len() != ops.pred.len() {
-        return Err(InterpError(format!(
+        return Err(RunError::bug(format!(
             "loss gradient has {} values for {} predictions",
             out.len(),
             ops.pred.len()
@@ -69,7 +69,7 @@ fn run<T: Real, G: Real>(
     kind: LossKind,
     ops: &Operands<T>,
     mut grad: Sink<G>,
-) -> Result<f64, InterpError> {
+) -> Result<f64, RunError> {
     let (p, y, classes, labels) = (ops.pred, ops.target, ops.classes, ops.labels);
     let grad = &mut grad;
     Ok(match kind {
@@ -156,7 +156,7 @@ fn run<T: Real, G: Real>(
         }
         _ => {
             if y.len() != p.len() {
-                return Err(InterpError(format!(
+                return Err(RunError::bug(format!(
                     "loss target has {} values for {} predictions",
                     y.len(),
                     p.len()
@@ -185,7 +185,7 @@ fn classify<T: Real, G: Real>(
     grad: &mut Sink<G>,
     row_loss: impl Fn(&[f64], &[f64], &mut [f64]) -> f64,
     smoothing: f64,
-) -> Result<f64, InterpError> {
+) -> Result<f64, RunError> {
     let rows = p.len() / k.max(1);
     let raw = smoothing.is_nan();
     let eps = if raw { 0.0 } else { smoothing };
@@ -207,7 +207,7 @@ fn classify<T: Real, G: Real>(
         if labels {
             let c = y[r].f();
             if c < 0.0 || c >= k as f64 || c.fract() != 0.0 {
-                return Err(InterpError(format!("class label {c} is not in 0..{k}")));
+                return Err(RunError::input(format!("class label {c} is not in 0..{k}")));
             }
             for (j, qj) in q.iter_mut().enumerate() {
                 *qj = (1.0 - eps) * f64::from(u8::from(j == c as usize)) + eps / k as f64;

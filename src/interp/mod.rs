@@ -10,6 +10,7 @@ pub mod recurrent;
 
 pub use backend::Interpreter;
 
+use crate::exec::RunError;
 use crate::ir::{Dim, Graph, Hyper, NodeId, Op, Reduce, Shape};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice, Zip};
 use std::collections::HashMap;
@@ -65,19 +66,6 @@ pub struct Env<'a, T> {
     pub batch: usize,
 }
 
-/// Why a graph could not run: bad arguments from the caller (an internal error for the
-/// CLI, which checks them first; a user error for the library).
-#[derive(Debug, Clone, PartialEq)]
-pub struct InterpError(pub String);
-
-impl fmt::Display for InterpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl std::error::Error for InterpError {}
-
 /// The concrete dims of a shape for batch size `n`.
 pub fn dims(s: &Shape, n: usize) -> Vec<usize> {
     s.0.iter()
@@ -93,7 +81,7 @@ pub fn run<T: Real>(
     g: &Graph,
     env: &Env<T>,
     roots: &[NodeId],
-) -> Result<Vec<Option<ArrayD<T>>>, InterpError> {
+) -> Result<Vec<Option<ArrayD<T>>>, RunError> {
     check_env(g, env)?;
     let live = g.live(roots);
     let mut vals: Vec<Option<ArrayD<T>>> = vec![None; g.nodes.len()];
@@ -123,13 +111,13 @@ pub fn run<T: Real>(
             .map(|&a| {
                 vals[a]
                     .as_ref()
-                    .ok_or_else(|| InterpError(format!("node %{a} has no value")))
+                    .ok_or_else(|| RunError::bug(format!("node %{a} has no value")))
             })
             .collect::<Result<_, _>>()?;
         let out = dims(&node.shape, env.batch);
         let v = eval(&node.op, &args, &out, env)?;
         if v.shape() != out.as_slice() {
-            return Err(InterpError(format!(
+            return Err(RunError::bug(format!(
                 "node %{i} ({}) produced shape {:?}, expected {:?}",
                 node.op,
                 v.shape(),
@@ -146,9 +134,9 @@ pub fn run<T: Real>(
     Ok(vals)
 }
 
-fn check_env<T: Real>(g: &Graph, env: &Env<T>) -> Result<(), InterpError> {
+fn check_env<T: Real>(g: &Graph, env: &Env<T>) -> Result<(), RunError> {
     if env.inputs.len() != g.inputs.len() {
-        return Err(InterpError(format!(
+        return Err(RunError::input(format!(
             "{} inputs given, the model has {}",
             env.inputs.len(),
             g.inputs.len()
@@ -159,7 +147,7 @@ fn check_env<T: Real>(g: &Graph, env: &Env<T>) -> Result<(), InterpError> {
     for (what, (t, a)) in ports.chain(targets) {
         let want = dims(&t.shape, env.batch);
         if a.shape() != want.as_slice() {
-            return Err(InterpError(format!(
+            return Err(RunError::input(format!(
                 "{what} `{}` has shape {:?}, expected {:?}",
                 t.name,
                 a.shape(),
@@ -170,7 +158,7 @@ fn check_env<T: Real>(g: &Graph, env: &Env<T>) -> Result<(), InterpError> {
     for (p, a) in g.params.iter().zip(env.params) {
         let want = dims(&p.tensor.shape, env.batch);
         if a.shape() != want.as_slice() {
-            return Err(InterpError(format!(
+            return Err(RunError::input(format!(
                 "parameter `{}` has shape {:?}, expected {:?}",
                 p.tensor.name,
                 a.shape(),
@@ -181,9 +169,9 @@ fn check_env<T: Real>(g: &Graph, env: &Env<T>) -> Result<(), InterpError> {
     Ok(())
 }
 
-fn get<'a, T>(xs: &'a [ArrayD<T>], k: usize, what: &str) -> Result<&'a ArrayD<T>, InterpError> {
+fn get<'a, T>(xs: &'a [ArrayD<T>], k: usize, what: &str) -> Result<&'a ArrayD<T>, RunError> {
     xs.get(k)
-        .ok_or_else(|| InterpError(format!("missing {what} #{k}")))
+        .ok_or_else(|| RunError::input(format!("missing {what} #{k}")))
 }
 
 fn scalar<T: Real>(v: f64) -> ArrayD<T> {
@@ -196,7 +184,7 @@ pub fn eval<T: Real>(
     a: &[&ArrayD<T>],
     out: &[usize],
     env: &Env<T>,
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     Ok(match op {
         Op::Input(k) => get(env.inputs, *k, "input")?.clone(),
         Op::Target(k) => get(env.targets, *k, "target")?.clone(),
@@ -205,7 +193,7 @@ pub fn eval<T: Real>(
         Op::Hyper(h) => scalar(
             *env.hyper
                 .get(h)
-                .ok_or_else(|| InterpError(format!("hyperparameter {h:?} not set")))?,
+                .ok_or_else(|| RunError::bug(format!("hyperparameter {h:?} not set")))?,
         ),
         Op::BatchSize => scalar(env.batch as f64),
         Op::Const(c) => scalar(*c),
@@ -227,19 +215,19 @@ pub fn eval<T: Real>(
             r
         }
         Op::MatMul { ta, tb } => {
-            let m2 = |x: &ArrayD<T>| -> Result<ndarray::Array2<T>, InterpError> {
+            let m2 = |x: &ArrayD<T>| -> Result<ndarray::Array2<T>, RunError> {
                 let cols = *x.shape().last().unwrap_or(&1);
                 let rows = x.len() / cols.max(1);
                 x.as_standard_layout()
                     .into_owned()
                     .into_shape_with_order((rows, cols))
-                    .map_err(|e| InterpError(e.to_string()))
+                    .map_err(|e| RunError::bug(e.to_string()))
             };
             let (x, y) = (m2(a[0])?, m2(a[1])?);
             let x = if *ta { x.t().to_owned() } else { x };
             let y = if *tb { y.t().to_owned() } else { y };
             if x.ncols() != y.nrows() {
-                return Err(InterpError(format!(
+                return Err(RunError::bug(format!(
                     "matmul of {:?} and {:?}",
                     x.shape(),
                     y.shape()
@@ -251,14 +239,14 @@ pub fn eval<T: Real>(
             let r = out.len();
             let lead: Vec<usize> = out[..r - 2].to_vec();
             let batch: usize = lead.iter().product();
-            let stack = |x: &ArrayD<T>| -> Result<ndarray::Array3<T>, InterpError> {
+            let stack = |x: &ArrayD<T>| -> Result<ndarray::Array3<T>, RunError> {
                 let xr = x.ndim();
                 let mut d = lead.clone();
                 d.extend_from_slice(&x.shape()[xr - 2..]);
                 let b = bcast(x, &d)?;
                 let (p, q) = (d[d.len() - 2], d[d.len() - 1]);
                 b.into_shape_with_order((batch, p, q))
-                    .map_err(|e| InterpError(e.to_string()))
+                    .map_err(|e| RunError::bug(e.to_string()))
             };
             let (x, y) = (stack(a[0])?, stack(a[1])?);
             let mut res = ndarray::Array3::<T>::zeros((batch, out[r - 2], out[r - 1]));
@@ -294,7 +282,7 @@ pub fn eval<T: Real>(
         }
         Op::Concat(ax) => {
             let views: Vec<ArrayViewD<T>> = a.iter().map(|x| x.view()).collect();
-            ndarray::concatenate(Axis(*ax), &views).map_err(|e| InterpError(e.to_string()))?
+            ndarray::concatenate(Axis(*ax), &views).map_err(|e| RunError::bug(e.to_string()))?
         }
         Op::Slice { axis, start, len } => a[0]
             .slice_axis(Axis(*axis), Slice::from(*start..start + len))
@@ -318,7 +306,8 @@ pub fn eval<T: Real>(
                 let g = a[2].iter().next().map_or(1.0, |v| v.f());
                 let mut grad = vec![T::zero(); p.len()];
                 loss::gradient(*kind, &ops, g, &mut grad)?;
-                ArrayD::from_shape_vec(IxDyn(out), grad).map_err(|e| InterpError(e.to_string()))?
+                ArrayD::from_shape_vec(IxDyn(out), grad)
+                    .map_err(|e| RunError::bug(e.to_string()))?
             }
         }
         Op::Conv(geom) => layers::conv(a[0], a[1], out, geom)?,
@@ -340,17 +329,17 @@ pub fn eval<T: Real>(
     })
 }
 
-fn reshape<T: Real>(x: ArrayD<T>, out: &[usize]) -> Result<ArrayD<T>, InterpError> {
+fn reshape<T: Real>(x: ArrayD<T>, out: &[usize]) -> Result<ArrayD<T>, RunError> {
     x.as_standard_layout()
         .into_owned()
         .into_shape_with_order(IxDyn(out))
-        .map_err(|e| InterpError(e.to_string()))
+        .map_err(|e| RunError::bug(e.to_string()))
 }
 
-fn bcast<T: Real>(x: &ArrayD<T>, out: &[usize]) -> Result<ArrayD<T>, InterpError> {
+fn bcast<T: Real>(x: &ArrayD<T>, out: &[usize]) -> Result<ArrayD<T>, RunError> {
     x.broadcast(IxDyn(out))
         .map(|v| v.to_owned())
-        .ok_or_else(|| InterpError(format!("cannot broadcast {:?} to {:?}", x.shape(), out)))
+        .ok_or_else(|| RunError::bug(format!("cannot broadcast {:?} to {:?}", x.shape(), out)))
 }
 
 /// Sums `x` down to `out` (NumPy broadcasting in reverse).

@@ -2,7 +2,7 @@
 //! through time): PyTorch's cell equations written per batch row and time step, in f64.
 //! The reserve layout is [`Recurrence`]'s.
 
-use super::{sigmoid, InterpError, Real};
+use super::{sigmoid, Real, RunError};
 use crate::ir::op::{Cell, Recurrence};
 use ndarray::{ArrayD, IxDyn};
 
@@ -10,9 +10,9 @@ fn values<T: Real>(a: &ArrayD<T>) -> Vec<f64> {
     a.iter().map(|v| v.f()).collect()
 }
 
-fn array<T: Real>(out: &[usize], acc: Vec<f64>) -> Result<ArrayD<T>, InterpError> {
+fn array<T: Real>(out: &[usize], acc: Vec<f64>) -> Result<ArrayD<T>, RunError> {
     ArrayD::from_shape_vec(IxDyn(out), acc.into_iter().map(T::of).collect())
-        .map_err(|e| InterpError(e.to_string()))
+        .map_err(|e| RunError::bug(e.to_string()))
 }
 
 /// The time steps of `t` in the order a direction runs them.
@@ -31,7 +31,7 @@ pub fn recurrence<T: Real>(
     b_hh: &ArrayD<T>,
     out: &[usize],
     r: &Recurrence,
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let (n, t, h) = (out[0], out[1], r.hidden);
     let (gh, rw) = (r.cell.gates() * h, r.cell.reserve() * h);
     let (xw, w, bias) = (values(xw), values(w_hh), values(b_hh));
@@ -93,7 +93,7 @@ pub fn recurrence_grad<T: Real>(
     g: &ArrayD<T>,
     out: &[usize],
     r: &Recurrence,
-) -> Result<ArrayD<T>, InterpError> {
+) -> Result<ArrayD<T>, RunError> {
     let (n, t, h) = (out[0], out[1], r.hidden);
     let (gh, rw, ow) = (r.cell.gates() * h, r.cell.reserve() * h, out[2]);
     // The gradient's width: the whole reserve's, or the h block's (the rest zero).

@@ -3,6 +3,7 @@
 //! except the GEMM dispatch's own (in [`super::gemm`]).
 
 use super::kernel;
+use crate::exec::RunError;
 use crate::ir::Graph;
 use crate::ops::elementwise::{prim, Prim};
 use cranelift_jit::JITModule;
@@ -34,7 +35,7 @@ pub struct KernelEnv<'g> {
     /// Dimensions of every node for this batch size.
     pub dims: &'g [Vec<usize>],
     /// The first error a kernel met (reported after the call returns).
-    pub error: RefCell<Option<String>>,
+    pub error: RefCell<Option<RunError>>,
     /// Threads a kernel may use.
     pub threads: usize,
 }

@@ -5,6 +5,7 @@
 
 use super::abi::{self, CTX_BATCH, CTX_BUFS};
 use super::plan::{Kind, Plan};
+use crate::exec::Bug;
 use crate::ir::{Binary, Dim, Func, Graph, NodeId, Op, Shape};
 use crate::ops::elementwise::{Expr, Prim};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -21,17 +22,13 @@ mod product;
 
 pub use abi::Compiled;
 
-/// Why compilation failed: always an internal error (a graph the checker accepted must
-/// compile).
-#[derive(Debug)]
-pub struct CompileError(pub String);
-
-fn err(e: impl std::fmt::Display) -> CompileError {
-    CompileError(e.to_string())
+/// A failed compilation: always Kiln's bug (a graph the checker accepted must compile).
+fn err(e: impl std::fmt::Display) -> Bug {
+    Bug::new(format!("JIT compilation failed: {e}"))
 }
 
 /// A JIT module for this machine, with the runtime's symbols registered.
-fn module() -> Result<JITModule, CompileError> {
+fn module() -> Result<JITModule, Bug> {
     let mut flags = settings::builder();
     flags.set("opt_level", "none").map_err(err)?;
     flags
@@ -58,7 +55,7 @@ fn module() -> Result<JITModule, CompileError> {
 }
 
 /// Compiles `g` as planned.
-pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, CompileError> {
+pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, Bug> {
     let mut module = module()?;
     let ptr = module.target_config().pointer_type();
     let mut sig = module.make_signature();

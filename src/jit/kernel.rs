@@ -8,6 +8,7 @@ use super::layers;
 use super::movement;
 use super::plan::{leading_sum, GEMV_ROWS, TINY_MACS};
 use super::pool;
+use crate::exec::RunError;
 use crate::interp::layers::channels;
 use crate::interp::{self, loss, Env};
 use crate::ir::{Graph, Op, Reduce};
@@ -75,7 +76,7 @@ fn layer_kernel(
     od: &[usize],
     out: &mut [f32],
     threads: usize,
-) -> Result<bool, String> {
+) -> Result<bool, RunError> {
     let conv = |part, dims: [&[usize]; 3], out: &mut [f32], geom| {
         conv::conv(part, geom, dims, [a[0], a[1]], out, threads)
     };
@@ -154,7 +155,7 @@ pub fn run(
     out: &mut [f32],
     (batch, dims): (usize, &[Vec<usize>]),
     threads: usize,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     let node = &g.nodes[n];
     if let Op::MatMul { ta, tb } = node.op {
         // Operands as matrices: all leading dimensions are rows.
@@ -196,13 +197,13 @@ pub fn run(
     match node.op {
         Op::Loss(kind) => {
             let ops = loss::Operands::new(args[0], arg_dims[0], args[1], arg_dims[1]);
-            out[0] = loss::value(kind, &ops).map_err(|e| e.0)? as f32;
+            out[0] = loss::value(kind, &ops)? as f32;
             return Ok(());
         }
         Op::LossGrad(kind) => {
             let ops = loss::Operands::new(args[0], arg_dims[0], args[1], arg_dims[1]);
             let scale = args[2].first().map_or(1.0, |&g| f64::from(g));
-            return loss::gradient(kind, &ops, scale, out).map_err(|e| e.0);
+            return loss::gradient(kind, &ops, scale, out);
         }
         _ => {}
     }
@@ -218,7 +219,9 @@ pub fn run(
     let owned: Vec<ArrayD<f32>> = args
         .iter()
         .zip(&arg_dims)
-        .map(|(a, d)| ArrayD::from_shape_vec(IxDyn(d), a.to_vec()).map_err(|e| e.to_string()))
+        .map(|(a, d)| {
+            ArrayD::from_shape_vec(IxDyn(d), a.to_vec()).map_err(|e| RunError::bug(e.to_string()))
+        })
         .collect::<Result<_, _>>()?;
     let refs: Vec<&ArrayD<f32>> = owned.iter().collect();
     let hyper = HashMap::new();
@@ -230,16 +233,18 @@ pub fn run(
         hyper: &hyper,
         batch,
     };
-    let v = interp::eval(&node.op, &refs, out_dims, &env).map_err(|e| e.0)?;
+    let v = interp::eval(&node.op, &refs, out_dims, &env)?;
     let v = v.as_standard_layout();
-    let src = v.as_slice().ok_or("non-contiguous kernel result")?;
+    let src = v
+        .as_slice()
+        .ok_or_else(|| RunError::bug("non-contiguous kernel result"))?;
     if src.len() != out.len() {
-        return Err(format!(
+        return Err(RunError::bug(format!(
             "kernel {} produced {} values for {}",
             node.op,
             src.len(),
             out.len()
-        ));
+        )));
     }
     out.copy_from_slice(src);
     Ok(())

@@ -3,6 +3,7 @@
 //! (the differential tests hold them to it); summation order differs, accumulation is in
 //! f64.
 
+use crate::exec::RunError;
 use crate::interp::layers::noise_each;
 use crate::ir::Noise;
 
@@ -156,13 +157,15 @@ pub fn gather(
     src: &[f32],
     grad: bool,
     out: &mut [f32],
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     if grad {
         out.fill(0.0);
     }
     for (k, &id) in ids.iter().enumerate() {
         if !(id >= 0.0 && id.fract() == 0.0 && (id as usize) < table_rows) {
-            return Err(format!("id {id} is not a class id below {table_rows}"));
+            return Err(RunError::input(format!(
+                "id {id} is not a class id below {table_rows}"
+            )));
         }
         let r = id as usize;
         if grad {

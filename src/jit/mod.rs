@@ -262,8 +262,7 @@ impl Jit {
             Some(at) => at,
             None => {
                 let plan = plan::plan(g, roots);
-                let code = emit::compile(g, &plan)
-                    .map_err(|e| RunError(format!("JIT compilation failed: {}", e.0)))?;
+                let code = emit::compile(g, &plan).map_err(RunError::Internal)?;
                 let inplace = inplace_updates(g, &plan, roots);
                 let sources = sources(g, &plan, &inplace);
                 let scalars = (0..g.nodes.len())
@@ -344,18 +343,18 @@ impl Jit {
             arena[offsets[i]] = match &g.nodes[i].op {
                 Op::Hyper(h) => *hyper
                     .get(h)
-                    .ok_or_else(|| RunError(format!("hyperparameter {h:?} not set")))?
+                    .ok_or_else(|| RunError::bug(format!("hyperparameter {h:?} not set")))?
                     as f32,
                 Op::BatchSize => batch as f32,
                 Op::Const(c) => *c as f32,
-                op => return Err(RunError(format!("{op} is not a scalar"))),
+                op => return Err(RunError::bug(format!("{op} is not a scalar"))),
             };
         }
         let base = arena.as_mut_ptr();
         let contiguous = |a: &ArrayD<f32>, what: &str| -> Result<*mut f32, RunError> {
             a.as_slice()
                 .map(|s| s.as_ptr().cast_mut())
-                .ok_or_else(|| RunError(format!("{what} is not contiguous")))
+                .ok_or_else(|| RunError::input(format!("{what} is not contiguous")))
         };
         bufs.clear();
         for (i, source) in entry.sources.iter().enumerate() {
@@ -382,7 +381,7 @@ impl Jit {
         };
         abi::call(entry.code.func, bufs, batch, &env);
         if let Some(e) = env.error.into_inner() {
-            return Err(RunError(e));
+            return Err(e);
         }
         let kinds = &entry.plan.kinds;
         entry
@@ -406,12 +405,12 @@ impl Jit {
                     match &g.nodes[src].op {
                         Op::Input(k) => get(inputs, *k, "input")?.iter().copied().collect(),
                         Op::Target(k) => get(targets, *k, "target")?.iter().copied().collect(),
-                        op => return Err(RunError(format!("node %{r} ({op}) has no values"))),
+                        op => return Err(RunError::bug(format!("node %{r} ({op}) has no values"))),
                     }
                 };
                 ArrayD::from_shape_vec(IxDyn(&dims(&g.nodes[r].shape, batch)), values)
                     .map(Value::Array)
-                    .map_err(|e| RunError(e.to_string()))
+                    .map_err(|e| RunError::bug(e.to_string()))
             })
             .collect()
     }
@@ -430,7 +429,7 @@ impl Value {
     /// The value as an array; errors for an update written in place.
     fn into_array(self) -> Result<ArrayD<f32>, RunError> {
         match self {
-            Value::InPlace => Err(RunError("a root has no value".into())),
+            Value::InPlace => Err(RunError::bug("a root has no value")),
             Value::Scalar(v) => Ok(ArrayD::from_elem(IxDyn(&[]), v)),
             Value::Array(a) => Ok(a),
         }
@@ -464,7 +463,7 @@ impl Slots {
                 .map(|a| {
                     a.as_slice()
                         .map(|s| s.as_ptr().cast_mut())
-                        .ok_or_else(|| RunError("a parameter is not contiguous".into()))
+                        .ok_or_else(|| RunError::input("a parameter is not contiguous"))
                 })
                 .collect()
         };
@@ -481,7 +480,7 @@ impl Slots {
                 .map(|a| {
                     a.as_slice_mut()
                         .map(|s| s.as_mut_ptr())
-                        .ok_or_else(|| RunError("a parameter is not contiguous".into()))
+                        .ok_or_else(|| RunError::input("a parameter is not contiguous"))
                 })
                 .collect()
         };
@@ -495,7 +494,7 @@ impl Slots {
 fn slot(xs: &[*mut f32], k: usize) -> Result<*mut f32, RunError> {
     xs.get(k)
         .copied()
-        .ok_or_else(|| RunError(format!("missing parameter or state #{k}")))
+        .ok_or_else(|| RunError::input(format!("missing parameter or state #{k}")))
 }
 
 /// Updates that can write straight into their parameter or state: elementwise loops of
@@ -536,7 +535,7 @@ fn inplace_updates(g: &Graph, plan: &Plan, roots: &[NodeId]) -> Vec<(NodeId, Slo
 
 fn get<'a>(xs: &'a [ArrayD<f32>], k: usize, what: &str) -> Result<&'a ArrayD<f32>, RunError> {
     xs.get(k)
-        .ok_or_else(|| RunError(format!("missing {what} #{k}")))
+        .ok_or_else(|| RunError::input(format!("missing {what} #{k}")))
 }
 
 fn check_shapes(
@@ -546,7 +545,7 @@ fn check_shapes(
     batch: usize,
 ) -> Result<(), RunError> {
     if inputs.len() != g.inputs.len() {
-        return Err(RunError(format!(
+        return Err(RunError::input(format!(
             "{} inputs given, the model has {}",
             inputs.len(),
             g.inputs.len()
@@ -564,7 +563,7 @@ fn check_shapes(
                 Dim::Fixed(k) => n as u64 == *k,
             });
         if !same {
-            return Err(RunError(format!(
+            return Err(RunError::input(format!(
                 "`{}` has shape {:?}, expected {:?}",
                 t.name,
                 a.shape(),

@@ -5,7 +5,7 @@ use super::{
 };
 use crate::autodiff::differentiate;
 use crate::check;
-use crate::exec::{Backend, State};
+use crate::exec::{Backend, Bug, State};
 use crate::ir::{DType, Op, Param, Tensor};
 use crate::jit::Jit;
 use crate::runtime::data;
@@ -28,7 +28,7 @@ impl Session {
         let mut out = Output::default();
         let needs = |what: &str| -> Result<(), ReplError> {
             if rest.is_empty() {
-                Err(ReplError::msg(format!("error: usage: :{name} {what}")))
+                Err(ReplError::msg(format!("usage: :{name} {what}")))
             } else {
                 Ok(())
             }
@@ -42,9 +42,7 @@ impl Session {
             }
             "reload" | "r" => {
                 let Some(p) = self.loaded.clone() else {
-                    return Err(ReplError::msg(
-                        "error: no file was loaded: use `:load FILE`",
-                    ));
+                    return Err(ReplError::msg("no file was loaded: use `:load FILE`"));
                 };
                 return self.load(&p);
             }
@@ -72,9 +70,7 @@ impl Session {
                     Some(e) => match e.parse::<u64>() {
                         Ok(n) if n >= 1 => Some(n),
                         _ => {
-                            return Err(ReplError::msg(format!(
-                                "error: `{e}` is not a number of epochs"
-                            )))
+                            return Err(ReplError::msg(format!("`{e}` is not a number of epochs")))
                         }
                     },
                     None => None,
@@ -89,21 +85,21 @@ impl Session {
                 needs("MODEL EXPR")?;
                 let (model, expr) = rest
                     .split_once(char::is_whitespace)
-                    .ok_or_else(|| ReplError::msg("error: usage: :predict MODEL EXPR"))?;
+                    .ok_or_else(|| ReplError::msg("usage: :predict MODEL EXPR"))?;
                 out.text = self.predict(model, expr.trim())?;
             }
             "grad" => {
                 needs("EXPR wrt NAME")?;
                 let (expr, wrt) = rest
                     .rsplit_once(" wrt ")
-                    .ok_or_else(|| ReplError::msg("error: usage: :grad EXPR wrt NAME"))?;
+                    .ok_or_else(|| ReplError::msg("usage: :grad EXPR wrt NAME"))?;
                 out.text = self.grad(expr.trim(), wrt.trim())?;
             }
             "save" => {
                 needs("NAME FILE")?;
                 let (n, f) = rest
                     .split_once(char::is_whitespace)
-                    .ok_or_else(|| ReplError::msg("error: usage: :save NAME FILE"))?;
+                    .ok_or_else(|| ReplError::msg("usage: :save NAME FILE"))?;
                 out.text = self.save(n, Path::new(f.trim().trim_matches('"')))?;
             }
             "params" => out.text = self.params_text(),
@@ -111,7 +107,7 @@ impl Session {
                 needs("N")?;
                 self.seed = rest
                     .parse()
-                    .map_err(|_| ReplError::msg(format!("error: `{rest}` is not a seed")))?;
+                    .map_err(|_| ReplError::msg(format!("`{rest}` is not a seed")))?;
                 self.draws = 0;
             }
             other => {
@@ -119,7 +115,7 @@ impl Session {
                 let hint = crate::diag::did_you_mean(other, names)
                     .map_or(String::new(), |s| format!(": did you mean `:{s}`?"));
                 return Err(ReplError::msg(format!(
-                    "error: unknown command `:{other}`{hint} (`:help` lists them)"
+                    "unknown command `:{other}`{hint} (`:help` lists them)"
                 )));
             }
         }
@@ -136,7 +132,7 @@ impl Session {
         }
         let Some(train) = cfg.train_data.clone() else {
             return Err(ReplError::msg(format!(
-                "error: model `{model}` has no training data: name it in its train block (`data train: \"file.csv\"`)"
+                "model `{model}` has no training data: name it in its train block (`data train: \"file.csv\"`)"
             )));
         };
         let paths = RunPaths {
@@ -225,7 +221,7 @@ impl Session {
         let (t, mut text) = self.ready(model)?;
         let Some(path) = t.cfg.test_data.clone().or(t.cfg.train_data.clone()) else {
             return Err(ReplError::msg(format!(
-                "error: model `{model}` has no data to evaluate on: name it in its train block"
+                "model `{model}` has no data to evaluate on: name it in its train block"
             )));
         };
         let spec = program::data_spec(&t.program.forward);
@@ -258,7 +254,7 @@ impl Session {
         let g = &t.program.forward;
         let [input] = g.inputs.as_slice() else {
             return Err(ReplError::msg(format!(
-                "error: `:predict` needs a model with one input; `{model}` has {}",
+                "`:predict` needs a model with one input; `{model}` has {}",
                 g.inputs.len()
             )));
         };
@@ -273,7 +269,7 @@ impl Session {
         };
         if x.ndim() == 0 || x.shape()[1..] != want[..] {
             return Err(ReplError::msg(format!(
-                "error: `{}` of `{model}` is {}, the value is {}",
+                "`{}` of `{model}` is {}, the value is {}",
                 input.name,
                 input.shape,
                 shape_text(x.shape())
@@ -316,7 +312,7 @@ impl Session {
         let out_shape = &g.nodes[c.out].shape;
         if out_shape.per_sample() != Some(1) || out_shape.0.iter().any(|d| d.size().is_none()) {
             return Err(ReplError::msg(format!(
-                "error: `:grad` needs a scalar expression; this one is {out_shape} (try `sum(...)`)"
+                "`:grad` needs a scalar expression; this one is {out_shape} (try `sum(...)`)"
             )));
         }
         let mut params = c.params.clone();
@@ -353,7 +349,7 @@ impl Session {
                         format::format_tensor(&ArrayD::zeros(v.raw_dim()))
                     )),
                     _ => Err(ReplError::msg(format!(
-                        "error: `{wrt}` is not a tensor or parameter of the session (`:params` lists parameters)"
+                        "`{wrt}` is not a tensor or parameter of the session (`:params` lists parameters)"
                     ))),
                 };
             }
@@ -365,11 +361,9 @@ impl Session {
             params,
             states: vec![],
         };
-        let (value, grads) = Jit::new()
-            .gradients(&g, &state, &c.inputs, &[], &HashMap::new())
-            .map_err(|e| ReplError::msg(format!("error: {e}")))?;
+        let (value, grads) = Jit::new().gradients(&g, &state, &c.inputs, &[], &HashMap::new())?;
         let Some((_, gr)) = grads.into_iter().next() else {
-            return Err(ReplError::msg("internal error: no gradient"));
+            return Err(ReplError::Internal(Bug::new("no gradient")));
         };
         Ok(format!(
             "value: {}\n∂/∂{wrt}: {}\n{}\n",
@@ -396,12 +390,12 @@ impl Session {
             }
             if tensors.is_empty() {
                 return Err(ReplError::msg(format!(
-                    "error: layer `{name}` has no parameters yet: use it in an expression first"
+                    "layer `{name}` has no parameters yet: use it in an expression first"
                 )));
             }
         } else {
             return Err(ReplError::msg(format!(
-                "error: `{name}` is not a tensor, parameter, layer or trained model of the session"
+                "`{name}` is not a tensor, parameter, layer or trained model of the session"
             )));
         }
         let ext = values::extension(path);
@@ -409,20 +403,16 @@ impl Session {
             "npy" => {
                 let [(_, v)] = tensors.iter().collect::<Vec<_>>()[..] else {
                     return Err(ReplError::msg(format!(
-                        "error: `{name}` holds {} tensors: save it as .safetensors",
+                        "`{name}` holds {} tensors: save it as .safetensors",
                         tensors.len()
                     )));
                 };
                 ndarray_npy::write_npy(path, v).map_err(|e| {
-                    ReplError::msg(format!("error: cannot write `{}`: {e}", path.display()))
+                    ReplError::msg(format!("cannot write `{}`: {e}", path.display()))
                 })?;
             }
             "safetensors" => eval::save_tensors(path, tensors.clone())?,
-            _ => {
-                return Err(ReplError::msg(
-                    "error: save to a `.npy` or `.safetensors` file",
-                ))
-            }
+            _ => return Err(ReplError::msg("save to a `.npy` or `.safetensors` file")),
         }
         Ok(format!(
             "saved {} tensor{} to {}\n",

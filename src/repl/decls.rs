@@ -97,7 +97,7 @@ impl Session {
 
     pub(super) fn load(&mut self, path: &Path) -> Result<Output, ReplError> {
         let (id, bad) = check::load_file(&mut self.sources, path)
-            .map_err(|e| ReplError::msg(format!("error: cannot read `{}`: {e}", path.display())))?;
+            .map_err(|e| ReplError::msg(format!("cannot read `{}`: {e}", path.display())))?;
         if let Some(d) = bad {
             return Err(d.into());
         }
@@ -155,12 +155,9 @@ impl Session {
                 .map(|d| d.name.as_str())
                 .collect();
             return Err(ReplError::msg(if models.is_empty() {
-                format!("error: no model named `{name}`: the session has no models (type one, or `:load FILE`)")
+                format!("no model named `{name}`: the session has no models (type one, or `:load FILE`)")
             } else {
-                format!(
-                    "error: no model named `{name}` (models: {})",
-                    models.join(", ")
-                )
+                format!("no model named `{name}` (models: {})", models.join(", "))
             }));
         }
         // Train data paths are relative to the file that declares the train block.
@@ -178,7 +175,7 @@ impl Session {
         let (program, _) = checked?;
         let m = program
             .model(Some(name))
-            .ok_or_else(|| ReplError::msg(format!("error: no model named `{name}`")))?;
+            .ok_or_else(|| ReplError::msg(format!("no model named `{name}`")))?;
         let cfg = program
             .train(name)
             .cloned()

@@ -19,9 +19,9 @@ pub mod values;
 use crate::check::catalog;
 use crate::check::train::TrainConfig;
 use crate::diag::Diagnostic;
-use crate::exec::State;
+use crate::exec::{Bug, RunError, State};
 use crate::ir::NodeId;
-use crate::runtime::data::Standardizer;
+use crate::runtime::data::{DataError, Standardizer};
 use crate::runtime::error::RuntimeError;
 use crate::runtime::eval::Evaluation;
 use crate::runtime::program::Program;
@@ -106,8 +106,13 @@ pub struct Output {
 pub enum ReplError {
     /// Diagnostics, with spans into [`Session::sources`] (at least one error).
     Diagnostics(Vec<Diagnostic>),
-    /// Any other failure (a command's usage, a data or I/O error).
+    /// A data file the session read is wrong.
+    Data(DataError),
+    /// Any other failure (a command's usage, an I/O error): the message alone, which
+    /// renders as `error: MESSAGE`.
     Message(String),
+    /// Kiln's bug.
+    Internal(Bug),
 }
 
 impl ReplError {
@@ -126,7 +131,18 @@ impl From<RuntimeError> for ReplError {
     fn from(e: RuntimeError) -> Self {
         match e {
             RuntimeError::Diverged(d) => ReplError::Diagnostics(vec![*d]),
+            RuntimeError::Run(RunError::Internal(b)) => ReplError::Internal(b),
+            RuntimeError::Data(d) => ReplError::Data(d),
             other => ReplError::Message(other.to_string()),
+        }
+    }
+}
+
+impl From<RunError> for ReplError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Input(m) => ReplError::Message(m),
+            RunError::Internal(b) => ReplError::Internal(b),
         }
     }
 }

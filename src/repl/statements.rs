@@ -8,7 +8,7 @@ use super::{
 };
 use crate::check::{self, CheckOptions, LintLevels};
 use crate::diag::{Code, Diagnostic};
-use crate::exec::{Backend, State};
+use crate::exec::{Backend, Bug, State};
 use crate::jit::Jit;
 use crate::runtime::init::init_params;
 use crate::runtime::program;
@@ -309,13 +309,13 @@ impl Session {
 
         let (program, warnings) = self.check_synth(&s, fallback, true, file)?;
         let Some(model) = program.models.into_iter().next() else {
-            return Err(ReplError::msg("internal error: no model was synthesized"));
+            return Err(ReplError::Internal(Bug::new("no model was synthesized")));
         };
         let program = program::prepare(&model);
         let Some(&(_, out)) = program.forward.outputs.first() else {
-            return Err(ReplError::msg(
-                "internal error: the expression has no output",
-            ));
+            return Err(ReplError::Internal(Bug::new(
+                "the expression has no output",
+            )));
         };
         let init = init_params(&program.model, self.seed);
         let mut params = Vec::new();
@@ -375,11 +375,9 @@ impl Session {
         };
         // A fresh JIT: its cache is keyed by graph address, and graphs here are temporary.
         let mut jit = Jit::new();
-        let mut vals = jit
-            .forward(&c.program.forward, &state, &c.inputs, &[], &[c.out])
-            .map_err(|e| ReplError::msg(format!("error: {e}")))?;
+        let mut vals = jit.forward(&c.program.forward, &state, &c.inputs, &[], &[c.out])?;
         vals.pop()
-            .ok_or_else(|| ReplError::msg("internal error: no value"))
+            .ok_or_else(|| ReplError::Internal(Bug::new("no value")))
     }
 
     /// Parses a command's expression argument as a typed input.

@@ -8,6 +8,8 @@ fn ok(s: &mut Session, input: &str) -> Output {
             crate::diag::render(s.sources(), &ds, crate::diag::ColorChoice::Never)
         ),
         Err(ReplError::Message(m)) => panic!("`{input}` failed: {m}"),
+        Err(ReplError::Data(d)) => panic!("`{input}` failed: {d}"),
+        Err(ReplError::Internal(b)) => panic!("`{input}` failed: {b}"),
     }
 }
 
@@ -18,6 +20,8 @@ fn err(s: &mut Session, input: &str) -> String {
             crate::diag::render(s.sources(), &ds, crate::diag::ColorChoice::Never)
         }
         Err(ReplError::Message(m)) => m,
+        Err(ReplError::Data(d)) => d.to_string(),
+        Err(ReplError::Internal(b)) => panic!("`{input}` hit a bug: {b}"),
     }
 }
 

@@ -15,7 +15,7 @@ pub enum RuntimeError {
     Io(String),
     /// The loss became NaN or infinite: the diagnostic names the operation.
     Diverged(Box<Diagnostic>),
-    /// The backend failed.
+    /// The backend refused the values it was given, or Kiln has a bug.
     Run(RunError),
 }
 
@@ -25,7 +25,7 @@ impl std::fmt::Display for RuntimeError {
             RuntimeError::Data(e) => write!(f, "{e}"),
             RuntimeError::Checkpoint(m) | RuntimeError::Io(m) => write!(f, "{m}"),
             RuntimeError::Diverged(d) => write!(f, "{}", d.message),
-            RuntimeError::Run(e) => write!(f, "internal error: {e}"),
+            RuntimeError::Run(e) => write!(f, "{e}"),
         }
     }
 }

@@ -122,7 +122,7 @@ pub fn predict(
         .map(|vs| {
             let views: Vec<_> = vs.iter().map(|v| v.view()).collect();
             ndarray::concatenate(Axis(0), &views)
-                .map_err(|e| RuntimeError::Run(RunError(e.to_string())))
+                .map_err(|e| RuntimeError::Run(RunError::bug(e.to_string())))
         })
         .collect::<Result<_, _>>()?;
     Ok((outs, classes))

@@ -20,9 +20,11 @@ use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
 
-use crate::diag::Code;
+use crate::diag::{self, Code, ColorChoice, Severity};
 
-use crate::runtime::data::{csv_fields, csv_row_line, CsvFields, DataError, DataSpec, Dataset};
+use crate::runtime::data::{
+    csv_fields, csv_row_line, located, CsvFields, DataError, DataSpec, Dataset,
+};
 
 const E_NON_FINITE: Code = Code::E0506;
 const W_CONSTANT: Code = Code::W0201;
@@ -64,23 +66,22 @@ pub struct DataWarning {
     pub help: Option<String>,
 }
 
-impl fmt::Display for DataWarning {
+impl DataWarning {
+    /// The warning rendered like a compiler diagnostic:
     /// `warning[W0201]: FILE:LINE:COLUMN: MESSAGE`, leaving out the unknown parts (as
-    /// [`DataError`] does: a column is shown only after a line), then `  = help: HELP` on
-    /// a second line when there is help.
+    /// [`DataError`] does), then `  = help: HELP` on a second line when there is help.
+    pub fn render(&self, color: ColorChoice) -> String {
+        let message = located(&self.path, self.line, self.column, &self.message);
+        let help = self.help.as_deref();
+        diag::render_unplaced(Severity::Warning, Some(self.code), &message, help, color)
+    }
+}
+
+impl fmt::Display for DataWarning {
+    /// [`DataWarning::render`] without colors or the final newline.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "warning[{}]: {}", self.code, self.path.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(column) = self.column {
-                write!(f, ":{column}")?;
-            }
-        }
-        write!(f, ": {}", self.message)?;
-        if let Some(help) = &self.help {
-            write!(f, "\n  = help: {help}")?;
-        }
-        Ok(())
+        let text = self.render(ColorChoice::Never);
+        f.write_str(text.strip_suffix('\n').unwrap_or(&text))
     }
 }
 

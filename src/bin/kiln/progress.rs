@@ -146,7 +146,7 @@ impl Observer for Console<'_> {
         } else {
             self.helped.push(w.code);
         }
-        self.eprint(&format!("{w}\n"));
+        self.eprint(&w.render(self.color));
     }
 }
 

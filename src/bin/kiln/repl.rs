@@ -2,7 +2,7 @@
 //! printing around the library's [`kiln::repl::Session`].
 
 use crate::stdout::outln;
-use kiln::diag::{self, ColorChoice};
+use kiln::diag::{self, ColorChoice, Severity};
 use kiln::repl::{self, ReplError, Session};
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
 use rustyline::error::ReadlineError;
@@ -102,11 +102,24 @@ fn show(session: &Session, r: &Result<repl::Output, ReplError>, color: ColorChoi
             let _ = err.write_all(diag::render(session.sources(), ds, color).as_bytes());
             true
         }
+        Err(ReplError::Data(d)) => {
+            let _ = err.write_all(d.render(color).as_bytes());
+            true
+        }
         Err(ReplError::Message(m)) => {
-            let _ = writeln!(err, "{m}");
+            let _ = err.write_all(unplaced(m, color).as_bytes());
+            true
+        }
+        Err(ReplError::Internal(b)) => {
+            let _ = err.write_all(unplaced(&b.to_string(), color).as_bytes());
             true
         }
     }
+}
+
+/// An error that points into no source, rendered like the diagnostics.
+fn unplaced(message: &str, color: ColorChoice) -> String {
+    diag::render_unplaced(Severity::Error, None, message, None, color)
 }
 
 fn color() -> ColorChoice {

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use kiln::check::train::{Metric, TrainConfig};
 use kiln::check::{CheckedModel, LintLevels, Program as Checked};
-use kiln::diag::{self, ColorChoice};
+use kiln::diag::{self, ColorChoice, Severity};
 use kiln::exec::Backend;
 use kiln::interp::Interpreter;
 use kiln::ir::shape::MAX_DIM;
@@ -243,9 +243,12 @@ impl ModelArgs {
 /// Exit code for a runtime error, after printing it.
 fn fail(e: &RuntimeError, sources: &Sources, color: ColorChoice) -> u8 {
     match e {
-        RuntimeError::Data(d) => eprintln!("{d}"),
+        RuntimeError::Data(d) => eprint!("{}", d.render(color)),
         RuntimeError::Diverged(d) => eprint!("{}", diag::render(sources, &[(**d).clone()], color)),
-        other => eprintln!("error: {other}"),
+        other => eprint!(
+            "{}",
+            diag::render_unplaced(Severity::Error, None, &other.to_string(), None, color)
+        ),
     }
     match e {
         RuntimeError::Io(_) => crate::EXIT_IO,

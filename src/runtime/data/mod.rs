@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, Axis, IxDyn};
 
-use crate::diag::Code;
+use crate::diag::{self, Code, ColorChoice, Severity};
 
 mod from_csv;
 mod from_npy;
@@ -108,18 +108,39 @@ impl DataError {
     }
 }
 
-impl fmt::Display for DataError {
+impl DataError {
+    /// The error rendered like a compiler diagnostic:
     /// `error[E0502]: FILE:LINE:COLUMN: MESSAGE`, leaving out the unknown parts.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error[{}]: {}", self.code, self.path.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(column) = self.column {
-                write!(f, ":{column}")?;
-            }
-        }
-        write!(f, ": {}", self.message)
+    pub fn render(&self, color: ColorChoice) -> String {
+        let message = located(&self.path, self.line, self.column, &self.message);
+        diag::render_unplaced(Severity::Error, Some(self.code), &message, None, color)
     }
+}
+
+impl fmt::Display for DataError {
+    /// [`DataError::render`] without colors or the final newline.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.render(ColorChoice::Never);
+        f.write_str(text.strip_suffix('\n').unwrap_or(&text))
+    }
+}
+
+/// `FILE:LINE:COLUMN: MESSAGE`, leaving out the unknown parts (a column is shown only
+/// after a line).
+pub(crate) fn located(
+    path: &Path,
+    line: Option<usize>,
+    column: Option<usize>,
+    message: &str,
+) -> String {
+    let mut at = path.display().to_string();
+    if let Some(line) = line {
+        at.push_str(&format!(":{line}"));
+        if let Some(column) = column {
+            at.push_str(&format!(":{column}"));
+        }
+    }
+    format!("{at}: {message}")
 }
 
 impl std::error::Error for DataError {}
