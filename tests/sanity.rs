@@ -104,7 +104,7 @@ fn nan_in_an_input_names_the_file_line_and_column() {
     assert_eq!(
         e.to_string(),
         format!(
-            "error[E0506]: {}:17:3: `pixels` holds NaN in column `p2` (row 15, feature 2)",
+            "error[E0506]: {}:17:3: `pixels` holds NaN in column `p2` (data row 16, feature 3)",
             path.display()
         )
     );
@@ -119,7 +119,7 @@ fn the_column_is_the_field_in_the_file_even_with_the_label_first() {
     assert_eq!((e.code, e.line, e.column), (Code::E0506, Some(3), Some(3)));
     assert!(
         e.message
-            .contains("`x` holds inf in column `b` (row 1, feature 1)"),
+            .contains("`x` holds inf in column `b` (data row 2, feature 2)"),
         "{e}"
     );
 }
@@ -135,7 +135,7 @@ fn inf_in_a_target() {
     assert_eq!(
         e.to_string(),
         format!(
-            "error[E0506]: {}:4:2: `y` holds -inf in column `y` (row 2)",
+            "error[E0506]: {}:4:2: `y` holds -inf in column `y` (data row 3)",
             path.display()
         )
     );
@@ -174,7 +174,7 @@ fn several_inputs_are_found_by_their_prefixed_columns() {
     assert_eq!((e.code, e.line, e.column), (Code::E0506, Some(3), Some(4)));
     assert!(
         e.message
-            .contains("`a` holds NaN in column `a.1` (row 1, feature 1)"),
+            .contains("`a` holds NaN in column `a.1` (data row 2, feature 2)"),
         "{e}"
     );
 }

@@ -329,10 +329,13 @@ fn non_finite_error(ports: &[Port], source: &mut Source, found: &Found) -> DataE
     let value = show_non_finite(found.value);
     let what = source.what(port);
     let column = source.field(port, found.feature);
-    let feature = if port.width > 1 {
-        format!(", feature {}", found.feature)
-    } else {
-        String::new()
+    // Counted from 1 beside a file's line and column, from 0 (and said so) in an array.
+    let feature = |first: usize| {
+        if port.width > 1 {
+            format!(", feature {}", found.feature + first)
+        } else {
+            String::new()
+        }
     };
     let (line, message) = if source.is_csv() {
         let place = column
@@ -340,14 +343,19 @@ fn non_finite_error(ports: &[Port], source: &mut Source, found: &Found) -> DataE
             .map_or(String::new(), |name| format!(" in column `{name}`"));
         (
             source.line(found.row),
-            format!("{what} holds {value}{place} (row {}{feature})", found.row),
+            format!(
+                "{what} holds {value}{place} (data row {}{})",
+                found.row + 1,
+                feature(1)
+            ),
         )
     } else {
         (
             None,
             format!(
-                "{what} holds {value} (row {}{feature}, counting from 0)",
-                found.row
+                "{what} holds {value} (row {}{}, counting from 0)",
+                found.row,
+                feature(0)
             ),
         )
     };
