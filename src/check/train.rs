@@ -279,13 +279,13 @@ fn apply(
                     .with_help(format!("data {name}: \"data/file.csv\"")));
                 };
                 let path = base.map_or_else(|| PathBuf::from(p), |b| b.join(p));
-                if base.is_some() && !path.exists() {
+                if let (Some(b), false) = (base, path.exists()) {
                     return Err(Diagnostic::error(
                         Code::E0405,
-                        format!("data file `{p}` does not exist"),
+                        format!("data file `{}` does not exist", resolve(b, p).display()),
                         c.span,
                     )
-                    .primary_label(format!("looked for {}", path.display()))
+                    .primary_label("this path, relative to the model file")
                     .with_note("data paths are relative to the model file"));
                 }
                 *slot = Some(path);
@@ -611,4 +611,50 @@ fn schedule(c: &Const) -> Result<Schedule, Diagnostic> {
         out = Some(s);
     }
     Ok(out.unwrap_or(Schedule::Constant))
+}
+
+/// `path` joined to `base` with `.` and `..` resolved in the text (`examples/../d.csv` is
+/// `d.csv`), so a message names the file as the user would look for it (the file itself is
+/// opened by the joined path, which a symbolic link may resolve differently).
+fn resolve(base: &std::path::Path, path: &str) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in base.join(path).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::resolve;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn dots_are_resolved_in_the_text() {
+        assert_eq!(
+            resolve(Path::new("examples"), "data/x.csv"),
+            PathBuf::from("examples/data/x.csv")
+        );
+        assert_eq!(
+            resolve(Path::new("examples"), "../x.csv"),
+            PathBuf::from("x.csv")
+        );
+        assert_eq!(
+            resolve(Path::new("a/./b"), "../../../x.csv"),
+            PathBuf::from("../x.csv")
+        );
+        assert_eq!(
+            resolve(Path::new("/m"), "/abs/x.csv"),
+            PathBuf::from("/abs/x.csv")
+        );
+    }
 }
