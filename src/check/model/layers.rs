@@ -210,9 +210,10 @@ impl Elab<'_> {
                 let mut dims = vec![shape.0[0], Dim::Fixed(out)];
                 for i in 0..nd {
                     let len = shape.fixed(2 + i).unwrap_or(1);
-                    dims.push(Dim::Fixed(self.window(
-                        len, k[i], stride[i], pad[i], dil[i], a, in_span, &shape,
-                    )?));
+                    let fits = self.window(len, k[i], stride[i], pad[i], dil[i], a, in_span, &shape);
+                    dims.push(Dim::Fixed(fits.map_err(|d| {
+                        torch_order(d, sig.name, nd, out, c, &k, &stride, &pad)
+                    })?));
                 }
                 let out_shape = Shape::new(dims);
                 let mut wshape = vec![out, c];
@@ -433,7 +434,11 @@ impl Elab<'_> {
                 .primary_label(format!("window {covered}"))
                 .with_label(in_span, format!("{shape}"))
                 .with_note("output size = floor((L + 2·pad − dilation·(k − 1) − 1) / stride) + 1 must be at least 1")
-                .with_help("use a smaller kernel or add padding (`pad: 1`)")
+                .with_help(if pad == 0 {
+                    "use a smaller kernel or add padding (`pad: 1`)".to_string()
+                } else {
+                    format!("use a smaller kernel or more padding than `pad: {pad}`")
+                })
         })
     }
 
@@ -487,6 +492,36 @@ type ParamDef = (&'static str, Vec<u64>, Init, ParamRole, bool);
 
 /// What a layer rule computes: kind, output type, parameters, MACs per sample.
 type LayerRule = (LayerKind, Ty, Vec<ParamDef>, u64);
+
+/// A convolution whose window does not fit, called with its output channels equal to the
+/// input's channels: most likely PyTorch's order `Conv2d(in, out, k)`, read here as
+/// `(out, k, stride)`. The help says so and gives the call in Kiln's order.
+#[allow(clippy::too_many_arguments)]
+fn torch_order(
+    d: Diagnostic,
+    name: &str,
+    nd: usize,
+    out: u64,
+    c: u64,
+    k: &[u64],
+    stride: &[u64],
+    pad: &[u64],
+) -> Diagnostic {
+    let single = |v: &[u64]| v.iter().all(|&x| x == v[0]);
+    if out != c || !single(k) || !single(stride) {
+        return d;
+    }
+    let torch = format!("Conv{nd}d");
+    let pad = match pad.first() {
+        Some(&p) if p > 0 => format!(", pad: {p}"),
+        _ => String::new(),
+    };
+    let (k, s) = (k[0], stride[0]);
+    d.with_help(format!(
+        "`{name}({out}, {k}, {s}{pad})` reads as {out} output channel{}, a window of {k} and a stride of {s}: Kiln takes the input's channels ({c}) from its shape, so PyTorch's `{torch}({out}, {k}, {s})` is `{name}({k}, {s}{pad})` here",
+        if out == 1 { "" } else { "s" }
+    ))
+}
 
 /// The scale (γ, ones) and shift (β, zeros) of a normalization over `c` features.
 fn scale_shift(c: u64) -> Vec<ParamDef> {
