@@ -931,3 +931,23 @@ fn safetensors_holds_named_arrays() {
     let e = kiln::runtime::data::load(&path, &spec, true).unwrap_err();
     assert_eq!(e.code, Code::E0503, "{e}");
 }
+
+/// A misnamed target column, or a file without a header, is told what the header holds
+/// and how the target is found; the count of columns is not blamed when it is right.
+#[test]
+fn a_missing_target_column_names_the_columns_there_are() {
+    let (_dir, path) = temp_file("misnamed.csv", b"a,b,target\n0,1,1\n1,1,0\n");
+    let e = load_err(&path, &xor(), true);
+    assert_eq!((e.code, e.line), (Code::E0502, Some(1)));
+    assert_eq!(
+        e.message,
+        "no column is named `y` or `label`; the header names `a`, `b`, `target` (the target's column is found by the target's name, every other column is an input)"
+    );
+    let (_dir, path) = temp_file("bare.csv", b"0,1,1\n1,1,0\n");
+    let e = load_err(&path, &xor(), true);
+    assert!(
+        e.message
+            .starts_with("no column is named `y` or `label`: the first line holds numbers, but it must be a header"),
+        "{e}"
+    );
+}

@@ -210,7 +210,8 @@ impl Elab<'_> {
                 let mut dims = vec![shape.0[0], Dim::Fixed(out)];
                 for i in 0..nd {
                     let len = shape.fixed(2 + i).unwrap_or(1);
-                    let fits = self.window(len, k[i], stride[i], pad[i], dil[i], a, in_span, &shape);
+                    let fits =
+                        self.window(len, k[i], stride[i], pad[i], dil[i], a, in_span, &shape);
                     dims.push(Dim::Fixed(fits.map_err(|d| {
                         torch_order(d, sig.name, nd, out, c, &k, &stride, &pad)
                     })?));

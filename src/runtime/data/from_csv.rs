@@ -243,6 +243,25 @@ fn column_names(name: &str, count: usize, single: bool) -> String {
     }
 }
 
+/// What the header holds, for a message about a missing target column: a first line of
+/// numbers is data, not a header; otherwise the columns it names (the first 8).
+fn header_hint(names: &[String]) -> String {
+    if names.iter().all(|n| n.trim().parse::<f64>().is_ok()) {
+        return ": the first line holds numbers, but it must be a header naming the columns \
+                (the target's column by the target's name, every other column an input)"
+            .to_string();
+    }
+    let shown: Vec<String> = names.iter().take(8).map(|n| format!("`{n}`")).collect();
+    let more = match names.len().saturating_sub(8) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    format!(
+        "; the header names {}{more} (the target's column is found by the target's name, every other column is an input)",
+        shown.join(", ")
+    )
+}
+
 /// The result of looking for a target's columns in the header.
 enum TargetColumns {
     Found(Vec<usize>),
@@ -402,6 +421,7 @@ fn assign_columns(
                         reason
                             .push_str(&format!(" or {}", column_names("label", count, count == 1)));
                     }
+                    reason.push_str(&header_hint(names));
                     missing = Some(reason);
                 }
             }
@@ -410,8 +430,12 @@ fn assign_columns(
 
     let parts = parts.join(", ");
     let mismatch = |detail: Option<String>, column: Option<usize>| {
-        let mut message = format!("expected {expected} columns ({parts}), found {width}");
-        if let Some(detail) = detail {
+        // With as many columns as expected, the count is not what is wrong.
+        let mut message = match (&detail, expected == width) {
+            (Some(d), true) => d.clone(),
+            _ => format!("expected {expected} columns ({parts}), found {width}"),
+        };
+        if let (Some(detail), false) = (detail, expected == width) {
             message.push_str("; ");
             message.push_str(&detail);
         }
