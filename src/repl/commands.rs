@@ -63,8 +63,17 @@ impl Session {
                 out.text = crate::summary::render_summary(&p.model);
             }
             "train" => {
-                needs("MODEL [EPOCHS]")?;
-                let mut words = rest.split_whitespace();
+                needs("MODEL [EPOCHS] [PORT: TENSOR, ...]")?;
+                let (head, tensors) = match rest.find(':') {
+                    Some(colon) => {
+                        // The data's first port name starts the last word before the colon.
+                        let start = rest[..colon].trim_end().rfind(char::is_whitespace);
+                        let start = start.map_or(0, |i| i + 1);
+                        (&rest[..start], Some(&rest[start..]))
+                    }
+                    None => (rest, None),
+                };
+                let mut words = head.split_whitespace();
                 let model = words.next().unwrap_or("");
                 let epochs = match words.next() {
                     Some(e) => match e.parse::<u64>() {
@@ -75,7 +84,8 @@ impl Session {
                     },
                     None => None,
                 };
-                out.text = self.train(model, epochs)?;
+                let data = tensors.map(ports).transpose()?;
+                out.text = self.train(model, epochs, data)?;
             }
             "eval" => {
                 needs("MODEL")?;
@@ -122,7 +132,14 @@ impl Session {
         Ok(out)
     }
 
-    fn train(&mut self, model: &str, epochs: Option<u64>) -> Result<String, ReplError> {
+    /// Trains `model` on the session's tensors named in `data` (port → tensor), else on
+    /// its train block's data files.
+    fn train(
+        &mut self,
+        model: &str,
+        epochs: Option<u64>,
+        data: Option<Vec<(String, String)>>,
+    ) -> Result<String, ReplError> {
         let (program, mut cfg) = self.model(model)?;
         if let Some(d) = check::trainable(&program.model, program.model.span) {
             return Err(d.into());
@@ -130,16 +147,23 @@ impl Session {
         if let Some(e) = epochs {
             cfg.epochs = e;
         }
-        let Some(train) = cfg.train_data.clone() else {
-            return Err(ReplError::msg(format!(
-                "model `{model}` has no training data: name it in its train block (`data train: \"file.csv\"`)"
-            )));
+        let tensors = match data {
+            Some(ports) => Some(self.dataset(model, &program, &ports)?),
+            None => None,
         };
-        let paths = RunPaths {
-            train,
-            test: cfg.test_data.clone(),
-            save: None,
-            resume: None,
+        let paths = match (&tensors, cfg.train_data.clone()) {
+            (Some(_), _) => RunPaths::default(),
+            (None, Some(train)) => RunPaths {
+                train,
+                test: cfg.test_data.clone(),
+                save: None,
+                resume: None,
+            },
+            (None, None) => {
+                return Err(ReplError::msg(format!(
+                    "model `{model}` has no training data: name it in its train block (`data train: \"file.csv\"`), or pass the session's tensors (`:train {model} x: X, y: Y`)"
+                )))
+            }
         };
         let mut text = String::new();
         let _ = writeln!(
@@ -155,7 +179,10 @@ impl Session {
         let report = {
             let mut jit = Jit::new();
             let mut observe = |r: &EpochRecord| records.push(r.clone());
-            run.train(&mut jit, &paths, &mut observe)?
+            match &tensors {
+                Some(d) => run.fit(&mut jit, d, None, &mut observe)?,
+                None => run.train(&mut jit, &paths, &mut observe)?,
+            }
         };
         let state = run.state.clone();
         let standardizer = run.standardizer().cloned();
@@ -192,6 +219,76 @@ impl Session {
             },
         );
         Ok(text)
+    }
+
+    /// The session's tensors named for each input and target of `program`, as a data set.
+    fn dataset(
+        &self,
+        model: &str,
+        program: &program::Program,
+        ports: &[(String, String)],
+    ) -> Result<data::Dataset, ReplError> {
+        let g = &program.forward;
+        let wanted: Vec<&str> = g
+            .inputs
+            .iter()
+            .chain(&g.targets)
+            .map(|t| t.name.as_str())
+            .collect();
+        if let Some((port, _)) = ports.iter().find(|(p, _)| !wanted.contains(&p.as_str())) {
+            return Err(ReplError::msg(format!(
+                "model `{model}` has no input or target `{port}`: it takes {}",
+                wanted
+                    .iter()
+                    .map(|w| format!("`{w}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let pick = |name: &str| -> Result<ArrayD<f32>, ReplError> {
+            let (_, tensor) = ports.iter().find(|(p, _)| p == name).ok_or_else(|| {
+                ReplError::msg(format!(
+                    "`:train {model}` needs `{name}`: pass `{name}: TENSOR`"
+                ))
+            })?;
+            self.values
+                .get(tensor)
+                .cloned()
+                .ok_or_else(|| ReplError::msg(format!("no tensor `{tensor}` in this session")))
+        };
+        let inputs = g
+            .inputs
+            .iter()
+            .map(|t| pick(&t.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let targets = g
+            .targets
+            .iter()
+            .map(|t| pick(&t.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = inputs
+            .first()
+            .map_or(0, |a| a.shape().first().copied().unwrap_or(0));
+        for (t, a) in g
+            .inputs
+            .iter()
+            .chain(&g.targets)
+            .zip(inputs.iter().chain(&targets))
+        {
+            if a.shape().first().copied() != Some(rows) {
+                return Err(ReplError::msg(format!(
+                    "`{}` has {} rows, but `{}` has {rows}",
+                    t.name,
+                    a.shape().first().copied().unwrap_or(0),
+                    g.inputs[0].name
+                )));
+            }
+        }
+        Ok(data::Dataset {
+            inputs,
+            targets,
+            rows,
+        })
     }
 
     /// The trained model, or the model with its initial parameters (and a note).
@@ -450,4 +547,16 @@ impl Session {
         }
         text
     }
+}
+
+/// `x: X, y: Y` as (port, tensor) pairs.
+fn ports(text: &str) -> Result<Vec<(String, String)>, ReplError> {
+    text.split(',')
+        .map(|pair| {
+            let (port, tensor) = pair.split_once(':').ok_or_else(|| {
+                ReplError::msg(format!("`{}` is not `PORT: TENSOR`", pair.trim()))
+            })?;
+            Ok((port.trim().to_string(), tensor.trim().to_string()))
+        })
+        .collect()
 }

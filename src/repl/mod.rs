@@ -52,8 +52,8 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ),
     (
         ":train",
-        "MODEL [EPOCHS]",
-        "train a model with its train block",
+        "MODEL [EPOCHS] [x: X, y: Y]",
+        "train a model with its train block, on its data files or the session's tensors",
     ),
     (
         ":eval",

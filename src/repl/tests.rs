@@ -191,6 +191,44 @@ fn models_train_eval_predict() {
     assert!(err(&mut s, ":train nope").contains("no model named `nope`"));
 }
 
+/// A model typed at the prompt trains on the session's tensors.
+#[test]
+fn train_takes_the_sessions_tensors() {
+    let mut s = Session::new();
+    ok(
+        &mut s,
+        "model m {\n  input x: [N, 2]\n  target y: [N, 1]\n  h = x |> dense(8) |> tanh\n  out = h |> dense(1)\n  output out\n  loss mse(out, y)\n}",
+    );
+    ok(
+        &mut s,
+        "train m {\n  optimizer adam(lr: 0.05)\n  batch 4\n  seed 3\n}",
+    );
+    assert!(err(&mut s, ":train m").contains("pass the session's tensors (`:train m x: X, y: Y`)"));
+    ok(&mut s, "X = [[0, 0], [0, 1], [1, 0], [1, 1]]");
+    ok(&mut s, "Y = [[0], [1], [1], [0]]");
+    let t = ok(&mut s, ":train m 300 x: X, y: Y").text;
+    assert!(
+        t.contains("epoch  300/300") && t.contains("train: 4 rows"),
+        "{t}"
+    );
+    let p = ok(&mut s, ":predict m X").text;
+    let v: Vec<f64> = p
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.trim_matches(|c: char| "[], ".contains(c))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(v[0] < 0.2 && v[1] > 0.8 && v[2] > 0.8 && v[3] < 0.2, "{p}");
+    assert!(err(&mut s, ":train m x: X").contains("needs `y`: pass `y: TENSOR`"));
+    assert!(err(&mut s, ":train m x: X, y: Z").contains("no tensor `Z`"));
+    assert!(err(&mut s, ":train m x: X, z: Y").contains("no input or target `z`"));
+    ok(&mut s, "Y3 = [[0], [1], [1]]");
+    assert!(err(&mut s, ":train m x: X, y: Y3").contains("`y` has 3 rows, but `x` has 4"));
+}
+
 #[test]
 fn blocks_at_the_prompt() {
     let mut s = Session::new();
