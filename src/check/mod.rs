@@ -137,6 +137,8 @@ pub fn check_file_with(
 
     let mut program = Program::default();
     let mut model_spans: HashMap<String, Span> = HashMap::new();
+    // Models whose `loss` statement failed: its error is reported, E0404 would repeat it.
+    let mut failed_losses: HashSet<String> = HashSet::new();
     for item in &parsed.items {
         let ast::Item::Model(decl) = item else {
             continue;
@@ -160,6 +162,14 @@ pub fn check_file_with(
                 .filter(|d| !(import_failed && d.code == Code::E0202)),
         );
         let mut m = r.model;
+        if m.loss.is_none()
+            && decl
+                .body
+                .iter()
+                .any(|s| matches!(s, ast::Stmt::Loss { .. }))
+        {
+            failed_losses.insert(m.name.clone());
+        }
         if !failed {
             diags.extend(zero_one_loss(&m));
             he_before_relu(&mut m);
@@ -190,6 +200,7 @@ pub fn check_file_with(
                 }
                 diags.push(d);
             }
+            Some(m) if failed_losses.contains(&m.name) => {}
             Some(m) => {
                 if let Some(d) = trainable(m, decl.model.span) {
                     diags.push(d);

@@ -121,6 +121,107 @@ impl Elab<'_> {
         spans: &[Span],
         call_span: Span,
     ) -> Result<(Op, Ty), Diagnostic> {
+        let result = self.loss_shapes(sig, loss, a, nodes, spans, call_span);
+        result.map_err(|d| self.trace_extra_axes(d, nodes[0], nodes[1]))
+    }
+
+    /// The E0308 of a prediction with more axes than its target, explained where the
+    /// extra axes were introduced: a convolution or pooling whose spatial axes were never
+    /// flattened, or a recurrent layer that returns every time step. `dense` works on the
+    /// last axis of any rank, so such a mistake only shows at the loss.
+    fn trace_extra_axes(&self, d: Diagnostic, pred: NodeId, target: NodeId) -> Diagnostic {
+        let expected = match &self.m.nodes[target].ty {
+            Ty::Labels { shape, .. } => shape.rank() + 1,
+            Ty::Tensor(t) => t.rank(),
+            Ty::Error => return d,
+        };
+        let Some(rank) = self.m.nodes[pred].ty.shape().map(Shape::rank) else {
+            return d;
+        };
+        if d.code != Code::E0308 || rank <= expected {
+            return d;
+        }
+        let mut n = pred;
+        loop {
+            let node = &self.m.nodes[n];
+            let shape = match &node.ty {
+                Ty::Tensor(s) if s.rank() == rank => s,
+                _ => return d,
+            };
+            let passes = match &node.op {
+                Op::Pool {
+                    kind,
+                    kernel,
+                    stride,
+                    pad,
+                    ..
+                } => {
+                    let word = match kind {
+                        PoolKind::Max => "maxpool",
+                        PoolKind::Avg => "avgpool",
+                    };
+                    let simple = stride == kernel
+                        && pad.iter().all(|&p| p == 0)
+                        && kernel.iter().all(|&k| k == kernel[0]);
+                    let args = if simple {
+                        kernel[0].to_string()
+                    } else {
+                        "...".to_string()
+                    };
+                    let call = format!("{word}{}d({args})", kernel.len());
+                    return spatial(d, node.span, shape, &call);
+                }
+                Op::Layer(l) => match &self.m.layers[*l].kind {
+                    kind @ LayerKind::Conv { .. } => {
+                        return spatial(d, node.span, shape, &format!("{}(...)", kind.word()));
+                    }
+                    kind @ LayerKind::Recurrent { sequence: true, .. } => {
+                        return d
+                            .with_label(
+                                node.span,
+                                format!("this returns every time step `{shape}`"),
+                            )
+                            .with_help(format!(
+                                "add `|> last`, or pass `sequence: false` to `{}`",
+                                kind.word()
+                            ));
+                    }
+                    LayerKind::Dense { .. }
+                    | LayerKind::BatchNorm { .. }
+                    | LayerKind::LayerNorm { .. }
+                    | LayerKind::Prelu => true,
+                    LayerKind::Embedding { .. }
+                    | LayerKind::Recurrent { .. }
+                    | LayerKind::Block => false,
+                },
+                Op::Activation(_)
+                | Op::Dropout(_)
+                | Op::Softmax(_)
+                | Op::LogSoftmax(_)
+                | Op::Neg
+                | Op::Binary(_) => true,
+                _ => false,
+            };
+            let next = node
+                .inputs
+                .iter()
+                .find(|&&i| self.m.nodes[i].ty.shape().is_some_and(|s| s.rank() == rank));
+            match next {
+                Some(&i) if passes => n = i,
+                _ => return d,
+            }
+        }
+    }
+
+    fn loss_shapes(
+        &mut self,
+        sig: &Sig,
+        loss: catalog::Loss,
+        a: &Bound,
+        nodes: &[NodeId],
+        spans: &[Span],
+        call_span: Span,
+    ) -> Result<(Op, Ty), Diagnostic> {
         let name = sig.name;
         let pred_ty = self.m.nodes[nodes[0]].ty.clone();
         let tgt_ty = self.m.nodes[nodes[1]].ty.clone();
@@ -248,4 +349,10 @@ impl Elab<'_> {
             }
         }
     }
+}
+
+/// Explains extra axes kept from a convolution or pooling (`call`) at `span`.
+fn spatial(d: Diagnostic, span: Span, shape: &Shape, call: &str) -> Diagnostic {
+    d.with_label(span, format!("this keeps the spatial axes `{shape}`"))
+        .with_help(format!("add `|> flatten` after `{call}`"))
 }

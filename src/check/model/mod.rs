@@ -334,9 +334,12 @@ impl Elab<'_> {
         }
     }
 
-    /// Defines a name; false (and an error) when it exists already.
+    /// Defines a name; false (and an error) when it exists already. Uses after a
+    /// redefinition meant its value, which is not checked: the name is an error from here
+    /// on, silent downstream, rather than the first definition's value.
     fn define(&mut self, scope: &mut Scope, name: &ast::Ident, v: Val) -> bool {
         if scope.values.contains_key(&name.name) || scope.layer_vals.contains_key(&name.name) {
+            scope.values.insert(name.name.clone(), Val::Error);
             self.diags.push(
                 Diagnostic::error(
                     Code::E0204,
