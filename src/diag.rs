@@ -260,7 +260,7 @@ codes! {
     E0402 "" "unknown optimizer, schedule or metric"
         "Optimizers: sgd, adam, adamw, rmsprop. Schedules: constant, step, exponential, cosine, \
          warmup(...) then <schedule>. Clipping: norm(x), value(x). Metrics: accuracy, precision, \
-         recall, f1, confusion. Early stopping monitors: val_loss, val_accuracy, loss, accuracy.";
+         recall, f1, confusion (classifiers); mae, rmse, r2 (regression models). Early stopping monitors: val_loss, val_accuracy, loss, accuracy.";
     E0403 "" "value out of range"
         "A training hyperparameter is outside the range that makes sense: learning rates must be \
          positive, momentum and betas in [0, 1), the validation fraction in [0, 1), batch and \
@@ -270,6 +270,12 @@ codes! {
          is zero almost everywhere.";
     E0405 "" "data file not found"
         "A `data` path of a train block does not exist. Paths are relative to the model file.";
+    E0406 "" "metric does not fit the model"
+        "Classification metrics (accuracy, precision, recall, f1, confusion) need a classifier: a \
+         model whose loss compares scores with class labels (or bce / focal with 0/1 targets). \
+         Regression metrics (mae, rmse, r2) need a regression model: one whose loss compares \
+         predictions with float targets by mse, mae or huber. Keep the metrics of the model's \
+         kind, or leave `metrics` out to report all of them.";
     E0500 "" "cannot read data file"
         "The data file could not be opened or read. The message gives the operating system's \
          reason.";

@@ -2,7 +2,7 @@
 //! initializers, shared layers, blocks, train configuration.
 
 use kiln::check::graph::{CheckedModel, Init, LayerKind};
-use kiln::check::train::Schedule;
+use kiln::check::train::{Metric, Schedule, Task};
 use kiln::check::{check_file, Checked, LintLevels};
 use kiln::ir::{Clip, Optimizer};
 use kiln::span::Sources;
@@ -274,7 +274,7 @@ fn train_blocks_fill_defaults_and_validate_ranges() {
                  optimizer sgd(lr: 0.1, momentum: 0.9, nesterov: true)
                  schedule warmup(2) then step(every: 5, gamma: 0.5)
                  clip norm(5)
-                 metrics accuracy, f1
+                 metrics mae, r2
                }";
     let p = check(src).program.expect("valid");
     let t = &p.trains[0];
@@ -298,7 +298,7 @@ fn train_blocks_fill_defaults_and_validate_ranges() {
         .replace("lr: 0.1", "lr: 0")
         .replace("momentum: 0.9", "momentum: 1.5");
     assert_eq!(codes(&bad), ["E0403"]);
-    let bad = src.replace("metrics accuracy, f1", "metrics acuracy\n epoch 3");
+    let bad = src.replace("metrics mae, r2", "metrics acuracy\n epoch 3");
     assert_eq!(codes(&bad), ["E0402", "E0401"]);
     let no_loss = "model m {\n input x: [N, 2]\n output x\n}\ntrain m {\n batch 2\n}";
     assert_eq!(codes(no_loss), ["E0404"]);
@@ -360,4 +360,30 @@ fn lint_names_are_unique() {
         kiln::diag::lookup("saturating_stack").map(|c| c.code.as_str()),
         Some("W0005")
     );
+}
+
+#[test]
+fn metrics_follow_the_task_of_the_loss() {
+    let model_with = |target: &str, loss: &str, metrics: &str| {
+        format!(
+            "model m {{\n  input x: [N, 2]\n  target y: {target}\n  z = x |> dense(2)\n  output z\n  loss {loss}\n}}\ntrain m {{\n  metrics {metrics}\n}}\n"
+        )
+    };
+    let regression = model_with("[N, 2]", "mse(z, y)", "r2, mae, rmse, r2");
+    let c = check(&regression);
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    let p = c.program.expect("checks");
+    assert_eq!(Task::of(&p.models[0]), Some(Task::Regression));
+    assert_eq!(p.trains[0].metrics, [Metric::R2, Metric::Mae, Metric::Rmse]);
+    for loss in ["mae(z, y)", "huber(z, y)", "0.5 * mse(z, y) + mae(z, y)"] {
+        let src = model_with("[N, 2]", loss, "accuracy");
+        assert_eq!(codes(&src), ["E0406"], "{loss}");
+    }
+    let classifier = model_with("class[N] of 2", "cross_entropy(z, y)", "mae, f1");
+    assert_eq!(codes(&classifier), ["E0406"]);
+    let p = check(&model_with("class[N] of 2", "cross_entropy(z, y)", "f1"))
+        .program
+        .expect("checks");
+    assert_eq!(Task::of(&p.models[0]), Some(Task::Classification));
+    assert_eq!(p.trains[0].metrics, [Metric::F1]);
 }

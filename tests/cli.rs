@@ -689,3 +689,58 @@ fn a_run_that_learns_nothing_warns() {
     ]);
     assert!(!stderr(&o).contains("W0105"), "{}", stderr(&o));
 }
+
+/// `y = 2x + 1`: a line that `dense(1)` fits exactly.
+const LINE: &str = "model line {
+  input  x: [N, 1]
+  target y: [N, 1]
+  h = x |> dense(1)
+  output h
+  loss mse(h, y)
+}
+train line {
+  data train: \"line.csv\"
+  optimizer sgd(lr: 0.1)
+  batch 4
+  epochs 400
+  metrics r2
+}
+";
+
+#[test]
+fn a_regression_model_reports_its_metrics() {
+    let model = temp("regression", "line.kiln", LINE.as_bytes());
+    temp("regression", "line.csv", b"x,y\n0,1\n0.5,2\n1,3\n1.5,4\n");
+    let weights = model.with_file_name("line.safetensors");
+    let report = model.with_file_name("report.json");
+    let o = kiln(&[
+        "train",
+        s(&model),
+        "--quiet",
+        "--save",
+        s(&weights),
+        "--report",
+        s(&report),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Only the metric the train block names, on the train line.
+    let out = stdout(&o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("train: 4 rows"))
+        .unwrap_or_default();
+    assert!(line.ends_with("  r2 1.0000"), "{out}");
+    assert!(!line.contains("mae") && !line.contains("rmse"), "{out}");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = &json["train"]["regression"];
+    assert!(r["r2"].as_f64().unwrap() > 0.9999, "{r}");
+    assert!(r["mae"].as_f64().unwrap() < 1e-3, "{r}");
+    assert!(r["rmse"].as_f64().unwrap() < 1e-3, "{r}");
+    // `kiln eval` shows all three.
+    let o = kiln(&["eval", s(&model), "--weights", s(&weights)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("\nmae: 0.000"), "{out}");
+    assert!(out.contains("\nrmse: 0.000"), "{out}");
+    assert!(out.ends_with("\nr2: 1.0000\n"), "{out}");
+}

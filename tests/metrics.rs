@@ -1,6 +1,9 @@
-//! Classification metrics against hand-computed values and scikit-learn's numbers.
+//! Classification and regression metrics against hand-computed values and scikit-learn's
+//! numbers.
 
-use kiln::runtime::metrics::{classify, predicted_classes, ClassScores, Classification};
+use kiln::runtime::metrics::{
+    classify, predicted_classes, regress, ClassScores, Classification, Regression,
+};
 use ndarray::{arr2, Array2};
 
 fn close(a: f64, b: f64) -> bool {
@@ -260,4 +263,96 @@ fn serializes_to_json() {
     assert_eq!(json["per_class"][1]["support"], 4);
     assert_eq!(json["confusion"][1], serde_json::json!([1, 2, 1]));
     assert!(json["macro_f1"].is_f64());
+}
+
+#[test]
+fn hand_computed_regression_example() {
+    // errors ŷ − y: 0.5, 0, −0.5, 1
+    let m = regress(&[1.5, 2.0, 2.5, 5.0], &[1.0, 2.0, 3.0, 4.0], 1);
+    // mae = (0.5 + 0 + 0.5 + 1) / 4 = 0.5
+    assert_close(m.mae, 0.5);
+    // mse = (0.25 + 0 + 0.25 + 1) / 4 = 0.375
+    assert_close(m.rmse, 0.375f64.sqrt());
+    // ȳ = 2.5, SS_tot = 2.25 + 0.25 + 0.25 + 2.25 = 5, SS_res = 1.5: R² = 1 − 1.5/5 = 0.7
+    assert_close(m.r2, 0.7);
+}
+
+#[test]
+fn regression_averages_each_output_with_equal_weight() {
+    // Two outputs per row: the first as above, the second predicted exactly.
+    let predicted = [1.5, 2.0, 2.0, 4.0, 2.5, 6.0, 5.0, 8.0];
+    let truth = [1.0, 2.0, 2.0, 4.0, 3.0, 6.0, 4.0, 8.0];
+    let m = regress(&predicted, &truth, 2);
+    // scikit-learn, multioutput="uniform_average": the mean of the per-output scores.
+    assert_close(m.mae, (0.5 + 0.0) / 2.0);
+    assert_close(m.rmse, (0.375f64.sqrt() + 0.0) / 2.0);
+    assert_close(m.r2, (0.7 + 1.0) / 2.0);
+}
+
+#[test]
+fn r2_of_constant_targets_is_1_if_exact_else_0() {
+    assert_close(regress(&[3.0, 3.0], &[3.0, 3.0], 1).r2, 1.0);
+    let off = regress(&[3.0, 4.0], &[3.0, 3.0], 1);
+    assert_close(off.r2, 0.0);
+    assert_close(off.mae, 0.5);
+    // Predicting the mean scores 0; worse than the mean is negative.
+    assert_close(regress(&[2.5, 2.5], &[2.0, 3.0], 1).r2, 0.0);
+    assert_close(regress(&[3.0, 2.0], &[2.0, 3.0], 1).r2, -3.0);
+    let none = regress(&[], &[], 1);
+    assert_eq!(
+        none,
+        Regression {
+            mae: 0.0,
+            rmse: 0.0,
+            r2: 0.0
+        }
+    );
+}
+
+const LINE: &str = "
+model line {
+  input  x: [N, 1]
+  target y: [N, 1]
+  h = x |> dense(1)
+  output h
+  loss mse(h, y)
+}
+";
+
+#[test]
+fn a_regression_model_is_evaluated_with_mae_rmse_and_r2() {
+    let model = kiln::compile_str(LINE).unwrap();
+    let mut s = model.session(0);
+    // h = 1·x + 0.5
+    s.set_parameter(
+        "h.dense.weight",
+        ndarray::arr2(&[[1.0f32]]).into_dyn().view(),
+    )
+    .unwrap();
+    s.set_parameter("h.dense.bias", ndarray::arr1(&[0.5f32]).into_dyn().view())
+        .unwrap();
+    let x = ndarray::arr2(&[[1.0f32], [1.5], [2.0], [4.5]]).into_dyn();
+    let y = ndarray::arr2(&[[1.0f32], [2.0], [3.0], [4.0]]).into_dyn();
+    // predictions 1.5, 2, 2.5, 5: the hand-computed example above.
+    let ev = s.evaluate(&[("x", &x)], &[("y", &y)]).unwrap();
+    assert!(ev.classification.is_none());
+    let r = ev.regression.expect("regression metrics");
+    assert_close(r.mae, 0.5);
+    assert!((r.rmse - 0.375f64.sqrt()).abs() < 1e-6, "{}", r.rmse);
+    assert!((r.r2 - 0.7).abs() < 1e-6, "{}", r.r2);
+    assert!((ev.loss.unwrap() - 0.375).abs() < 1e-6);
+}
+
+#[test]
+fn a_classifier_has_no_regression_metrics() {
+    let model = kiln::compile_str(
+        "model c {\n  input x: [N, 2]\n  target y: class[N] of 2\n  s = x |> dense(2)\n  output s\n  loss cross_entropy(s, y)\n}\n",
+    )
+    .unwrap();
+    let mut s = model.session(0);
+    let x = ndarray::arr2(&[[1.0f32, 0.0]]).into_dyn();
+    let y = ndarray::arr1(&[1.0f32]).into_dyn();
+    let ev = s.evaluate(&[("x", &x)], &[("y", &y)]).unwrap();
+    assert!(ev.regression.is_none());
+    assert!(ev.classification.is_some());
 }

@@ -185,8 +185,10 @@ pub fn check_file_with(
         let ast::Item::Train(decl) = item else {
             continue;
         };
-        let cfg = train::check_train(decl, base.as_deref(), &mut diags);
-        match program.models.iter().find(|m| m.name == cfg.model) {
+        let model = program.models.iter().find(|m| m.name == decl.model.name);
+        let task = model.and_then(train::Task::of);
+        let cfg = train::check_train(decl, base.as_deref(), task, &mut diags);
+        match model {
             None => {
                 let names: Vec<&str> = program.models.iter().map(|m| m.name.as_str()).collect();
                 let mut d = Diagnostic::error(

@@ -2,6 +2,7 @@
 
 use super::args::{bind, bind_call, eval, Bound, CVal, Const};
 use super::catalog::Def::{self, *};
+use super::graph::{CheckedModel, LossKind, Op, Ty};
 use crate::diag::{did_you_mean, Code, Diagnostic};
 use crate::ir::{Clip, Optimizer};
 use crate::span::Span;
@@ -66,6 +67,82 @@ pub enum Metric {
     F1,
     /// Confusion matrix.
     Confusion,
+    /// Mean absolute error (regression).
+    Mae,
+    /// Root mean squared error (regression).
+    Rmse,
+    /// Coefficient of determination R² (regression).
+    R2,
+}
+
+/// The metrics' names in the DSL, with the task they measure.
+const METRICS: &[(&str, Metric, Task)] = &[
+    ("accuracy", Metric::Accuracy, Task::Classification),
+    ("precision", Metric::Precision, Task::Classification),
+    ("recall", Metric::Recall, Task::Classification),
+    ("f1", Metric::F1, Task::Classification),
+    ("confusion", Metric::Confusion, Task::Classification),
+    ("mae", Metric::Mae, Task::Regression),
+    ("rmse", Metric::Rmse, Task::Regression),
+    ("r2", Metric::R2, Task::Regression),
+];
+
+impl Metric {
+    /// True for `mae`, `rmse` and `r2`.
+    pub fn is_regression(self) -> bool {
+        matches!(self, Metric::Mae | Metric::Rmse | Metric::R2)
+    }
+}
+
+/// What a model's loss makes of it, which decides the metrics it can report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// Its loss compares scores with class labels (or `bce` / `focal` with 0/1 targets).
+    Classification,
+    /// Its loss compares predictions with float targets by `mse`, `mae` or `huber`.
+    Regression,
+}
+
+impl Task {
+    /// The first loss of the model's loss expression (depth first, left to right), as the
+    /// runtime reads it: what it compares decides the task; any other loss decides none.
+    pub fn of(m: &CheckedModel) -> Option<Task> {
+        let mut stack = vec![m.loss?];
+        while let Some(n) = stack.pop() {
+            let node = &m.nodes[n];
+            if let Op::Loss(kind) = node.op {
+                let target = &m.nodes[*node.inputs.get(1)?];
+                if !matches!(target.op, Op::Target(_)) {
+                    return None;
+                }
+                return match (&target.ty, kind) {
+                    (Ty::Labels { .. }, _)
+                    | (Ty::Tensor(_), LossKind::Bce | LossKind::Focal(..)) => {
+                        Some(Task::Classification)
+                    }
+                    (Ty::Tensor(_), LossKind::Mse | LossKind::Mae | LossKind::Huber(_)) => {
+                        Some(Task::Regression)
+                    }
+                    _ => None,
+                };
+            }
+            stack.extend(node.inputs.iter().rev());
+        }
+        None
+    }
+
+    /// The metrics of this task, for help lines.
+    fn metrics(self) -> String {
+        let names: Vec<String> = METRICS
+            .iter()
+            .filter(|(_, _, t)| *t == self)
+            .map(|(n, _, _)| format!("`{n}`"))
+            .collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => names.concat(),
+        }
+    }
 }
 
 /// A validated `train` block, with defaults filled in.
@@ -93,7 +170,7 @@ pub struct TrainConfig {
     pub early_stop: Option<EarlyStop>,
     /// Fraction of the training data held out for validation (default 0).
     pub validation: f64,
-    /// Metrics (default: accuracy for classifiers, chosen at run time).
+    /// Metrics (empty: all of the model's task, chosen at run time).
     pub metrics: Vec<Metric>,
     /// Seed of all randomness (default 0).
     pub seed: u64,
@@ -144,10 +221,12 @@ const SETTINGS: &[&str] = &[
     "standardize",
 ];
 
-/// Validates one train block. `base` is the model file's folder, for `data` paths.
+/// Validates one train block. `base` is the model file's folder, for `data` paths; `task`
+/// is the trained model's ([`Task::of`]), against which the `metrics` are checked.
 pub fn check_train(
     decl: &TrainDecl,
     base: Option<&Path>,
+    task: Option<Task>,
     diags: &mut Vec<Diagnostic>,
 ) -> TrainConfig {
     let mut cfg = TrainConfig::defaults(&decl.model.name, decl.model.span);
@@ -176,7 +255,9 @@ pub fn check_train(
             );
             continue;
         }
-        if let Err(d) = apply(&mut cfg, known, s, base) {
+        if known == "metrics" {
+            metrics(&mut cfg, s, task, diags);
+        } else if let Err(d) = apply(&mut cfg, known, s, base) {
             diags.push(d);
         }
     }
@@ -314,7 +395,8 @@ fn apply(
                 Clip::Value(v)
             });
         }
-        "early_stop" => {
+        _ => {
+            // early_stop
             let (pos, named) = consts(s)?;
             let params: &'static [(&'static str, Def)] = &[
                 ("monitor", Word("val_loss")),
@@ -335,57 +417,115 @@ fn apply(
                 restore_best: b.boolean("restore_best")?,
             });
         }
-        _ => {
-            // metrics
-            let (pos, named) = consts(s)?;
-            if let Some((n, _)) = named.first() {
-                return Err(Diagnostic::error(
-                    Code::E0206,
-                    "`metrics` takes a list of names",
-                    n.span,
-                ));
-            }
-            if pos.is_empty() {
-                return Err(Diagnostic::error(
-                    Code::E0205,
-                    "`metrics` needs at least one metric",
-                    s.span,
-                ));
-            }
-            let all = ["accuracy", "precision", "recall", "f1", "confusion"];
-            for c in pos {
-                let found = match &c.v {
-                    CVal::Word(w) => all.iter().position(|m| m == w),
-                    _ => None,
-                };
-                let Some(i) = found else {
-                    let w = match &c.v {
-                        CVal::Word(w) => w.clone(),
-                        _ => String::new(),
-                    };
-                    let mut d =
-                        Diagnostic::error(Code::E0402, format!("unknown metric `{w}`"), c.span)
-                            .primary_label("not a metric");
-                    d = match did_you_mean(&w, all) {
-                        Some(m) => d.with_help(format!("did you mean `{m}`?")),
-                        None => d.with_note("metrics: accuracy, precision, recall, f1, confusion"),
-                    };
-                    return Err(d);
-                };
-                let m = [
-                    Metric::Accuracy,
-                    Metric::Precision,
-                    Metric::Recall,
-                    Metric::F1,
-                    Metric::Confusion,
-                ][i];
-                if !cfg.metrics.contains(&m) {
-                    cfg.metrics.push(m);
-                }
-            }
-        }
     }
     Ok(())
+}
+
+/// Reads `metrics m, ...` into `cfg.metrics`: every unknown name is reported in one
+/// diagnostic (E0402), every metric of the other task in its own (E0406).
+fn metrics(cfg: &mut TrainConfig, s: &Setting, task: Option<Task>, diags: &mut Vec<Diagnostic>) {
+    let (pos, named) = match consts(s) {
+        Ok(c) => c,
+        Err(d) => return diags.push(d),
+    };
+    if let Some((n, _)) = named.first() {
+        return diags.push(Diagnostic::error(
+            Code::E0206,
+            "`metrics` takes a list of names",
+            n.span,
+        ));
+    }
+    if pos.is_empty() {
+        return diags.push(Diagnostic::error(
+            Code::E0205,
+            "`metrics` needs at least one metric",
+            s.span,
+        ));
+    }
+    let names = METRICS.iter().map(|(n, _, _)| *n);
+    let mut unknown: Vec<(String, Span)> = Vec::new();
+    let mut chosen = Vec::new();
+    for c in pos {
+        let w = match &c.v {
+            CVal::Word(w) => w.clone(),
+            _ => String::new(),
+        };
+        match METRICS.iter().find(|(n, _, _)| *n == w) {
+            Some(&(_, m, t)) => chosen.push((w, m, t, c.span)),
+            None => unknown.push((w, c.span)),
+        }
+    }
+    match unknown.as_slice() {
+        [] => {}
+        [(w, at)] => {
+            let d = Diagnostic::error(Code::E0402, format!("unknown metric `{w}`"), *at)
+                .primary_label("not a metric");
+            diags.push(match did_you_mean(w, names.clone()) {
+                Some(m) => d.with_help(format!("did you mean `{m}`?")),
+                None => d.with_note(format!("metrics: {}", metric_list())),
+            });
+        }
+        [(_, first), ..] => {
+            let list: Vec<String> = unknown.iter().map(|(w, _)| format!("`{w}`")).collect();
+            let mut d = Diagnostic::error(
+                Code::E0402,
+                format!("unknown metrics {}", list.join(", ")),
+                *first,
+            );
+            let mut guesses = Vec::new();
+            for (i, (w, at)) in unknown.iter().enumerate() {
+                let label = match did_you_mean(w, names.clone()) {
+                    Some(m) => {
+                        guesses.push(format!("`{m}` for `{w}`"));
+                        format!("did you mean `{m}`?")
+                    }
+                    None => "not a metric".to_string(),
+                };
+                d = if i == 0 {
+                    d.primary_label(label)
+                } else {
+                    d.with_label(*at, label)
+                };
+            }
+            if !guesses.is_empty() {
+                d = d.with_help(format!("did you mean {}?", guesses.join(", ")));
+            }
+            if guesses.len() < unknown.len() {
+                d = d.with_note(format!("metrics: {}", metric_list()));
+            }
+            diags.push(d);
+        }
+    }
+    for (w, m, t, at) in chosen {
+        match task {
+            Some(own) if own != t => {
+                let (what, model) = match t {
+                    Task::Classification => ("a classification metric", "a regression model"),
+                    Task::Regression => ("a regression metric", "a classifier"),
+                };
+                diags.push(
+                    Diagnostic::error(
+                        Code::E0406,
+                        format!("`{w}` is {what}, but `{}` is {model}", cfg.model),
+                        at,
+                    )
+                    .primary_label(format!("not measurable on {model}"))
+                    .with_help(format!("{model} reports {}", own.metrics())),
+                );
+            }
+            _ if !cfg.metrics.contains(&m) => cfg.metrics.push(m),
+            _ => {}
+        }
+    }
+}
+
+/// Every metric name, for notes.
+fn metric_list() -> String {
+    METRICS
+        .iter()
+        .map(|(n, _, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Rewrites a message about the placeholder parameter `value` to name the setting.

@@ -5,7 +5,7 @@ use super::checkpoint::Checkpoint;
 use super::data::Dataset;
 use super::error::RuntimeError;
 use super::health::{self, Health};
-use super::metrics::{self, Classification};
+use super::metrics::{self, Classification, Regression};
 use super::program::{Classifier, Program};
 use super::schedule::hyper;
 use crate::autodiff::training_graph;
@@ -26,6 +26,8 @@ pub struct Evaluation {
     pub loss: Option<f64>,
     /// Classification metrics (classifiers only).
     pub classification: Option<Classification>,
+    /// Regression metrics (regression models only).
+    pub regression: Option<Regression>,
 }
 
 /// Evaluates `state` on `data` in batches of `batch` rows.
@@ -41,8 +43,11 @@ pub fn evaluate(
     roots.extend(loss);
     let cls = p.classifier.as_ref().filter(|_| !d.targets.is_empty());
     roots.extend(cls.map(|c| c.scores));
+    let reg = p.regressor.as_ref().filter(|_| !d.targets.is_empty());
+    roots.extend(reg.map(|r| r.predictions));
     let mut total = 0.0;
     let (mut predicted, mut truth) = (Vec::new(), Vec::new());
+    let (mut values, mut targets) = (Vec::new(), Vec::new());
     let idx: Vec<usize> = (0..d.rows).collect();
     for chunk in idx.chunks(batch.max(1)) {
         let b = d.select(chunk);
@@ -56,12 +61,19 @@ pub fn evaluate(
         if let Some(c) = cls {
             predicted.extend(classes_of(&vals[k], c));
             truth.extend(truth_of(&b.targets[c.target], c));
+            k += 1;
+        }
+        if let Some(r) = reg {
+            values.extend(vals[k].iter().copied());
+            targets.extend(b.targets[r.target].iter().copied());
         }
     }
+    let outputs = targets.len() / d.rows.max(1);
     Ok(Evaluation {
         rows: d.rows,
         loss: loss.map(|_| total / d.rows.max(1) as f64),
         classification: cls.map(|c| metrics::classify(&predicted, &truth, c.classes)),
+        regression: reg.map(|_| metrics::regress(&values, &targets, outputs)),
     })
 }
 

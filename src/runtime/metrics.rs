@@ -1,6 +1,9 @@
 //! Classification metrics: accuracy, per-class precision, recall and F1, their macro
 //! averages, and the confusion matrix, with scikit-learn's conventions
-//! (`zero_division=0`: a ratio with a zero denominator is 0, never NaN).
+//! (`zero_division=0`: a ratio with a zero denominator is 0, never NaN). Regression
+//! metrics: mean absolute error, root mean squared error and R², as scikit-learn's
+//! `mean_absolute_error`, `root_mean_squared_error` and `r2_score` with
+//! `multioutput="uniform_average"`.
 
 use std::fmt::Write;
 
@@ -207,6 +210,64 @@ impl Classification {
         }
         out.push_str(&table(&rows));
         out
+    }
+}
+
+/// Metrics of a regression model on a data set: each is computed per output (per
+/// element of a target row) and averaged over the outputs with equal weights.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Regression {
+    /// Mean absolute error, `mean |ŷ − y|`.
+    pub mae: f64,
+    /// Root mean squared error, `sqrt(mean (ŷ − y)²)`.
+    pub rmse: f64,
+    /// Coefficient of determination, `1 − SS_res / SS_tot` with `SS_res = Σ (y − ŷ)²` and
+    /// `SS_tot = Σ (y − ȳ)²`. An output whose targets are all equal (`SS_tot = 0`) scores
+    /// 1 if it is predicted exactly and 0 otherwise (scikit-learn's `force_finite`).
+    pub r2: f64,
+}
+
+/// Computes them from predictions and targets laid out row-major, `outputs` values per row.
+/// Rows are the complete rows of the shorter slice; no rows (or no outputs) gives all 0.
+pub fn regress(predicted: &[f32], truth: &[f32], outputs: usize) -> Regression {
+    let outputs = outputs.max(1);
+    let rows = predicted.len().min(truth.len()) / outputs;
+    if rows == 0 {
+        return Regression {
+            mae: 0.0,
+            rmse: 0.0,
+            r2: 0.0,
+        };
+    }
+    let n = rows as f64;
+    let column = |xs: &[f32], j: usize| {
+        xs.iter()
+            .skip(j)
+            .step_by(outputs)
+            .take(rows)
+            .map(|&v| f64::from(v))
+            .collect::<Vec<f64>>()
+    };
+    let (mut mae, mut rmse, mut r2) = (0.0, 0.0, 0.0);
+    for j in 0..outputs {
+        let (p, y) = (column(predicted, j), column(truth, j));
+        let abs: f64 = p.iter().zip(&y).map(|(p, y)| (p - y).abs()).sum();
+        let ss_res: f64 = p.iter().zip(&y).map(|(p, y)| (y - p).powi(2)).sum();
+        let mean = y.iter().sum::<f64>() / n;
+        let ss_tot: f64 = y.iter().map(|y| (y - mean).powi(2)).sum();
+        mae += abs / n;
+        rmse += (ss_res / n).sqrt();
+        r2 += match (ss_tot == 0.0, ss_res == 0.0) {
+            (false, _) => 1.0 - ss_res / ss_tot,
+            (true, true) => 1.0,
+            (true, false) => 0.0,
+        };
+    }
+    let k = outputs as f64;
+    Regression {
+        mae: mae / k,
+        rmse: rmse / k,
+        r2: r2 / k,
     }
 }
 

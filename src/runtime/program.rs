@@ -22,6 +22,16 @@ pub struct Classifier {
     pub binary: bool,
 }
 
+/// How a regression model's predictions are read: a loss that compares predictions with
+/// float targets (`mse`, `mae`, `huber`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Regressor {
+    /// The forward-graph node holding the predictions, shaped like the target.
+    pub predictions: NodeId,
+    /// The target they are compared with.
+    pub target: usize,
+}
+
 /// A model ready to run.
 #[derive(Clone, Debug)]
 pub struct Program {
@@ -33,6 +43,8 @@ pub struct Program {
     pub hash: String,
     /// Set when the model is a classifier.
     pub classifier: Option<Classifier>,
+    /// Set when the model is a regression model.
+    pub regressor: Option<Regressor>,
 }
 
 /// Lowers a checked model.
@@ -40,11 +52,13 @@ pub fn prepare(model: &CheckedModel) -> Program {
     let forward = lower_model(model, Mode::Eval);
     let hash = identity::digest(model);
     let classifier = find_classifier(&forward);
+    let regressor = find_regressor(&forward);
     Program {
         model: model.clone(),
         forward,
         hash,
         classifier,
+        regressor,
     }
 }
 
@@ -90,6 +104,28 @@ fn find_classifier(g: &Graph) -> Option<Classifier> {
                 }
                 _ => None,
             };
+        }
+        stack.extend(node.args.iter().rev());
+    }
+    None
+}
+
+/// The first loss of the graph (as [`find_classifier`] finds it), when it compares
+/// predictions with a float target by `mse`, `mae` or `huber`.
+fn find_regressor(g: &Graph) -> Option<Regressor> {
+    let mut stack = vec![g.loss?];
+    while let Some(n) = stack.pop() {
+        let node = &g.nodes[n];
+        if let Op::Loss(kind) = node.op {
+            let (pred, target) = (node.args[0], node.args[1]);
+            let Op::Target(t) = g.nodes[target].op else {
+                return None;
+            };
+            let regression = matches!(kind, LossKind::Mse | LossKind::Mae | LossKind::Huber(_));
+            return (regression && g.nodes[target].dtype == DType::F32).then_some(Regressor {
+                predictions: pred,
+                target: t,
+            });
         }
         stack.extend(node.args.iter().rev());
     }

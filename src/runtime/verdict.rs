@@ -101,6 +101,7 @@ mod tests {
                 macro_f1: 0.0,
                 confusion,
             }),
+            regression: None,
         }
     }
 
@@ -124,6 +125,7 @@ mod tests {
             rows: 10,
             loss: Some(3.0),
             classification: None,
+            regression: None,
         };
         let w = learned_nothing(Span::default(), &regression, false, &[(1, 2.5), (2, 3.0)])
             .expect("W0105");

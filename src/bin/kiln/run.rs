@@ -319,9 +319,9 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
             cfg.early_stop.as_ref().map_or("", |e| e.monitor.as_str())
         );
     }
-    print_eval("train", &report.train);
+    print_eval("train", &report.train, &cfg.metrics);
     if let Some(t) = &report.test {
-        print_eval("test", t);
+        print_eval("test", t, &cfg.metrics);
     }
     // The metrics the train block asks for (all of them when it names none), on the test
     // data (else the training data).
@@ -397,13 +397,28 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
     }
 }
 
-fn print_eval(what: &str, e: &Evaluation) {
+/// One line of loss and metrics; a regression model's are those of `metrics` (all three
+/// when it names none).
+fn print_eval(what: &str, e: &Evaluation, metrics: &[Metric]) {
+    let number = kiln::runtime::verdict::number;
     let mut line = format!("{what}: {} rows", e.rows);
     if let Some(l) = e.loss {
-        line += &format!("  loss {}", kiln::runtime::verdict::number(l));
+        line += &format!("  loss {}", number(l));
     }
     if let Some(c) = &e.classification {
         line += &format!("  accuracy {:.2}%", c.accuracy * 100.0);
+    }
+    if let Some(r) = &e.regression {
+        let all = metrics.is_empty();
+        for (m, name, v) in [
+            (Metric::Mae, "mae", number(r.mae)),
+            (Metric::Rmse, "rmse", number(r.rmse)),
+            (Metric::R2, "r2", format!("{:.4}", r.r2)),
+        ] {
+            if all || metrics.contains(&m) {
+                line += &format!("  {name} {v}");
+            }
+        }
     }
     outln!("{line}");
 }
@@ -459,6 +474,9 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<u8> {
             }
             if let Some(c) = &e.classification {
                 out!("{}", c.render());
+            }
+            if let Some(r) = &e.regression {
+                outln!("mae: {:.6}\nrmse: {:.6}\nr2: {:.4}", r.mae, r.rmse, r.r2);
             }
             Ok(0)
         }
