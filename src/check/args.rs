@@ -218,20 +218,17 @@ pub fn bind(
     for (i, c) in positional.into_iter().enumerate() {
         values.insert(params[i].0, c);
     }
+    let unknown: Vec<&crate::syntax::ast::Ident> = named
+        .iter()
+        .map(|(name, _)| name)
+        .filter(|name| !params.iter().any(|(p, _)| *p == name.name))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(unknown_arguments(what, params, &unknown));
+    }
     for (name, c) in named {
         let Some(&(key, _)) = params.iter().find(|(p, _)| *p == name.name) else {
-            let mut d = Diagnostic::error(
-                Code::E0203,
-                format!("`{what}` has no argument `{}`", name.name),
-                name.span,
-            )
-            .primary_label("unknown argument");
-            if let Some(s) = did_you_mean(&name.name, params.iter().map(|(p, _)| *p)) {
-                d = d.with_help(format!("did you mean `{s}`?"));
-            } else if !params.is_empty() {
-                d = d.with_note(format!("`{what}` takes: {}", param_list(params)));
-            }
-            return Err(d);
+            continue;
         };
         if let Some(prev) = values.get(key) {
             return Err(Diagnostic::error(
@@ -284,6 +281,53 @@ pub fn bind(
         values,
         span: call_span,
     })
+}
+
+/// E0203 for the named arguments a callee does not take: one diagnostic naming every
+/// one, each labelled, with a suggestion for each near miss.
+fn unknown_arguments(
+    what: &str,
+    params: &'static [(&'static str, Def)],
+    unknown: &[&crate::syntax::ast::Ident],
+) -> Diagnostic {
+    let suggest = |name: &str| did_you_mean(name, params.iter().map(|(p, _)| *p));
+    if let [name] = unknown {
+        let d = Diagnostic::error(
+            Code::E0203,
+            format!("`{what}` has no argument `{}`", name.name),
+            name.span,
+        )
+        .primary_label("unknown argument");
+        return match suggest(&name.name) {
+            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+            None if !params.is_empty() => {
+                d.with_note(format!("`{what}` takes: {}", param_list(params)))
+            }
+            None => d,
+        };
+    }
+    let names: Vec<String> = unknown.iter().map(|n| format!("`{}`", n.name)).collect();
+    let mut d = Diagnostic::error(
+        Code::E0203,
+        format!("`{what}` has no arguments {}", names.join(", ")),
+        unknown[0].span,
+    )
+    .primary_label("unknown argument");
+    for name in &unknown[1..] {
+        d = d.with_label(name.span, "unknown argument");
+    }
+    let fixes: Vec<String> = unknown
+        .iter()
+        .filter_map(|n| suggest(&n.name).map(|s| format!("`{s}` for `{}`", n.name)))
+        .collect();
+    if !fixes.is_empty() {
+        d = d.with_help(format!("did you mean {}?", fixes.join(", ")));
+    }
+    if params.is_empty() {
+        d
+    } else {
+        d.with_note(format!("`{what}` takes: {}", param_list(params)))
+    }
 }
 
 /// Binds the arguments of a constant call such as `normal(0.02)` or `sgd(lr: 0.1)`.
