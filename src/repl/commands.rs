@@ -1,8 +1,6 @@
 //! The `:` commands: training, evaluation, prediction, gradients, saving and listing.
 
-use super::{
-    eval_line, format, help, shape_text, values, Output, ReplError, Session, Trained, COMMANDS,
-};
+use super::{format, help, shape_text, values, Output, ReplError, Session, Trained, COMMANDS};
 use crate::autodiff::differentiate;
 use crate::check;
 use crate::exec::{Backend, Bug, State};
@@ -14,6 +12,7 @@ use crate::runtime::eval;
 use crate::runtime::init::init_params;
 use crate::runtime::program;
 use crate::runtime::train::{EpochRecord, Run, RunPaths};
+use crate::runtime::verdict::number;
 use ndarray::ArrayD;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -190,11 +189,13 @@ impl Session {
         for (i, r) in records.iter().enumerate() {
             if i == 0 || (i + 1) % every == 0 || i + 1 == records.len() {
                 let mut line = format!(
-                    "epoch {:>4}/{}  loss {:.5}",
-                    r.epoch, cfg.epochs, r.train_loss
+                    "epoch {:>4}/{}  loss {}",
+                    r.epoch,
+                    cfg.epochs,
+                    number(r.train_loss)
                 );
                 if let Some(v) = r.val_loss {
-                    let _ = write!(line, "  val_loss {v:.5}");
+                    let _ = write!(line, "  val_loss {}", number(v));
                 }
                 if let Some(a) = r.val_accuracy {
                     let _ = write!(line, "  val_accuracy {:.2}%", a * 100.0);
@@ -205,9 +206,9 @@ impl Session {
         if let Some(reason) = &report.stopped_early {
             let _ = writeln!(text, "stopped early: {reason}");
         }
-        let _ = writeln!(text, "{}", eval_line("train", &report.train));
+        let _ = writeln!(text, "{}", report.train.line("train", &cfg.metrics));
         if let Some(t) = &report.test {
-            let _ = writeln!(text, "{}", eval_line("test", t));
+            let _ = writeln!(text, "{}", t.line("test", &cfg.metrics));
         }
         self.trained.insert(
             model.to_string(),

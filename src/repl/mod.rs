@@ -23,7 +23,6 @@ use crate::exec::{Bug, RunError, State};
 use crate::ir::NodeId;
 use crate::runtime::data::{DataError, Standardizer};
 use crate::runtime::error::RuntimeError;
-use crate::runtime::eval::Evaluation;
 use crate::runtime::program::Program;
 use crate::span::{FileId, Sources, Span};
 use crate::syntax::ast::{self, Expr, ExprKind, Item};
@@ -335,17 +334,6 @@ impl Session {
     }
 
     // ---- statements and expressions ----
-}
-
-fn eval_line(what: &str, e: &Evaluation) -> String {
-    let mut line = format!("{what}: {} rows", e.rows);
-    if let Some(l) = e.loss {
-        let _ = write!(line, "  loss {l:.5}");
-    }
-    if let Some(c) = &e.classification {
-        let _ = write!(line, "  accuracy {:.2}%", c.accuracy * 100.0);
-    }
-    line
 }
 
 /// The declarations of a parsed input.

@@ -8,8 +8,9 @@ use super::health::{self, Health};
 use super::metrics::{self, Classification, Regression};
 use super::program::{Classifier, Program};
 use super::schedule::hyper;
+use super::verdict::number;
 use crate::autodiff::training_graph;
-use crate::check::train::TrainConfig;
+use crate::check::train::{Metric, TrainConfig};
 use crate::exec::{Backend, RunError, State};
 use crate::ir::{Graph, Hyper, NodeId};
 use ndarray::{ArrayD, Axis};
@@ -28,6 +29,32 @@ pub struct Evaluation {
     pub classification: Option<Classification>,
     /// Regression metrics (regression models only).
     pub regression: Option<Regression>,
+}
+
+impl Evaluation {
+    /// One line: `what: R rows  loss L`, the accuracy of a classifier, and a regression
+    /// model's metrics among `metrics` (all of them when it names none).
+    pub fn line(&self, what: &str, metrics: &[Metric]) -> String {
+        let mut line = format!("{what}: {} rows", self.rows);
+        if let Some(l) = self.loss {
+            line += &format!("  loss {}", number(l));
+        }
+        if let Some(c) = &self.classification {
+            line += &format!("  accuracy {:.2}%", c.accuracy * 100.0);
+        }
+        if let Some(r) = &self.regression {
+            for (m, name, v) in [
+                (Metric::Mae, "mae", number(r.mae)),
+                (Metric::Rmse, "rmse", number(r.rmse)),
+                (Metric::R2, "r2", format!("{:.4}", r.r2)),
+            ] {
+                if metrics.is_empty() || metrics.contains(&m) {
+                    line += &format!("  {name} {v}");
+                }
+            }
+        }
+        line
+    }
 }
 
 /// Evaluates `state` on `data` in batches of `batch` rows.

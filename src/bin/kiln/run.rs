@@ -400,27 +400,7 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
 /// One line of loss and metrics; a regression model's are those of `metrics` (all three
 /// when it names none).
 fn print_eval(what: &str, e: &Evaluation, metrics: &[Metric]) {
-    let number = kiln::runtime::verdict::number;
-    let mut line = format!("{what}: {} rows", e.rows);
-    if let Some(l) = e.loss {
-        line += &format!("  loss {}", number(l));
-    }
-    if let Some(c) = &e.classification {
-        line += &format!("  accuracy {:.2}%", c.accuracy * 100.0);
-    }
-    if let Some(r) = &e.regression {
-        let all = metrics.is_empty();
-        for (m, name, v) in [
-            (Metric::Mae, "mae", number(r.mae)),
-            (Metric::Rmse, "rmse", number(r.rmse)),
-            (Metric::R2, "r2", format!("{:.4}", r.r2)),
-        ] {
-            if all || metrics.contains(&m) {
-                line += &format!("  {name} {v}");
-            }
-        }
-    }
-    outln!("{line}");
+    outln!("{}", e.line(what, metrics));
 }
 
 /// Loads data and applies the checkpoint's standardization.
