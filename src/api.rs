@@ -387,34 +387,30 @@ impl Session {
             .collect()
     }
 
-    /// Inputs (standardized as training was) and targets (when given) as a data set.
+    /// Inputs and targets (when given) as a data set, standardized as training was (a
+    /// regression model's target too, when training standardized it).
     fn dataset(&self, inputs: Named, targets: Option<Named>) -> Result<Dataset, Error> {
         let g = &self.program().forward;
         let mut batch = None;
-        let mut inputs = self.order("input", &g.inputs, inputs, &mut batch)?;
+        let inputs = self.order("input", &g.inputs, inputs, &mut batch)?;
         let targets = match targets {
             Some(t) => self.order("target", &g.targets, t, &mut batch)?,
             None => Vec::new(),
         };
-        let rows = batch.unwrap_or(0);
-        if let Some(st) = self.run.standardizer() {
-            let mut d = Dataset {
-                inputs,
-                targets: Vec::new(),
-                rows,
-            };
-            st.apply(&mut d);
-            inputs = d.inputs;
-        }
-        Ok(Dataset {
+        let mut d = Dataset {
             inputs,
             targets,
-            rows,
-        })
+            rows: batch.unwrap_or(0),
+        };
+        if let Some(st) = self.run.standardizer() {
+            st.apply(&mut d);
+        }
+        Ok(d)
     }
 
     /// Every output of the model for a batch of inputs, by name (evaluation behaviour:
-    /// no dropout, batchnorm's running statistics).
+    /// no dropout, batchnorm's running statistics); a regression model's prediction in
+    /// its target's units when training standardized the target.
     pub fn forward(&mut self, inputs: Named) -> Result<HashMap<String, ArrayD<f32>>, Error> {
         let d = self.dataset(inputs, None)?;
         let g = &self.program().forward;
@@ -422,6 +418,7 @@ impl Session {
         let vals = Self::jit(&self.model)
             .forward(g, &self.run.state, &d.inputs, &[], &roots)
             .map_err(RuntimeError::Run)?;
+        let vals = eval::unstandardize_outputs(self.program(), self.run.standardizer(), vals);
         Ok(g.outputs.iter().map(|(n, _)| n.clone()).zip(vals).collect())
     }
 
@@ -489,6 +486,7 @@ impl Session {
             self.program(),
             &mut *Self::jit(&self.model),
             &self.run.state,
+            self.run.standardizer(),
             &d,
             batch,
         )?)

@@ -744,3 +744,93 @@ fn a_regression_model_reports_its_metrics() {
     assert!(out.contains("\nrmse: 0.000"), "{out}");
     assert!(out.ends_with("\nr2: 1.0000\n"), "{out}");
 }
+
+/// `y = 300x + 1000`: a line on a large scale, which `standardize` brings to unit scale.
+const SCALED_LINE: &str = "model line {
+  input  x: [N, 1]
+  target y: [N, 1]
+  h = x |> dense(1)
+  output h
+  loss mse(h, y)
+}
+train line {
+  data train: \"scaled.csv\"
+  optimizer adam(lr: 0.05)
+  batch 4
+  epochs 300
+}
+";
+
+#[test]
+fn standardize_scales_a_regression_target_and_predictions_come_back_in_its_units() {
+    let model = temp("scaled", "line.kiln", SCALED_LINE.as_bytes());
+    let mut csv = String::from("x,y\n");
+    for i in 0..20 {
+        let x = f64::from(i) / 10.0;
+        csv += &format!("{x},{}\n", 300.0 * x + 1000.0);
+    }
+    let data = temp("scaled", "scaled.csv", csv.as_bytes());
+    let first_loss = |extra: &[&str], name: &str| {
+        let report = model.with_file_name(name);
+        let weights = report.with_extension("safetensors");
+        let mut args = vec![
+            "train",
+            s(&model),
+            "--quiet",
+            "--save",
+            s(&weights),
+            "--report",
+            s(&report),
+        ];
+        args.extend(extra);
+        let o = kiln(&args);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let loss = json["history"][0]["train_loss"].as_f64().unwrap();
+        (loss, json, weights)
+    };
+    let (raw, _, _) = first_loss(&[], "raw.json");
+    assert!(raw > 1e5, "unscaled first loss {raw}");
+    let (scaled, json, weights) = first_loss(&["--standardize"], "scaled.json");
+    assert!(scaled < 10.0, "standardized first loss {scaled}");
+    // Metrics on the original scale: a near-perfect fit of the line.
+    let r = &json["train"]["regression"];
+    assert!(r["r2"].as_f64().unwrap() > 0.999, "{r}");
+    assert!(r["mae"].as_f64().unwrap() < 5.0, "{r}");
+    // The target's statistics beside the input's: mean 1285, population std 300·0.5766.
+    let c = kiln::runtime::checkpoint::Checkpoint::load(&weights).unwrap();
+    let mean = c.tensors["standardize.y.mean"][0];
+    let std = c.tensors["standardize.y.std"][0];
+    assert!((mean - 1285.0).abs() < 1e-2, "{mean}");
+    assert!((std - 172.9884).abs() < 1e-2, "{std}");
+    assert!(c.tensors.contains_key("standardize.x.mean"));
+    // Predictions in the target's units.
+    let o = kiln(&[
+        "predict",
+        s(&model),
+        "--weights",
+        s(&weights),
+        "--data",
+        s(&data),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("h"), "{out}");
+    for (i, line) in lines.enumerate() {
+        let x = i as f64 / 10.0;
+        let h: f64 = line.parse().unwrap();
+        assert!((h - (300.0 * x + 1000.0)).abs() < 5.0, "row {i}: {h}");
+    }
+    // `kiln eval` too: r2 on the original scale.
+    let o = kiln(&["eval", s(&model), "--weights", s(&weights)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    let r2: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("r2: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(r2 > 0.999, "{out}");
+}

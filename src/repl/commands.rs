@@ -332,6 +332,7 @@ impl Session {
             &t.program,
             &mut Jit::new(),
             &t.state,
+            t.standardizer.as_ref(),
             &d,
             t.cfg.batch as usize,
         )?;
@@ -386,6 +387,7 @@ impl Session {
             &t.program,
             &mut Jit::new(),
             &t.state,
+            t.standardizer.as_ref(),
             &d,
             t.cfg.batch as usize,
         )?;

@@ -2,7 +2,7 @@
 //! and the loss, gradients and gradient health of one batch.
 
 use super::checkpoint::Checkpoint;
-use super::data::Dataset;
+use super::data::{Dataset, Standardizer};
 use super::error::RuntimeError;
 use super::health::{self, Health};
 use super::metrics::{self, Classification, Regression};
@@ -57,11 +57,14 @@ impl Evaluation {
     }
 }
 
-/// Evaluates `state` on `data` in batches of `batch` rows.
+/// Evaluates `state` on `data` (standardized by `st`, when given) in batches of `batch`
+/// rows. The loss is on the data's scale; regression metrics are on the target's
+/// original scale: predictions and targets are un-standardized first.
 pub fn evaluate(
     p: &Program,
     backend: &mut dyn Backend,
     state: &State,
+    st: Option<&Standardizer>,
     d: &Dataset,
     batch: usize,
 ) -> Result<Evaluation, RuntimeError> {
@@ -91,8 +94,14 @@ pub fn evaluate(
             k += 1;
         }
         if let Some(r) = reg {
-            values.extend(vals[k].iter().copied());
-            targets.extend(b.targets[r.target].iter().copied());
+            let mut predicted = vals[k].clone();
+            let mut target = b.targets[r.target].clone();
+            if let Some(s) = st {
+                s.unstandardize_target(&mut predicted);
+                s.unstandardize_target(&mut target);
+            }
+            values.extend(predicted.iter().copied());
+            targets.extend(target.iter().copied());
         }
     }
     let outputs = targets.len() / d.rows.max(1);
@@ -131,11 +140,14 @@ fn truth_of(target: &ArrayD<f32>, c: &Classifier) -> Vec<usize> {
 pub type Predictions = (Vec<ArrayD<f32>>, Option<Vec<usize>>);
 
 /// The model's outputs on `d` (concatenated over batches, in output order) and, for
-/// classifiers, the predicted class of every row.
+/// classifiers, the predicted class of every row. With `st` standardizing a regression
+/// model's target, the output the loss compares with it is un-standardized: it comes
+/// out in the target's units.
 pub fn predict(
     p: &Program,
     backend: &mut dyn Backend,
     state: &State,
+    st: Option<&Standardizer>,
     d: &Dataset,
     batch: usize,
 ) -> Result<Predictions, RuntimeError> {
@@ -163,8 +175,25 @@ pub fn predict(
             ndarray::concatenate(Axis(0), &views)
                 .map_err(|e| RuntimeError::Run(RunError::bug(e.to_string())))
         })
-        .collect::<Result<_, _>>()?;
-    Ok((outs, classes))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((unstandardize_outputs(p, st, outs), classes))
+}
+
+/// Un-standardizes, in `outs` (one array per output of `p`, in output order), the
+/// output that a regression model's loss compares with its standardized target.
+pub fn unstandardize_outputs(
+    p: &Program,
+    st: Option<&Standardizer>,
+    mut outs: Vec<ArrayD<f32>>,
+) -> Vec<ArrayD<f32>> {
+    if let (Some(s), Some(r)) = (st, &p.regressor) {
+        for ((_, node), out) in p.forward.outputs.iter().zip(&mut outs) {
+            if *node == r.predictions {
+                s.unstandardize_target(out);
+            }
+        }
+    }
+    outs
 }
 
 /// Gradients of one batch: the loss, and per trainable parameter its name, gradient and norm.

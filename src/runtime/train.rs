@@ -212,7 +212,8 @@ impl Run {
         self.cfg.epochs = epochs;
     }
 
-    /// The standardization the run applies to inputs, once fitted or restored.
+    /// The standardization the run applies to inputs (and to a regression model's
+    /// target), once fitted or restored.
     pub fn standardizer(&self) -> Option<&Standardizer> {
         self.standardizer.as_ref()
     }
@@ -355,6 +356,9 @@ impl Run {
                     st.std[i].iter_mut().for_each(|s| *s = 1.0);
                 }
             }
+            if let Some(r) = &self.program.regressor {
+                st.fit_target(&train, r.target);
+            }
             self.standardizer = Some(st);
         }
         if let Some(s) = &self.standardizer {
@@ -434,7 +438,14 @@ impl Run {
             };
             self.epoch += 1;
             let ev = if val.rows > 0 {
-                Some(evaluate(&self.program, backend, &self.state, &val, batch)?)
+                Some(evaluate(
+                    &self.program,
+                    backend,
+                    &self.state,
+                    self.standardizer.as_ref(),
+                    &val,
+                    batch,
+                )?)
             } else {
                 None
             };
@@ -475,10 +486,24 @@ impl Run {
             }
         }
         let test_eval = match &test {
-            Some(t) => Some(evaluate(&self.program, backend, &self.state, t, batch)?),
+            Some(t) => Some(evaluate(
+                &self.program,
+                backend,
+                &self.state,
+                self.standardizer.as_ref(),
+                t,
+                batch,
+            )?),
             None => None,
         };
-        let train_eval = evaluate(&self.program, backend, &self.state, &train, batch)?;
+        let train_eval = evaluate(
+            &self.program,
+            backend,
+            &self.state,
+            self.standardizer.as_ref(),
+            &train,
+            batch,
+        )?;
         let final_eval = test_eval.as_ref().unwrap_or(&train_eval);
         let losses: Vec<(u64, f64)> = self
             .history
@@ -526,6 +551,7 @@ impl Run {
                     &self.program,
                     backend,
                     &self.state,
+                    self.standardizer.as_ref(),
                     train,
                     self.cfg.batch as usize,
                 )?;
@@ -614,7 +640,7 @@ impl Run {
         if self.early.best.is_some() {
             self.early.best_params = params_from(&self.program, &c, path, "best.").ok();
         }
-        self.standardizer = get_standardizer(&c, &self.program.forward);
+        self.standardizer = get_standardizer(&c, &self.program);
         Ok(())
     }
 }
@@ -629,6 +655,18 @@ fn put_standardizer(c: &mut Checkpoint, g: &Graph, st: &Standardizer) {
             c.tensors.insert(
                 format!("standardize.{}.std", t.name),
                 ArrayD::from_shape_vec(IxDyn(&[s.len()]), s.clone()).expect("1-D"),
+            );
+        }
+    }
+    if let Some(t) = &st.target {
+        if let Some(target) = g.targets.get(t.target) {
+            c.tensors.insert(
+                format!("standardize.{}.mean", target.name),
+                ArrayD::from_shape_vec(IxDyn(&[t.mean.len()]), t.mean.clone()).expect("1-D"),
+            );
+            c.tensors.insert(
+                format!("standardize.{}.std", target.name),
+                ArrayD::from_shape_vec(IxDyn(&[t.std.len()]), t.std.clone()).expect("1-D"),
             );
         }
     }

@@ -2,36 +2,37 @@
 //! the standardization stored beside them.
 
 use super::checkpoint::{self, Checkpoint, CheckpointError};
-use super::data::Standardizer;
+use super::data::{Standardizer, TargetScale};
 use super::error::RuntimeError;
 use super::identity;
 use super::program::Program;
 use crate::exec::State;
-use crate::ir::Graph;
 use ndarray::ArrayD;
 use std::path::Path;
 
-/// The standardization stored in a checkpoint, if any.
-pub fn get_standardizer(c: &Checkpoint, g: &Graph) -> Option<Standardizer> {
+/// The standardization stored in a checkpoint, if any: the inputs' statistics, and a
+/// regression model's target's when the checkpoint holds them.
+pub fn get_standardizer(c: &Checkpoint, p: &Program) -> Option<Standardizer> {
+    let stat = |name: &str, what: &str| -> Option<Vec<f32>> {
+        let key = format!("standardize.{name}.{what}");
+        Some(c.tensors.get(&key)?.iter().copied().collect())
+    };
+    let g = &p.forward;
     let mut mean = Vec::new();
     let mut std = Vec::new();
     for t in &g.inputs {
-        mean.push(
-            c.tensors
-                .get(&format!("standardize.{}.mean", t.name))?
-                .iter()
-                .copied()
-                .collect(),
-        );
-        std.push(
-            c.tensors
-                .get(&format!("standardize.{}.std", t.name))?
-                .iter()
-                .copied()
-                .collect(),
-        );
+        mean.push(stat(&t.name, "mean")?);
+        std.push(stat(&t.name, "std")?);
     }
-    Some(Standardizer { mean, std })
+    let target = p.regressor.as_ref().and_then(|r| {
+        let name = &g.targets.get(r.target)?.name;
+        Some(TargetScale {
+            target: r.target,
+            mean: stat(name, "mean")?,
+            std: stat(name, "std")?,
+        })
+    });
+    Some(Standardizer { mean, std, target })
 }
 
 /// Loads a checkpoint and refuses one written for another model.
@@ -120,6 +121,6 @@ pub fn load_weights(
             params,
             states: vec![],
         },
-        get_standardizer(&c, &p.forward),
+        get_standardizer(&c, p),
     ))
 }

@@ -442,6 +442,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<u8> {
             p,
             a.m.backend().as_mut(),
             &state,
+            st.as_ref(),
             &d,
             loaded.cfg.batch as usize,
         )
@@ -477,6 +478,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<u8> {
             p,
             a.m.backend().as_mut(),
             &state,
+            st.as_ref(),
             &d,
             loaded.cfg.batch as usize,
         )?;
@@ -598,7 +600,11 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
         // this data, as training would.
         let mut d = load_data(p, &a.data, true, st.as_ref())?;
         if st.is_none() && cfg.standardize {
-            data::Standardizer::fit(&d).apply(&mut d);
+            let mut s = data::Standardizer::fit(&d);
+            if let Some(r) = &p.regressor {
+                s.fit_target(&d, r.target);
+            }
+            s.apply(&mut d);
         }
         let (loss, grads) = eval::gradients(
             p,
