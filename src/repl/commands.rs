@@ -336,13 +336,7 @@ impl Session {
             &d,
             t.cfg.batch as usize,
         )?;
-        let _ = writeln!(text, "{}: {} rows", path.display(), e.rows);
-        if let Some(l) = e.loss {
-            let _ = writeln!(text, "loss: {l:.6}");
-        }
-        if let Some(c) = &e.classification {
-            text.push_str(&c.render());
-        }
+        text.push_str(&e.report(&path));
         Ok(text)
     }
 

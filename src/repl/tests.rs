@@ -175,6 +175,14 @@ fn models_train_eval_predict() {
     assert!(t.contains("epoch  200/200"), "{t}");
     let e = ok(&mut s, ":eval m").text;
     assert!(e.contains("4 rows") && e.contains("loss:"), "{e}");
+    // A regression model's metrics, as `kiln eval` prints them.
+    let r2: f64 = e
+        .lines()
+        .find_map(|l| l.strip_prefix("r2: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(r2 > 0.9, "{e}");
     let loss: f64 = e
         .lines()
         .find_map(|l| l.strip_prefix("loss: "))

@@ -55,6 +55,22 @@ impl Evaluation {
         }
         line
     }
+
+    /// What `kiln eval` prints for the data at `path`: rows, the loss, then a classifier's
+    /// metrics or a regression model's, one per line.
+    pub fn report(&self, path: &Path) -> String {
+        let mut text = format!("{}: {} rows\n", path.display(), self.rows);
+        if let Some(l) = self.loss {
+            text += &format!("loss: {l:.6}\n");
+        }
+        if let Some(c) = &self.classification {
+            text += &c.render();
+        }
+        if let Some(r) = &self.regression {
+            text += &format!("mae: {:.6}\nrmse: {:.6}\nr2: {:.4}\n", r.mae, r.rmse, r.r2);
+        }
+        text
+    }
 }
 
 /// Evaluates `state` on `data` (standardized by `st`, when given) in batches of `batch`

@@ -449,16 +449,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<u8> {
     });
     match result {
         Ok(e) => {
-            outln!("{}: {} rows", path.display(), e.rows);
-            if let Some(l) = e.loss {
-                outln!("loss: {l:.6}");
-            }
-            if let Some(c) = &e.classification {
-                out!("{}", c.render());
-            }
-            if let Some(r) = &e.regression {
-                outln!("mae: {:.6}\nrmse: {:.6}\nr2: {:.4}", r.mae, r.rmse, r.r2);
-            }
+            out!("{}", e.report(&path));
             Ok(0)
         }
         Err(e) => Ok(fail(&e, &loaded.sources, color(a.m.lints.color))),
