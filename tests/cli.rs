@@ -575,8 +575,16 @@ fn every_command_ends_quietly_when_stdout_is_closed() {
     let iris = "examples/iris.kiln";
     let test_csv = "examples/data/iris_test.csv";
     let runs: &[&[&str]] = &[
-        &["train", iris, "--epochs", "2"],
-        &["train", iris, "--epochs", "2", "--diagnose"],
+        &["train", iris, "--epochs", "2", "--save", saved],
+        &[
+            "train",
+            iris,
+            "--epochs",
+            "2",
+            "--diagnose",
+            "--save",
+            saved,
+        ],
         &["explain"],
         &["explain", "E0301"],
         &["grad", iris, "--data", test_csv],
@@ -653,6 +661,8 @@ fn unreadable_files_exit_2_and_wrong_files_exit_1() {
 /// a run that learns does not. Huge losses print in scientific notation.
 #[test]
 fn a_run_that_learns_nothing_warns() {
+    let save = temp("not-learning", "m.safetensors", b"");
+    let save = save.to_str().unwrap();
     let o = kiln(&[
         "train",
         "examples/digits_mlp.kiln",
@@ -660,6 +670,8 @@ fn a_run_that_learns_nothing_warns() {
         "100",
         "--epochs",
         "3",
+        "--save",
+        save,
     ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let err = stderr(&o);
@@ -674,7 +686,7 @@ fn a_run_that_learns_nothing_warns() {
         .unwrap_or_default()
         .to_string();
     assert!(first.contains("loss 8.1220e8"), "{first}");
-    let o = kiln(&["train", "examples/iris.kiln", "--quiet"]);
+    let o = kiln(&["train", "examples/iris.kiln", "--quiet", "--save", save]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(!stderr(&o).contains("W0105"), "{}", stderr(&o));
     let o = kiln(&[
@@ -686,6 +698,8 @@ fn a_run_that_learns_nothing_warns() {
         "3",
         "--allow",
         "not_learning",
+        "--save",
+        save,
     ]);
     assert!(!stderr(&o).contains("W0105"), "{}", stderr(&o));
 }
