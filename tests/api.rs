@@ -253,3 +253,44 @@ fn bad_values_are_errors_or_numbers_never_panics() {
         assert_eq!(r.ok(), Some(true), "label {bad}");
     }
 }
+
+/// With `standardize`, a regression model trained through the library on targets of a
+/// large scale predicts in the targets' units, and its metrics are on that scale.
+#[test]
+fn standardized_regression_predicts_in_the_targets_units() {
+    let model = kiln::compile_str(
+        "model line {
+           input  x: [N, 1]
+           target y: [N, 1]
+           h = x |> dense(1)
+           output h
+           loss mse(h, y)
+         }
+         train line {
+           optimizer sgd(lr: 0.1)
+           batch 5
+           epochs 300
+           standardize true
+           seed 2
+         }",
+    )
+    .unwrap();
+    let mut s = model.session(2);
+    let xs: Vec<f32> = (0..20).map(|i| i as f32 / 19.0).collect();
+    let x = ArrayD::from_shape_vec(vec![20, 1], xs.clone()).unwrap();
+    let y = x.mapv(|v| 300.0 * v + 1000.0);
+    let report = s.train(&[("x", &x)], &[("y", &y)], |_| {}).unwrap();
+    // The loss is on the standardized scale: small from the first epoch.
+    assert!(
+        report.history[0].train_loss < 10.0,
+        "{}",
+        report.history[0].train_loss
+    );
+    let out = s.predict(&[("x", &x)]).unwrap();
+    for (p, v) in out.iter().zip(&xs) {
+        assert!((p - (300.0 * v + 1000.0)).abs() < 2.0, "{p} for x = {v}");
+    }
+    let ev = s.evaluate(&[("x", &x)], &[("y", &y)]).unwrap();
+    let r = ev.regression.expect("regression metrics");
+    assert!(r.r2 > 0.999 && r.mae < 2.0, "{r:?}");
+}
