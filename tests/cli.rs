@@ -847,4 +847,29 @@ fn standardize_scales_a_regression_target_and_predictions_come_back_in_its_units
         .parse()
         .unwrap();
     assert!(r2 > 0.999, "{out}");
+    // Resumed on other rows, the run keeps the checkpoint's target statistics.
+    let half: String = csv.lines().take(11).map(|l| format!("{l}\n")).collect();
+    let half = temp("scaled", "half.csv", half.as_bytes());
+    let resumed = model.with_file_name("resumed.safetensors");
+    let o = kiln(&[
+        "train",
+        s(&model),
+        "--standardize",
+        "--quiet",
+        "--resume",
+        s(&weights),
+        "--train",
+        s(&half),
+        "--epochs",
+        "301",
+        "--save",
+        s(&resumed),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let c = kiln::runtime::checkpoint::Checkpoint::load(&resumed).unwrap();
+    let mean = c.tensors["standardize.y.mean"][0];
+    assert!(
+        (mean - 1285.0).abs() < 1e-2,
+        "refitted on the resumed rows: {mean}"
+    );
 }

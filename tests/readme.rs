@@ -6,9 +6,11 @@
 //! (tests/readme/ holds the README's `resnet.kiln`). The `$ kiln repl` session is typed
 //! into a REPL session line by line and each answer compared the same way, except that
 //! numbers may differ in their last digits (training runs different kernels on CPUs with
-//! and without AVX-512); in the `train` and `bench` examples every number may differ
-//! (speeds, times, and a whole run's results), the text around them may not. So a README
-//! example cannot drift from what Kiln prints.
+//! and without AVX-512); in the `train`, `bench`, `eval`, `predict` and `grad` examples
+//! every number may differ (speeds, times, and what trained weights give), the text
+//! around them may not. A block of several commands runs in a scratch folder beside a link
+//! to examples/, with the checkpoints it names trained first. So a README example cannot
+//! drift from what Kiln prints.
 
 use kiln::diag::{self, ColorChoice};
 use kiln::repl::{ReplError, Session};
@@ -18,9 +20,10 @@ use std::process::Command;
 /// The commands whose examples are checked exactly.
 const CHECKED: [&str; 4] = ["check", "ir", "summary", "explain"];
 /// The commands whose examples are checked with every number free: speeds and times,
-/// and a training run's losses and accuracies, which differ in their digits between CPUs
-/// with and without AVX-512. `bench` runs for 0.01 s instead of its default 2.
-const NUMBERS_FREE: [&str; 2] = ["train", "bench"];
+/// and a training run's results and what trained weights give, which differ in their
+/// digits between CPUs with and without AVX-512. `bench` runs for 0.01 s instead of its
+/// default 2.
+const NUMBERS_FREE: [&str; 5] = ["train", "bench", "eval", "predict", "grad"];
 
 struct Example {
     /// 1-based line of the `$ kiln` line in README.md.
@@ -30,6 +33,9 @@ struct Example {
     expected: Vec<String>,
     /// Numbers may differ (see [`NUMBERS_FREE`]).
     free: bool,
+    /// One of several commands of a block, which run in a folder of their own beside a
+    /// link to examples/, with the checkpoints they name trained first.
+    sandbox: bool,
 }
 
 fn examples() -> Vec<Example> {
@@ -39,12 +45,11 @@ fn examples() -> Vec<Example> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < lines.len() {
-        let fence = lines[i] == "```";
-        let command = lines.get(i + 1).and_then(|l| l.strip_prefix("$ kiln "));
-        let (true, Some(command)) = (fence, command) else {
+        let opens = lines[i] == "```" && lines.get(i + 1).is_some_and(|l| l.starts_with("$ kiln "));
+        if !opens {
             i += 1;
             continue;
-        };
+        }
         let dir = i
             .checked_sub(2)
             .and_then(|k| lines[k].strip_prefix("<!-- readme-test: cd "))
@@ -54,27 +59,38 @@ fn examples() -> Vec<Example> {
         let end = (i + 1..lines.len())
             .find(|&k| lines[k] == "```")
             .expect("the block ends");
-        let body: Vec<String> = lines[i + 2..end]
-            .iter()
-            .map(|l| l.trim_end().to_string())
-            .collect();
-        let args: Vec<String> = command
-            .split('#')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .map(String::from)
-            .collect();
-        let single = !body.iter().any(|l| l.starts_with("$ "));
-        let free = NUMBERS_FREE.contains(&args[0].as_str());
-        if single && (free || CHECKED.contains(&args[0].as_str())) {
-            out.push(Example {
-                line: i + 2,
-                args,
-                dir,
-                expected: body,
-                free,
-            });
+        // The block's commands, each with the lines it prints.
+        let mut commands: Vec<(usize, Vec<String>, Vec<String>)> = Vec::new();
+        for (k, l) in lines.iter().enumerate().take(end).skip(i + 1) {
+            match l.strip_prefix("$ kiln ") {
+                Some(c) => {
+                    let args = c.split('#').next().unwrap_or("");
+                    let args = args.split_whitespace().map(String::from).collect();
+                    commands.push((k + 1, args, Vec::new()));
+                }
+                None => {
+                    if let Some(last) = commands.last_mut() {
+                        last.2.push(l.trim_end().to_string());
+                    }
+                }
+            }
+        }
+        let sandbox = commands.len() > 1;
+        let checked = |a: &[String]| {
+            NUMBERS_FREE.contains(&a[0].as_str()) || (!sandbox && CHECKED.contains(&a[0].as_str()))
+        };
+        if commands.iter().all(|c| checked(&c.1)) {
+            for (line, args, expected) in commands {
+                let free = NUMBERS_FREE.contains(&args[0].as_str());
+                out.push(Example {
+                    line,
+                    args,
+                    dir: dir.clone(),
+                    expected,
+                    free,
+                    sandbox,
+                });
+            }
         }
         i = end + 1;
     }
@@ -103,9 +119,15 @@ fn readme_examples_print_what_the_readme_shows() {
             "bench" => args.extend(["--seconds".to_string(), "0.01".to_string()]),
             _ => {}
         }
+        let dir = if ex.sandbox {
+            sandbox(save.path(), &args);
+            save.path().to_path_buf()
+        } else {
+            root.join(&ex.dir)
+        };
         let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(&args)
-            .current_dir(root.join(&ex.dir))
+            .current_dir(dir)
             .output()
             .expect("run kiln");
         let (stdout, stderr) = (
@@ -135,6 +157,21 @@ fn readme_examples_print_what_the_readme_shows() {
                 ex.args.join(" ")
             );
         }
+    }
+}
+
+/// Prepares `dir` for a command of a several-command block: a link to examples/ (the
+/// paths it names), and the checkpoint of its `--weights`, trained from its model file.
+fn sandbox(dir: &Path, args: &[String]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::os::unix::fs::symlink(root.join("examples"), dir.join("examples")).expect("link");
+    if let Some(k) = args.iter().position(|a| a == "--weights") {
+        let trained = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["train", &args[1], "--quiet", "--save", &args[k + 1]])
+            .current_dir(dir)
+            .output()
+            .expect("run kiln train");
+        assert!(trained.status.success(), "{trained:?}");
     }
 }
 
