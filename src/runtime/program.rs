@@ -75,7 +75,9 @@ impl Program {
     }
 }
 
-fn find_classifier(g: &Graph) -> Option<Classifier> {
+/// The first loss of the graph in argument order, when it compares a prediction with a
+/// target: (its kind, the prediction node, the target's index, the target node).
+fn first_loss(g: &Graph) -> Option<(LossKind, NodeId, usize, NodeId)> {
     let mut stack = vec![g.loss?];
     while let Some(n) = stack.pop() {
         let node = &g.nodes[n];
@@ -84,52 +86,44 @@ fn find_classifier(g: &Graph) -> Option<Classifier> {
             let Op::Target(t) = g.nodes[target].op else {
                 return None;
             };
-            let last = g.nodes[pred].shape.last().unwrap_or(1) as usize;
-            return match (g.nodes[target].dtype, kind) {
-                (DType::Class(k), _) if last == k as usize => Some(Classifier {
-                    scores: pred,
-                    target: t,
-                    classes: k as usize,
-                    binary: false,
-                }),
-                (DType::Class(2), _) | (DType::F32, LossKind::Bce | LossKind::Focal(..))
-                    if last == 1 =>
-                {
-                    Some(Classifier {
-                        scores: pred,
-                        target: t,
-                        classes: 2,
-                        binary: true,
-                    })
-                }
-                _ => None,
-            };
+            return Some((kind, pred, t, target));
         }
         stack.extend(node.args.iter().rev());
     }
     None
 }
 
-/// The first loss of the graph (as [`find_classifier`] finds it), when it compares
-/// predictions with a float target by `mse`, `mae` or `huber`.
-fn find_regressor(g: &Graph) -> Option<Regressor> {
-    let mut stack = vec![g.loss?];
-    while let Some(n) = stack.pop() {
-        let node = &g.nodes[n];
-        if let Op::Loss(kind) = node.op {
-            let (pred, target) = (node.args[0], node.args[1]);
-            let Op::Target(t) = g.nodes[target].op else {
-                return None;
-            };
-            let regression = matches!(kind, LossKind::Mse | LossKind::Mae | LossKind::Huber(_));
-            return (regression && g.nodes[target].dtype == DType::F32).then_some(Regressor {
-                predictions: pred,
+fn find_classifier(g: &Graph) -> Option<Classifier> {
+    let (kind, pred, t, target) = first_loss(g)?;
+    let last = g.nodes[pred].shape.last().unwrap_or(1) as usize;
+    match (g.nodes[target].dtype, kind) {
+        (DType::Class(k), _) if last == k as usize => Some(Classifier {
+            scores: pred,
+            target: t,
+            classes: k as usize,
+            binary: false,
+        }),
+        (DType::Class(2), _) | (DType::F32, LossKind::Bce | LossKind::Focal(..)) if last == 1 => {
+            Some(Classifier {
+                scores: pred,
                 target: t,
-            });
+                classes: 2,
+                binary: true,
+            })
         }
-        stack.extend(node.args.iter().rev());
+        _ => None,
     }
-    None
+}
+
+/// The first loss of the graph, when it compares predictions with a float target by
+/// `mse`, `mae` or `huber`.
+fn find_regressor(g: &Graph) -> Option<Regressor> {
+    let (kind, pred, t, target) = first_loss(g)?;
+    let regression = matches!(kind, LossKind::Mse | LossKind::Mae | LossKind::Huber(_));
+    (regression && g.nodes[target].dtype == DType::F32).then_some(Regressor {
+        predictions: pred,
+        target: t,
+    })
 }
 
 /// What the data loader needs to read for a model.
