@@ -723,10 +723,7 @@ impl Emitter<'_, '_> {
             Expr::P(k) => self.constant(p[*k] as f32, lanes),
             Expr::Un(f, a) => {
                 let a = self.expr(a, x, p, lanes);
-                match abi::prim_code(*f) {
-                    Some(code) => self.call(code, a),
-                    None => self.prim(*f, a, lanes),
-                }
+                self.prim(*f, a, lanes)
             }
             Expr::Bin(f, a, b) => {
                 let a = self.expr(a, x, p, lanes);
@@ -742,7 +739,8 @@ impl Emitter<'_, '_> {
         }
     }
 
-    /// A primitive with an inline (vector) form.
+    /// A primitive: inline (with a vector form), or a call to the runtime for those
+    /// [`abi::prim_code`] numbers (scalar loops only; see [`inline`]).
     fn prim(&mut self, f: Prim, a: Value, lanes: Type) -> Value {
         match f {
             Prim::Neg => self.b.ins().fneg(a),
