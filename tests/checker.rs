@@ -297,7 +297,11 @@ fn train_blocks_fill_defaults_and_validate_ranges() {
     let bad = src
         .replace("lr: 0.1", "lr: 0")
         .replace("momentum: 0.9", "momentum: 1.5");
-    assert_eq!(codes(&bad), ["E0403"]);
+    assert_eq!(
+        codes(&bad),
+        ["E0403", "E0403"],
+        "both bad values are reported"
+    );
     let bad = src.replace("metrics mae, r2", "metrics acuracy\n epoch 3");
     assert_eq!(codes(&bad), ["E0402", "E0401"]);
     let no_loss = "model m {\n input x: [N, 2]\n output x\n}\ntrain m {\n batch 2\n}";

@@ -525,3 +525,45 @@ pub fn as_int(c: &Const) -> Option<i64> {
         _ => None,
     }
 }
+
+/// Several argument reads of one call taken together, so that every bad argument is
+/// reported and not only the first (see [`every`]).
+pub trait Reads {
+    /// The values read, in order.
+    type Values;
+    /// The values, or every read's error.
+    fn all(self) -> Result<Self::Values, Vec<Diagnostic>>;
+}
+
+macro_rules! reads_tuple {
+    ($($t:ident $v:ident),+) => {
+        impl<$($t),+> Reads for ($(Result<$t, Diagnostic>,)+) {
+            type Values = ($($t,)+);
+            fn all(self) -> Result<Self::Values, Vec<Diagnostic>> {
+                let ($($v,)+) = self;
+                match ($($v,)+) {
+                    ($(Ok($v),)+) => Ok(($($v,)+)),
+                    ($($v,)+) => Err([$($v.err()),+].into_iter().flatten().collect()),
+                }
+            }
+        }
+    };
+}
+
+reads_tuple!(A a, B b);
+reads_tuple!(A a, B b, C c);
+reads_tuple!(A a, B b, C c, D d);
+reads_tuple!(A a, B b, C c, D d, E e);
+reads_tuple!(A a, B b, C c, D d, E e, F f);
+reads_tuple!(A a, B b, C c, D d, E e, F f, G g);
+
+/// The values of several reads, or the first bad argument's error with the others added
+/// to `sink` (diagnostics are ordered by position when printed):
+/// `let (units, bias) = every((a.size("units"), a.boolean("bias")), sink)?`.
+pub fn every<R: Reads>(reads: R, sink: &mut Vec<Diagnostic>) -> Result<R::Values, Diagnostic> {
+    reads.all().map_err(|mut errors| {
+        let first = errors.remove(0);
+        sink.extend(errors);
+        first
+    })
+}

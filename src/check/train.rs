@@ -1,6 +1,6 @@
 //! Validation of `train` blocks into a [`TrainConfig`] (E04xx).
 
-use super::args::{bind, bind_call, eval, Bound, CVal, Const};
+use super::args::{bind, bind_call, eval, every, Bound, CVal, Const};
 use super::catalog::Def::{self, *};
 use super::graph::{CheckedModel, LossKind, Op, Ty};
 use crate::diag::{did_you_mean, Code, Diagnostic};
@@ -257,7 +257,7 @@ pub fn check_train(
         }
         if known == "metrics" {
             metrics(&mut cfg, s, task, diags);
-        } else if let Err(d) = apply(&mut cfg, known, s, base) {
+        } else if let Err(d) = apply(&mut cfg, known, s, base, diags) {
             diags.push(d);
         }
     }
@@ -323,6 +323,7 @@ fn apply(
     key: &str,
     s: &Setting,
     base: Option<&Path>,
+    diags: &mut Vec<Diagnostic>,
 ) -> Result<(), Diagnostic> {
     match key {
         "batch" | "epochs" | "seed" => {
@@ -372,9 +373,14 @@ fn apply(
                 *slot = Some(path);
             }
         }
-        "optimizer" => cfg.optimizer = optimizer(&single(s, "an optimizer like `sgd(lr: 0.1)`")?)?,
+        "optimizer" => {
+            cfg.optimizer = optimizer(&single(s, "an optimizer like `sgd(lr: 0.1)`")?, diags)?
+        }
         "schedule" => {
-            cfg.schedule = schedule(&single(s, "a schedule like `step(every: 5, gamma: 0.5)`")?)?
+            cfg.schedule = schedule(
+                &single(s, "a schedule like `step(every: 5, gamma: 0.5)`")?,
+                diags,
+            )?
         }
         "clip" => {
             let c = single(s, "`norm(x)` or `value(x)`")?;
@@ -405,16 +411,20 @@ fn apply(
                 ("restore_best", Bool(true)),
             ];
             let b = bind("early_stop", params, pos, named, s.span)?;
-            let monitor = b
-                .choice("monitor", &["val_loss", "val_accuracy", "loss", "accuracy"])
-                .map_err(unknown_choice)?;
+            let reads = (
+                b.choice("monitor", &["val_loss", "val_accuracy", "loss", "accuracy"])
+                    .map_err(unknown_choice),
+                b.int("patience", 0).map_err(range),
+                b.float_in("min_delta", |v| v >= 0.0, "must be at least 0")
+                    .map_err(range),
+                b.boolean("restore_best"),
+            );
+            let (monitor, patience, min_delta, restore_best) = every(reads, diags)?;
             cfg.early_stop = Some(EarlyStop {
                 monitor: monitor.to_string(),
-                patience: b.int("patience", 0).map_err(range)? as u64,
-                min_delta: b
-                    .float_in("min_delta", |v| v >= 0.0, "must be at least 0")
-                    .map_err(range)?,
-                restore_best: b.boolean("restore_best")?,
+                patience: patience as u64,
+                min_delta,
+                restore_best,
             });
         }
     }
@@ -614,18 +624,31 @@ pub const OPTIMIZERS: Table<'static> = &[
     ("rmsprop", RMSPROP),
 ];
 
-fn optimizer(c: &Const) -> Result<Optimizer, Diagnostic> {
+fn optimizer(c: &Const, diags: &mut Vec<Diagnostic>) -> Result<Optimizer, Diagnostic> {
     let (name, b) = call(c, OPTIMIZERS, "optimizer")?;
     let unit = |v: f64| (0.0..1.0).contains(&v);
-    let lr = b
-        .float_in("lr", |v| v > 0.0, "must be positive")
-        .map_err(range)?;
+    let lr = || {
+        b.float_in("lr", |v| v > 0.0, "must be positive")
+            .map_err(range)
+    };
+    let weight_decay = || {
+        b.float_in("weight_decay", |v| v >= 0.0, "must be at least 0")
+            .map_err(range)
+    };
+    let eps = || {
+        b.float_in("eps", |v| v > 0.0, "must be positive")
+            .map_err(range)
+    };
+    let fraction = |name: &str| b.float_in(name, unit, "must be in [0, 1)").map_err(range);
     Ok(match name {
         "sgd" => {
-            let momentum = b
-                .float_in("momentum", unit, "must be in [0, 1)")
-                .map_err(range)?;
-            let nesterov = b.boolean("nesterov")?;
+            let reads = (
+                lr(),
+                fraction("momentum"),
+                b.boolean("nesterov"),
+                weight_decay(),
+            );
+            let (lr, momentum, nesterov, weight_decay) = every(reads, diags)?;
             if nesterov && momentum == 0.0 {
                 return Err(Diagnostic::error(
                     Code::E0403,
@@ -638,39 +661,37 @@ fn optimizer(c: &Const) -> Result<Optimizer, Diagnostic> {
                 lr,
                 momentum,
                 nesterov,
-                weight_decay: b
-                    .float_in("weight_decay", |v| v >= 0.0, "must be at least 0")
-                    .map_err(range)?,
+                weight_decay,
             }
         }
-        "adam" | "adamw" => Optimizer::Adam {
-            lr,
-            beta1: b
-                .float_in("beta1", unit, "must be in [0, 1)")
-                .map_err(range)?,
-            beta2: b
-                .float_in("beta2", unit, "must be in [0, 1)")
-                .map_err(range)?,
-            eps: b
-                .float_in("eps", |v| v > 0.0, "must be positive")
-                .map_err(range)?,
-            weight_decay: b
-                .float_in("weight_decay", |v| v >= 0.0, "must be at least 0")
-                .map_err(range)?,
-            decoupled: name == "adamw",
-        },
-        _ => Optimizer::Rmsprop {
-            lr,
-            alpha: b
-                .float_in("alpha", unit, "must be in [0, 1)")
-                .map_err(range)?,
-            eps: b
-                .float_in("eps", |v| v > 0.0, "must be positive")
-                .map_err(range)?,
-            momentum: b
-                .float_in("momentum", unit, "must be in [0, 1)")
-                .map_err(range)?,
-        },
+        "adam" | "adamw" => {
+            let reads = (
+                lr(),
+                fraction("beta1"),
+                fraction("beta2"),
+                eps(),
+                weight_decay(),
+            );
+            let (lr, beta1, beta2, eps, weight_decay) = every(reads, diags)?;
+            Optimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled: name == "adamw",
+            }
+        }
+        _ => {
+            let reads = (lr(), fraction("alpha"), eps(), fraction("momentum"));
+            let (lr, alpha, eps, momentum) = every(reads, diags)?;
+            Optimizer::Rmsprop {
+                lr,
+                alpha,
+                eps,
+                momentum,
+            }
+        }
     })
 }
 
@@ -683,7 +704,7 @@ pub const SCHEDULES: Table<'static> = &[
     ("warmup", &[("epochs", Required)]),
 ];
 
-fn schedule(c: &Const) -> Result<Schedule, Diagnostic> {
+fn schedule(c: &Const, diags: &mut Vec<Diagnostic>) -> Result<Schedule, Diagnostic> {
     let parts: Vec<Const> = match &c.v {
         CVal::Then(parts) => parts.clone(),
         _ => vec![c.clone()],
@@ -722,10 +743,14 @@ fn schedule(c: &Const) -> Result<Schedule, Diagnostic> {
         };
         let s = match name {
             "constant" => Schedule::Constant,
-            "step" => Schedule::Step {
-                every: b.int("every", 1).map_err(range)? as u64,
-                gamma: gamma(&b)?,
-            },
+            "step" => {
+                let reads = (b.int("every", 1).map_err(range), gamma(&b));
+                let (epochs, gamma) = every(reads, diags)?;
+                Schedule::Step {
+                    every: epochs as u64,
+                    gamma,
+                }
+            }
             "exponential" => Schedule::Exponential { gamma: gamma(&b)? },
             "cosine" => Schedule::Cosine {
                 min_lr: b

@@ -1,7 +1,7 @@
 //! Functions, activations and shaping layers: their shape rules, axes, reshape.
 
 use super::Elab;
-use crate::check::args::{Bound, CVal, Const};
+use crate::check::args::{every, Bound, CVal, Const};
 use crate::check::catalog::{self, Sig};
 use crate::check::graph::*;
 use crate::diag::{Code, Diagnostic};
@@ -125,13 +125,19 @@ impl Elab<'_> {
                 } else {
                     need_rank(4, "`[N, C, H, W]`")?;
                 }
-                let k = a.ints("k", nd, 1)?;
-                let stride = if a.get("stride").is_some() {
-                    a.ints("stride", nd, 1)?
-                } else {
-                    k.clone()
-                };
-                let pad = a.ints("pad", nd, 0)?;
+                let is_max = matches!(s, S::Maxpool1d | S::Maxpool2d);
+                let reads = (
+                    a.ints("k", nd, 1),
+                    a.get("stride").map(|_| a.ints("stride", nd, 1)).transpose(),
+                    a.ints("pad", nd, 0),
+                    if is_max {
+                        Ok(true)
+                    } else {
+                        a.boolean("count_pad")
+                    },
+                );
+                let (k, stride, pad, count_pad) = every(reads, &mut self.diags)?;
+                let stride = stride.unwrap_or_else(|| k.clone());
                 if let Some(i) = (0..nd).find(|&i| pad[i] >= k[i]) {
                     return Err(Diagnostic::error(
                         Code::E0313,
@@ -150,11 +156,7 @@ impl Elab<'_> {
                         self.window(len, k[i], stride[i], pad[i], 1, a, spans[0], &shape)?,
                     ));
                 }
-                let (kind, count_pad) = if matches!(s, S::Maxpool1d | S::Maxpool2d) {
-                    (PoolKind::Max, true)
-                } else {
-                    (PoolKind::Avg, a.boolean("count_pad")?)
-                };
+                let kind = if is_max { PoolKind::Max } else { PoolKind::Avg };
                 Ok((
                     Op::Pool {
                         kind,

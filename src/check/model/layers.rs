@@ -2,7 +2,7 @@
 //! initializers.
 
 use super::{Elab, Naming};
-use crate::check::args::{bind_call, Bound, CVal};
+use crate::check::args::{bind_call, every, Bound, CVal};
 use crate::check::catalog::{self, Id, Sig};
 use crate::check::graph::*;
 use crate::diag::{did_you_mean, Code, Diagnostic};
@@ -129,15 +129,18 @@ impl Elab<'_> {
                     .primary_label(format!("{in_ty}"))
                     .with_help("declare the input as `class[N, T] of VOCAB`"));
                 };
-                let vocab = a.size("vocab")?;
-                let dim = a.size("dim")?;
+                let reads = (
+                    a.size("vocab"),
+                    a.size("dim"),
+                    a.boolean("frozen"),
+                    self.init(a, Init::Normal(1.0)),
+                );
+                let (vocab, dim, frozen, init) = every(reads, &mut self.diags)?;
                 if vocab != *classes {
                     return Err(Diagnostic::error(Code::E0307, format!("`embedding` has a vocabulary of {vocab} but its input has {classes} classes"), a.span_of("vocab"))
                     .primary_label(format!("vocab {vocab}"))
                     .with_label(in_span, format!("{in_ty}")));
                 }
-                let frozen = a.boolean("frozen")?;
-                let init = self.init(a, Init::Normal(1.0))?;
                 let mut out = shape.clone();
                 out.0.push(Dim::Fixed(dim));
                 let kind = LayerKind::Embedding { vocab, dim };
@@ -158,9 +161,12 @@ impl Elab<'_> {
                     ));
                 }
                 let f = shape.last().unwrap_or(1);
-                let units = a.size("units")?;
-                let bias = a.boolean("bias")?;
-                let init = self.init(a, Init::Xavier)?;
+                let reads = (
+                    a.size("units"),
+                    a.boolean("bias"),
+                    self.init(a, Init::Xavier),
+                );
+                let (units, bias, init) = every(reads, &mut self.diags)?;
                 let mut ps = vec![("weight", vec![f, units], init, ParamRole::Weight, true)];
                 if bias {
                     ps.push((
@@ -200,13 +206,16 @@ impl Elab<'_> {
                     });
                 }
                 let c = shape.fixed(1).unwrap_or(1);
-                let out = a.size("out")?;
-                let k = a.ints("k", nd, 1)?;
-                let stride = a.ints("stride", nd, 1)?;
-                let pad = a.ints("pad", nd, 0)?;
-                let dil = a.ints("dilation", nd, 1)?;
-                let bias = a.boolean("bias")?;
-                let init = self.init(a, Init::Xavier)?;
+                let reads = (
+                    a.size("out"),
+                    a.ints("k", nd, 1),
+                    a.ints("stride", nd, 1),
+                    a.ints("pad", nd, 0),
+                    a.ints("dilation", nd, 1),
+                    a.boolean("bias"),
+                    self.init(a, Init::Xavier),
+                );
+                let (out, k, stride, pad, dil, bias, init) = every(reads, &mut self.diags)?;
                 let mut dims = vec![shape.0[0], Dim::Fixed(out)];
                 for i in 0..nd {
                     let len = shape.fixed(2 + i).unwrap_or(1);
@@ -253,12 +262,15 @@ impl Elab<'_> {
                     ));
                 }
                 let c = shape.fixed(1).unwrap_or(1);
-                let momentum = a.float_in(
-                    "momentum",
-                    |v| (0.0..=1.0).contains(&v),
-                    "must be in [0, 1]",
-                )?;
-                let eps = a.float_in("eps", |v| v > 0.0, "must be positive")?;
+                let reads = (
+                    a.float_in(
+                        "momentum",
+                        |v| (0.0..=1.0).contains(&v),
+                        "must be in [0, 1]",
+                    ),
+                    a.float_in("eps", |v| v > 0.0, "must be positive"),
+                );
+                let (momentum, eps) = every(reads, &mut self.diags)?;
                 let mut ps = scale_shift(c);
                 ps.extend([
                     (
@@ -324,7 +336,7 @@ impl Elab<'_> {
 
     /// The rule of `rnn`, `lstm` and `gru`.
     fn recurrent_rule(
-        &self,
+        &mut self,
         cell: Cell,
         a: &Bound,
         shape: Shape,
@@ -339,17 +351,22 @@ impl Elab<'_> {
         }
         let t = shape.fixed(1).unwrap_or(1);
         let f = shape.fixed(2).unwrap_or(1);
-        let h = a.size("h")?;
         let activation = if cell == Cell::Rnn {
-            match a.choice("activation", &["tanh", "relu"])? {
-                "relu" => RnnActivation::Relu,
-                _ => RnnActivation::Tanh,
-            }
+            a.choice("activation", &["tanh", "relu"])
         } else {
-            RnnActivation::Tanh
+            Ok("tanh")
         };
-        let bidirectional = a.boolean("bidirectional")?;
-        let sequence = a.boolean("sequence")?;
+        let reads = (
+            a.size("h"),
+            activation,
+            a.boolean("bidirectional"),
+            a.boolean("sequence"),
+        );
+        let (h, activation, bidirectional, sequence) = every(reads, &mut self.diags)?;
+        let activation = match activation {
+            "relu" => RnnActivation::Relu,
+            _ => RnnActivation::Tanh,
+        };
         let g = cell.gates();
         let dirs: &[&'static str] = if bidirectional {
             &["", "_reverse"]

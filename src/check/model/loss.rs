@@ -1,7 +1,7 @@
 //! Losses and regularizers.
 
 use super::{Elab, Scope};
-use crate::check::args::Bound;
+use crate::check::args::{every, Bound};
 use crate::check::catalog::{self, Id, Sig};
 use crate::check::graph::*;
 use crate::diag::{did_you_mean, Code, Diagnostic};
@@ -294,10 +294,14 @@ impl Elab<'_> {
                         |v| (0.0..1.0).contains(&v),
                         "must be in [0, 1)",
                     )?),
-                    L::Focal => LossKind::Focal(
-                        a.float_in("gamma", |v| v >= 0.0, "must be at least 0")?,
-                        a.float_in("alpha", |v| (0.0..=1.0).contains(&v), "must be in [0, 1]")?,
-                    ),
+                    L::Focal => {
+                        let reads = (
+                            a.float_in("gamma", |v| v >= 0.0, "must be at least 0"),
+                            a.float_in("alpha", |v| (0.0..=1.0).contains(&v), "must be in [0, 1]"),
+                        );
+                        let (gamma, alpha) = every(reads, &mut self.diags)?;
+                        LossKind::Focal(gamma, alpha)
+                    }
                     L::Hinge => LossKind::Hinge,
                     L::ZeroOne => LossKind::ZeroOne,
                     L::Mae | L::L1Loss | L::Mse | L::Huber | L::Exponential | L::Bce => {
