@@ -308,6 +308,11 @@ codes! {
          first operation whose result is not finite although its operands are, with the likely \
          causes: a learning rate so high that the weights overflow, exploding gradients (add \
          `clip norm(1.0)`), the log of zero, or non-finite input data.";
+    E0700 "" "cannot be exported"
+        "`kiln export` writes what predicts: the model's outputs computed from its inputs. An \
+         output that needs a target (the target itself, or a loss comparing with it) has no \
+         value in an exported model. Output the prediction the loss compares, and keep the \
+         loss for training.";
     W0001 "symmetric_init" "symmetric weight initialization"
         "All weights start equal (zeros, ones or a constant), so every unit of the layer \
          computes the same function and receives the same gradient: symmetry is never broken \

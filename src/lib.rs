@@ -48,6 +48,7 @@ pub mod autodiff;
 pub mod check;
 pub mod diag;
 pub mod exec;
+pub mod export;
 pub mod interp;
 pub mod ir;
 pub mod jit;

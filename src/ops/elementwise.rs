@@ -225,6 +225,43 @@ pub struct Domain {
     pub kinks: &'static [f64],
 }
 
+/// How ONNX export writes a function: the back end's column of the table.
+#[derive(Clone, Copy, Debug)]
+pub enum Onnx {
+    /// ONNX's operator `op`, which exists from opset `since` on, with `attrs`; at older
+    /// opsets the function is composed from `f`.
+    Op {
+        /// The ONNX operator.
+        op: &'static str,
+        /// The first opset that has it.
+        since: u32,
+        /// Its attributes.
+        attrs: &'static [OnnxAttr],
+    },
+    /// Composed from the primitives of `f` (ONNX has no operator with this meaning).
+    Composed,
+}
+
+impl Onnx {
+    /// An ONNX operator without attributes.
+    const fn op(op: &'static str, since: u32) -> Onnx {
+        Onnx::Op {
+            op,
+            since,
+            attrs: &[],
+        }
+    }
+}
+
+/// An attribute of an ONNX operator that writes a function.
+#[derive(Clone, Copy, Debug)]
+pub enum OnnxAttr {
+    /// The function's parameter `k` as the float attribute of this name.
+    Param(usize, &'static str),
+    /// A string attribute.
+    Str(&'static str, &'static str),
+}
+
 /// One elementwise function.
 #[derive(Debug)]
 pub struct Def {
@@ -238,6 +275,8 @@ pub struct Def {
     pub f: Expr,
     /// f′(x).
     pub df: Expr,
+    /// How ONNX export writes it.
+    pub onnx: Onnx,
     /// What the language and the tools know about it.
     pub traits: Traits,
     /// Where its derivative is checked.
@@ -374,6 +413,7 @@ elementwise! {
         params: &[],
         f: Un(Prim::Neg, &X),
         df: K(-1.0),
+        onnx: Onnx::op("Neg", 6),
         traits: INTERNAL,
         domain: ANY,
     },
@@ -384,6 +424,7 @@ elementwise! {
         params: &[],
         f: Bin(Mul, &X, &X),
         df: Bin(Mul, &K(2.0), &X),
+        onnx: Onnx::Composed,
         traits: INTERNAL,
         domain: ANY,
     },
@@ -394,6 +435,7 @@ elementwise! {
         params: &[],
         f: Un(Prim::Recip, &X),
         df: Un(Prim::Neg, &Un(Prim::Recip, &Bin(Mul, &X, &X))),
+        onnx: Onnx::op("Reciprocal", 6),
         traits: INTERNAL,
         domain: KINK0,
     },
@@ -404,6 +446,7 @@ elementwise! {
         params: &[],
         f: SIGN,
         df: K(0.0),
+        onnx: Onnx::Composed,
         traits: INTERNAL,
         domain: KINK0,
     },
@@ -414,6 +457,7 @@ elementwise! {
         params: &[],
         f: IfPos(&X, &K(1.0), &K(0.0)),
         df: K(0.0),
+        onnx: Onnx::Composed,
         traits: INTERNAL,
         domain: KINK0,
     },
@@ -424,6 +468,7 @@ elementwise! {
         params: &[],
         f: Un(Prim::Exp, &X),
         df: Un(Prim::Exp, &X),
+        onnx: Onnx::op("Exp", 6),
         traits: Traits {
             hazard: Some("exp of a large value overflowed"),
             ..FUNCTION
@@ -437,6 +482,7 @@ elementwise! {
         params: &[],
         f: Un(Prim::Log, &X),
         df: Un(Prim::Recip, &X),
+        onnx: Onnx::op("Log", 6),
         traits: Traits {
             hazard: Some("log of zero: a probability or input reached 0 (pass logits to `cross_entropy`, or add a small epsilon)"),
             ..FUNCTION
@@ -450,6 +496,7 @@ elementwise! {
         params: &[],
         f: Un(Prim::Sqrt, &X),
         df: Bin(Div, &K(0.5), &Un(Prim::Sqrt, &X)),
+        onnx: Onnx::op("Sqrt", 6),
         traits: Traits {
             hazard: Some("square root of a negative number"),
             ..FUNCTION
@@ -463,6 +510,7 @@ elementwise! {
         params: &[],
         f: Un(Prim::Abs, &X),
         df: SIGN,
+        onnx: Onnx::op("Abs", 6),
         traits: FUNCTION,
         domain: KINK0,
     },
@@ -473,6 +521,7 @@ elementwise! {
         params: &[],
         f: X,
         df: K(1.0),
+        onnx: Onnx::op("Identity", 1),
         traits: ACTIVATION,
         domain: ANY,
     },
@@ -483,6 +532,7 @@ elementwise! {
         params: &[],
         f: IfPos(&X, &X, &K(0.0)),
         df: IfPos(&X, &K(1.0), &K(0.0)),
+        onnx: Onnx::op("Relu", 6),
         traits: Traits { watch: Watch::Dead, ..RELU_LIKE },
         domain: KINK0,
     },
@@ -493,6 +543,7 @@ elementwise! {
         params: ALPHA,
         f: IfPos(&X, &X, &Bin(Mul, &P(0), &X)),
         df: IfPos(&X, &K(1.0), &P(0)),
+        onnx: Onnx::Op { op: "LeakyRelu", since: 6, attrs: &[OnnxAttr::Param(0, "alpha")] },
         traits: RELU_LIKE,
         domain: KINK0,
     },
@@ -507,6 +558,7 @@ elementwise! {
         ],
         f: IfPos(&X, &X, &Bin(Mul, &Bin(Mul, &K(0.5), &Bin(Add, &P(0), &P(1))), &X)),
         df: IfPos(&X, &K(1.0), &Bin(Mul, &K(0.5), &Bin(Add, &P(0), &P(1)))),
+        onnx: Onnx::Composed,
         traits: Traits { random_slope: true, ..RELU_LIKE },
         domain: KINK0,
     },
@@ -517,6 +569,7 @@ elementwise! {
         params: &[Param { name: "alpha", default: 1.0, min: Bound::Value(0.0) }],
         f: IfPos(&X, &X, &Bin(Mul, &P(0), &Un(Prim::Expm1, &X))),
         df: IfPos(&X, &K(1.0), &Bin(Mul, &P(0), &Un(Prim::Exp, &X))),
+        onnx: Onnx::Op { op: "Elu", since: 6, attrs: &[OnnxAttr::Param(0, "alpha")] },
         traits: RELU_LIKE,
         domain: KINK0,
     },
@@ -527,6 +580,7 @@ elementwise! {
         params: &[],
         f: Un(Prim::Sigmoid, &X),
         df: SIGMOID_DX,
+        onnx: Onnx::op("Sigmoid", 6),
         traits: Traits {
             squashing: true,
             saturating: true,
@@ -550,6 +604,7 @@ elementwise! {
                 &Un(Prim::Sigmoid, &Bin(Mul, &K(-2.0), &X)),
             ),
         ),
+        onnx: Onnx::op("Tanh", 6),
         traits: Traits {
             squashing: true,
             saturating: true,
@@ -573,6 +628,7 @@ elementwise! {
                 &Un(Prim::Exp, &Bin(Mul, &K(-0.5), &Bin(Mul, &X, &X))),
             ),
         ),
+        onnx: Onnx::op("Gelu", 20),
         traits: Traits {
             relu_like: true,
             ..ACTIVATION
@@ -606,6 +662,7 @@ elementwise! {
                 ),
             ),
         ),
+        onnx: Onnx::Op { op: "Gelu", since: 20, attrs: &[OnnxAttr::Str("approximate", "tanh")] },
         traits: Traits {
             dsl: Some(Spelling::Variant { of: "gelu", arg: "approximate", value: "tanh", base: "none" }),
             relu_like: true,
@@ -624,6 +681,7 @@ elementwise! {
             &Un(Prim::Sigmoid, &X),
             &Bin(Add, &K(1.0), &Bin(Mul, &X, &Un(Prim::Sigmoid, &Un(Prim::Neg, &X)))),
         ),
+        onnx: Onnx::Composed,
         traits: Traits {
             relu_like: true,
             ..ACTIVATION
@@ -637,6 +695,7 @@ elementwise! {
         params: &[],
         f: SOFTPLUS,
         df: Un(Prim::Sigmoid, &X),
+        onnx: Onnx::op("Softplus", 1),
         traits: Traits {
             squashing: true,
             ..ACTIVATION
@@ -654,6 +713,7 @@ elementwise! {
             &Un(Prim::Tanh, &SOFTPLUS),
             &Bin(Mul, &Bin(Mul, &X, &TANH_DX_SOFTPLUS), &Un(Prim::Sigmoid, &X)),
         ),
+        onnx: Onnx::op("Mish", 18),
         traits: Traits {
             relu_like: true,
             ..ACTIVATION
@@ -679,6 +739,7 @@ elementwise! {
                 &K(0.0),
             ),
         ),
+        onnx: Onnx::op("HardSwish", 14),
         traits: Traits {
             relu_like: true,
             ..ACTIVATION

@@ -147,21 +147,7 @@ impl Checkpoint {
     /// A stale temporary file left by an earlier crashed run with the same pid is
     /// overwritten. On error the temporary file is removed and `path` is untouched.
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let bytes = self.to_bytes()?;
-        let tmp = temp_path(path);
-        let written = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.flush()?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&tmp, path)
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        sync_dir(path)
+        write_atomic(path, &self.to_bytes()?)
     }
 
     /// Reads a safetensors file. F32 tensors load as is; F64, F16, BF16 and integer
@@ -208,6 +194,27 @@ impl Checkpoint {
         }
         Ok(checkpoint)
     }
+}
+
+/// Writes `bytes` to `<path>.tmp-<pid>` in the same directory, flushes and fsyncs it, then
+/// renames it over `path` (and fsyncs the directory on Unix): a reader sees the previous
+/// file or the new one, never a partial one. On error the temporary file is removed and
+/// `path` is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.flush()?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(path)
 }
 
 /// `<path>.tmp-<pid>`.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod bench;
+mod export;
 mod plot;
 mod progress;
 mod repl;
@@ -86,6 +87,8 @@ enum Command {
     Eval(run::EvalArgs),
     /// The model's outputs (and classes, for classifiers) on a data set.
     Predict(run::PredictArgs),
+    /// Write the model's evaluation graph and weights as ONNX.
+    Export(export::ExportArgs),
     /// The loss and every parameter's gradient on one batch.
     Grad(run::GradArgs),
     /// Print the IR of a model after a pass.
@@ -214,6 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Train(a) => run::train(a),
         Command::Eval(a) => run::eval(a),
         Command::Predict(a) => run::predict(a),
+        Command::Export(a) => export::export(a),
         Command::Grad(a) => run::grad(a),
         Command::Ir(a) => run::ir(a),
         Command::Bench(a) => bench::bench(a),

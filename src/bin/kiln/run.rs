@@ -170,10 +170,10 @@ pub enum Pass {
 }
 
 /// A checked, lowered model with its train block.
-struct Loaded {
-    sources: Sources,
-    program: Program,
-    cfg: TrainConfig,
+pub struct Loaded {
+    pub sources: Sources,
+    pub program: Program,
+    pub cfg: TrainConfig,
 }
 
 fn color(c: Color) -> ColorChoice {
@@ -181,7 +181,11 @@ fn color(c: Color) -> ColorChoice {
 }
 
 /// Checks the file, picks the model, lowers it; prints diagnostics. `Err(code)` to exit.
-fn load(file: &Path, model: Option<&str>, lints: &LintArgs) -> anyhow::Result<Result<Loaded, u8>> {
+pub fn load(
+    file: &Path,
+    model: Option<&str>,
+    lints: &LintArgs,
+) -> anyhow::Result<Result<Loaded, u8>> {
     let mut sources = Sources::new();
     let levels = LintLevels {
         allow: lints.allow.clone(),
@@ -241,7 +245,7 @@ impl ModelArgs {
 }
 
 /// Exit code for a runtime error, after printing it.
-fn fail(e: &RuntimeError, sources: &Sources, color: ColorChoice) -> u8 {
+pub fn fail(e: &RuntimeError, sources: &Sources, color: ColorChoice) -> u8 {
     match e {
         RuntimeError::Data(d) => eprint!("{}", d.render(color)),
         RuntimeError::Diverged(d) => eprint!("{}", diag::render(sources, &[(**d).clone()], color)),

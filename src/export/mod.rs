@@ -1,0 +1,4 @@
+//! Export: a checked model with its weights, written for other runtimes. [`onnx`] writes
+//! the evaluation graph as an ONNX model.
+
+pub mod onnx;
