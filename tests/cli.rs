@@ -873,3 +873,38 @@ fn standardize_scales_a_regression_target_and_predictions_come_back_in_its_units
         "refitted on the resumed rows: {mean}"
     );
 }
+
+/// An output that needs a target has no value in an exported model: E0700 at the output
+/// with the target's span, exit 1, and no file written.
+#[test]
+fn export_refuses_an_output_that_needs_a_target() {
+    let model = "model m {
+  input x: [N, 2]
+  target y: [N, 1]
+  h = x |> dense(1)
+  err = h - y
+  output h
+  output err
+  loss mse(h, y)
+}
+";
+    let file = temp("export_target", "m.kiln", model.as_bytes());
+    let out = file.with_file_name("m.onnx");
+    let o = kiln(&["export", s(&file), "-o", s(&out)]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "error[E0700]: output `err` needs a target, which an exported model does not have"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("m.kiln:7:3"),
+        "the output is the primary span: {err}"
+    );
+    assert!(!out.exists(), "no file is written");
+    let o = kiln(&["explain", "E0700"]);
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains("has no value in an exported model"));
+}

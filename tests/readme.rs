@@ -6,9 +6,9 @@
 //! (tests/readme/ holds the README's `resnet.kiln`). The `$ kiln repl` session is typed
 //! into a REPL session line by line and each answer compared the same way, except that
 //! numbers may differ in their last digits (training runs different kernels on CPUs with
-//! and without AVX-512); in the `train`, `bench`, `eval`, `predict` and `grad` examples
-//! every number may differ (speeds, times, and what trained weights give), the text
-//! around them may not. A block of several commands runs in a scratch folder beside a link
+//! and without AVX-512); in the `train`, `bench`, `eval`, `predict`, `grad` and `export`
+//! examples every number may differ (speeds, times, and what trained weights give), the
+//! text around them may not. A block of several commands runs in a scratch folder beside a link
 //! to examples/, with the checkpoints it names trained first. So a README example cannot
 //! drift from what Kiln prints.
 
@@ -23,7 +23,7 @@ const CHECKED: [&str; 4] = ["check", "ir", "summary", "explain"];
 /// and a training run's results and what trained weights give, which differ in their
 /// digits between CPUs with and without AVX-512. `bench` runs for 0.01 s instead of its
 /// default 2.
-const NUMBERS_FREE: [&str; 5] = ["train", "bench", "eval", "predict", "grad"];
+const NUMBERS_FREE: [&str; 6] = ["train", "bench", "eval", "predict", "grad", "export"];
 
 struct Example {
     /// 1-based line of the `$ kiln` line in README.md.

@@ -41,15 +41,7 @@ pub fn export(a: ExportArgs) -> anyhow::Result<u8> {
             Ok((state, st)) => (state.params, st),
             Err(e) => return Ok(fail(&e, &loaded.sources, color)),
         },
-        None => {
-            if !p.model.params.is_empty() {
-                eprintln!(
-                    "warning: no --weights: exporting `{}` with its seeded initialization (seed {}), not trained weights",
-                    p.model.name, loaded.cfg.seed
-                );
-            }
-            (init_params(&p.model, loaded.cfg.seed), None)
-        }
+        None => (init_params(&p.model, loaded.cfg.seed), None),
     };
     let bytes = match onnx::export(p, &params, st.as_ref(), a.opset) {
         Ok(b) => b,
@@ -61,6 +53,12 @@ pub fn export(a: ExportArgs) -> anyhow::Result<u8> {
     if let Err(e) = write_atomic(&a.out, &bytes) {
         let e = RuntimeError::Io(format!("cannot write `{}`: {e}", a.out.display()));
         return Ok(fail(&e, &loaded.sources, color));
+    }
+    if a.weights.is_none() && !p.model.params.is_empty() {
+        eprintln!(
+            "warning: no --weights: exported `{}` with its seeded initialization (seed {}), not trained weights",
+            p.model.name, loaded.cfg.seed
+        );
     }
     Ok(0)
 }
