@@ -148,6 +148,10 @@ impl Elab<'_> {
                     .with_label(sb, format!("{tb}"));
                     if let Some(h) = lhs_name.and_then(|n| projection_help(&ta, &tb, n)) {
                         d = d.with_help(h);
+                    } else if ta.has_batch() && tb.has_batch() && ta.rank() != tb.rank() {
+                        d = d
+                            .with_note("broadcasting aligns shapes at the right, so the batch axes would not meet and every sample would pair with every other")
+                            .with_help("give both the same rank: `keepdims: true` on a reduction, or `reshape([N, 1])`");
                     }
                     return self.err(d);
                 }
