@@ -157,22 +157,21 @@ pub fn export(
                 let index = e.ints("step", &[], &[step]);
                 e.node("Gather", &[a[0], &index], vec![int("axis", 1)], hint)
             }
+            Op::Binary(BinOp::MatMul) => {
+                let rhs = m.nodes[node.inputs[1]]
+                    .ty
+                    .shape()
+                    .cloned()
+                    .unwrap_or_default();
+                matmul(&mut e, a[0], &in_shape, a[1], &rhs, &out_shape, hint)
+            }
             Op::Binary(op) => {
                 let f = match op {
                     BinOp::Add => Binary::Add,
                     BinOp::Sub => Binary::Sub,
                     BinOp::Mul => Binary::Mul,
                     BinOp::Div => Binary::Div,
-                    BinOp::MatMul => {
-                        let rhs_shape = m.nodes[node.inputs[1]]
-                            .ty
-                            .shape()
-                            .cloned()
-                            .unwrap_or_default();
-                        vals[id] =
-                            matmul(&mut e, a[0], &in_shape, a[1], &rhs_shape, &out_shape, hint);
-                        continue;
-                    }
+                    BinOp::MatMul => unreachable!("`@` is matched above"),
                 };
                 elementwise::binary(&mut e, f, a[0], a[1], hint)
             }
