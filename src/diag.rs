@@ -313,6 +313,11 @@ codes! {
          output that needs a target (the target itself, or a loss comparing with it) has no \
          value in an exported model. Output the prediction the loss compares, and keep the \
          loss for training.";
+    E0701 "" "output is a standardized input"
+        "A model that outputs one of its inputs (`output x`) and was trained with \
+         `standardize true` returns the standardized input. In ONNX a graph's values have \
+         one name each, so the raw input and the standardized output cannot both be `x`. \
+         Give the output its own name, e.g. `output x_standardized = x * 1`.";
     W0001 "symmetric_init" "symmetric weight initialization"
         "All weights start equal (zeros, ones or a constant), so every unit of the layer \
          computes the same function and receives the same gradient: symmetry is never broken \

@@ -37,6 +37,39 @@ fn shape(ty: &Ty) -> Shape {
     ty.shape().cloned().unwrap_or_default()
 }
 
+/// The shapes the operands of `a @ b` take for a NumPy batch matrix product with Kiln's
+/// per-sample meaning. A batched vector `[N, K]` is a row `[N, 1, K]` on the left and a
+/// column `[N, K, 1]` on the right; without a batch (the REPL's unbatched mode) a vector
+/// is as in NumPy. A batched operand with fewer per-sample axes than the other gets 1s
+/// after its batch axis, so that the batch axes meet (NumPy would align them from the
+/// right): `[N, 3, 4] @ [5, 4, 2]` is `[N, 1, 3, 4] @ [5, 4, 2]`.
+pub fn matmul_operands(sa: &Shape, sb: &Shape) -> (Shape, Shape) {
+    let vector = |s: &Shape, left: bool| -> Shape {
+        let mut d = s.0.clone();
+        match (s.rank(), s.has_batch(), left) {
+            (2, true, true) => d.insert(1, Dim::Fixed(1)),
+            (2, true, false) => d.push(Dim::Fixed(1)),
+            (1, false, true) => d.insert(0, Dim::Fixed(1)),
+            (1, false, false) => d.push(Dim::Fixed(1)),
+            _ => {}
+        }
+        Shape::new(d)
+    };
+    let (a, b) = (vector(sa, true), vector(sb, false));
+    let per_sample = |s: &Shape| s.rank() - usize::from(s.has_batch());
+    let axes = per_sample(&a).max(per_sample(&b));
+    let pad = |s: Shape| -> Shape {
+        if !s.has_batch() {
+            return s;
+        }
+        let mut d = s.0;
+        let missing = axes + 1 - d.len();
+        d.splice(1..1, std::iter::repeat_n(Dim::Fixed(1), missing));
+        Shape::new(d)
+    };
+    (pad(a), pad(b))
+}
+
 /// Lowers a checked model to its forward graph with the behaviour of `mode`.
 pub fn lower_model(m: &CheckedModel, mode: Mode) -> Graph {
     let mut g = Graph::default();
@@ -144,25 +177,11 @@ pub fn lower_model(m: &CheckedModel, mode: Mode) -> Graph {
                 BinOp::Mul => b.mul(args[0], args[1]),
                 BinOp::Div => b.div(args[0], args[1]),
                 BinOp::MatMul => {
-                    // Per-sample NumPy semantics: vectors become 1×k rows or k×1 columns.
                     let (sa, sb) = (b.shape(args[0]).clone(), b.shape(args[1]).clone());
-                    // Without a batch (the REPL's unbatched mode) it is plain NumPy
-                    // `matmul`: a vector is a row on the left, a column on the right.
-                    let a = match (sa.rank(), sa.has_batch()) {
-                        (2, true) => {
-                            b.reshape(args[0], Shape::new(vec![sa.0[0], Dim::Fixed(1), sa.0[1]]))
-                        }
-                        (1, false) => b.reshape(args[0], Shape::new(vec![Dim::Fixed(1), sa.0[0]])),
-                        _ => args[0],
-                    };
-                    let c = match (sb.rank(), sb.has_batch()) {
-                        (2, true) => {
-                            b.reshape(args[1], Shape::new(vec![sb.0[0], sb.0[1], Dim::Fixed(1)]))
-                        }
-                        (1, false) => b.reshape(args[1], Shape::new(vec![sb.0[0], Dim::Fixed(1)])),
-                        _ => args[1],
-                    };
-                    let y = b.batch_matmul(a, c, false, false);
+                    let (ta, tb) = matmul_operands(&sa, &sb);
+                    let x = b.reshape(args[0], ta);
+                    let w = b.reshape(args[1], tb);
+                    let y = b.batch_matmul(x, w, false, false);
                     b.reshape(y, out)
                 }
             },

@@ -13,6 +13,7 @@ mod proto;
 use crate::check::graph::{CheckedModel, NodeId, Op, PoolKind, ReduceKind, Ty};
 use crate::diag::{Code, Diagnostic};
 use crate::ir::{Dim, Shape};
+use crate::lower::matmul_operands;
 use crate::ops::elementwise::Binary;
 use crate::runtime::data::Standardizer;
 use crate::runtime::program::Program;
@@ -204,11 +205,25 @@ pub fn export(
             if *node == r.predictions {
                 if let Some(t) = &s.target {
                     let shape = m.nodes[port.node].ty.shape().cloned().unwrap_or_default();
-                    v = unstandardize(&mut e, &v, &shape, &t.mean, &t.std, &port.name);
+                    let target = &m.targets[r.target].name;
+                    v = unstandardize(&mut e, &v, &shape, &t.mean, &t.std, target);
                 }
             }
         }
-        e.node_into("Identity", &[&v], vec![port.name.clone()], vec![]);
+        // An output that is an input (`output x`) is the graph input itself; standardized,
+        // it would need the input's name for a second value.
+        if v != port.name {
+            if m.inputs.iter().any(|i| i.name == port.name) {
+                return Err(Diagnostic::error(
+                    Code::E0701,
+                    format!("output `{}` is the standardized input `{}`, and an ONNX model cannot give both the same name", port.name, port.name),
+                    port.span,
+                )
+                .primary_label("exported output")
+                .with_help(format!("name the output: `output {0}_standardized = {0} * 1`", port.name)));
+            }
+            e.node_into("Identity", &[&v], vec![port.name.clone()], vec![]);
+        }
         outputs.push(value_info(
             &port.name,
             &m.nodes[port.node].ty,
@@ -323,23 +338,24 @@ fn standardize(
     e.node("Div", &[&centered, &std], vec![], &hint)
 }
 
-/// `y · std + mean`: a regression output in the target's units.
+/// `y · std + mean`: a regression output in the units of the target `target`.
 fn unstandardize(
     e: &mut Emit,
     y: &str,
     shape: &Shape,
     mean: &[f32],
     std: &[f32],
-    name: &str,
+    target: &str,
 ) -> String {
-    let std = sample_const(e, &format!("standardize.{name}.std"), shape, &scales(std));
-    let mean = sample_const(e, &format!("standardize.{name}.mean"), shape, mean);
-    let scaled = e.node("Mul", &[y, &std], vec![], name);
-    e.node("Add", &[&scaled, &mean], vec![], name)
+    let std = sample_const(e, &format!("standardize.{target}.std"), shape, &scales(std));
+    let mean = sample_const(e, &format!("standardize.{target}.mean"), shape, mean);
+    let hint = format!("{y}_in_{target}_units");
+    let scaled = e.node("Mul", &[y, &std], vec![], &hint);
+    e.node("Add", &[&scaled, &mean], vec![], &hint)
 }
 
-/// `a @ b` with Kiln's per-sample NumPy semantics: a batched vector is a row on the left
-/// and a column on the right; without a batch a vector is as in NumPy.
+/// `a @ b` with Kiln's per-sample meaning ([`matmul_operands`]): the operands reshaped,
+/// ONNX's MatMul, the result reshaped to the node's shape.
 fn matmul(
     e: &mut Emit,
     a: &str,
@@ -349,15 +365,16 @@ fn matmul(
     out: &Shape,
     hint: &str,
 ) -> String {
-    let lhs = match (sa.rank(), sa.has_batch()) {
-        (2, true) => e.reshape(a, &[0, 1, sa.fixed(1).unwrap_or(1) as i64], hint),
-        (1, false) => e.reshape(a, &[1, sa.fixed(0).unwrap_or(1) as i64], hint),
-        _ => a.to_string(),
+    let (ta, tb) = matmul_operands(sa, sb);
+    let lhs = if ta == *sa {
+        a.to_string()
+    } else {
+        e.reshape(a, &dims_of(&ta), hint)
     };
-    let rhs = match (sb.rank(), sb.has_batch()) {
-        (2, true) => e.reshape(b, &[0, sb.fixed(1).unwrap_or(1) as i64, 1], hint),
-        (1, false) => e.reshape(b, &[sb.fixed(0).unwrap_or(1) as i64, 1], hint),
-        _ => b.to_string(),
+    let rhs = if tb == *sb {
+        b.to_string()
+    } else {
+        e.reshape(b, &dims_of(&tb), hint)
     };
     let y = e.node("MatMul", &[&lhs, &rhs], vec![], hint);
     e.reshape(&y, &dims_of(out), hint)
