@@ -454,37 +454,78 @@ impl Library {
     }
 }
 
-/// The static library: every member of the runtime's archive `runtime` (libkiln_rt.a)
-/// and the model's object file `object` (named `member`), with a symbol table so that any
-/// linker finds the members in one pass.
+/// The static library: the model's object file `object` (named `member`) and the members
+/// of the runtime's archive `runtime` (libkiln_rt.a) that a linker would pull in for it
+/// (the members defining the symbols it needs, and theirs, transitively: the rest of
+/// the runtime's archive would never be linked), with a symbol table.
 pub fn archive(runtime: &[u8], object: &[u8], member: &str) -> Result<Vec<u8>, String> {
+    use ::object::read::archive::{ArchiveFile, ArchiveKind as Kind};
+    use ::object::{Object, ObjectSymbol};
     use ar_archive_writer::{ArchiveKind, NewArchiveMember, DEFAULT_OBJECT_READER};
-    let rt = ::object::read::archive::ArchiveFile::parse(runtime)
-        .map_err(|e| format!("not an archive: {e}"))?;
+    use std::collections::{HashMap, HashSet};
+    let rt = ArchiveFile::parse(runtime).map_err(|e| format!("not an archive: {e}"))?;
     let kind = match rt.kind() {
-        ::object::read::archive::ArchiveKind::Gnu => ArchiveKind::Gnu,
-        ::object::read::archive::ArchiveKind::Gnu64 => ArchiveKind::Gnu64,
-        ::object::read::archive::ArchiveKind::Bsd => ArchiveKind::Darwin,
-        ::object::read::archive::ArchiveKind::Bsd64 => ArchiveKind::Darwin64,
-        ::object::read::archive::ArchiveKind::Coff => ArchiveKind::Coff,
+        Kind::Gnu64 => ArchiveKind::Gnu64,
+        Kind::Bsd => ArchiveKind::Darwin,
+        Kind::Bsd64 => ArchiveKind::Darwin64,
+        Kind::Coff => ArchiveKind::Coff,
         _ => ArchiveKind::Gnu,
     };
-    let mut members = Vec::new();
+    /// A member's name, bytes, and the global symbols it defines and needs.
+    type Member<'a> = (String, &'a [u8], Vec<Vec<u8>>, Vec<Vec<u8>>);
+    let symbols = |data: &[u8]| -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let (mut defined, mut needed) = (Vec::new(), Vec::new());
+        if let Ok(file) = ::object::File::parse(data) {
+            for sym in file.symbols() {
+                let Ok(name) = sym.name_bytes() else { continue };
+                if sym.is_undefined() {
+                    needed.push(name.to_vec());
+                } else if sym.is_global() {
+                    defined.push(name.to_vec());
+                }
+            }
+        }
+        (defined, needed)
+    };
+    let mut members: Vec<Member> = Vec::new();
     for m in rt.members() {
         let m = m.map_err(|e| format!("a member cannot be read: {e}"))?;
         let name = String::from_utf8_lossy(m.name()).into_owned();
         let data = m
             .data(runtime)
             .map_err(|e| format!("member `{name}` cannot be read: {e}"))?;
-        members.push(NewArchiveMember::new(data, &DEFAULT_OBJECT_READER, name));
+        let (defined, needed) = symbols(data);
+        members.push((name, data, defined, needed));
     }
-    members.push(NewArchiveMember::new(
+    // The first member defining a symbol is the one a linker takes.
+    let mut definer: HashMap<&[u8], usize> = HashMap::new();
+    for (i, m) in members.iter().enumerate() {
+        for s in &m.2 {
+            definer.entry(s.as_slice()).or_insert(i);
+        }
+    }
+    let mut keep = HashSet::new();
+    let mut need: Vec<Vec<u8>> = symbols(object).1;
+    while let Some(s) = need.pop() {
+        if let Some(&i) = definer.get(s.as_slice()) {
+            if keep.insert(i) {
+                need.extend(members[i].3.iter().cloned());
+            }
+        }
+    }
+    let mut out_members: Vec<NewArchiveMember> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, m)| NewArchiveMember::new(m.1, &DEFAULT_OBJECT_READER, m.0.clone()))
+        .collect();
+    out_members.push(NewArchiveMember::new(
         object,
         &DEFAULT_OBJECT_READER,
         member.to_string(),
     ));
     let mut out = std::io::Cursor::new(Vec::new());
-    ar_archive_writer::write_archive_to_stream(&mut out, &members, kind, false, None)
+    ar_archive_writer::write_archive_to_stream(&mut out, &out_members, kind, false, None)
         .map_err(|e| e.to_string())?;
     Ok(out.into_inner())
 }
