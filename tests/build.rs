@@ -300,3 +300,154 @@ fn cnn() {
 fn gru() {
     check("digits_gru", "logits");
 }
+
+/// A model with a class-id input (int64 in C) beside a float input, and a regression
+/// output trained on standardized inputs and target: the library standardizes the
+/// inputs and un-standardizes the output as `kiln predict` does; an id out of range is
+/// refused.
+const EMBED: &str = "model embed_reg {
+  input  ids: class[N] of 5
+  input  x: [N, 3]
+  target y: [N, 2]
+  e = ids |> embedding(5, 4)
+  out = (e |> dense(2)) + (x |> dense(2))
+  output out
+  loss mse(out, y)
+}
+
+train embed_reg {
+  data train: \"train.csv\"
+  optimizer adam(lr: 0.01)
+  batch 8
+  epochs 3
+  standardize true
+  seed 1
+}
+";
+
+const EMBED_APP: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include "embed_reg.h"
+
+int main(int argc, char **argv) {
+  long rows = atol(argv[1]), chunk = atol(argv[2]);
+  int64_t *ids = malloc(rows * sizeof(int64_t));
+  float *x = malloc(rows * EMBED_REG_INPUT_1_SIZE * sizeof(float));
+  float *y = malloc(rows * EMBED_REG_OUTPUT_0_SIZE * sizeof(float));
+  FILE *f = fopen(argv[3], "rb");
+  if (fread(ids, sizeof(int64_t), rows, f) != (size_t)rows) return 65;
+  if (fread(x, sizeof(float), rows * 3, f) != (size_t)(rows * 3)) return 65;
+  fclose(f);
+  for (long r = 0; r < rows; r += chunk) {
+    long b = rows - r < chunk ? rows - r : chunk;
+    const void *in[EMBED_REG_NUM_INPUTS] = { ids + r, x + r * EMBED_REG_INPUT_1_SIZE };
+    void *out[EMBED_REG_NUM_OUTPUTS] = { y + r * EMBED_REG_OUTPUT_0_SIZE };
+    if (embed_reg_predict(b, in, out) != EMBED_REG_OK) return 1;
+  }
+  f = fopen(argv[4], "wb");
+  fwrite(y, sizeof(float), rows * EMBED_REG_OUTPUT_0_SIZE, f);
+  fclose(f);
+  int64_t bad[2] = { 1, 5 };
+  const void *in[2] = { bad, x };
+  void *out[1] = { y };
+  if (embed_reg_predict(2, in, out) != EMBED_REG_ERR_CLASS) return 2;
+  bad[1] = -1;
+  if (embed_reg_predict(2, in, out) != EMBED_REG_ERR_CLASS) return 2;
+  return 0;
+}
+"#;
+
+#[test]
+fn class_ids_and_standardization() {
+    if !have_cc() {
+        return;
+    }
+    runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("m.kiln"), EMBED).unwrap();
+    // y depends on the id and on x, on scales far from 0 and 1.
+    let rows = 64usize;
+    let mut csv = String::from("ids.0,x.0,x.1,x.2,y.0,y.1\n");
+    let mut bin = Vec::new();
+    let mut xs = Vec::new();
+    for r in 0..rows {
+        let id = (r * 7 + 3) % 5;
+        let x: Vec<f32> = (0..3)
+            .map(|k| ((r * 13 + k * 5) % 17) as f32 * 0.5 - 3.0)
+            .collect();
+        let y = [10.0 + id as f32 + 2.0 * x[0], x[1] - 3.0 * x[2] - 20.0];
+        csv += &format!("{id},{},{},{},{},{}\n", x[0], x[1], x[2], y[0], y[1]);
+        bin.extend((id as i64).to_ne_bytes());
+        xs.extend(x.iter().flat_map(|v| v.to_ne_bytes()));
+    }
+    bin.extend(xs);
+    std::fs::write(d.join("train.csv"), csv).unwrap();
+    std::fs::write(d.join("x.bin"), bin).unwrap();
+    let kiln_in = |args: &[&str]| run(Command::new(KILN).args(args).current_dir(d));
+    kiln_in(&["train", "m.kiln", "--quiet", "--save", "w.safetensors"]);
+    kiln_in(&["build", "m.kiln", "--weights", "w.safetensors", "-o", "lib"]);
+    std::fs::write(d.join("app.c"), EMBED_APP).unwrap();
+    run(Command::new("cc")
+        .current_dir(d)
+        .args(["app.c", "-I", "lib", "lib/libembed_reg.a"])
+        .args(["-lm", "-lpthread", "-ldl", "-o", "app"]));
+    for batch in [8, 3] {
+        let b = batch.to_string();
+        let npz = format!("p{batch}.npz");
+        kiln_in(&[
+            "predict",
+            "m.kiln",
+            "--weights",
+            "w.safetensors",
+            "--data",
+            "train.csv",
+            "--batch",
+            &b,
+            "--out",
+            &npz,
+        ]);
+        let mut reader = NpzReader::new(std::fs::File::open(d.join(&npz)).unwrap()).unwrap();
+        let expected: ArrayD<f32> = reader.by_name("out").unwrap();
+        let out = format!("y{batch}.bin");
+        run(Command::new(d.join("app")).current_dir(d).args([
+            &rows.to_string(),
+            &b,
+            "x.bin",
+            &out,
+        ]));
+        let got = read_f32(&d.join(&out));
+        let expected: Vec<f32> = expected.iter().copied().collect();
+        assert_eq!(got.len(), expected.len());
+        // The outputs are in the target's units (means near 13 and -20), not standardized.
+        let mean = expected.iter().step_by(2).sum::<f32>() / rows as f32;
+        assert!(mean > 5.0, "{expected:?}");
+        assert!(
+            got.iter()
+                .zip(&expected)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "batch {batch}: the library's outputs differ from kiln predict's:\n{got:?}\n{expected:?}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_runtime_is_an_error_that_says_how_to_build_it() {
+    let o = Command::new(KILN)
+        .args([
+            "build",
+            "digits_mlp.kiln",
+            "--weights",
+            "absent.safetensors",
+        ])
+        .args(["-o", "unused"])
+        .env("KILN_RT", "/nonexistent/libkiln_rt.a")
+        .current_dir(root().join("examples"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cargo build --release"), "{err}");
+    assert!(!root().join("examples/unused").exists());
+}
