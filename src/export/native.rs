@@ -517,7 +517,10 @@ pub fn archive(runtime: &[u8], object: &[u8], member: &str) -> Result<Vec<u8>, S
         .iter()
         .enumerate()
         .filter(|(i, _)| keep.contains(i))
-        .map(|(_, m)| NewArchiveMember::new(m.1, &DEFAULT_OBJECT_READER, m.0.clone()))
+        .map(|(_, m)| {
+            let data = without_debug(m.1).unwrap_or_else(|| m.1.to_vec());
+            NewArchiveMember::new(data, &DEFAULT_OBJECT_READER, m.0.clone())
+        })
         .collect();
     out_members.push(NewArchiveMember::new(
         object,
@@ -528,4 +531,82 @@ pub fn archive(runtime: &[u8], object: &[u8], member: &str) -> Result<Vec<u8>, S
     ar_archive_writer::write_archive_to_stream(&mut out, &out_members, kind, false, None)
         .map_err(|e| e.to_string())?;
     Ok(out.into_inner())
+}
+
+/// A 64-bit little-endian ELF relocatable object without the contents of its debug
+/// sections (`.debug_*`, not loaded, and the relocations applying to them), as `strip
+/// --strip-debug` leaves it but keeping every section header (emptied), so that no
+/// section index changes (symbols, groups and relocations keep theirs). None for other
+/// files, which are copied as they are.
+fn without_debug(data: &[u8]) -> Option<Vec<u8>> {
+    const HEADER: usize = 64;
+    const SHDR: usize = 64;
+    const SHF_ALLOC: u64 = 2;
+    const SHT_RELA: u32 = 4;
+    const SHT_NOBITS: u32 = 8;
+    const SHT_REL: u32 = 9;
+    let u16_at = |b: &[u8], o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |b: &[u8], o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |b: &[u8], o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    // ELF, 64-bit, little-endian, relocatable, with 64-byte section headers.
+    if data.get(..6)? != b"\x7fELF\x02\x01" || u16_at(data, 16)? != 1 || u16_at(data, 0x3A)? != 64 {
+        return None;
+    }
+    let shoff = usize::try_from(u64_at(data, 0x28)?).ok()?;
+    let mut count = usize::from(u16_at(data, 0x3C)?);
+    if count == 0 {
+        count = usize::try_from(u64_at(data, shoff + 32)?).ok()?;
+    }
+    let mut strtab = usize::from(u16_at(data, 0x3E)?);
+    if strtab == 0xffff {
+        strtab = usize::try_from(u32_at(data, shoff + 40)?).ok()?;
+    }
+    let mut headers: Vec<Vec<u8>> = (0..count)
+        .map(|i| {
+            data.get(shoff + i * SHDR..shoff + (i + 1) * SHDR)
+                .map(<[u8]>::to_vec)
+        })
+        .collect::<Option<_>>()?;
+    let names_at = usize::try_from(u64_at(&headers[strtab], 24)?).ok()?;
+    let name = |h: &[u8]| -> Option<&[u8]> {
+        let start = names_at + usize::try_from(u32_at(h, 0)?).ok()?;
+        let rest = data.get(start..)?;
+        Some(&rest[..rest.iter().position(|&c| c == 0)?])
+    };
+    let mut strip = vec![false; count];
+    for (i, h) in headers.iter().enumerate() {
+        strip[i] = name(h)?.starts_with(b".debug") && u64_at(h, 8)? & SHF_ALLOC == 0;
+    }
+    for (i, h) in headers.iter().enumerate() {
+        let t = u32_at(h, 4)?;
+        if (t == SHT_RELA || t == SHT_REL)
+            && strip.get(usize::try_from(u32_at(h, 44)?).ok()?) == Some(&true)
+        {
+            strip[i] = true;
+        }
+    }
+    if !strip.contains(&true) {
+        return None;
+    }
+    let mut out = data.get(..HEADER)?.to_vec();
+    for (i, h) in headers.iter_mut().enumerate().skip(1) {
+        if strip[i] {
+            h[32..40].copy_from_slice(&0u64.to_le_bytes());
+        }
+        let (offset, size) = (u64_at(h, 24)?, u64_at(h, 32)?);
+        let align = usize::try_from(u64_at(h, 48)?.max(1)).ok()?;
+        out.resize(out.len().next_multiple_of(align), 0);
+        h[24..32].copy_from_slice(&(out.len() as u64).to_le_bytes());
+        if u32_at(h, 4)? != SHT_NOBITS && size > 0 {
+            let (o, n) = (usize::try_from(offset).ok()?, usize::try_from(size).ok()?);
+            out.extend_from_slice(data.get(o..o.checked_add(n)?)?);
+        }
+    }
+    out.resize(out.len().next_multiple_of(8), 0);
+    let new_shoff = out.len() as u64;
+    out[0x28..0x30].copy_from_slice(&new_shoff.to_le_bytes());
+    for h in &headers {
+        out.extend_from_slice(h);
+    }
+    Some(out)
 }

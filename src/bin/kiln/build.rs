@@ -5,7 +5,6 @@ use crate::run::{fail, load, ModelArgs};
 use crate::EXIT_IO;
 use clap::Args;
 use kiln::export::native::{self, BuildError};
-use kiln::runtime::checkpoint::write_atomic;
 use kiln::runtime::error::RuntimeError;
 use kiln::runtime::weights;
 use std::path::{Path, PathBuf};
@@ -89,9 +88,24 @@ pub fn build(a: BuildArgs) -> anyhow::Result<u8> {
         (format!("{name}.h"), built.header.as_bytes()),
     ] {
         let path = a.out.join(file);
-        if let Err(e) = write_atomic(&path, bytes) {
+        if let Err(e) = replace(&path, bytes) {
             return Ok(fail(&io(e, &path), &loaded.sources, color));
         }
     }
     Ok(0)
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over `path`: a reader
+/// (a build system linking the library) sees the old file or the new one, never part of
+/// one. Not synced to disk: a build output is made again after a crash, and syncing a
+/// library of this size would take most of `kiln build`'s time.
+fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
