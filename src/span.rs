@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 pub type FileId = usize;
 
 /// A byte range in one source file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Span {
     /// The file the range belongs to.
     pub file: FileId,

@@ -24,7 +24,7 @@ pub type NodeId = usize;
 
 /// Element types. Class labels travel as f32 holding integers; the IR keeps the
 /// distinction so later back ends (int8, bf16) can use it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DType {
     /// 32-bit floats.
     F32,
@@ -33,7 +33,7 @@ pub enum DType {
 }
 
 /// One operation with its operands and result shape.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     /// The operation.
     pub op: Op,
@@ -51,7 +51,7 @@ pub struct Node {
 }
 
 /// An input, target, parameter or state tensor of the graph.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Tensor {
     /// Its name (the parameter name of LANGUAGE.md §5, or `<param>.exp_avg`, ...).
     pub name: String,
@@ -62,7 +62,7 @@ pub struct Tensor {
 }
 
 /// A parameter of the graph.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Param {
     /// Name and shape.
     pub tensor: Tensor,
@@ -93,7 +93,7 @@ pub struct Graph {
 }
 
 /// The contents of a [`Graph`].
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GraphData {
     /// Nodes in evaluation order.
     pub nodes: Vec<Node>,

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// Losses (LANGUAGE.md §8). Each is a mean over the batch and other non-class dims.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum LossKind {
     /// |pred − y|.
     Mae,
@@ -30,7 +30,7 @@ pub use crate::ops::elementwise::Binary;
 pub use crate::ops::Func;
 
 /// Reductions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Reduce {
     /// Σ.
     Sum,
@@ -44,7 +44,9 @@ pub enum Reduce {
 
 /// Scalars supplied at run time to every training step, so that a schedule or a new
 /// hyperparameter never recompiles.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Hyper {
     /// The learning rate of this step (after the schedule).
     Lr,
@@ -71,7 +73,7 @@ pub enum Hyper {
 }
 
 /// The geometry of a convolution over 1 or 2 spatial axes (one entry per axis).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConvGeom {
     /// Stride per spatial axis.
     pub stride: Vec<usize>,
@@ -82,7 +84,7 @@ pub struct ConvGeom {
 }
 
 /// Max or average pooling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PoolKind {
     /// The largest element of each window (padding counts as −∞).
     Max,
@@ -91,7 +93,7 @@ pub enum PoolKind {
 }
 
 /// The windows of a pooling over 1 or 2 spatial axes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Windows {
     /// Windows of `k` every `stride`, with `pad` on both sides, per spatial axis.
     Regular {
@@ -113,7 +115,7 @@ pub enum Windows {
 }
 
 /// A pooling: the kind and its windows.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pool {
     /// Max or average.
     pub kind: PoolKind,
@@ -122,7 +124,7 @@ pub struct Pool {
 }
 
 /// Random values drawn per element by [`Op::Noise`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Noise {
     /// Inverted dropout's mask: 0 with probability p, else 1/(1 − p).
     Dropout(f64),
@@ -131,7 +133,7 @@ pub enum Noise {
 }
 
 /// The cell of a fused recurrence, with PyTorch's equations and gate order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Cell {
     /// Elman cell: h = tanh(x·W_ihᵀ + b_ih + h·W_hhᵀ + b_hh).
     RnnTanh,
@@ -177,7 +179,7 @@ impl Cell {
 /// and what the VJP needs, in blocks of H:
 /// rnn `[h, h_prev]`; lstm `[h, h_prev, c, i, f, g, o]`; gru `[h, h_prev, r, z, n, hn]`
 /// with `hn = h_prev·W_hnᵀ + b_hn`. The state before the first step is zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Recurrence {
     /// The cell.
     pub cell: Cell,
@@ -188,7 +190,9 @@ pub struct Recurrence {
 }
 
 /// A mutable slot the training step writes back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Slot {
     /// A parameter.
     Param(usize),
@@ -197,7 +201,7 @@ pub enum Slot {
 }
 
 /// An IR operation.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// Model input `k`.
     Input(usize),

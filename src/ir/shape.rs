@@ -6,7 +6,7 @@ use std::fmt;
 pub const MAX_DIM: u64 = (1 << 31) - 1;
 
 /// One dimension of a checked shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Dim {
     /// The batch dimension: known only at run time.
     Batch,
@@ -15,7 +15,7 @@ pub enum Dim {
 }
 
 /// A checked shape; the batch dimension, when present, is first.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Shape(pub Vec<Dim>);
 
 impl Shape {

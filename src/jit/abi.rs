@@ -40,8 +40,13 @@ pub struct KernelEnv<'g> {
     pub threads: usize,
 }
 
-/// Runs kernel node `node` (called from generated code).
-extern "C" fn kiln_kernel(ctx: *const Ctx, node: i64) {
+/// Runs kernel node `node` (called from generated code; a built library's runtime
+/// exports it under this name).
+///
+/// # Safety
+///
+/// `ctx` is the context [`call`] passes to the generated function, during that call.
+pub unsafe extern "C" fn kiln_kernel(ctx: *const Ctx, node: i64) {
     // SAFETY: generated code passes the `Ctx` that `call` built, which outlives the call;
     // `bufs` has one entry per node, and every buffer a kernel reads or writes was
     // allocated by `call` with `sizes[n]` elements. The output buffer is an arena slot no
@@ -83,8 +88,9 @@ pub fn prim_code(f: Prim) -> Option<i32> {
     }
 }
 
-/// A primitive the generated code calls, computed in f64 as the interpreter does.
-extern "C" fn kiln_prim(code: i32, x: f32) -> f32 {
+/// A primitive the generated code calls, computed in f64 as the interpreter does (a built
+/// library's runtime exports it under this name).
+pub extern "C" fn kiln_prim(code: i32, x: f32) -> f32 {
     let f = match code {
         0 => Prim::Exp,
         1 => Prim::Expm1,
@@ -103,10 +109,11 @@ pub fn symbols() -> [(&'static str, *const u8); 2] {
     ]
 }
 
-/// A compiled function and the module that owns its code.
+/// A compiled function and the module that owns its code (none for a function linked
+/// into the program: a built library's).
 pub struct Compiled {
     /// Keeps the machine code alive.
-    _module: JITModule,
+    _module: Option<JITModule>,
     /// `extern "C" fn(*const Ctx)`.
     pub func: *const u8,
 }
@@ -115,11 +122,43 @@ impl Compiled {
     /// The finalized function `func` of `module`.
     pub fn new(module: JITModule, func: *const u8) -> Compiled {
         Compiled {
-            _module: module,
+            _module: Some(module),
             func,
         }
     }
+
+    /// A function compiled ahead of time and linked into the program.
+    pub fn linked(f: Precompiled) -> Compiled {
+        Compiled {
+            _module: None,
+            func: f.0,
+        }
+    }
 }
+
+/// A function `kiln build` compiled ahead of time, linked into the running program.
+#[derive(Clone, Copy, Debug)]
+pub struct Precompiled(*const u8);
+
+impl Precompiled {
+    /// The function at `func`.
+    ///
+    /// # Safety
+    ///
+    /// `func` is the function `emit::define` wrote into an object file for the graph and
+    /// roots it will be run with (`Jit::precompiled`), with the plan `plan::plan` makes
+    /// for them, compiled for this CPU, and linked into this program (so it lives as long
+    /// as the program).
+    pub unsafe fn new(func: *const u8) -> Precompiled {
+        Precompiled(func)
+    }
+}
+
+// SAFETY: the function is code in the program's read-only, executable image, which any
+// thread may run; it keeps no state between calls (every call gets its own `Ctx`).
+unsafe impl Send for Precompiled {}
+// SAFETY: as for `Send`: nothing in it is ever written.
+unsafe impl Sync for Precompiled {}
 
 // SAFETY: after `finalize_definitions` the module's code and data are immutable, and
 // nothing calls the module again: it only keeps the memory mapped (dropping it does not

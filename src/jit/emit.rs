@@ -12,10 +12,11 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
 };
+use cranelift_codegen::isa::TargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Linkage, Module};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use std::collections::HashMap;
 
 mod product;
@@ -27,8 +28,11 @@ fn err(e: impl std::fmt::Display) -> Bug {
     Bug::new(format!("JIT compilation failed: {e}"))
 }
 
-/// A JIT module for this machine, with the runtime's symbols registered.
-fn module() -> Result<JITModule, Bug> {
+/// The target this machine compiles for, with its CPU's features (so code runs on the
+/// CPU family that compiled it), without optimization passes. `pic`: position-independent
+/// code, for an object file that links into any C program (PIE executables included);
+/// the JIT's code lives at fixed addresses.
+pub fn isa(pic: bool) -> Result<std::sync::Arc<dyn TargetIsa>, Bug> {
     let mut flags = settings::builder();
     flags.set("opt_level", "none").map_err(err)?;
     flags
@@ -42,12 +46,18 @@ fn module() -> Result<JITModule, Bug> {
         )
         .map_err(err)?;
     flags.set("use_colocated_libcalls", "false").map_err(err)?;
-    flags.set("is_pic", "false").map_err(err)?;
-    let isa = cranelift_native::builder()
+    flags
+        .set("is_pic", if pic { "true" } else { "false" })
+        .map_err(err)?;
+    cranelift_native::builder()
         .map_err(err)?
         .finish(settings::Flags::new(flags))
-        .map_err(err)?;
-    let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
+        .map_err(err)
+}
+
+/// A JIT module for this machine, with the runtime's symbols registered.
+fn module() -> Result<JITModule, Bug> {
+    let mut builder = JITBuilder::with_isa(isa(false)?, default_libcall_names());
     for (name, ptr) in abi::symbols() {
         builder.symbol(name, ptr);
     }
@@ -57,13 +67,26 @@ fn module() -> Result<JITModule, Bug> {
 /// Compiles `g` as planned.
 pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, Bug> {
     let mut module = module()?;
+    let id = define(&mut module, g, plan, "step", Linkage::Local)?;
+    module.finalize_definitions().map_err(err)?;
+    let func = module.get_finalized_function(id);
+    Ok(Compiled::new(module, func))
+}
+
+/// Declares and defines in `module` the function `name` computing `g` as planned:
+/// `extern "C" fn(*const Ctx)`, calling the runtime's `kiln_kernel` and `kiln_prim`
+/// (imported). The JIT and `kiln build`'s object file share it.
+pub fn define<M: Module>(
+    module: &mut M,
+    g: &Graph,
+    plan: &Plan,
+    name: &str,
+    linkage: Linkage,
+) -> Result<FuncId, Bug> {
     let ptr = module.target_config().pointer_type();
     let mut sig = module.make_signature();
     sig.params.push(AbiParam::new(ptr));
-    let id = module
-        .declare_function("step", Linkage::Local, &sig)
-        .map_err(err)?;
-
+    let id = module.declare_function(name, linkage, &sig).map_err(err)?;
     let mut kernel_sig = module.make_signature();
     kernel_sig
         .params
@@ -130,9 +153,7 @@ pub fn compile(g: &Graph, plan: &Plan) -> Result<Compiled, Bug> {
     }
     module.define_function(id, &mut ctx).map_err(err)?;
     module.clear_context(&mut ctx);
-    module.finalize_definitions().map_err(err)?;
-    let func = module.get_finalized_function(id);
-    Ok(Compiled::new(module, func))
+    Ok(id)
 }
 
 struct Funcs {

@@ -14,9 +14,12 @@ mod gemm;
 mod kernel;
 mod layers;
 mod movement;
+pub mod object;
 pub mod plan;
 mod pool;
 mod recurrent;
+
+pub use abi::{kiln_kernel, kiln_prim, Ctx, Precompiled};
 
 use crate::exec::{
     batch_of, gradient_roots, loss_nodes, scalar, write_back, Backend, LossAndGrads, RunError,
@@ -54,6 +57,27 @@ struct Entry {
     sources: Vec<Source>,
     /// The scalar nodes the caller writes into the arena before a call.
     scalars: Vec<NodeId>,
+}
+
+impl Entry {
+    /// The entry point computing `roots` of `g` with `code`, compiled as `plan` says.
+    fn new(g: &Graph, roots: &[NodeId], plan: Plan, code: emit::Compiled) -> Entry {
+        let inplace = inplace_updates(g, &plan, roots);
+        let sources = sources(g, &plan, &inplace);
+        let scalars = (0..g.nodes.len())
+            .filter(|&i| is_scalar(g, &plan, i))
+            .collect();
+        Entry {
+            key: g.id(),
+            plan,
+            code,
+            roots: roots.to_vec(),
+            layouts: Vec::new(),
+            inplace,
+            sources,
+            scalars,
+        }
+    }
 }
 
 /// Where a node's buffer comes from in a call (decided once per entry point).
@@ -240,6 +264,17 @@ impl Jit {
         }
     }
 
+    /// A JIT that runs `roots` of `g` with `func`, a function `kiln build` compiled ahead
+    /// of time for them ([`object`]) and linked into this program, instead of compiling
+    /// one; other graphs or roots are compiled as usual.
+    pub fn precompiled(g: &Graph, roots: &[NodeId], func: Precompiled, threads: usize) -> Jit {
+        let mut jit = Jit::with_threads(threads);
+        let plan = plan::plan(g, roots);
+        jit.cache
+            .push(Entry::new(g, roots, plan, emit::Compiled::linked(func)));
+        jit
+    }
+
     /// The number of native functions compiled so far (one per graph and entry point).
     pub fn compiled(&self) -> usize {
         self.cache.len()
@@ -263,21 +298,7 @@ impl Jit {
             None => {
                 let plan = plan::plan(g, roots);
                 let code = emit::compile(g, &plan).map_err(RunError::Internal)?;
-                let inplace = inplace_updates(g, &plan, roots);
-                let sources = sources(g, &plan, &inplace);
-                let scalars = (0..g.nodes.len())
-                    .filter(|&i| is_scalar(g, &plan, i))
-                    .collect();
-                self.cache.push(Entry {
-                    key: k,
-                    plan,
-                    code,
-                    roots: roots.to_vec(),
-                    layouts: Vec::new(),
-                    inplace,
-                    sources,
-                    scalars,
-                });
+                self.cache.push(Entry::new(g, roots, plan, code));
                 self.cache.len() - 1
             }
         };

@@ -35,7 +35,7 @@ pub enum Prim {
 
 /// A primitive function of two arguments; also the IR's elementwise binary operation
 /// (with broadcasting there).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Binary {
     /// a + b.
     Add,
@@ -383,7 +383,7 @@ const NORMAL_CDF: Expr = Bin(
 macro_rules! elementwise {
     ($($(#[$doc:meta])* $id:ident => $def:expr,)*) => {
         /// An elementwise function of the registry.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         pub enum Elem {
             $($(#[$doc])* $id,)*
         }
@@ -759,7 +759,7 @@ impl Def {
 }
 
 /// An elementwise function with its parameters' values: what an IR node applies.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Func {
     /// Which function.
     pub elem: Elem,

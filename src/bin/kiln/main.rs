@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod bench;
+mod build;
 mod export;
 mod plot;
 mod progress;
@@ -89,6 +90,8 @@ enum Command {
     Predict(run::PredictArgs),
     /// Write the model's evaluation graph and weights as ONNX.
     Export(export::ExportArgs),
+    /// Compile the model's evaluation graph and weights into a static library with a C API.
+    Build(build::BuildArgs),
     /// The loss and every parameter's gradient on one batch.
     Grad(run::GradArgs),
     /// Print the IR of a model after a pass.
@@ -218,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Eval(a) => run::eval(a),
         Command::Predict(a) => run::predict(a),
         Command::Export(a) => export::export(a),
+        Command::Build(a) => build::build(a),
         Command::Grad(a) => run::grad(a),
         Command::Ir(a) => run::ir(a),
         Command::Bench(a) => bench::bench(a),

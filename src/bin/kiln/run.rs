@@ -123,6 +123,9 @@ pub struct PredictArgs {
     /// Where to write: .csv, .npy or .npz (default: CSV on standard output).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Rows per batch (default: the train block's batch size).
+    #[arg(long, allow_negative_numbers = true, value_parser = count())]
+    pub batch: Option<u64>,
 }
 
 /// `kiln grad`.
@@ -475,7 +478,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<u8> {
             &state,
             st.as_ref(),
             &d,
-            loaded.cfg.batch as usize,
+            a.batch.unwrap_or(loaded.cfg.batch) as usize,
         )?;
         write_predictions(&p.forward, &outs, classes.as_deref(), a.out.as_deref())
     });

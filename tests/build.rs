@@ -1,0 +1,453 @@
+//! `kiln build` end to end: the MLP, CNN and GRU digits examples are built into static
+//! libraries, linked into a C program with `cc`, and their outputs compared with `kiln
+//! predict`'s on the same weights and rows: bit-identical at `kiln predict`'s batch size,
+//! and at batch 1 and 7 too; two threads calling predict at once get the same outputs;
+//! a batch below 1 is refused. Without `cc` the test fails in CI (CI=true) and is skipped
+//! elsewhere.
+
+use ndarray::ArrayD;
+use ndarray_npy::NpzReader;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+/// The rows of the test data that are predicted.
+const ROWS: usize = 40;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let o = cmd.output().expect("the command runs");
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn kiln(args: &[&str]) -> Output {
+    run(Command::new(KILN)
+        .args(args)
+        .current_dir(root().join("examples")))
+}
+
+/// Whether a C compiler is there: when not, CI fails and a developer's run skips.
+fn have_cc() -> bool {
+    let found = Command::new("cc").arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "`cc` is missing: tests/build.rs needs a C compiler in CI"
+        );
+        eprintln!("skipped: no `cc` to compile the C programs with");
+    }
+    found
+}
+
+/// `libkiln_rt.a` beside the kiln binary: `cargo build` makes it, `cargo test` does not,
+/// so the test builds it when it is missing, with the test profile (whose build of the
+/// kiln library `cargo test` has just made: only the runtime crate is compiled).
+fn runtime() {
+    let exe = Path::new(KILN);
+    let dir = exe.parent().expect("the binary's directory");
+    if dir.join("libkiln_rt.a").is_file() {
+        return;
+    }
+    let target = dir.parent().expect("the target directory");
+    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-p", "kiln-rt"])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(root());
+    cmd.args([
+        "--profile",
+        if profile == "release" {
+            "release"
+        } else {
+            "test"
+        },
+    ]);
+    run(&mut cmd);
+}
+
+/// The C program: `app MODE ROWS CHUNK IN OUT`, with the model's header included as
+/// `model.h` and its names passed as macros (M_PREDICT, M_IN0, M_OUT0 ... ).
+const APP: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "model.h"
+
+static long rows;
+static float *x, *expected;
+
+/* Predicts every row, `chunk` rows per call, into y. */
+static int predict_all(long chunk, float *y) {
+  for (long r = 0; r < rows; r += chunk) {
+    long b = rows - r < chunk ? rows - r : chunk;
+    const void *in[1] = { x + r * M_IN0 };
+    void *out[1] = { y + r * M_OUT0 };
+    int s = M_PREDICT(b, in, out);
+    if (s != 0) return s;
+  }
+  return 0;
+}
+
+static void *worker(void *arg) {
+  float *y = malloc(rows * M_OUT0 * sizeof(float));
+  long bad = 0;
+  for (int rep = 0; rep < 20 && !bad; rep++) {
+    if (predict_all(7, y) != 0 || memcmp(y, expected, rows * M_OUT0 * sizeof(float)) != 0)
+      bad = 1;
+  }
+  free(y);
+  (void)arg;
+  return (void *)bad;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 6) return 64;
+  rows = atol(argv[2]);
+  long chunk = atol(argv[3]);
+  x = malloc(rows * M_IN0 * sizeof(float));
+  FILE *f = fopen(argv[4], "rb");
+  if (!f || fread(x, sizeof(float), rows * M_IN0, f) != (size_t)(rows * M_IN0)) return 65;
+  fclose(f);
+  float *y = malloc(rows * M_OUT0 * sizeof(float));
+  if (strcmp(argv[1], "predict") == 0) {
+    int s = predict_all(chunk, y);
+    if (s != 0) { fprintf(stderr, "predict returned %d\n", s); return 1; }
+    f = fopen(argv[5], "wb");
+    fwrite(y, sizeof(float), rows * M_OUT0, f);
+    fclose(f);
+    return 0;
+  }
+  if (strcmp(argv[1], "threads") == 0) {
+    expected = malloc(rows * M_OUT0 * sizeof(float));
+    if (predict_all(7, expected) != 0) return 1;
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, worker, NULL);
+    long bad = 0;
+    for (int i = 0; i < 2; i++) { void *r; pthread_join(t[i], &r); bad |= (long)r; }
+    return bad ? 2 : 0;
+  }
+  if (strcmp(argv[1], "batch") == 0) {
+    const void *in[1] = { x };
+    void *out[1] = { y };
+    if (M_PREDICT(0, in, out) == 0 || M_PREDICT(-3, in, out) == 0) return 3;
+    if (M_PREDICT(1, in, NULL) == 0) return 4;
+    return M_PREDICT(1, in, out);
+  }
+  return 64;
+}
+"#;
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Builds `example`, links it into the C program, and checks it against `kiln predict`.
+fn check(example: &str, output: &str) {
+    if !have_cc() {
+        return;
+    }
+    runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = format!("{example}.kiln");
+    let weights = d.join("w.safetensors");
+    kiln(&[
+        "train",
+        &file,
+        "--epochs",
+        "1",
+        "--quiet",
+        "--save",
+        weights.to_str().unwrap(),
+    ]);
+    let lib = d.join("lib");
+    kiln(&[
+        "build",
+        &file,
+        "--weights",
+        weights.to_str().unwrap(),
+        "-o",
+        lib.to_str().unwrap(),
+    ]);
+    let header = std::fs::read_to_string(lib.join(format!("{example}.h"))).unwrap();
+    let up = example.to_uppercase();
+    assert!(
+        header.contains(&format!("#define {up}_NUM_INPUTS 1")),
+        "{header}"
+    );
+    assert!(
+        header.contains(&format!("#define {up}_INPUT_0_SIZE 64")),
+        "{header}"
+    );
+
+    // The first rows of the test data, as CSV for kiln predict and as floats for C.
+    let csv = std::fs::read_to_string(root().join("examples/data/digits_test.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().take(ROWS + 1).collect();
+    let data = d.join("rows.csv");
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let mut floats = Vec::new();
+    for line in &lines[1..] {
+        for v in line.split(',').take(64) {
+            floats.extend(v.parse::<f32>().unwrap().to_ne_bytes());
+        }
+    }
+    let input = d.join("x.bin");
+    std::fs::write(&input, floats).unwrap();
+    // `kiln predict`'s outputs at a batch size: the matrix products take other paths
+    // for other row counts (a row-times-matrix loop up to 4 rows), so the bits may differ
+    // between batch sizes, but not between the JIT and the library at one batch size.
+    let predict = |batch: usize| -> Vec<f32> {
+        let npz = d.join(format!("p{batch}.npz"));
+        kiln(&[
+            "predict",
+            &file,
+            "--weights",
+            weights.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--batch",
+            &batch.to_string(),
+            "--out",
+            npz.to_str().unwrap(),
+        ]);
+        let mut reader = NpzReader::new(std::fs::File::open(&npz).unwrap()).unwrap();
+        let values: ArrayD<f32> = reader.by_name(output).unwrap();
+        values.iter().copied().collect()
+    };
+
+    std::fs::write(d.join("model.h"), &header).unwrap();
+    std::fs::write(d.join("app.c"), APP).unwrap();
+    let app = d.join("app");
+    run(Command::new("cc")
+        .current_dir(d)
+        .arg(format!("-DM_PREDICT={example}_predict"))
+        .arg(format!("-DM_IN0={up}_INPUT_0_SIZE"))
+        .arg(format!("-DM_OUT0={up}_OUTPUT_0_SIZE"))
+        .args(["app.c", "-I", "lib"])
+        .arg(format!("lib/lib{example}.a"))
+        .args(["-lm", "-lpthread", "-ldl", "-o"])
+        .arg(&app));
+
+    for chunk in [32, 1, 7] {
+        let expected = predict(chunk);
+        let width = expected.len() / ROWS;
+        assert!(header.contains(&format!("#define {up}_OUTPUT_0_SIZE {width}")));
+        let out = d.join(format!("y{chunk}.bin"));
+        let rows = ROWS.to_string();
+        let chunk_s = chunk.to_string();
+        run(Command::new(&app).args([
+            "predict",
+            &rows,
+            &chunk_s,
+            input.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]));
+        let got = read_f32(&out);
+        assert_eq!(got.len(), expected.len());
+        let differ = got
+            .iter()
+            .zip(&expected)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differ,
+            0,
+            "{example} at batch {chunk}: {differ} of {} outputs differ from kiln predict's",
+            got.len()
+        );
+    }
+    let status = |mode: &str| {
+        Command::new(&app)
+            .args([mode, &ROWS.to_string(), "1", input.to_str().unwrap(), "-"])
+            .status()
+            .unwrap()
+            .code()
+    };
+    assert_eq!(status("threads"), Some(0), "{example}: two threads at once");
+    assert_eq!(
+        status("batch"),
+        Some(0),
+        "{example}: a batch below 1 is refused"
+    );
+}
+
+#[test]
+fn mlp() {
+    check("digits_mlp", "probs");
+}
+
+#[test]
+fn cnn() {
+    check("digits_cnn", "logits");
+}
+
+#[test]
+fn gru() {
+    check("digits_gru", "logits");
+}
+
+/// A model with a class-id input (int64 in C) beside a float input, and a regression
+/// output trained on standardized inputs and target: the library standardizes the
+/// inputs and un-standardizes the output as `kiln predict` does; an id out of range is
+/// refused.
+const EMBED: &str = "model embed_reg {
+  input  ids: class[N] of 5
+  input  x: [N, 3]
+  target y: [N, 2]
+  e = ids |> embedding(5, 4)
+  out = (e |> dense(2)) + (x |> dense(2))
+  output out
+  loss mse(out, y)
+}
+
+train embed_reg {
+  data train: \"train.csv\"
+  optimizer adam(lr: 0.01)
+  batch 8
+  epochs 3
+  standardize true
+  seed 1
+}
+";
+
+const EMBED_APP: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include "embed_reg.h"
+
+int main(int argc, char **argv) {
+  long rows = atol(argv[1]), chunk = atol(argv[2]);
+  int64_t *ids = malloc(rows * sizeof(int64_t));
+  float *x = malloc(rows * EMBED_REG_INPUT_1_SIZE * sizeof(float));
+  float *y = malloc(rows * EMBED_REG_OUTPUT_0_SIZE * sizeof(float));
+  FILE *f = fopen(argv[3], "rb");
+  if (fread(ids, sizeof(int64_t), rows, f) != (size_t)rows) return 65;
+  if (fread(x, sizeof(float), rows * 3, f) != (size_t)(rows * 3)) return 65;
+  fclose(f);
+  for (long r = 0; r < rows; r += chunk) {
+    long b = rows - r < chunk ? rows - r : chunk;
+    const void *in[EMBED_REG_NUM_INPUTS] = { ids + r, x + r * EMBED_REG_INPUT_1_SIZE };
+    void *out[EMBED_REG_NUM_OUTPUTS] = { y + r * EMBED_REG_OUTPUT_0_SIZE };
+    if (embed_reg_predict(b, in, out) != EMBED_REG_OK) return 1;
+  }
+  f = fopen(argv[4], "wb");
+  fwrite(y, sizeof(float), rows * EMBED_REG_OUTPUT_0_SIZE, f);
+  fclose(f);
+  int64_t bad[2] = { 1, 5 };
+  const void *in[2] = { bad, x };
+  void *out[1] = { y };
+  if (embed_reg_predict(2, in, out) != EMBED_REG_ERR_CLASS) return 2;
+  bad[1] = -1;
+  if (embed_reg_predict(2, in, out) != EMBED_REG_ERR_CLASS) return 2;
+  return 0;
+}
+"#;
+
+#[test]
+fn class_ids_and_standardization() {
+    if !have_cc() {
+        return;
+    }
+    runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("m.kiln"), EMBED).unwrap();
+    // y depends on the id and on x, on scales far from 0 and 1.
+    let rows = 64usize;
+    let mut csv = String::from("ids.0,x.0,x.1,x.2,y.0,y.1\n");
+    let mut bin = Vec::new();
+    let mut xs = Vec::new();
+    for r in 0..rows {
+        let id = (r * 7 + 3) % 5;
+        let x: Vec<f32> = (0..3)
+            .map(|k| ((r * 13 + k * 5) % 17) as f32 * 0.5 - 3.0)
+            .collect();
+        let y = [10.0 + id as f32 + 2.0 * x[0], x[1] - 3.0 * x[2] - 20.0];
+        csv += &format!("{id},{},{},{},{},{}\n", x[0], x[1], x[2], y[0], y[1]);
+        bin.extend((id as i64).to_ne_bytes());
+        xs.extend(x.iter().flat_map(|v| v.to_ne_bytes()));
+    }
+    bin.extend(xs);
+    std::fs::write(d.join("train.csv"), csv).unwrap();
+    std::fs::write(d.join("x.bin"), bin).unwrap();
+    let kiln_in = |args: &[&str]| run(Command::new(KILN).args(args).current_dir(d));
+    kiln_in(&["train", "m.kiln", "--quiet", "--save", "w.safetensors"]);
+    kiln_in(&["build", "m.kiln", "--weights", "w.safetensors", "-o", "lib"]);
+    std::fs::write(d.join("app.c"), EMBED_APP).unwrap();
+    run(Command::new("cc")
+        .current_dir(d)
+        .args(["app.c", "-I", "lib", "lib/libembed_reg.a"])
+        .args(["-lm", "-lpthread", "-ldl", "-o", "app"]));
+    for batch in [8, 3] {
+        let b = batch.to_string();
+        let npz = format!("p{batch}.npz");
+        kiln_in(&[
+            "predict",
+            "m.kiln",
+            "--weights",
+            "w.safetensors",
+            "--data",
+            "train.csv",
+            "--batch",
+            &b,
+            "--out",
+            &npz,
+        ]);
+        let mut reader = NpzReader::new(std::fs::File::open(d.join(&npz)).unwrap()).unwrap();
+        let expected: ArrayD<f32> = reader.by_name("out").unwrap();
+        let out = format!("y{batch}.bin");
+        run(Command::new(d.join("app")).current_dir(d).args([
+            &rows.to_string(),
+            &b,
+            "x.bin",
+            &out,
+        ]));
+        let got = read_f32(&d.join(&out));
+        let expected: Vec<f32> = expected.iter().copied().collect();
+        assert_eq!(got.len(), expected.len());
+        // The outputs are in the target's units (means near 13 and -20), not standardized.
+        let mean = expected.iter().step_by(2).sum::<f32>() / rows as f32;
+        assert!(mean > 5.0, "{expected:?}");
+        assert!(
+            got.iter()
+                .zip(&expected)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "batch {batch}: the library's outputs differ from kiln predict's:\n{got:?}\n{expected:?}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_runtime_is_an_error_that_says_how_to_build_it() {
+    let o = Command::new(KILN)
+        .args([
+            "build",
+            "digits_mlp.kiln",
+            "--weights",
+            "absent.safetensors",
+        ])
+        .args(["-o", "unused"])
+        .env("KILN_RT", "/nonexistent/libkiln_rt.a")
+        .current_dir(root().join("examples"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cargo build --release"), "{err}");
+    assert!(!root().join("examples/unused").exists());
+}
