@@ -610,3 +610,23 @@ fn without_debug(data: &[u8]) -> Option<Vec<u8>> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_must_be_c_identifiers() {
+        assert!(c_identifier("digits_mlp"));
+        assert!(c_identifier("_m2"));
+        assert!(!c_identifier("int"));
+        assert!(!c_identifier("2m"));
+        assert!(!c_identifier(""));
+    }
+
+    #[test]
+    fn only_elf_objects_are_stripped() {
+        assert!(without_debug(b"not an object file").is_none());
+        assert!(without_debug(&[]).is_none());
+    }
+}
