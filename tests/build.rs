@@ -51,8 +51,9 @@ fn have_cc() -> bool {
 
 /// Builds `libkiln_rt.a` beside the kiln binary, once per test run (the tests of this file
 /// wait for it): `cargo build` makes it, `cargo test` does not, and one left by an
-/// earlier build may be stale. With the test profile, whose build of the kiln library
-/// `cargo test` has just made, only the runtime crate is compiled.
+/// earlier build may be stale. It is built as `cargo test` builds: with the test profile
+/// and with kiln's tests (so with their dependencies' features), so that the kiln library
+/// `cargo test` has just compiled is reused and only the runtime crate is compiled.
 fn runtime() {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
@@ -62,7 +63,16 @@ fn runtime() {
         let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         run(Command::new(cargo)
-            .args(["build", "-p", "kiln-rt", "--profile"])
+            .args([
+                "build",
+                "-p",
+                "kiln-rt",
+                "-p",
+                "kiln",
+                "--lib",
+                "--tests",
+                "--profile",
+            ])
             .arg(if profile == "release" {
                 "release"
             } else {
