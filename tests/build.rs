@@ -49,30 +49,38 @@ fn have_cc() -> bool {
     found
 }
 
-/// `libkiln_rt.a` beside the kiln binary: `cargo build` makes it, `cargo test` does not,
-/// so the test builds it when it is missing, with the test profile (whose build of the
-/// kiln library `cargo test` has just made: only the runtime crate is compiled).
+/// Builds `libkiln_rt.a` beside the kiln binary, once per test run (the tests of this file
+/// wait for it): `cargo build` makes it, `cargo test` does not, and one left by an
+/// earlier build may be stale. It is built as `cargo test` builds: with the test profile
+/// and with kiln's tests (so with their dependencies' features), so that the kiln library
+/// `cargo test` has just compiled is reused and only the runtime crate is compiled.
 fn runtime() {
-    let exe = Path::new(KILN);
-    let dir = exe.parent().expect("the binary's directory");
-    if dir.join("libkiln_rt.a").is_file() {
-        return;
-    }
-    let target = dir.parent().expect("the target directory");
-    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "-p", "kiln-rt"])
-        .env("CARGO_TARGET_DIR", target)
-        .current_dir(root());
-    cmd.args([
-        "--profile",
-        if profile == "release" {
-            "release"
-        } else {
-            "test"
-        },
-    ]);
-    run(&mut cmd);
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let exe = Path::new(KILN);
+        let dir = exe.parent().expect("the binary's directory");
+        let target = dir.parent().expect("the target directory");
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "kiln-rt",
+                "-p",
+                "kiln",
+                "--lib",
+                "--tests",
+                "--profile",
+            ])
+            .arg(if profile == "release" {
+                "release"
+            } else {
+                "test"
+            })
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(root()));
+    });
 }
 
 /// The C program: `app MODE ROWS CHUNK IN OUT`, with the model's header included as

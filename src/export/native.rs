@@ -57,6 +57,10 @@ pub struct Meta {
     /// The roots the compiled function computes: the outputs, then (for a classifier)
     /// its scores, as `kiln predict` asks for them.
     pub roots: Vec<NodeId>,
+    /// The digest of the plan the code was generated for (`jit::object::plan_digest`).
+    pub plan: String,
+    /// The CPU features the code uses (`jit::object::cpu_features`).
+    pub cpu: Vec<String>,
     /// The inputs, in declaration order.
     pub inputs: Vec<Port>,
     /// The outputs, in declaration order (the first `outputs.len()` roots).
@@ -128,9 +132,10 @@ pub fn predict_roots(p: &Program) -> Vec<NodeId> {
     roots
 }
 
-/// The metadata of `p` with its standardization.
-pub fn meta(p: &Program, st: Option<&Standardizer>) -> Meta {
+/// The metadata of `p` with its standardization, for code generated here.
+pub fn meta(p: &Program, st: Option<&Standardizer>) -> Result<Meta, BuildError> {
     let g = &p.forward;
+    let roots = predict_roots(p);
     let sample = |shape: &crate::ir::Shape| dims(shape, 1)[1..].to_vec();
     let inputs = g
         .inputs
@@ -161,12 +166,14 @@ pub fn meta(p: &Program, st: Option<&Standardizer>) -> Meta {
             .map(|k| (k, bits(&t.mean), bits(&t.std))),
         _ => None,
     };
-    Meta {
+    Ok(Meta {
         version: META_VERSION,
         kiln: env!("CARGO_PKG_VERSION").to_string(),
         model: p.model.name.clone(),
         graph: (**g).clone(),
-        roots: predict_roots(p),
+        plan: object::plan_digest(g, &roots),
+        cpu: object::cpu_features().map_err(|e| BuildError::Bug(e.to_string()))?,
+        roots,
         inputs,
         outputs,
         params: g.params.iter().map(|t| dims(&t.tensor.shape, 1)).collect(),
@@ -178,7 +185,7 @@ pub fn meta(p: &Program, st: Option<&Standardizer>) -> Meta {
                 .collect()
         }),
         unstandardize,
-    }
+    })
 }
 
 /// Compiles `p` with `params` (and the checkpoint's standardization `st`) into its object
@@ -194,7 +201,7 @@ pub fn build(
             "the model's name `{name}` cannot name C functions (a C keyword); rename the model"
         )));
     }
-    let meta = meta(p, st);
+    let meta = meta(p, st)?;
     let json = serde_json::to_vec(&meta).map_err(|e| BuildError::Bug(e.to_string()))?;
     // The runtime reads the graph back: it must be this graph, exactly.
     let back: Meta = serde_json::from_slice(&json)
@@ -304,7 +311,8 @@ pub enum Status {
     Pointer = 2,
     /// A class id outside `0..classes`.
     Class = 3,
-    /// The library's data does not fit this runtime (another Kiln version built it).
+    /// The library's data does not fit this runtime (another Kiln version built it), or
+    /// this CPU lacks a feature its code uses.
     Mismatch = 4,
     /// Kiln's bug.
     Internal = 5,
@@ -367,6 +375,14 @@ impl Library {
             }),
         });
         let graph = Graph::from(meta.graph.clone());
+        // The code was generated for this plan, on a CPU with these features.
+        if object::plan_digest(&graph, &meta.roots) != meta.plan {
+            return Err(Status::Mismatch);
+        }
+        let here = object::cpu_features().map_err(|_| Status::Mismatch)?;
+        if !meta.cpu.iter().all(|f| here.contains(f)) {
+            return Err(Status::Mismatch);
+        }
         Ok(Library {
             meta,
             graph,
@@ -609,4 +625,24 @@ fn without_debug(data: &[u8]) -> Option<Vec<u8>> {
         out.extend_from_slice(h);
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_must_be_c_identifiers() {
+        assert!(c_identifier("digits_mlp"));
+        assert!(c_identifier("_m2"));
+        assert!(!c_identifier("int"));
+        assert!(!c_identifier("2m"));
+        assert!(!c_identifier(""));
+    }
+
+    #[test]
+    fn only_elf_objects_are_stripped() {
+        assert!(without_debug(b"not an object file").is_none());
+        assert!(without_debug(&[]).is_none());
+    }
 }

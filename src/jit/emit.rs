@@ -185,7 +185,7 @@ struct Emitter<'a, 'f> {
 
 /// Whether this machine has fused multiply-add instructions (Cranelift's host flags
 /// enable them when it does).
-fn has_fma() -> bool {
+pub fn has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("fma")

@@ -54,6 +54,31 @@ pub struct ObjectSpec<'a> {
     pub weights: &'a [u8],
 }
 
+/// The CPU features the code generator uses on this machine (Cranelift's enabled ISA
+/// flags, and whether products use fused multiply-add): code built here runs where all of
+/// them are present.
+pub fn cpu_features() -> Result<Vec<String>, Bug> {
+    let mut features: Vec<String> = emit::isa(true)?
+        .isa_flags()
+        .iter()
+        .filter(|v| v.as_bool() == Some(true))
+        .map(|v| v.name.to_string())
+        .collect();
+    if emit::has_fma() {
+        features.push("fused multiply-add".into());
+    }
+    Ok(features)
+}
+
+/// A digest of the plan of `roots` of `g`: the runtime checks that it plans the graph the
+/// way the object file's code was generated for.
+pub fn plan_digest(g: &Graph, roots: &[NodeId]) -> String {
+    use sha2::{Digest, Sha256};
+    let plan = plan::plan(g, roots);
+    let digest = Sha256::digest(format!("{:?}|{:?}", plan.kinds, plan.epilogues));
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn err(e: impl std::fmt::Display) -> Bug {
     Bug::new(format!("writing the object file failed: {e}"))
 }
