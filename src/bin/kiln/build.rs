@@ -1,7 +1,7 @@
 //! `kiln build`: a model's evaluation graph, weights and kernels as a static library with
 //! a C API (docs/BUILD.md).
 
-use crate::run::{fail, load, ModelArgs};
+use crate::run::{fail, load, ModelFile};
 use crate::EXIT_IO;
 use clap::Args;
 use kiln::export::native::{self, BuildError};
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Clone)]
 pub struct BuildArgs {
     #[command(flatten)]
-    pub m: ModelArgs,
+    pub m: ModelFile,
     /// Checkpoint or safetensors file with the parameters.
     #[arg(long)]
     pub weights: PathBuf,

@@ -1,7 +1,7 @@
 //! `kiln export`: a model's evaluation graph and weights as ONNX.
 
-use crate::run::{fail, load};
-use crate::{print_diags, LintArgs, EXIT_INPUT};
+use crate::run::{fail, load, ModelFile};
+use crate::{print_diags, EXIT_INPUT};
 use clap::Args;
 use kiln::export::onnx;
 use kiln::runtime::checkpoint::write_atomic;
@@ -13,13 +13,8 @@ use std::path::PathBuf;
 /// `kiln export`.
 #[derive(Args, Clone)]
 pub struct ExportArgs {
-    /// Model file.
-    pub file: PathBuf,
-    /// Which model of the file (default: the first).
-    #[arg(long)]
-    pub model: Option<String>,
     #[command(flatten)]
-    pub lints: LintArgs,
+    pub m: ModelFile,
     /// Checkpoint or safetensors file with the parameters (default: the seeded
     /// initialization, with a warning).
     #[arg(long)]
@@ -35,12 +30,12 @@ pub struct ExportArgs {
 
 /// Writes the ONNX model; 0, 1 (the model or its weights are wrong) or 2 (I/O).
 pub fn export(a: ExportArgs) -> anyhow::Result<u8> {
-    let loaded = match load(&a.file, a.model.as_deref(), &a.lints)? {
+    let loaded = match load(&a.m.file, a.m.model.as_deref(), &a.m.lints)? {
         Ok(l) => l,
         Err(code) => return Ok(code),
     };
     let p = &loaded.program;
-    let color = crate::color(a.lints.color);
+    let color = crate::color(a.m.lints.color);
     let (params, st) = match &a.weights {
         Some(w) => match weights::load_weights(p, w) {
             Ok((state, st)) => (state.params, st),
@@ -51,7 +46,7 @@ pub fn export(a: ExportArgs) -> anyhow::Result<u8> {
     let bytes = match onnx::export(p, &params, st.as_ref(), a.opset) {
         Ok(b) => b,
         Err(d) => {
-            print_diags(&loaded.sources, &[d], a.lints.color);
+            print_diags(&loaded.sources, &[d], a.m.lints.color);
             return Ok(EXIT_INPUT);
         }
     };

@@ -49,6 +49,18 @@ pub struct ModelArgs {
     pub lints: LintArgs,
 }
 
+/// The model a command that does not run it reads (`export`, `build`).
+#[derive(Args, Clone)]
+pub struct ModelFile {
+    /// Model file.
+    pub file: PathBuf,
+    /// Which model of the file (default: the first).
+    #[arg(long)]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub lints: LintArgs,
+}
+
 /// `kiln train`.
 #[derive(Args, Clone)]
 pub struct TrainArgs {
