@@ -12,6 +12,10 @@ if [ -x "$python" ] && "$python" -c "$imports" 2>/dev/null; then
   exit 0
 fi
 echo "onnx-venv: creating $venv with onnx, onnxruntime and numpy" >&2
-python3 -m venv "$venv"
+# Debian's python3 keeps venv (and its pip) in a package of its own.
+if ! python3 -m venv "$venv"; then
+  apt-get update -qq && apt-get install -y -qq python3-venv
+  python3 -m venv "$venv"
+fi
 "$python" -m pip install --quiet --disable-pip-version-check -r tests/onnx/requirements.txt
 "$python" -c "$imports"

@@ -15,7 +15,7 @@ use crate::diag::{Code, Diagnostic};
 use crate::ir::{Dim, Shape};
 use crate::lower::matmul_operands;
 use crate::ops::elementwise::Binary;
-use crate::runtime::data::Standardizer;
+use crate::runtime::data::{scale_of, Standardizer};
 use crate::runtime::program::Program;
 use crate::syntax::ast::BinOp;
 use emit::{i64s, int, ints, Emit};
@@ -313,11 +313,9 @@ fn sample_const(e: &mut Emit, hint: &str, shape: &Shape, values: &[f32]) -> Stri
     e.floats(hint, &dims, values)
 }
 
-/// A standard deviation of 0 divides by 1, as the runtime does.
+/// The deviations the runtime divides by ([`scale_of`]).
 fn scales(std: &[f32]) -> Vec<f32> {
-    std.iter()
-        .map(|&s| if s == 0.0 { 1.0 } else { s })
-        .collect()
+    std.iter().map(|&s| scale_of(s) as f32).collect()
 }
 
 /// `(x − mean) / std` for the input `name`.

@@ -32,7 +32,7 @@ mod standardize;
 
 pub(crate) use from_csv::{csv_fields, csv_row_line, CsvFields};
 pub use split::epoch_order;
-pub use standardize::{Standardizer, TargetScale};
+pub use standardize::{scale_of, Standardizer, TargetScale};
 
 const E_IO: Code = Code::E0500;
 const E_FORMAT: Code = Code::E0501;

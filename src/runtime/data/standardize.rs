@@ -85,7 +85,7 @@ fn columns(array: &ArrayD<f32>) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// A deviation of 0 (only from a damaged checkpoint) counts as 1: it only centers.
-fn scale_of(std: f32) -> f64 {
+pub fn scale_of(std: f32) -> f64 {
     if std == 0.0 {
         1.0
     } else {
