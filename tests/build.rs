@@ -2,7 +2,9 @@
 //! libraries, linked into a C program with `cc`, and their outputs compared with `kiln
 //! predict`'s on the same weights and rows: bit-identical at `kiln predict`'s batch size,
 //! and at batch 1 and 7 too; two threads calling predict at once get the same outputs;
-//! a batch below 1 is refused. Without `cc` the test fails in CI (CI=true) and is skipped
+//! a batch below 1 is refused. A training loop in C (`<model>_train_step`) takes the same
+//! steps as the JIT from the same checkpoint: the same losses and parameters, bit for bit,
+//! and the loss falls. Without `cc` the test fails in CI (CI=true) and is skipped
 //! elsewhere.
 
 use ndarray::ArrayD;
@@ -156,6 +158,86 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// The C training loop: `train ROWS BATCH STEPS X Y OUT` takes STEPS steps on the ROWS
+/// rows of X (floats) and Y (class ids), BATCH rows a step in turn, and writes each
+/// step's loss, then every parameter, to OUT. The model's header is `model.h`; MODEL is
+/// its name, `params.h` lists its parameters' sizes (PARAM_SIZES) and M_IN0, M_OUT0 are
+/// as for APP. It checks the errors of the training calls first, and that a fresh
+/// context predicts as the built library does.
+const TRAIN_APP: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "model.h"
+#include "params.h"
+
+#define CAT2(a, b) a##_##b
+#define CAT(a, b) CAT2(a, b)
+#define F(x) CAT(MODEL, x)
+
+int main(int argc, char **argv) {
+  if (argc != 7) return 64;
+  long rows = atol(argv[1]), batch = atol(argv[2]), steps = atol(argv[3]);
+  float *x = malloc(rows * M_IN0 * sizeof(float));
+  int64_t *y = malloc(rows * sizeof(int64_t));
+  FILE *f = fopen(argv[4], "rb");
+  if (!f || fread(x, sizeof(float), rows * M_IN0, f) != (size_t)(rows * M_IN0)) return 65;
+  fclose(f);
+  f = fopen(argv[5], "rb");
+  if (!f || fread(y, sizeof(int64_t), rows, f) != (size_t)rows) return 65;
+  fclose(f);
+
+  F(train) *ctx = F(train_new)();
+  if (!ctx) return 10;
+  float loss = 0;
+  const void *in[1] = { x };
+  const void *tg[1] = { y };
+  if (F(train_step)(ctx, 0, in, tg, &loss) != 1) return 11;
+  if (F(train_step)(ctx, batch, in, tg, NULL) != 2) return 12;
+  if (F(train_step)(NULL, batch, in, tg, &loss) != 2) return 13;
+  if (F(train_step)(ctx, batch, in, NULL, &loss) != 2) return 14;
+  if (F(train_set_lr)(ctx, -1.0) != 7) return 15;
+  int64_t bad = y[0];
+  y[0] = 10;
+  if (F(train_step)(ctx, batch, in, tg, &loss) != 3) return 16;
+  y[0] = bad;
+
+  /* Before any step, the context predicts as the library. */
+  float *p1 = malloc(batch * M_OUT0 * sizeof(float));
+  float *p2 = malloc(batch * M_OUT0 * sizeof(float));
+  void *o1[1] = { p1 }, *o2[1] = { p2 };
+  if (F(predict)(batch, in, o1) != 0 || F(predict_ctx)(ctx, batch, in, o2) != 0) return 17;
+  if (memcmp(p1, p2, batch * M_OUT0 * sizeof(float)) != 0) return 18;
+
+  FILE *out = fopen(argv[6], "wb");
+  for (long s = 0; s < steps; s++) {
+    long r = (s * batch) % rows;
+    const void *bin[1] = { x + r * M_IN0 };
+    const void *btg[1] = { y + r };
+    int st = F(train_step)(ctx, batch, bin, btg, &loss);
+    if (st != 0) { fprintf(stderr, "step %ld returned %d\n", s, st); return 19; }
+    fwrite(&loss, sizeof(float), 1, out);
+  }
+  /* After training, the context's predictions have moved; the library's have not. */
+  if (F(predict_ctx)(ctx, batch, in, o2) != 0) return 20;
+  if (memcmp(p1, p2, batch * M_OUT0 * sizeof(float)) == 0) return 21;
+  if (F(predict)(batch, in, o2) != 0 || memcmp(p1, p2, batch * M_OUT0 * sizeof(float)) != 0)
+    return 22;
+
+  static const long sizes[] = PARAM_SIZES;
+  long n = sizeof(sizes) / sizeof(sizes[0]);
+  float **params = malloc(n * sizeof(float *));
+  for (long k = 0; k < n; k++) params[k] = malloc(sizes[k] * sizeof(float));
+  if (F(train_params)(ctx, NULL) != 2) return 23;
+  if (F(train_params)(ctx, params) != 0) return 24;
+  for (long k = 0; k < n; k++) fwrite(params[k], sizeof(float), sizes[k], out);
+  fclose(out);
+  F(train_free)(ctx);
+  F(train_free)(NULL);
+  return 0;
+}
+"#;
+
 fn read_f32(path: &Path) -> Vec<f32> {
     std::fs::read(path)
         .unwrap()
@@ -241,15 +323,12 @@ fn check(example: &str, output: &str) {
     std::fs::write(d.join("model.h"), &header).unwrap();
     std::fs::write(d.join("app.c"), APP).unwrap();
     let app = d.join("app");
-    run(Command::new("cc")
-        .current_dir(d)
-        .arg(format!("-DM_PREDICT={example}_predict"))
-        .arg(format!("-DM_IN0={up}_INPUT_0_SIZE"))
-        .arg(format!("-DM_OUT0={up}_OUTPUT_0_SIZE"))
-        .args(["app.c", "-I", "lib"])
-        .arg(format!("lib/lib{example}.a"))
-        .args(["-lm", "-lpthread", "-ldl", "-o"])
-        .arg(&app));
+    compile(
+        d,
+        example,
+        "app.c",
+        &format!("-DM_PREDICT={example}_predict"),
+    );
 
     for chunk in [32, 1, 7] {
         let expected = predict(chunk);
@@ -292,6 +371,130 @@ fn check(example: &str, output: &str) {
         Some(0),
         "{example}: a batch below 1 is refused"
     );
+    train(example, d, &header, &weights);
+}
+
+/// Compiles the C program `d/NAME.c` into `d/NAME`, linked with `d/lib/lib<example>.a`,
+/// with `define` and the model's first input and output sizes as M_IN0 and M_OUT0.
+fn compile(d: &Path, example: &str, file: &str, define: &str) {
+    let up = example.to_uppercase();
+    run(Command::new("cc")
+        .current_dir(d)
+        .arg(define)
+        .arg(format!("-DM_IN0={up}_INPUT_0_SIZE"))
+        .arg(format!("-DM_OUT0={up}_OUTPUT_0_SIZE"))
+        .args([file, "-I", "lib"])
+        .arg(format!("lib/lib{example}.a"))
+        .args(["-lm", "-lpthread", "-ldl", "-o"])
+        .arg(file.trim_end_matches(".c")));
+}
+
+/// Steps of the C training loop.
+const STEPS: usize = 12;
+/// Rows a step.
+const BATCH: usize = 32;
+/// The rows the loop cycles through: the loss on them falls from pass to pass.
+const TRAIN_ROWS: usize = 4 * BATCH;
+
+/// Builds the C training loop against the library in `d/lib` and checks its losses and
+/// parameters against the JIT's steps from the checkpoint `weights`.
+fn train(example: &str, d: &Path, header: &str, weights: &Path) {
+    let up = example.to_uppercase();
+    let count = header
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("#define {up}_NUM_PARAMS ")))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .expect("the header counts the parameters");
+    let sizes: Vec<String> = (0..count).map(|k| format!("{up}_PARAM_{k}_SIZE")).collect();
+    std::fs::write(
+        d.join("params.h"),
+        format!("#define PARAM_SIZES {{ {} }}\n", sizes.join(", ")),
+    )
+    .unwrap();
+    std::fs::write(d.join("train.c"), TRAIN_APP).unwrap();
+    compile(d, example, "train.c", &format!("-DMODEL={example}"));
+
+    // The first rows of the training data: pixels and labels.
+    let csv = std::fs::read_to_string(root().join("examples/data/digits_train.csv")).unwrap();
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    for line in csv.lines().skip(1).take(TRAIN_ROWS) {
+        let values: Vec<f32> = line.split(',').map(|v| v.parse().unwrap()).collect();
+        pixels.extend_from_slice(&values[..64]);
+        labels.push(values[64]);
+    }
+    let bytes = |v: Vec<u8>, name: &str| {
+        std::fs::write(d.join(name), v).unwrap();
+    };
+    bytes(
+        pixels.iter().flat_map(|v| v.to_ne_bytes()).collect(),
+        "tx.bin",
+    );
+    bytes(
+        labels
+            .iter()
+            .flat_map(|&v| (v as i64).to_ne_bytes())
+            .collect(),
+        "ty.bin",
+    );
+    run(Command::new(d.join("train")).current_dir(d).args([
+        &TRAIN_ROWS.to_string(),
+        &BATCH.to_string(),
+        &STEPS.to_string(),
+        "tx.bin",
+        "ty.bin",
+        "trained.bin",
+    ]));
+    let got = read_f32(&d.join("trained.bin"));
+
+    // The JIT's steps from the same checkpoint, through the library API.
+    let model = kiln::compile_file(root().join(format!("examples/{example}.kiln"))).unwrap();
+    let mut session = model.session(model.train_config().seed);
+    session.load(weights).unwrap();
+    let (input, shape) = model.inputs().remove(0);
+    let target = model.targets().remove(0).0;
+    let mut expected = Vec::new();
+    for s in 0..STEPS {
+        let r = (s * BATCH) % TRAIN_ROWS;
+        let mut dims = vec![BATCH];
+        dims.extend(shape.iter().skip(1).map(|d| d.expect("a fixed dimension")));
+        let x = ArrayD::from_shape_vec(dims, pixels[r * 64..(r + BATCH) * 64].to_vec()).unwrap();
+        let y = ArrayD::from_shape_vec(vec![BATCH], labels[r..r + BATCH].to_vec()).unwrap();
+        let loss = session
+            .train_step(&[(input.as_str(), &x)], &[(target.as_str(), &y)])
+            .unwrap();
+        expected.push(loss as f32);
+    }
+    for name in session.parameter_names() {
+        expected.extend(session.parameter(&name).unwrap().iter());
+    }
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "{example}: losses and parameters"
+    );
+    let differ = got
+        .iter()
+        .zip(&expected)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(
+        differ,
+        0,
+        "{example}: {differ} of {} losses and parameters differ from the JIT's steps; losses {:?} vs {:?}",
+        got.len(),
+        &got[..STEPS],
+        &expected[..STEPS]
+    );
+    let passes = STEPS * BATCH / TRAIN_ROWS;
+    let pass = |k: usize| -> f32 {
+        let per = TRAIN_ROWS / BATCH;
+        got[k * per..(k + 1) * per].iter().sum::<f32>() / per as f32
+    };
+    assert!(
+        pass(passes - 1) < pass(0),
+        "{example}: the loss does not fall: {:?}",
+        &got[..STEPS]
+    );
 }
 
 #[test]
@@ -307,6 +510,11 @@ fn cnn() {
 #[test]
 fn gru() {
     check("digits_gru", "logits");
+}
+
+#[test]
+fn batchnorm_and_dropout() {
+    check("digits_bn_dropout", "logits");
 }
 
 /// A model with a class-id input (int64 in C) beside a float input, and a regression
@@ -458,4 +666,56 @@ fn a_missing_runtime_is_an_error_that_says_how_to_build_it() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cargo build --release"), "{err}");
     assert!(!root().join("examples/unused").exists());
+}
+
+/// README's `kiln build` example, run as it is written (in a scratch folder beside a link
+/// to examples/): train, build, compile examples/c/digits_app.c and run it; the program
+/// prints the README's lines, numbers aside, and its fine-tuning lowers the loss.
+#[test]
+fn readme_example_runs() {
+    if !have_cc() {
+        return;
+    }
+    runtime();
+    let text = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = text
+        .find("```\n$ kiln train examples/digits_mlp.kiln\n$ kiln build")
+        .expect("README shows `kiln build`");
+    let block = &text[start + 4..];
+    let block = &block[..block.find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::os::unix::fs::symlink(root().join("examples"), d.join("examples")).unwrap();
+    let mut printed = String::new();
+    let mut expected = Vec::new();
+    for line in block.lines() {
+        let Some(cmd) = line.strip_prefix("$ ") else {
+            expected.push(line);
+            continue;
+        };
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        let mut c = match words[0] {
+            "kiln" => Command::new(KILN),
+            "./app" => Command::new(d.join("app")),
+            other => Command::new(other),
+        };
+        let o = run(c.args(&words[1..]).current_dir(d));
+        if words[0] == "./app" {
+            printed = String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+    }
+    let shape = |l: &str| -> String {
+        l.split(|c: char| c.is_ascii_digit() || c == '.')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join("#")
+    };
+    let got: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        got.iter().map(|l| shape(l)).collect::<Vec<_>>(),
+        expected.iter().map(|l| shape(l)).collect::<Vec<_>>(),
+        "the program prints:\n{printed}"
+    );
+    let loss = |l: &str| -> f64 { l.rsplit(' ').next().unwrap().parse().unwrap() };
+    assert!(loss(got[3]) < loss(got[1]), "{printed}");
 }

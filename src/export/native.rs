@@ -1,38 +1,42 @@
-//! `kiln build`: a model's evaluation graph compiled ahead of time into a static library
-//! with a C API (docs/BUILD.md).
+//! `kiln build`: a model compiled ahead of time into a static library with a C API
+//! (docs/BUILD.md): its evaluation graph, and its training step when it has a loss.
 //!
 //! The build side ([`build`]) writes the model's object file ([`crate::jit::object`]: the
-//! function the JIT would compile, the [`Meta`] and the weights as data, and the C entry
-//! point), its header, and the archive that joins the object to the runtime's
-//! (`libkiln_rt.a`, the `rt` crate). The run side ([`Library`]) is what the runtime does
-//! when the entry point is called: it reads the metadata once, and runs each call through
-//! the JIT back end's call machinery with the linked function instead of a compiled one,
-//! exactly as `kiln predict` runs the model (the same graph, roots, plan and kernels, and
-//! the same standardization), so the outputs are the same.
+//! functions the JIT would compile, the [`Meta`] and the weights as data, and the C entry
+//! points), its header, and the archive that joins the object to the runtime's
+//! (`libkiln_rt.a`, the `rt` crate). The run side ([`Library`], [`Trainer`]) is what the
+//! runtime does when an entry point is called: it reads the metadata once, and runs each
+//! call through the JIT back end's call machinery with the linked functions instead of
+//! compiled ones, exactly as `kiln predict` and `kiln train` run the model (the same
+//! graphs, roots, plans and kernels, the same standardization and hyperparameters), so
+//! the results are the same.
 
+use crate::check::train::TrainConfig;
 use crate::exec::{Backend, RunError, State};
 use crate::interp::dims;
-use crate::ir::{DType, Graph, GraphData, NodeId};
-use crate::jit::object::{self, ObjectSpec};
-use crate::jit::{Jit, Precompiled};
+use crate::ir::{Clip, DType, Graph, GraphData, NodeId, Optimizer, Tensor};
+use crate::jit::object::{self, Function, ObjectSpec};
+use crate::jit::{step_roots, Jit, Precompiled};
 use crate::runtime::data::{Dataset, Standardizer, TargetScale};
 use crate::runtime::program::Program;
+use crate::runtime::schedule::hyper;
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 use std::sync::{Mutex, PoisonError};
 
 /// The version of the metadata's layout: a library whose runtime expects another is
 /// refused ([`Status::Mismatch`]).
-pub const META_VERSION: u32 = 1;
+pub const META_VERSION: u32 = 2;
 
-/// An input or output of the C API.
+/// An input, output or target of the C API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Port {
     /// Its name in the model.
     pub name: String,
     /// One sample's shape (without the batch).
     pub shape: Vec<usize>,
-    /// The number of classes of a class-id input (int64 in the C API), else None (float).
+    /// The number of classes of a class-id input or target (int64 in the C API), else
+    /// None (float).
     pub classes: Option<u64>,
 }
 
@@ -41,9 +45,32 @@ impl Port {
     pub fn size(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// The port of a graph's input or target.
+    fn of(t: &Tensor) -> Port {
+        Port {
+            name: t.name.clone(),
+            shape: dims(&t.shape, 1)[1..].to_vec(),
+            classes: match t.dtype {
+                DType::Class(k) => Some(k),
+                DType::F32 => None,
+            },
+        }
+    }
 }
 
-/// What the runtime reads from a library: the graph, what to run and how to read it.
+/// A parameter of the model (batch normalization's running statistics included).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParamMeta {
+    /// Its name (`layer.weight`).
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Whether training updates it by its gradient (running statistics are not).
+    pub trainable: bool,
+}
+
+/// What the runtime reads from a library: the graphs, what to run and how to read it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Meta {
     /// [`META_VERSION`].
@@ -65,14 +92,42 @@ pub struct Meta {
     pub inputs: Vec<Port>,
     /// The outputs, in declaration order (the first `outputs.len()` roots).
     pub outputs: Vec<Port>,
-    /// The parameters' shapes, in order (their values are the weights' data).
-    pub params: Vec<Vec<usize>>,
+    /// The parameters, in order (their values begin the weights' data).
+    pub params: Vec<ParamMeta>,
     /// The inputs' standardization, when the checkpoint has one: per input, the mean and
     /// deviation of each sample element, as f32 bits (exact in JSON).
     pub standardize: Option<Vec<(Vec<u32>, Vec<u32>)>>,
-    /// The output the runtime un-standardizes (a regression model's, trained on a
-    /// standardized target), with the target's mean and deviation as f32 bits.
-    pub unstandardize: Option<(usize, Vec<u32>, Vec<u32>)>,
+    /// The standardized target, when training standardized one: its index among the
+    /// targets, its mean and deviation as f32 bits.
+    pub target_scale: Option<(usize, Vec<u32>, Vec<u32>)>,
+    /// The output the runtime un-standardizes (a regression model's prediction of the
+    /// standardized target).
+    pub unstandardize: Option<usize>,
+    /// The training step, for a model with a loss.
+    pub train: Option<TrainMeta>,
+}
+
+/// A library's training step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainMeta {
+    /// The training graph (training behaviour, backward pass, clipping, update).
+    pub graph: GraphData,
+    /// The roots its compiled function computes ([`step_roots`]).
+    pub roots: Vec<NodeId>,
+    /// The digest of the plan its code was generated for.
+    pub plan: String,
+    /// The targets, in declaration order.
+    pub targets: Vec<Port>,
+    /// The optimizer state's shapes (their values follow the parameters' in the weights).
+    pub states: Vec<Vec<usize>>,
+    /// The train block's optimizer and clipping.
+    pub optimizer: Optimizer,
+    /// The gradient clipping.
+    pub clip: Option<Clip>,
+    /// The learning rate the steps start at (the schedule's at the checkpoint's epoch).
+    pub lr: f64,
+    /// Steps taken before the first (the checkpoint's, when it holds optimizer state).
+    pub step: u64,
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -132,39 +187,60 @@ pub fn predict_roots(p: &Program) -> Vec<NodeId> {
     roots
 }
 
-/// The metadata of `p` with its standardization, for code generated here.
-pub fn meta(p: &Program, st: Option<&Standardizer>) -> Result<Meta, BuildError> {
+/// Where training starts in a library: the training graph of the train block `cfg` and
+/// the run's state at the start (its optimizer state and step from the checkpoint, or
+/// fresh), with the learning rate of the checkpoint's epoch.
+pub struct TrainStart<'a> {
+    /// `Program::training_graph(cfg)`.
+    pub graph: &'a Graph,
+    /// The train block.
+    pub cfg: &'a TrainConfig,
+    /// The learning rate of the first step.
+    pub lr: f64,
+    /// Steps taken before.
+    pub step: u64,
+}
+
+fn bug(e: impl std::fmt::Display) -> BuildError {
+    BuildError::Bug(e.to_string())
+}
+
+/// The metadata of `p` with its standardization and training step, for code generated
+/// here.
+fn meta(
+    p: &Program,
+    st: Option<&Standardizer>,
+    train: Option<&TrainStart>,
+) -> Result<Meta, BuildError> {
     let g = &p.forward;
     let roots = predict_roots(p);
-    let sample = |shape: &crate::ir::Shape| dims(shape, 1)[1..].to_vec();
-    let inputs = g
-        .inputs
-        .iter()
-        .map(|t| Port {
-            name: t.name.clone(),
-            shape: sample(&t.shape),
-            classes: match t.dtype {
-                DType::Class(k) => Some(k),
-                DType::F32 => None,
-            },
-        })
-        .collect();
     let outputs = g
         .outputs
         .iter()
         .map(|(name, n)| Port {
             name: name.clone(),
-            shape: sample(&g.nodes[*n].shape),
+            shape: dims(&g.nodes[*n].shape, 1)[1..].to_vec(),
             classes: None,
         })
         .collect();
-    let unstandardize = match (st.and_then(|s| s.target.as_ref()), &p.regressor) {
-        (Some(t), Some(r)) => g
-            .outputs
-            .iter()
-            .position(|(_, n)| *n == r.predictions)
-            .map(|k| (k, bits(&t.mean), bits(&t.std))),
+    let target = st.and_then(|s| s.target.as_ref());
+    let unstandardize = match (target, &p.regressor) {
+        (Some(_), Some(r)) => g.outputs.iter().position(|(_, n)| *n == r.predictions),
         _ => None,
+    };
+    let train = match train {
+        Some(t) => Some(TrainMeta {
+            graph: (**t.graph).clone(),
+            roots: step_roots(t.graph).map_err(bug)?.to_vec(),
+            plan: object::plan_digest(t.graph, &step_roots(t.graph).map_err(bug)?),
+            targets: g.targets.iter().map(Port::of).collect(),
+            states: t.graph.states.iter().map(|s| dims(&s.shape, 1)).collect(),
+            optimizer: t.cfg.optimizer.clone(),
+            clip: t.cfg.clip,
+            lr: t.lr,
+            step: t.step,
+        }),
+        None => None,
     };
     Ok(Meta {
         version: META_VERSION,
@@ -172,11 +248,19 @@ pub fn meta(p: &Program, st: Option<&Standardizer>) -> Result<Meta, BuildError> 
         model: p.model.name.clone(),
         graph: (**g).clone(),
         plan: object::plan_digest(g, &roots),
-        cpu: object::cpu_features().map_err(|e| BuildError::Bug(e.to_string()))?,
+        cpu: object::cpu_features().map_err(bug)?,
         roots,
-        inputs,
+        inputs: g.inputs.iter().map(Port::of).collect(),
         outputs,
-        params: g.params.iter().map(|t| dims(&t.tensor.shape, 1)).collect(),
+        params: g
+            .params
+            .iter()
+            .map(|t| ParamMeta {
+                name: t.tensor.name.clone(),
+                shape: dims(&t.tensor.shape, 1),
+                trainable: t.trainable,
+            })
+            .collect(),
         standardize: st.map(|s| {
             s.mean
                 .iter()
@@ -184,16 +268,20 @@ pub fn meta(p: &Program, st: Option<&Standardizer>) -> Result<Meta, BuildError> 
                 .map(|(m, d)| (bits(m), bits(d)))
                 .collect()
         }),
+        target_scale: target.map(|t| (t.target, bits(&t.mean), bits(&t.std))),
         unstandardize,
+        train,
     })
 }
 
-/// Compiles `p` with `params` (and the checkpoint's standardization `st`) into its object
-/// file and header.
+/// Compiles `p` with `state` (its parameters, and the optimizer state training starts
+/// from) and the checkpoint's standardization `st` into its object file and header; with
+/// the training step when `train` is given.
 pub fn build(
     p: &Program,
-    params: &[ArrayD<f32>],
+    state: &State,
     st: Option<&Standardizer>,
+    train: Option<&TrainStart>,
 ) -> Result<Built, BuildError> {
     let name = &p.model.name;
     if !c_identifier(name) {
@@ -201,32 +289,81 @@ pub fn build(
             "the model's name `{name}` cannot name C functions (a C keyword); rename the model"
         )));
     }
-    let meta = meta(p, st)?;
-    let json = serde_json::to_vec(&meta).map_err(|e| BuildError::Bug(e.to_string()))?;
-    // The runtime reads the graph back: it must be this graph, exactly.
+    let meta = meta(p, st, train)?;
+    let json = serde_json::to_vec(&meta).map_err(bug)?;
+    // The runtime reads the graphs back: they must be these graphs, exactly.
     let back: Meta = serde_json::from_slice(&json)
-        .map_err(|e| BuildError::Bug(format!("the evaluation graph does not survive JSON: {e}")))?;
-    if back.graph != *p.forward {
+        .map_err(|e| BuildError::Bug(format!("the graphs do not survive JSON: {e}")))?;
+    let same_train = match (&back.train, train) {
+        (Some(b), Some(t)) => b.graph == **t.graph,
+        (None, None) => true,
+        _ => false,
+    };
+    if back.graph != *p.forward || !same_train {
         return Err(BuildError::Bug(
-            "the evaluation graph does not survive JSON unchanged".into(),
+            "the graphs do not survive JSON unchanged".into(),
         ));
     }
     let mut weights = Vec::new();
-    for a in params {
+    let states = if train.is_some() {
+        &state.states[..]
+    } else {
+        &[]
+    };
+    for a in state.params.iter().chain(states) {
         weights.extend(a.iter().flat_map(|v| v.to_le_bytes()));
     }
+    let train_fn = match (train, &meta.train) {
+        (Some(t), Some(m)) => Some(Function {
+            graph: t.graph,
+            roots: &m.roots,
+        }),
+        _ => None,
+    };
     let object = object::write(&ObjectSpec {
         name,
-        graph: &p.forward,
-        roots: &meta.roots,
+        predict: Function {
+            graph: &p.forward,
+            roots: &meta.roots,
+        },
+        train: train_fn,
         meta: &json,
         weights: &weights,
     })
-    .map_err(|e| BuildError::Bug(e.to_string()))?;
+    .map_err(bug)?;
     Ok(Built {
         object,
         header: header(&meta),
     })
+}
+
+/// `[batch, d1, d2]`.
+fn c_shape(s: &[usize]) -> String {
+    let mut out = String::from("[batch");
+    for d in s {
+        out += &format!(", {d}");
+    }
+    out + "]"
+}
+
+/// The header's lines for ports (`INPUT`, `TARGET`) of a model whose macros start `up`.
+fn port_macros(up: &str, what: &str, ports: &[Port]) -> String {
+    let mut h = String::new();
+    for (k, port) in ports.iter().enumerate() {
+        let (ty, values) = match port.classes {
+            Some(c) => ("int64_t", format!("class ids in 0..{}", c - 1)),
+            None => ("float", "float32".to_string()),
+        };
+        h += &format!(
+            "/* {} {k}: `{}` {} {ty}, {values} */\n#define {up}_{what}_{k}_NAME \"{}\"\n#define {up}_{what}_{k}_SIZE {}\n",
+            what.to_ascii_lowercase(),
+            port.name,
+            c_shape(&port.shape),
+            port.name,
+            port.size()
+        );
+    }
+    h
 }
 
 /// The C header of a library.
@@ -241,60 +378,103 @@ pub fn header(m: &Meta) -> String {
          #ifdef __cplusplus\nextern \"C\" {{\n#endif\n\n",
         m.kiln
     );
-    let shape = |s: &[usize]| {
-        let dims: Vec<String> = s.iter().map(usize::to_string).collect();
-        format!(
-            "[batch{}{}]",
-            if s.is_empty() { "" } else { ", " },
-            dims.join(", ")
-        )
-    };
     h += &format!("#define {up}_NUM_INPUTS {}\n", m.inputs.len());
     h += &format!("#define {up}_NUM_OUTPUTS {}\n\n", m.outputs.len());
-    for (k, port) in m.inputs.iter().enumerate() {
-        let (ty, what) = match port.classes {
-            Some(c) => ("int64_t", format!("class ids in 0..{}", c - 1)),
-            None => ("float", "float32".to_string()),
-        };
-        h += &format!(
-            "/* input {k}: `{}` {} {ty}, {what} */\n#define {up}_INPUT_{k}_NAME \"{}\"\n#define {up}_INPUT_{k}_SIZE {}\n",
-            port.name,
-            shape(&port.shape),
-            port.name,
-            port.size()
-        );
-    }
+    h += &port_macros(&up, "INPUT", &m.inputs);
     h += "\n";
     for (k, port) in m.outputs.iter().enumerate() {
         h += &format!(
             "/* output {k}: `{}` {} float */\n#define {up}_OUTPUT_{k}_NAME \"{}\"\n#define {up}_OUTPUT_{k}_SIZE {}\n",
             port.name,
-            shape(&port.shape),
+            c_shape(&port.shape),
             port.name,
             port.size()
         );
     }
     h += &format!(
-        "\n/* Return values of {name}_predict. */\n\
+        "\n/* Return values of the functions returning int. */\n\
          #define {up}_OK 0\n\
          #define {up}_ERR_BATCH {}\n\
          #define {up}_ERR_POINTER {}\n\
          #define {up}_ERR_CLASS {}\n\
          #define {up}_ERR_RUNTIME {}\n\
-         #define {up}_ERR_INTERNAL {}\n\n",
+         #define {up}_ERR_INTERNAL {}\n\
+         #define {up}_ERR_DIVERGED {}\n\
+         #define {up}_ERR_VALUE {}\n\n",
         Status::Batch as i32,
         Status::Pointer as i32,
         Status::Class as i32,
         Status::Mismatch as i32,
         Status::Internal as i32,
+        Status::Diverged as i32,
+        Status::Value as i32,
     );
     h += &format!(
         "/* The model's outputs for `batch` samples: inputs[k] points to batch x INPUT_k_SIZE\n \
          * values (row-major), outputs[k] to room for batch x OUTPUT_k_SIZE floats, which\n \
          * are written. Returns {up}_OK, or an error code (then outputs are unspecified).\n \
          * Thread-safe: several threads may call it at once. */\n\
-         int {name}_predict(int64_t batch, const void *const inputs[], void *const outputs[]);\n\n\
-         #ifdef __cplusplus\n}}\n#endif\n\n#endif /* KILN_{up}_H */\n"
+         int {name}_predict(int64_t batch, const void *const inputs[], void *const outputs[]);\n"
+    );
+    if let Some(t) = &m.train {
+        h += &train_header(m, t, &up);
+    }
+    h += &format!("\n#ifdef __cplusplus\n}}\n#endif\n\n#endif /* KILN_{up}_H */\n");
+    h
+}
+
+/// The training part of a library's header.
+fn train_header(m: &Meta, t: &TrainMeta, up: &str) -> String {
+    let name = &m.model;
+    let mut h = format!(
+        "\n/* Training (docs/BUILD.md): the train block's step, as `kiln train` runs it. */\n\
+         #define {up}_NUM_TARGETS {}\n\
+         #define {up}_NUM_PARAMS {}\n\n",
+        t.targets.len(),
+        m.params.len()
+    );
+    h += &port_macros(up, "TARGET", &t.targets);
+    h += "\n";
+    for (k, p) in m.params.iter().enumerate() {
+        let dims: Vec<String> = p.shape.iter().map(usize::to_string).collect();
+        h += &format!(
+            "/* parameter {k}: `{}` [{}]{} */\n#define {up}_PARAM_{k}_NAME \"{}\"\n#define {up}_PARAM_{k}_SIZE {}\n",
+            p.name,
+            dims.join(", "),
+            if p.trainable { "" } else { ", not trained by gradient" },
+            p.name,
+            p.shape.iter().product::<usize>()
+        );
+    }
+    let start = if t.step == 0 {
+        "fresh optimizer state".to_string()
+    } else {
+        format!("the checkpoint's optimizer state after step {}", t.step)
+    };
+    h += &format!(
+        "\n/* A training context: the parameters and optimizer state, from the built weights\n \
+         * and {start}; the learning rate starts at {:e}. */\n\
+         typedef struct {name}_train {name}_train;\n\n\
+         /* A new context, or NULL when the library cannot run here ({up}_ERR_RUNTIME). */\n\
+         {name}_train *{name}_train_new(void);\n\n\
+         /* One training step on `batch` samples: inputs as for {name}_predict, targets[k]\n \
+         * points to batch x TARGET_k_SIZE values. Writes the batch's loss (before the\n \
+         * update) to *loss. {up}_ERR_DIVERGED when the loss is not finite: the step is\n \
+         * undone. Steps on one context are serialized. */\n\
+         int {name}_train_step({name}_train *ctx, int64_t batch, const void *const inputs[],\n                  \
+         const void *const targets[], float *loss);\n\n\
+         /* Copies each parameter into params[k] (room for PARAM_k_SIZE floats). */\n\
+         int {name}_train_params({name}_train *ctx, float *const params[]);\n\n\
+         /* The outputs, as {name}_predict, with the context's current parameters. */\n\
+         int {name}_predict_ctx({name}_train *ctx, int64_t batch, const void *const inputs[],\n                  \
+         void *const outputs[]);\n\n\
+         /* Sets the learning rate of the following steps, finite and at least 0, else\n \
+         * {up}_ERR_VALUE (the train block's schedule is per epoch: a program that wants\n \
+         * one sets the rate itself). */\n\
+         int {name}_train_set_lr({name}_train *ctx, double lr);\n\n\
+         /* Frees the context (NULL is ignored). */\n\
+         void {name}_train_free({name}_train *ctx);\n",
+        t.lr
     );
     h
 }
@@ -307,7 +487,7 @@ pub enum Status {
     Ok = 0,
     /// `batch < 1` (or too large to address).
     Batch = 1,
-    /// A null or misaligned input or output pointer.
+    /// A null or misaligned pointer (or a context of another model).
     Pointer = 2,
     /// A class id outside `0..classes`.
     Class = 3,
@@ -316,14 +496,94 @@ pub enum Status {
     Mismatch = 4,
     /// Kiln's bug.
     Internal = 5,
+    /// A training step's loss was not finite; the step was undone.
+    Diverged = 6,
+    /// A value out of its range (a learning rate that is negative or not finite).
+    Value = 7,
 }
 
-/// An input's values as the caller gives them.
+/// An input's or target's values as the caller gives them.
 pub enum Input<'a> {
     /// Floats.
     F32(&'a [f32]),
     /// Class ids.
     Class(&'a [i64]),
+}
+
+/// Reads the `given` values for `ports`, `batch` samples each, into `arrays` (reusing
+/// their buffers when the batch is the same as the last call's).
+fn fill(
+    ports: &[Port],
+    given: &[Input],
+    batch: usize,
+    arrays: &mut Vec<ArrayD<f32>>,
+) -> Result<(), Status> {
+    if given.len() != ports.len() {
+        return Err(Status::Internal);
+    }
+    arrays.truncate(ports.len());
+    for (k, (port, input)) in ports.iter().zip(given).enumerate() {
+        let n = batch.checked_mul(port.size()).ok_or(Status::Batch)?;
+        if arrays
+            .get(k)
+            .is_none_or(|a| a.len() != n || a.shape().first() != Some(&batch))
+        {
+            let mut shape = vec![batch];
+            shape.extend(&port.shape);
+            let a = ArrayD::zeros(IxDyn(&shape));
+            match arrays.get_mut(k) {
+                Some(old) => *old = a,
+                None => arrays.push(a),
+            }
+        }
+        let dst = arrays[k].as_slice_mut().ok_or(Status::Internal)?;
+        match (input, port.classes) {
+            (Input::F32(v), None) if v.len() == n => dst.copy_from_slice(v),
+            (Input::Class(v), Some(classes)) if v.len() == n => {
+                for (d, &c) in dst.iter_mut().zip(*v) {
+                    if c < 0 || c as u64 >= classes {
+                        return Err(Status::Class);
+                    }
+                    *d = c as f32;
+                }
+            }
+            _ => return Err(Status::Internal),
+        }
+    }
+    Ok(())
+}
+
+/// What one call needs besides the library: a back end (its buffers reused) and the
+/// arrays the inputs and targets are read into.
+struct Scratch {
+    jit: Jit,
+    inputs: Vec<ArrayD<f32>>,
+    targets: Vec<ArrayD<f32>>,
+}
+
+impl Scratch {
+    fn new(jit: Jit) -> Scratch {
+        Scratch {
+            jit,
+            inputs: Vec::new(),
+            targets: Vec::new(),
+        }
+    }
+}
+
+fn run_error(e: RunError) -> Status {
+    match e {
+        RunError::Input(_) => Status::Class,
+        RunError::Internal(_) => Status::Internal,
+    }
+}
+
+/// A library's training step, loaded.
+struct TrainPart {
+    meta: TrainMeta,
+    graph: Graph,
+    func: Precompiled,
+    states: Vec<ArrayD<f32>>,
 }
 
 /// A built library, loaded by the runtime: what each call needs.
@@ -332,22 +592,45 @@ pub struct Library {
     graph: Graph,
     state: State,
     func: Precompiled,
+    train: Option<TrainPart>,
     standardizer: Option<Standardizer>,
-    /// Back ends ready to run (their buffers reused), one per concurrent call.
-    pool: Mutex<Vec<Jit>>,
+    /// What calls need, ready to reuse: one per concurrent call.
+    pool: Mutex<Vec<Scratch>>,
     threads: usize,
 }
 
+/// `shapes`' arrays, read from `values` in order.
+fn read_arrays(
+    shapes: &[Vec<usize>],
+    values: &mut impl Iterator<Item = f32>,
+) -> Result<Vec<ArrayD<f32>>, Status> {
+    shapes
+        .iter()
+        .map(|s| {
+            let n = s.iter().product();
+            ArrayD::from_shape_vec(IxDyn(s), values.take(n).collect()).map_err(|_| Status::Mismatch)
+        })
+        .collect()
+}
+
 impl Library {
-    /// Reads a library's metadata and weights; `func` is its compiled function.
-    pub fn load(meta: &[u8], weights: &[u8], func: Precompiled) -> Result<Library, Status> {
+    /// Reads a library's metadata and weights; `func` is its compiled evaluation
+    /// function, `train` its training step's (when it has one).
+    pub fn load(
+        meta: &[u8],
+        weights: &[u8],
+        func: Precompiled,
+        train: Option<Precompiled>,
+    ) -> Result<Library, Status> {
         let meta: Meta = serde_json::from_slice(meta).map_err(|_| Status::Mismatch)?;
         if meta.version != META_VERSION || meta.kiln != env!("CARGO_PKG_VERSION") {
             return Err(Status::Mismatch);
         }
-        let total: usize = meta
-            .params
+        let shapes: Vec<Vec<usize>> = meta.params.iter().map(|p| p.shape.clone()).collect();
+        let state_shapes = meta.train.as_ref().map_or(&[][..], |t| &t.states);
+        let total: usize = shapes
             .iter()
+            .chain(state_shapes)
             .map(|s| s.iter().product::<usize>())
             .sum();
         if weights.len() != total * 4 {
@@ -356,26 +639,22 @@ impl Library {
         let mut values = weights
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let params = meta
-            .params
-            .iter()
-            .map(|s| {
-                let n = s.iter().product();
-                ArrayD::from_shape_vec(IxDyn(s), values.by_ref().take(n).collect())
-                    .map_err(|_| Status::Mismatch)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let params = read_arrays(&shapes, &mut values)?;
+        let states = read_arrays(state_shapes, &mut values)?;
         let standardizer = meta.standardize.as_ref().map(|s| Standardizer {
             mean: s.iter().map(|(m, _)| floats(m)).collect(),
             std: s.iter().map(|(_, d)| floats(d)).collect(),
-            target: meta.unstandardize.as_ref().map(|(_, m, d)| TargetScale {
-                target: 0,
-                mean: floats(m),
-                std: floats(d),
-            }),
+            target: meta
+                .target_scale
+                .as_ref()
+                .map(|(target, m, d)| TargetScale {
+                    target: *target,
+                    mean: floats(m),
+                    std: floats(d),
+                }),
         });
         let graph = Graph::from(meta.graph.clone());
-        // The code was generated for this plan, on a CPU with these features.
+        // The code was generated for these plans, on a CPU with these features.
         if object::plan_digest(&graph, &meta.roots) != meta.plan {
             return Err(Status::Mismatch);
         }
@@ -383,6 +662,22 @@ impl Library {
         if !meta.cpu.iter().all(|f| here.contains(f)) {
             return Err(Status::Mismatch);
         }
+        let train = match (&meta.train, train) {
+            (Some(t), Some(func)) => {
+                let graph = Graph::from(t.graph.clone());
+                if object::plan_digest(&graph, &t.roots) != t.plan {
+                    return Err(Status::Mismatch);
+                }
+                Some(TrainPart {
+                    meta: t.clone(),
+                    graph,
+                    func,
+                    states,
+                })
+            }
+            (None, None) => None,
+            _ => return Err(Status::Mismatch),
+        };
         Ok(Library {
             meta,
             graph,
@@ -391,6 +686,7 @@ impl Library {
                 states: vec![],
             },
             func,
+            train,
             standardizer,
             pool: Mutex::new(Vec::new()),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -402,6 +698,16 @@ impl Library {
         &self.meta
     }
 
+    /// What a call of the evaluation function needs.
+    fn scratch(&self) -> Scratch {
+        Scratch::new(Jit::precompiled(
+            &self.graph,
+            &self.meta.roots,
+            self.func,
+            self.threads,
+        ))
+    }
+
     /// Runs the model on `batch` samples of `inputs` (one per input, `batch` samples each)
     /// and writes its outputs into `outputs` (one per output, `batch` samples each).
     pub fn predict(
@@ -410,62 +716,175 @@ impl Library {
         inputs: &[Input],
         outputs: &mut [&mut [f32]],
     ) -> Result<(), Status> {
-        let m = &self.meta;
-        if inputs.len() != m.inputs.len() || outputs.len() != m.outputs.len() {
-            return Err(Status::Internal);
-        }
-        let mut arrays = Vec::with_capacity(inputs.len());
-        for (port, input) in m.inputs.iter().zip(inputs) {
-            let mut shape = vec![batch];
-            shape.extend(&port.shape);
-            let values: Vec<f32> = match (input, port.classes) {
-                (Input::F32(v), None) => v.to_vec(),
-                (Input::Class(v), Some(k)) => {
-                    if v.iter().any(|&c| c < 0 || c as u64 >= k) {
-                        return Err(Status::Class);
-                    }
-                    v.iter().map(|&c| c as f32).collect()
-                }
-                _ => return Err(Status::Internal),
-            };
-            arrays
-                .push(ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|_| Status::Internal)?);
-        }
-        if let Some(s) = &self.standardizer {
-            let mut d = Dataset {
-                inputs: arrays,
-                targets: Vec::new(),
-                rows: batch,
-            };
-            s.apply(&mut d);
-            arrays = d.inputs;
-        }
         let taken = self
             .pool
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let mut jit = taken
-            .unwrap_or_else(|| Jit::precompiled(&self.graph, &m.roots, self.func, self.threads));
-        let result = jit.forward(&self.graph, &self.state, &arrays, &[], &m.roots);
+        let mut scratch = taken.unwrap_or_else(|| self.scratch());
+        let result = self.evaluate(&self.state, &mut scratch, batch, inputs, outputs);
         self.pool
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(jit);
-        let mut values = result.map_err(|e| match e {
-            RunError::Input(_) => Status::Class,
-            RunError::Internal(_) => Status::Internal,
-        })?;
-        if let (Some(s), Some((k, _, _))) = (&self.standardizer, &m.unstandardize) {
-            s.unstandardize_target(&mut values[*k]);
+            .push(scratch);
+        result
+    }
+
+    /// [`Library::predict`] with the parameters of `state`.
+    fn evaluate(
+        &self,
+        state: &State,
+        sc: &mut Scratch,
+        batch: usize,
+        inputs: &[Input],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), Status> {
+        let m = &self.meta;
+        if outputs.len() != m.outputs.len() {
+            return Err(Status::Internal);
         }
-        for (out, v) in outputs.iter_mut().zip(&values) {
-            let v = v.as_slice().ok_or(Status::Internal)?;
-            if out.len() != v.len() {
+        fill(&m.inputs, inputs, batch, &mut sc.inputs)?;
+        if let Some(s) = &self.standardizer {
+            let mut d = Dataset {
+                inputs: std::mem::take(&mut sc.inputs),
+                targets: Vec::new(),
+                rows: batch,
+            };
+            s.apply(&mut d);
+            sc.inputs = d.inputs;
+        }
+        sc.jit
+            .forward_into(&self.graph, state, &sc.inputs, &m.roots, outputs)
+            .map_err(run_error)?;
+        if let (Some(s), Some(k)) = (&self.standardizer, m.unstandardize) {
+            s.unstandardize_rows(&mut outputs[k][..], m.outputs[k].size());
+        }
+        Ok(())
+    }
+
+    /// A training context starting from the library's weights and optimizer state;
+    /// [`Status::Mismatch`] when the library has no training step.
+    pub fn trainer(&self) -> Result<Trainer<'_>, Status> {
+        let t = self.train.as_ref().ok_or(Status::Mismatch)?;
+        let state = State {
+            params: self.state.params.clone(),
+            states: t.states.clone(),
+        };
+        Ok(Trainer {
+            lib: self,
+            inner: Mutex::new(Training {
+                before: state.clone(),
+                state,
+                step: t.meta.step,
+                lr: t.meta.lr,
+                train: Scratch::new(Jit::precompiled(
+                    &t.graph,
+                    &t.meta.roots,
+                    t.func,
+                    self.threads,
+                )),
+                eval: self.scratch(),
+            }),
+        })
+    }
+}
+
+/// A training context of a [`Library`]: its own parameters and optimizer state.
+pub struct Trainer<'l> {
+    lib: &'l Library,
+    inner: Mutex<Training>,
+}
+
+/// A training context's state, used by one call at a time.
+struct Training {
+    state: State,
+    /// The state before the last step (undone when its loss is not finite).
+    before: State,
+    step: u64,
+    lr: f64,
+    train: Scratch,
+    eval: Scratch,
+}
+
+impl Trainer<'_> {
+    /// The library the context trains.
+    pub fn library(&self) -> &Library {
+        self.lib
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Training> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One training step on `batch` samples: forward, loss, backward, update, as `kiln
+    /// train`'s step (the inputs and a standardized target standardized first). Returns
+    /// the batch's loss; [`Status::Diverged`] (the step undone) when it is not finite.
+    pub fn step(&self, batch: usize, inputs: &[Input], targets: &[Input]) -> Result<f32, Status> {
+        let lib = self.lib;
+        let t = lib.train.as_ref().ok_or(Status::Internal)?;
+        let mut guard = self.inner();
+        let tr = &mut *guard;
+        let sc = &mut tr.train;
+        fill(&lib.meta.inputs, inputs, batch, &mut sc.inputs)?;
+        fill(&t.meta.targets, targets, batch, &mut sc.targets)?;
+        if let Some(s) = &lib.standardizer {
+            let mut d = Dataset {
+                inputs: std::mem::take(&mut sc.inputs),
+                targets: std::mem::take(&mut sc.targets),
+                rows: batch,
+            };
+            s.apply(&mut d);
+            (sc.inputs, sc.targets) = (d.inputs, d.targets);
+        }
+        tr.before.clone_from(&tr.state);
+        let h = hyper(&t.meta.optimizer, t.meta.clip, tr.lr, tr.step + 1);
+        let r = sc
+            .jit
+            .step(&t.graph, &mut tr.state, &sc.inputs, &sc.targets, &h)
+            .map_err(run_error)?;
+        if !r.objective.is_finite() {
+            tr.state.clone_from(&tr.before);
+            return Err(Status::Diverged);
+        }
+        tr.step += 1;
+        Ok(r.loss as f32)
+    }
+
+    /// Copies each parameter's values into `params` (one per parameter, of its size).
+    pub fn params(&self, params: &mut [&mut [f32]]) -> Result<(), Status> {
+        let tr = self.inner();
+        if params.len() != tr.state.params.len() {
+            return Err(Status::Internal);
+        }
+        for (out, p) in params.iter_mut().zip(&tr.state.params) {
+            let p = p.as_slice().ok_or(Status::Internal)?;
+            if out.len() != p.len() {
                 return Err(Status::Internal);
             }
-            out.copy_from_slice(v);
+            out.copy_from_slice(p);
         }
+        Ok(())
+    }
+
+    /// The model's outputs with the context's parameters, as [`Library::predict`].
+    pub fn predict(
+        &self,
+        batch: usize,
+        inputs: &[Input],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), Status> {
+        let mut guard = self.inner();
+        let tr = &mut *guard;
+        self.lib
+            .evaluate(&tr.state, &mut tr.eval, batch, inputs, outputs)
+    }
+
+    /// Sets the learning rate of the following steps: a finite rate, at least 0.
+    pub fn set_lr(&self, lr: f64) -> Result<(), Status> {
+        if !lr.is_finite() || lr < 0.0 {
+            return Err(Status::Value);
+        }
+        self.inner().lr = lr;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! the runtime sets their hyperparameters for each step.
 
 /// An optimizer with its hyperparameters.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Optimizer {
     /// Stochastic gradient descent (PyTorch's formulation of momentum and nesterov).
     Sgd {
@@ -67,7 +67,7 @@ impl Optimizer {
 }
 
 /// Gradient clipping.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Clip {
     /// Scale all gradients so their global L2 norm is at most this.
     Norm(f64),

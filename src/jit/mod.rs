@@ -330,16 +330,72 @@ impl Jit {
         roots: &[NodeId],
     ) -> Result<Vec<Value>, RunError> {
         let batch = batch_of(inputs);
-        check_shapes(g, inputs, targets, batch)?;
-        let mut arena = std::mem::take(&mut self.arena);
-        let mut bufs = std::mem::take(&mut self.bufs);
-        let result = self.run_with(
+        let mut values = Vec::with_capacity(roots.len());
+        self.call(
             g,
             state,
             (inputs, targets, hyper, roots, batch),
-            &mut arena,
-            &mut bufs.0,
-        );
+            &mut |r, root| {
+                values.push(match root {
+                    Root::InPlace => Value::InPlace,
+                    Root::Values(v) if g.nodes[r].shape.rank() == 0 && v.len() == 1 => {
+                        Value::Scalar(v[0])
+                    }
+                    Root::Values(v) => {
+                        ArrayD::from_shape_vec(IxDyn(&dims(&g.nodes[r].shape, batch)), v.to_vec())
+                            .map(Value::Array)
+                            .map_err(|e| RunError::bug(e.to_string()))?
+                    }
+                });
+                Ok(())
+            },
+        )?;
+        Ok(values)
+    }
+
+    /// Runs `roots` of `g` (a forward graph) and copies the values of the first
+    /// `outputs.len()` roots into `outputs` (each of the root's size); the other roots
+    /// are computed but not read. Allocates nothing once the buffers have grown to the
+    /// batch.
+    pub fn forward_into(
+        &mut self,
+        g: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        roots: &[NodeId],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), RunError> {
+        let batch = batch_of(inputs);
+        let hyper = HashMap::new();
+        let call = (inputs, &[][..], &hyper, roots, batch);
+        self.call(g, Slots::read(state)?, call, &mut |r, root| {
+            let k = roots.iter().position(|&x| x == r).unwrap_or(usize::MAX);
+            match (outputs.get_mut(k), root) {
+                (None, _) => Ok(()),
+                (Some(out), Root::Values(v)) if out.len() == v.len() => {
+                    out.copy_from_slice(v);
+                    Ok(())
+                }
+                _ => Err(RunError::bug(format!(
+                    "output %{r} does not fit its buffer"
+                ))),
+            }
+        })
+    }
+
+    /// Runs a call, handing each root's values to `sink` in order (with the arena and
+    /// pointer buffers taken from `self` for the call and put back after).
+    fn call(
+        &mut self,
+        g: &Graph,
+        state: Slots,
+        call: Call,
+        sink: &mut dyn FnMut(NodeId, Root) -> Result<(), RunError>,
+    ) -> Result<(), RunError> {
+        check_shapes(g, call.0, call.1, call.4)?;
+        let mut arena = std::mem::take(&mut self.arena);
+        let mut bufs = std::mem::take(&mut self.bufs);
+        let result = self.run_with(g, state, call, &mut arena, &mut bufs.0, sink);
         self.arena = arena;
         self.bufs = bufs;
         result
@@ -352,7 +408,8 @@ impl Jit {
         (inputs, targets, hyper, roots, batch): Call,
         arena: &mut Vec<f32>,
         bufs: &mut Vec<*mut f32>,
-    ) -> Result<Vec<Value>, RunError> {
+        sink: &mut dyn FnMut(NodeId, Root) -> Result<(), RunError>,
+    ) -> Result<(), RunError> {
         let threads = self.threads;
         let (entry, layout) = self.entry(g, roots, batch)?;
         let (sizes, offsets, total) = (&layout.sizes, &layout.offsets, layout.total);
@@ -405,36 +462,44 @@ impl Jit {
             return Err(e);
         }
         let kinds = &entry.plan.kinds;
-        entry
-            .roots
-            .iter()
-            .map(|&r| {
-                if entry.inplace.iter().any(|(u, _)| *u == r) {
-                    return Ok(Value::InPlace);
-                }
-                // Follow reshapes to the node that owns the values.
-                let mut src = r;
-                while kinds[src] == Kind::Alias {
-                    src = g.nodes[src].args[0];
-                }
-                if offsets[src] != usize::MAX && g.nodes[r].shape.rank() == 0 {
-                    return Ok(Value::Scalar(arena[offsets[src]]));
-                }
-                let values: Vec<f32> = if offsets[src] != usize::MAX {
-                    arena[offsets[src]..offsets[src] + sizes[src]].to_vec()
+        for &r in &entry.roots {
+            if entry.inplace.iter().any(|(u, _)| *u == r) {
+                sink(r, Root::InPlace)?;
+                continue;
+            }
+            // Follow reshapes to the node that owns the values.
+            let mut src = r;
+            while kinds[src] == Kind::Alias {
+                src = g.nodes[src].args[0];
+            }
+            let values: &[f32] = if offsets[src] != usize::MAX {
+                let n = if g.nodes[r].shape.rank() == 0 {
+                    1
                 } else {
-                    match &g.nodes[src].op {
-                        Op::Input(k) => get(inputs, *k, "input")?.iter().copied().collect(),
-                        Op::Target(k) => get(targets, *k, "target")?.iter().copied().collect(),
-                        op => return Err(RunError::bug(format!("node %{r} ({op}) has no values"))),
-                    }
+                    sizes[src]
                 };
-                ArrayD::from_shape_vec(IxDyn(&dims(&g.nodes[r].shape, batch)), values)
-                    .map(Value::Array)
-                    .map_err(|e| RunError::bug(e.to_string()))
-            })
-            .collect()
+                &arena[offsets[src]..offsets[src] + n]
+            } else {
+                let a = match &g.nodes[src].op {
+                    Op::Input(k) => get(inputs, *k, "input")?,
+                    Op::Target(k) => get(targets, *k, "target")?,
+                    op => return Err(RunError::bug(format!("node %{r} ({op}) has no values"))),
+                };
+                a.as_slice()
+                    .ok_or_else(|| RunError::input("an input is not contiguous"))?
+            };
+            sink(r, Root::Values(values))?;
+        }
+        Ok(())
     }
+}
+
+/// A root's values as a call leaves them.
+enum Root<'a> {
+    /// An update written into its parameter or state.
+    InPlace,
+    /// The values, row-major.
+    Values(&'a [f32]),
 }
 
 /// A root's value after a call.
@@ -554,6 +619,14 @@ fn inplace_updates(g: &Graph, plan: &Plan, roots: &[NodeId]) -> Vec<(NodeId, Slo
         .collect()
 }
 
+/// The roots of a training step's call: the loss, the objective, then every update.
+pub fn step_roots(graph: &Graph) -> Result<SmallVec<[NodeId; 32]>, RunError> {
+    let (loss, objective) = loss_nodes(graph)?;
+    let mut roots: SmallVec<[NodeId; 32]> = SmallVec::from_slice(&[loss, objective]);
+    roots.extend(graph.updates.iter().map(|(_, n)| *n));
+    Ok(roots)
+}
+
 fn get<'a>(xs: &'a [ArrayD<f32>], k: usize, what: &str) -> Result<&'a ArrayD<f32>, RunError> {
     xs.get(k)
         .ok_or_else(|| RunError::input(format!("missing {what} #{k}")))
@@ -623,9 +696,7 @@ impl Backend for Jit {
         targets: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
     ) -> Result<StepResult, RunError> {
-        let (loss, objective) = loss_nodes(graph)?;
-        let mut roots: SmallVec<[NodeId; 32]> = SmallVec::from_slice(&[loss, objective]);
-        roots.extend(graph.updates.iter().map(|(_, n)| *n));
+        let roots = step_roots(graph)?;
         let vals = self.run(graph, Slots::write(state)?, inputs, targets, hyper, &roots)?;
         let result = StepResult {
             loss: vals[0].scalar(),

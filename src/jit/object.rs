@@ -1,58 +1,108 @@
-//! `kiln build`'s object file: a graph's function compiled ahead of time by the same code
-//! generator as the JIT ([`super::emit::define`]), the data the runtime needs beside it,
-//! and the C entry point that hands both to the runtime.
+//! `kiln build`'s object file: a graph's functions compiled ahead of time by the same code
+//! generator as the JIT ([`super::emit::define`]), the data the runtime needs beside them,
+//! and the C entry points that hand both to the runtime.
 //!
-//! Symbols (all local but the entry point):
-//! - `kiln_<name>_step`: the compiled function, `extern "C" fn(*const Ctx)`;
+//! Symbols (all local but the entry points):
+//! - `kiln_<name>_step`, `kiln_<name>_train`: the compiled functions of the evaluation
+//!   graph and of the training step, `extern "C" fn(*const Ctx)`;
 //! - `kiln_<name>_meta`, `kiln_<name>_weights`: the bytes the runtime is given;
-//! - `kiln_<name>_desc`: the [`Descriptor`] pointing at the three;
-//! - `<name>_predict`: `int32_t (int64_t batch, const void *const inputs[], void *const
-//!   outputs[])`, which returns `kiln_rt_predict(&desc, batch, inputs, outputs)`.
+//! - `kiln_<name>_desc`: the [`Descriptor`] pointing at them;
+//! - the C API ([`ENTRIES`]): each `<name>_<entry>(args…)` returns
+//!   `kiln_rt_<entry>(&desc, args…)`.
 
 use super::emit::{self, define};
 use super::plan;
 use crate::exec::Bug;
 use crate::ir::{Graph, NodeId};
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, UserFuncName};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, Type, UserFuncName};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_module::{default_libcall_names, DataDescription, Linkage, Module};
+use cranelift_module::{default_libcall_names, DataDescription, DataId, Linkage, Module};
 use cranelift_object::{ObjectBuilder, ObjectModule};
 
 /// The version of the descriptor's layout, its first word: the runtime refuses another.
-pub const DESCRIPTOR_VERSION: u64 = 1;
+pub const DESCRIPTOR_VERSION: u64 = 2;
 
-/// The descriptor a library's entry point passes to the runtime, as the runtime reads
-/// it: six pointer-sized words.
+/// The descriptor a library's entry points pass to the runtime, as the runtime reads
+/// it: seven pointer-sized words.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct Descriptor {
     /// [`DESCRIPTOR_VERSION`].
     pub version: u64,
-    /// The compiled function.
+    /// The compiled evaluation function.
     pub step: *const u8,
     /// The metadata (JSON) and its length in bytes.
     pub meta: *const u8,
     /// Length of `meta`.
     pub meta_len: u64,
-    /// The weights (little-endian f32, parameters in order) and their length in bytes.
+    /// The weights (little-endian f32: parameters, then optimizer state, in order) and
+    /// their length in bytes.
     pub weights: *const u8,
     /// Length of `weights`.
     pub weights_len: u64,
+    /// The compiled training step, or null for a model without one.
+    pub train: *const u8,
+}
+
+/// A function to compile: the roots of a graph.
+#[derive(Clone, Copy)]
+pub struct Function<'a> {
+    /// The graph.
+    pub graph: &'a Graph,
+    /// The roots its function computes.
+    pub roots: &'a [NodeId],
 }
 
 /// What goes into a model's object file.
 pub struct ObjectSpec<'a> {
     /// The model's name: a C identifier, the prefix of every symbol.
     pub name: &'a str,
-    /// The graph and the roots its function computes.
-    pub graph: &'a Graph,
-    /// The roots.
-    pub roots: &'a [NodeId],
+    /// The evaluation function.
+    pub predict: Function<'a>,
+    /// The training step, when the model has a loss.
+    pub train: Option<Function<'a>>,
     /// The runtime's metadata.
     pub meta: &'a [u8],
     /// The weights.
     pub weights: &'a [u8],
 }
+
+/// An argument or result of an entry point.
+#[derive(Clone, Copy)]
+enum Arg {
+    Ptr,
+    I64,
+    I32,
+    F64,
+}
+
+/// The C API: each entry's name after the model's, its parameters, its result, and
+/// whether it belongs to training. `<name>_<entry>` calls `kiln_rt_<entry>` with the
+/// descriptor first.
+const ENTRIES: &[(&str, &[Arg], Option<Arg>, bool)] = &[
+    (
+        "predict",
+        &[Arg::I64, Arg::Ptr, Arg::Ptr],
+        Some(Arg::I32),
+        false,
+    ),
+    ("train_new", &[], Some(Arg::Ptr), true),
+    (
+        "train_step",
+        &[Arg::Ptr, Arg::I64, Arg::Ptr, Arg::Ptr, Arg::Ptr],
+        Some(Arg::I32),
+        true,
+    ),
+    ("train_params", &[Arg::Ptr, Arg::Ptr], Some(Arg::I32), true),
+    (
+        "predict_ctx",
+        &[Arg::Ptr, Arg::I64, Arg::Ptr, Arg::Ptr],
+        Some(Arg::I32),
+        true,
+    ),
+    ("train_set_lr", &[Arg::Ptr, Arg::F64], Some(Arg::I32), true),
+    ("train_free", &[Arg::Ptr], None, true),
+];
 
 /// The CPU features the code generator uses on this machine (Cranelift's enabled ISA
 /// flags, and whether products use fused multiply-add): code built here runs where all of
@@ -89,14 +139,18 @@ pub fn write(spec: &ObjectSpec) -> Result<Vec<u8>, Bug> {
     let builder =
         ObjectBuilder::new(emit::isa(true)?, name, default_libcall_names()).map_err(err)?;
     let mut module = ObjectModule::new(builder);
-    let plan = plan::plan(spec.graph, spec.roots);
-    let step = define(
-        &mut module,
-        spec.graph,
-        &plan,
-        &format!("kiln_{name}_step"),
-        Linkage::Local,
-    )?;
+    let mut function = |f: Function, what: &str| {
+        let plan = plan::plan(f.graph, f.roots);
+        define(
+            &mut module,
+            f.graph,
+            &plan,
+            &format!("kiln_{name}_{what}"),
+            Linkage::Local,
+        )
+    };
+    let step = function(spec.predict, "step")?;
+    let train = spec.train.map(|f| function(f, "train")).transpose()?;
 
     let mut blob = |what: &str, bytes: &[u8]| {
         let id = module
@@ -116,10 +170,10 @@ pub fn write(spec: &ObjectSpec) -> Result<Vec<u8>, Bug> {
         .map_err(err)?;
     let mut d = DataDescription::new();
     let word = std::mem::size_of::<u64>();
-    let mut bytes = vec![0u8; 6 * word];
+    let mut bytes = vec![0u8; 7 * word];
     bytes[..word].copy_from_slice(&DESCRIPTOR_VERSION.to_ne_bytes());
     bytes[3 * word..4 * word].copy_from_slice(&(spec.meta.len() as u64).to_ne_bytes());
-    bytes[5 * word..].copy_from_slice(&(spec.weights.len() as u64).to_ne_bytes());
+    bytes[5 * word..6 * word].copy_from_slice(&(spec.weights.len() as u64).to_ne_bytes());
     d.define(bytes.into_boxed_slice());
     d.set_align(word as u64);
     let f = module.declare_func_in_data(step, &mut d);
@@ -128,43 +182,69 @@ pub fn write(spec: &ObjectSpec) -> Result<Vec<u8>, Bug> {
     d.write_data_addr(2 * word as u32, m, 0);
     let w = module.declare_data_in_data(weights, &mut d);
     d.write_data_addr(4 * word as u32, w, 0);
+    if let Some(train) = train {
+        let t = module.declare_func_in_data(train, &mut d);
+        d.write_function_addr(6 * word as u32, t);
+    }
     module.define_data(desc, &d).map_err(err)?;
 
-    // The entry point: int32_t <name>_predict(int64_t, const void *const *, void *const *).
+    for &(entry, params, result, training) in ENTRIES {
+        if !training || train.is_some() {
+            trampoline(&mut module, desc, name, entry, params, result)?;
+        }
+    }
+    module.finish().emit().map_err(err)
+}
+
+/// Defines the entry point `<name>_<entry>(params…) -> result`, which returns
+/// `kiln_rt_<entry>(&desc, params…)`.
+fn trampoline(
+    module: &mut ObjectModule,
+    desc: DataId,
+    name: &str,
+    entry: &str,
+    params: &[Arg],
+    result: Option<Arg>,
+) -> Result<(), Bug> {
     let ptr = module.target_config().pointer_type();
+    let ty = |a: Arg| -> Type {
+        match a {
+            Arg::Ptr => ptr,
+            Arg::I64 => types::I64,
+            Arg::I32 => types::I32,
+            Arg::F64 => types::F64,
+        }
+    };
     let mut sig = module.make_signature();
-    sig.params.extend([types::I64, ptr, ptr].map(AbiParam::new));
-    sig.returns.push(AbiParam::new(types::I32));
-    let mut rt_sig = module.make_signature();
-    rt_sig
-        .params
-        .extend([ptr, types::I64, ptr, ptr].map(AbiParam::new));
-    rt_sig.returns.push(AbiParam::new(types::I32));
+    sig.params
+        .extend(params.iter().map(|&a| AbiParam::new(ty(a))));
+    sig.returns.extend(result.map(|a| AbiParam::new(ty(a))));
+    let mut rt_sig = sig.clone();
+    rt_sig.params.insert(0, AbiParam::new(ptr));
     let rt = module
-        .declare_function("kiln_rt_predict", Linkage::Import, &rt_sig)
+        .declare_function(&format!("kiln_rt_{entry}"), Linkage::Import, &rt_sig)
         .map_err(err)?;
-    let entry = module
-        .declare_function(&format!("{name}_predict"), Linkage::Export, &sig)
+    let id = module
+        .declare_function(&format!("{name}_{entry}"), Linkage::Export, &sig)
         .map_err(err)?;
     let mut ctx = module.make_context();
     ctx.func.signature = sig;
-    ctx.func.name = UserFuncName::user(0, entry.as_u32());
+    ctx.func.name = UserFuncName::user(0, id.as_u32());
     let mut fctx = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let block = b.create_block();
         b.append_block_params_for_function_params(block);
         b.switch_to_block(block);
-        let params = b.block_params(block).to_vec();
+        let mut args = b.block_params(block).to_vec();
         let gv = module.declare_data_in_func(desc, b.func);
-        let at = b.ins().symbol_value(ptr, gv);
+        args.insert(0, b.ins().symbol_value(ptr, gv));
         let callee = module.declare_func_in_func(rt, b.func);
-        let call = b.ins().call(callee, &[at, params[0], params[1], params[2]]);
-        let result = b.inst_results(call)[0];
-        b.ins().return_(&[result]);
+        let call = b.ins().call(callee, &args);
+        let results = b.inst_results(call).to_vec();
+        b.ins().return_(&results);
         b.seal_all_blocks();
         b.finalize(module.target_config());
     }
-    module.define_function(entry, &mut ctx).map_err(err)?;
-    module.finish().emit().map_err(err)
+    module.define_function(id, &mut ctx).map_err(err)
 }

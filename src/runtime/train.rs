@@ -290,13 +290,18 @@ impl Run {
     }
 
     /// The learning rate of the current epoch (after the schedule).
-    fn learning_rate(&self) -> f64 {
+    pub fn learning_rate(&self) -> f64 {
         learning_rate(
             &self.cfg.schedule,
             self.cfg.optimizer.lr(),
             self.epoch,
             self.cfg.epochs,
         )
+    }
+
+    /// The parameters and optimizer state.
+    pub fn state(&self) -> &State {
+        &self.state
     }
 
     /// The training graph.
@@ -617,20 +622,32 @@ impl Run {
 
     /// Continues from a checkpoint written by [`Run::save`] for the same model.
     pub fn restore(&mut self, path: &Path) -> Result<(), RuntimeError> {
+        match self.restore_weights(path)? {
+            None => Ok(()),
+            Some(key) => Err(RuntimeError::Checkpoint(format!(
+                "`{}` holds no optimizer state `{key}` for this optimizer: it cannot be resumed with this train block",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Starts from the parameters (and standardization) of a checkpoint or weights file
+    /// of this model; when it also holds this train block's optimizer state, from that
+    /// state and the checkpoint's epoch and step too, as [`Run::restore`]. Otherwise the
+    /// optimizer state stays as it is and the first tensor missing is returned.
+    pub fn restore_weights(&mut self, path: &Path) -> Result<Option<String>, RuntimeError> {
         let c = load_for(&self.program, path)?;
         self.state.params = params_from(&self.program, &c, path, "")?;
-        for (i, s) in self.train_graph.states.iter().enumerate() {
+        self.standardizer = get_standardizer(&c, &self.program);
+        let mut states = Vec::with_capacity(self.state.states.len());
+        for (s, now) in self.train_graph.states.iter().zip(&self.state.states) {
             let key = format!("optimizer.{}", s.name);
             match c.tensors.get(&key) {
-                Some(v) if v.shape() == self.state.states[i].shape() => self.state.states[i] = v.clone(),
-                _ => {
-                    return Err(RuntimeError::Checkpoint(format!(
-                        "`{}` holds no optimizer state `{key}` for this optimizer: it cannot be resumed with this train block",
-                        path.display()
-                    )))
-                }
+                Some(v) if v.shape() == now.shape() => states.push(v.clone()),
+                _ => return Ok(Some(key)),
             }
         }
+        self.state.states = states;
         let num = |k: &str| c.meta.get(k).and_then(|v| v.parse::<u64>().ok());
         self.epoch = num("epoch").unwrap_or(0);
         self.step = num("step").unwrap_or(0);
@@ -640,8 +657,7 @@ impl Run {
         if self.early.best.is_some() {
             self.early.best_params = params_from(&self.program, &c, path, "best.").ok();
         }
-        self.standardizer = get_standardizer(&c, &self.program);
-        Ok(())
+        Ok(None)
     }
 }
 

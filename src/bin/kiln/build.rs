@@ -1,11 +1,12 @@
-//! `kiln build`: a model's evaluation graph, weights and kernels as a static library with
-//! a C API (docs/BUILD.md).
+//! `kiln build`: a model's evaluation graph and training step, weights and kernels as a
+//! static library with a C API (docs/BUILD.md).
 
 use crate::run::{fail, load, ModelFile};
 use crate::EXIT_IO;
 use clap::Args;
-use kiln::export::native::{self, BuildError};
+use kiln::export::native::{self, BuildError, TrainStart};
 use kiln::runtime::error::RuntimeError;
+use kiln::runtime::train::Run;
 use kiln::runtime::weights;
 use std::path::{Path, PathBuf};
 
@@ -50,11 +51,31 @@ pub fn build(a: BuildArgs) -> anyhow::Result<u8> {
     };
     let p = &loaded.program;
     let color = crate::color(a.m.lints.color);
-    let (state, st) = match weights::load_weights(p, &a.weights) {
-        Ok(w) => w,
-        Err(e) => return Ok(fail(&e, &loaded.sources, color)),
+    // A model with a loss gets its training step, starting where the checkpoint left off
+    // when it holds this train block's optimizer state.
+    let run = if p.forward.loss.is_some() {
+        let mut run = Run::new(p, &loaded.cfg);
+        if let Err(e) = run.restore_weights(&a.weights) {
+            return Ok(fail(&e, &loaded.sources, color));
+        }
+        Some(run)
+    } else {
+        None
     };
-    let built = match native::build(p, &state.params, st.as_ref()) {
+    let (state, st) = match &run {
+        Some(r) => (r.state().clone(), r.standardizer().cloned()),
+        None => match weights::load_weights(p, &a.weights) {
+            Ok(w) => w,
+            Err(e) => return Ok(fail(&e, &loaded.sources, color)),
+        },
+    };
+    let start = run.as_ref().map(|r| TrainStart {
+        graph: r.graph(),
+        cfg: r.config(),
+        lr: r.learning_rate(),
+        step: r.progress().1,
+    });
+    let built = match native::build(p, &state, st.as_ref(), start.as_ref()) {
         Ok(b) => b,
         Err(BuildError::Name(m)) => {
             eprintln!("error: {m}");

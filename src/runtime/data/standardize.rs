@@ -93,15 +93,26 @@ pub fn scale_of(std: f32) -> f64 {
     }
 }
 
+/// The values of `array`, row-major (made so first if they are not).
+fn contiguous(array: &mut ArrayD<f32>) -> &mut [f32] {
+    if array.as_slice().is_none() {
+        *array = array.as_standard_layout().into_owned();
+    }
+    array
+        .as_slice_mut()
+        .expect("an array in standard layout is contiguous")
+}
+
 /// `x = (x − mean) / std` per sample element, unless the sizes do not match.
 fn standardize(array: &mut ArrayD<f32>, mean: &[f32], std: &[f32]) {
     let m = sample_elements(array);
     if m == 0 || mean.len() != m || std.len() != m {
         return;
     }
-    for (k, x) in array.iter_mut().enumerate() {
-        let j = k % m;
-        *x = ((f64::from(*x) - f64::from(mean[j])) / scale_of(std[j])) as f32;
+    for row in contiguous(array).chunks_exact_mut(m) {
+        for ((x, &mu), &sd) in row.iter_mut().zip(mean).zip(std) {
+            *x = ((f64::from(*x) - f64::from(mu)) / scale_of(sd)) as f32;
+        }
     }
 }
 
@@ -161,14 +172,20 @@ impl Standardizer {
     /// in `f64`. Values are left alone without a standardized target, or when their
     /// size does not match it.
     pub fn unstandardize_target(&self, values: &mut ArrayD<f32>) {
-        let Some(t) = &self.target else { return };
         let m = sample_elements(values);
+        self.unstandardize_rows(contiguous(values), m);
+    }
+
+    /// [`Standardizer::unstandardize_target`] on rows of `m` values each.
+    pub fn unstandardize_rows(&self, values: &mut [f32], m: usize) {
+        let Some(t) = &self.target else { return };
         if m == 0 || t.mean.len() != m || t.std.len() != m {
             return;
         }
-        for (k, y) in values.iter_mut().enumerate() {
-            let j = k % m;
-            *y = (f64::from(*y) * scale_of(t.std[j]) + f64::from(t.mean[j])) as f32;
+        for row in values.chunks_exact_mut(m) {
+            for ((y, &mu), &sd) in row.iter_mut().zip(&t.mean).zip(&t.std) {
+                *y = (f64::from(*y) * scale_of(sd) + f64::from(mu)) as f32;
+            }
         }
     }
 }
