@@ -136,7 +136,7 @@ const STEP: f64 = 3.0;
 
 /// The run-time hyperparameters a forward graph reads: only the step (for noise).
 fn step_hyper() -> HashMap<Hyper, f64> {
-    HashMap::from([(Hyper::Step, STEP)])
+    HashMap::from([(Hyper::Step, STEP), (Hyper::RowOffset, 0.0)])
 }
 
 /// A graph with its objective set, and the values it runs on.

@@ -119,7 +119,7 @@ impl Net {
     /// The outputs of the training-mode forward graph with noise from `seed` at `step`.
     fn train(&self, seed: u64, step: u64, inputs: &[ArrayD<f64>]) -> Vec<ArrayD<f64>> {
         let g = self.p.train_forward(seed);
-        let hyper = HashMap::from([(Hyper::Step, step as f64)]);
+        let hyper = HashMap::from([(Hyper::Step, step as f64), (Hyper::RowOffset, 0.0)]);
         outputs(&g, &self.params, inputs, &hyper)
     }
 }
@@ -874,7 +874,7 @@ fn dropout_identity_in_evaluation_inverted_mask_in_training() {
     // The training graph of the run draws the same mask as the training forward graph
     // with the train block's seed.
     let tg = net.p.training_graph(&net.cfg);
-    let hyper = HashMap::from([(Hyper::Step, 1.0)]);
+    let hyper = HashMap::from([(Hyper::Step, 1.0), (Hyper::RowOffset, 0.0)]);
     let from_tg = &outputs(&tg, &net.params, inputs, &hyper)[0];
     assert_eq!(*from_tg, net.train(net.cfg.seed, 1, inputs)[0]);
 }

@@ -15,6 +15,12 @@ use crate::ops::Elem;
 /// Adds the gradient of `g.objective` with respect to every trainable parameter to
 /// `g.grads`. Frozen parameters, inputs and targets get no gradient.
 pub fn differentiate(g: &mut Graph) {
+    differentiate_scaled(g, None);
+}
+
+/// [`differentiate`], the gradients multiplied by the run-time hyperparameter `scale`
+/// when given (the objective's own gradient is `scale` instead of 1).
+fn differentiate_scaled(g: &mut Graph, scale: Option<Hyper>) {
     let Some(objective) = g.objective else { return };
     // Which nodes depend on a trainable parameter.
     let mut requires = vec![false; g.nodes.len()];
@@ -27,7 +33,10 @@ pub fn differentiate(g: &mut Graph) {
     let mut grads: Vec<Option<NodeId>> = vec![None; g.nodes.len()];
     let mut b = Builder::new(g);
     b.name = "backward".into();
-    grads[objective] = Some(b.constant(1.0));
+    grads[objective] = Some(match scale {
+        Some(h) => b.hyper(h),
+        None => b.constant(1.0),
+    });
     for n in (0..=objective).rev() {
         let Some(gn) = grads[n] else { continue };
         if !requires[n] {
@@ -250,6 +259,46 @@ pub fn optimizer_update(g: &mut Graph, opt: &Optimizer) {
         updates.push((Slot::Param(p), w2));
         g.updates.extend(updates);
     }
+}
+
+/// A forward graph with its backward pass: the objective's gradient with respect to
+/// every trainable parameter (`g.grads`, not clipped) times the shard's share of the
+/// batch ([`Hyper::ShardWeight`]), and no update. What one shard of a split training step
+/// computes (docs/SCALING.md).
+pub fn gradient_graph(forward: &Graph) -> Graph {
+    let mut g = forward.clone();
+    differentiate_scaled(&mut g, Some(Hyper::ShardWeight));
+    g
+}
+
+/// The rest of a split training step: clipping and the optimizer update of `grads`'s
+/// parameters (those of `params`), whose gradients are this graph's inputs, in order. Its
+/// optimizer state is the training graph's, in the same order.
+pub fn update_graph(
+    params: &[crate::ir::Param],
+    grads: &[(usize, NodeId)],
+    opt: &Optimizer,
+    clip_by: Option<Clip>,
+) -> Graph {
+    let mut g = Graph::default();
+    g.params = params.to_vec();
+    for &(p, _) in grads {
+        let t = &g.params[p].tensor;
+        let (name, shape) = (format!("∇{}", t.name), t.shape.clone());
+        let k = g.inputs.len();
+        g.inputs.push(Tensor {
+            name,
+            shape: shape.clone(),
+            dtype: DType::F32,
+        });
+        let node = Builder::new(&mut g).push(Op::Input(k), vec![], shape);
+        g.grads.push((p, node));
+    }
+    if let Some(c) = clip_by {
+        clip(&mut g, c);
+    }
+    optimizer_update(&mut g, opt);
+    g
 }
 
 /// The training graph of a forward graph: backward, clipping, optimizer update.

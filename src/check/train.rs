@@ -176,6 +176,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Standardize inputs with the training set's statistics.
     pub standardize: bool,
+    /// The shards each training step is split into (a power of two), or None for the
+    /// automatic choice (docs/SCALING.md).
+    pub shards: Option<u64>,
 }
 
 impl TrainConfig {
@@ -203,6 +206,7 @@ impl TrainConfig {
             metrics: vec![],
             seed: 0,
             standardize: false,
+            shards: None,
         }
     }
 }

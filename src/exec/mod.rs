@@ -124,7 +124,9 @@ pub trait Backend {
         inputs: &[ArrayD<f32>],
         targets: &[ArrayD<f32>],
         roots: &[NodeId],
-    ) -> Result<Vec<ArrayD<f32>>, RunError>;
+    ) -> Result<Vec<ArrayD<f32>>, RunError> {
+        self.evaluate(graph, state, inputs, targets, &HashMap::new(), roots)
+    }
 
     /// One training step of `graph` (a training graph): forward, backward, update of
     /// `state` in place.
@@ -146,6 +148,35 @@ pub trait Backend {
         targets: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
     ) -> Result<LossAndGrads, RunError>;
+
+    /// The values of `roots` of any graph for one batch, with hyperparameters `hyper`,
+    /// updating nothing.
+    fn evaluate(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+        roots: &[NodeId],
+    ) -> Result<Vec<ArrayD<f32>>, RunError>;
+
+    /// Computes `graph`'s updates (a graph without a loss, such as
+    /// `autodiff::update_graph`) from `inputs` and writes them into `state`.
+    fn update(
+        &mut self,
+        graph: &Graph,
+        state: &mut State,
+        inputs: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<(), RunError>;
+
+    /// The threads its kernels may use.
+    fn threads(&self) -> usize;
+
+    /// A new back end of the same kind whose kernels use `threads` threads (for one of
+    /// several calls running at once).
+    fn fork(&self, threads: usize) -> Box<dyn Backend + Send>;
 }
 
 /// The batch size of a call: the first dimension of the first input.

@@ -39,18 +39,6 @@ fn take(vals: &mut [Option<ArrayD<f32>>], n: NodeId) -> Result<ArrayD<f32>, RunE
 }
 
 impl Backend for Interpreter {
-    fn forward(
-        &mut self,
-        graph: &Graph,
-        state: &State,
-        inputs: &[ArrayD<f32>],
-        targets: &[ArrayD<f32>],
-        roots: &[NodeId],
-    ) -> Result<Vec<ArrayD<f32>>, RunError> {
-        let mut vals = run(graph, state, inputs, targets, &HashMap::new(), roots)?;
-        roots.iter().map(|&r| take(&mut vals, r)).collect()
-    }
-
     fn step(
         &mut self,
         graph: &Graph,
@@ -89,5 +77,41 @@ impl Backend for Interpreter {
             .map(|(p, n)| Ok((*p, take(&mut vals, *n)?)))
             .collect::<Result<_, RunError>>()?;
         Ok((l, grads))
+    }
+
+    fn evaluate(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+        roots: &[NodeId],
+    ) -> Result<Vec<ArrayD<f32>>, RunError> {
+        let mut vals = run(graph, state, inputs, targets, hyper, roots)?;
+        roots.iter().map(|&r| take(&mut vals, r)).collect()
+    }
+
+    fn update(
+        &mut self,
+        graph: &Graph,
+        state: &mut State,
+        inputs: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<(), RunError> {
+        let roots: Vec<NodeId> = graph.updates.iter().map(|(_, n)| *n).collect();
+        let mut vals = run(graph, state, inputs, &[], hyper, &roots)?;
+        for (slot, n) in &graph.updates {
+            write_back(state, *slot, take(&mut vals, *n)?);
+        }
+        Ok(())
+    }
+
+    fn threads(&self) -> usize {
+        1
+    }
+
+    fn fork(&self, _threads: usize) -> Box<dyn Backend + Send> {
+        Box::new(Interpreter)
     }
 }

@@ -377,7 +377,8 @@ pub fn gather_grad<T: Real>(
 const NOISE_BLOCK: usize = 512;
 
 /// Calls `f(i, value)` for each of the `len` values of a noise node at training step
-/// `step`: draw `i` of the run's stream for this step and node is a uniform `u` in
+/// `step`, starting at value `offset` of the node's stream (a shard's first row's first
+/// value): draw `offset + i` of the run's stream for this step and node is a uniform `u` in
 /// `[0, 1)` from the high 24 bits of a u32 (exactly `rand`'s `Standard` f32, a step of
 /// 2⁻²⁴ between values), then the distribution. The u32s come a block at a time (the
 /// same sequence as one by one); half the generator's work of 64-bit draws.
@@ -386,6 +387,7 @@ pub fn noise_each(
     seed: u64,
     salt: u64,
     step: f64,
+    offset: u64,
     len: usize,
     mut f: impl FnMut(usize, f64),
 ) {
@@ -395,6 +397,8 @@ pub fn noise_each(
         Purpose::Noise,
         step.wrapping_mul(MAX_NOISE_NODES) + salt % MAX_NOISE_NODES,
     );
+    // One 32-bit word of the stream per value.
+    rng.set_word_pos(u128::from(offset));
     let mut bits = [0u32; NOISE_BLOCK];
     for start in (0..len).step_by(NOISE_BLOCK) {
         let block = &mut bits[..NOISE_BLOCK.min(len - start)];
@@ -418,25 +422,44 @@ pub fn noise_each(
     }
 }
 
-/// The values of a noise node at training step `step` (see [`noise_each`]).
-pub fn noise_values(dist: Noise, seed: u64, salt: u64, step: f64, len: usize) -> Vec<f64> {
+/// The values of a noise node at training step `step` from value `offset` of its stream
+/// (see [`noise_each`]).
+pub fn noise_values(
+    dist: Noise,
+    seed: u64,
+    salt: u64,
+    step: f64,
+    offset: u64,
+    len: usize,
+) -> Vec<f64> {
     let mut v = vec![0.0; len];
-    noise_each(dist, seed, salt, step, len, |i, x| v[i] = x);
+    noise_each(dist, seed, salt, step, offset, len, |i, x| v[i] = x);
     v
 }
 
-/// A noise node's value.
+/// Where a noise node's values start in its stream: `rows` (its first dimension) rows
+/// from `row_offset` on, for a node with a row offset, else 0.
+pub fn noise_offset(row_offset: Option<f64>, len: usize, rows: usize) -> u64 {
+    match row_offset {
+        Some(r) if rows > 0 => r.max(0.0) as u64 * (len / rows) as u64,
+        _ => 0,
+    }
+}
+
+/// A noise node's value: `args` are the step and, for per-row noise, the row offset.
 pub fn noise<T: Real>(
     dist: Noise,
     seed: u64,
     salt: u64,
-    step: &ArrayD<T>,
+    args: &[&ArrayD<T>],
     out: &[usize],
 ) -> Result<ArrayD<T>, RunError> {
-    let step = step.iter().next().map_or(0.0, |v| v.f());
+    let scalar = |k: usize| args.get(k).and_then(|a| a.iter().next()).map(|v| v.f());
+    let len = out.iter().product();
+    let offset = noise_offset(scalar(1), len, out.first().copied().unwrap_or(0));
     array(
         out,
-        noise_values(dist, seed, salt, step, out.iter().product()),
+        noise_values(dist, seed, salt, scalar(0).unwrap_or(0.0), offset, len),
     )
 }
 
@@ -544,7 +567,7 @@ mod tests {
     fn noise_draws_are_rands_standard_f32_in_order() {
         for (len, salt) in [(0, 0), (1, 1), (511, 2), (512, 3), (1500, 70000)] {
             let dist = Noise::Uniform(-1.0, 3.0);
-            let got = noise_values(dist, 9, salt, 4.0, len);
+            let got = noise_values(dist, 9, salt, 4.0, 0, len);
             let mut rng = stream(
                 9,
                 Purpose::Noise,
@@ -555,5 +578,19 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "len {len}");
         }
+    }
+
+    /// Values from an offset are the stream's values there: a shard's rows get the noise
+    /// the whole batch would give them.
+    #[test]
+    fn noise_from_an_offset_continues_the_stream() {
+        let dist = Noise::Dropout(0.5);
+        let whole = noise_values(dist, 9, 1, 4.0, 0, 1500);
+        for offset in [1, 511, 512, 700] {
+            let tail = noise_values(dist, 9, 1, 4.0, offset, 1500 - offset as usize);
+            assert_eq!(tail, whole[offset as usize..], "offset {offset}");
+        }
+        assert_eq!(noise_offset(Some(3.0), 40, 8), 15);
+        assert_eq!(noise_offset(None, 40, 8), 0);
     }
 }

@@ -323,7 +323,7 @@ pub fn eval<T: Real>(
         Op::BatchNormGrad { eps } => {
             layers::batchnorm_grad([a[0], a[1], a[2], a[3], a[4]], *eps, out)?
         }
-        Op::Noise { dist, seed, salt } => layers::noise(*dist, *seed, *salt, a[0], out)?,
+        Op::Noise { dist, seed, salt } => layers::noise(*dist, *seed, *salt, a, out)?,
         Op::Recurrence(r) => recurrent::recurrence(a[0], a[1], a[2], out, r)?,
         Op::RecurrenceGrad(r) => recurrent::recurrence_grad(a[0], a[1], a[2], out, r)?,
     })

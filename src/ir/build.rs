@@ -286,7 +286,12 @@ impl<'g> Builder<'g> {
             .count() as u64;
         let step = self.hyper(Hyper::Step);
         let s = self.shape(like).clone();
-        self.push(Op::Noise { dist, seed, salt }, vec![step], s)
+        // Per-row noise starts at the row's place in the batch's stream.
+        let mut args = vec![step];
+        if s.0.first() == Some(&Dim::Batch) {
+            args.push(self.hyper(Hyper::RowOffset));
+        }
+        self.push(Op::Noise { dist, seed, salt }, args, s)
     }
 
     /// A loss: a scalar.

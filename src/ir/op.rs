@@ -70,6 +70,13 @@ pub enum Hyper {
     Clip,
     /// The number of this training step (from 1): seeds dropout and rrelu noise.
     Step,
+    /// The batch's first row in this call: 0, or a shard's offset in its batch when a
+    /// step is split into shards (docs/SCALING.md). Noise for a row is drawn at the
+    /// row's place in the batch's stream, so it does not depend on which shard computes
+    /// it.
+    RowOffset,
+    /// A shard's share of its batch's rows: its gradient's weight in the batch's.
+    ShardWeight,
 }
 
 /// The geometry of a convolution over 1 or 2 spatial axes (one entry per axis).

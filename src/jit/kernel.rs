@@ -9,7 +9,7 @@ use super::movement;
 use super::plan::{leading_sum, GEMV_ROWS, TINY_MACS};
 use super::pool;
 use crate::exec::RunError;
-use crate::interp::layers::channels;
+use crate::interp::layers::{channels, noise_offset};
 use crate::interp::{self, loss, Env};
 use crate::ir::{Graph, Op, Reduce};
 use ndarray::{ArrayD, IxDyn};
@@ -98,7 +98,12 @@ fn layer_kernel(
         Op::BatchNormGrad { eps } => {
             layers::batchnorm_grad(channels(d[0]), [a[0], a[1], a[2], a[3], a[4]], *eps, out)
         }
-        Op::Noise { dist, seed, salt } => layers::noise(*dist, *seed, *salt, a[0][0], out),
+        Op::Noise { dist, seed, salt } => {
+            let rows = od.first().copied().unwrap_or(0);
+            let row = a.get(1).map(|r| f64::from(r[0]));
+            let offset = noise_offset(row, out.len(), rows);
+            layers::noise(*dist, *seed, *salt, a[0][0], offset, out)
+        }
         Op::Recurrence(r) => super::recurrent::forward(r, d[0], a[0], a[1], a[2], out),
         Op::RecurrenceGrad(r) => super::recurrent::backward(r, od, a[0], a[1], a[2], out),
         Op::Slice { axis, start, len } => movement::slice(d[0], *axis, *start, *len, a[0], out),

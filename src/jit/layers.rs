@@ -183,8 +183,14 @@ pub fn gather(
 }
 
 /// A noise node's values: the interpreter's draws, rounded to f32.
-pub fn noise(dist: Noise, seed: u64, salt: u64, step: f32, out: &mut [f32]) {
-    noise_each(dist, seed, salt, f64::from(step), out.len(), |i, x| {
-        out[i] = x as f32
-    });
+pub fn noise(dist: Noise, seed: u64, salt: u64, step: f32, offset: u64, out: &mut [f32]) {
+    noise_each(
+        dist,
+        seed,
+        salt,
+        f64::from(step),
+        offset,
+        out.len(),
+        |i, x| out[i] = x as f32,
+    );
 }

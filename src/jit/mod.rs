@@ -668,26 +668,31 @@ fn check_shapes(
     Ok(())
 }
 
-impl Backend for Jit {
-    fn forward(
+impl Jit {
+    /// Runs `roots` of `graph`, whose last `graph.updates.len()` are its updates, and
+    /// writes the updates into `state` (copying those not written in place); returns the
+    /// other roots' values.
+    fn apply(
         &mut self,
         graph: &Graph,
-        state: &State,
+        state: &mut State,
         inputs: &[ArrayD<f32>],
         targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
         roots: &[NodeId],
-    ) -> Result<Vec<ArrayD<f32>>, RunError> {
-        let vals = self.run(
-            graph,
-            Slots::read(state)?,
-            inputs,
-            targets,
-            &HashMap::new(),
-            roots,
-        )?;
-        vals.into_iter().map(Value::into_array).collect()
+    ) -> Result<Vec<Value>, RunError> {
+        let mut vals = self.run(graph, Slots::write(state)?, inputs, targets, hyper, roots)?;
+        let updates = vals.split_off(roots.len() - graph.updates.len());
+        for ((slot, _), v) in graph.updates.iter().zip(updates) {
+            if let Value::Array(v) = v {
+                write_back(state, *slot, v);
+            }
+        }
+        Ok(vals)
     }
+}
 
+impl Backend for Jit {
     fn step(
         &mut self,
         graph: &Graph,
@@ -697,18 +702,11 @@ impl Backend for Jit {
         hyper: &HashMap<Hyper, f64>,
     ) -> Result<StepResult, RunError> {
         let roots = step_roots(graph)?;
-        let vals = self.run(graph, Slots::write(state)?, inputs, targets, hyper, &roots)?;
-        let result = StepResult {
+        let vals = self.apply(graph, state, inputs, targets, hyper, &roots)?;
+        Ok(StepResult {
             loss: vals[0].scalar(),
             objective: vals[1].scalar(),
-        };
-        // Updates not written in place are copied back.
-        for ((slot, _), v) in graph.updates.iter().zip(vals.into_iter().skip(2)) {
-            if let Value::Array(v) = v {
-                write_back(state, *slot, v);
-            }
-        }
-        Ok(result)
+        })
     }
 
     fn gradients(
@@ -734,5 +732,38 @@ impl Backend for Jit {
                 .zip(vals[1..].iter().cloned())
                 .collect(),
         ))
+    }
+
+    fn evaluate(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+        roots: &[NodeId],
+    ) -> Result<Vec<ArrayD<f32>>, RunError> {
+        let vals = self.run(graph, Slots::read(state)?, inputs, targets, hyper, roots)?;
+        vals.into_iter().map(Value::into_array).collect()
+    }
+
+    fn update(
+        &mut self,
+        graph: &Graph,
+        state: &mut State,
+        inputs: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<(), RunError> {
+        let roots: SmallVec<[NodeId; 32]> = graph.updates.iter().map(|(_, n)| *n).collect();
+        self.apply(graph, state, inputs, &[], hyper, &roots)?;
+        Ok(())
+    }
+
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn fork(&self, threads: usize) -> Box<dyn Backend + Send> {
+        Box::new(Jit::with_threads(threads))
     }
 }

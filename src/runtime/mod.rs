@@ -13,6 +13,7 @@ pub mod plot;
 pub mod program;
 pub mod sanity;
 pub mod schedule;
+pub mod shard;
 pub mod trace;
 pub mod train;
 pub mod verdict;

@@ -68,6 +68,7 @@ pub fn hyper(opt: &Optimizer, clip: Option<Clip>, lr: f64, step: u64) -> HashMap
         h.insert(Hyper::Clip, c);
     }
     h.insert(Hyper::Step, step as f64);
+    h.insert(Hyper::RowOffset, 0.0);
     h
 }
 

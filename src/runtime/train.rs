@@ -11,6 +11,7 @@ use super::init::init_params;
 use super::program::{data_spec, Program};
 use super::sanity::{self, DataWarning};
 use super::schedule::{hyper, learning_rate};
+use super::shard::{shards_for, Sharded};
 use super::trace;
 use super::verdict;
 use super::weights::{get_standardizer, load_for, params_from};
@@ -149,6 +150,8 @@ pub struct Run {
     prev: Option<State>,
     /// Where the run's checkpoint is written (named when a step diverges).
     checkpoint: Option<PathBuf>,
+    /// The step split into shards, when it is (docs/SCALING.md).
+    sharded: Option<Sharded>,
 }
 
 impl Run {
@@ -170,7 +173,7 @@ impl Run {
             .iter()
             .map(|t| ArrayD::zeros(IxDyn(&crate::interp::dims(&t.shape, 1))))
             .collect();
-        Run {
+        let mut run = Run {
             program,
             train_graph,
             cfg: cfg.clone(),
@@ -184,7 +187,30 @@ impl Run {
             warned: Vec::new(),
             prev: None,
             checkpoint: None,
+            sharded: None,
+        };
+        run.reshard();
+        run
+    }
+
+    /// Splits the step into the shards the configuration asks for (or none).
+    fn reshard(&mut self) {
+        let shards = shards_for(self.cfg.shards);
+        if self.sharded.as_ref().map_or(1, Sharded::shards) == shards {
+            return;
         }
+        self.sharded = Sharded::new(
+            &self.program.train_forward(self.cfg.seed),
+            &self.train_graph,
+            &self.cfg.optimizer,
+            self.cfg.clip,
+            shards,
+        );
+    }
+
+    /// The number of shards each step is split into (1: not split).
+    pub fn shards(&self) -> usize {
+        self.sharded.as_ref().map_or(1, Sharded::shards)
     }
 
     /// The program being trained.
@@ -243,8 +269,8 @@ impl Run {
         Err(self.diverged(inputs, targets, r.objective))
     }
 
-    /// A step without any check.
-    fn raw_step(
+    /// A step without any check (a loss that is not finite is returned, not undone).
+    pub fn raw_step(
         &mut self,
         backend: &mut dyn Backend,
         inputs: &[ArrayD<f32>],
@@ -253,7 +279,10 @@ impl Run {
         let lr = self.learning_rate();
         self.step += 1;
         let h = hyper(&self.cfg.optimizer, self.cfg.clip, lr, self.step);
-        Ok(backend.step(&self.train_graph, &mut self.state, inputs, targets, &h)?)
+        Ok(match &mut self.sharded {
+            Some(s) => s.step(backend, &mut self.state, inputs, targets, &h)?,
+            None => backend.step(&self.train_graph, &mut self.state, inputs, targets, &h)?,
+        })
     }
 
     /// Copies the state into the snapshot (reusing its allocation).
@@ -297,11 +326,6 @@ impl Run {
             self.epoch,
             self.cfg.epochs,
         )
-    }
-
-    /// The parameters and optimizer state.
-    pub fn state(&self) -> &State {
-        &self.state
     }
 
     /// The training graph.

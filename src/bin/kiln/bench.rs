@@ -11,7 +11,6 @@ use kiln::check::LintLevels;
 use kiln::interp::dims;
 use kiln::ir::DType;
 use kiln::runtime::program::{self, Program};
-use kiln::runtime::schedule;
 use kiln::runtime::train::Run;
 use kiln::span::Sources;
 use ndarray::{ArrayD, IxDyn};
@@ -31,6 +30,10 @@ pub struct BenchArgs {
     /// Seconds each of the 3 timed repetitions runs at least.
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true, value_parser = positive)]
     pub seconds: f64,
+    /// Shards each training step is split into (a power of two; default as `kiln
+    /// train`'s).
+    #[arg(long, value_parser = crate::run::shards)]
+    pub shards: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -43,6 +46,7 @@ struct Figures {
     backend: String,
     threads: usize,
     batch: usize,
+    shards: usize,
     compile_ms: f64,
     train_steps_per_s: f64,
     train_samples_per_s: f64,
@@ -151,6 +155,9 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         );
         return Ok(EXIT_IO);
     }
+    let mut cfg = cfg;
+    cfg.batch = batch as u64;
+    cfg.shards = a.shards.or(cfg.shards);
     let mut run = Run::new(&p, &cfg);
     let mut be = a.m.backend();
     // Synthetic data is made outside the timed compile.
@@ -162,10 +169,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     let trains = p.forward.loss.is_some();
     let fail = |e: kiln::exec::RunError| e.to_string();
     // Source to the end of the first step: check, lower, differentiate, compile, run.
-    let graph = run.graph().clone();
-    let h = schedule::hyper(&cfg.optimizer, cfg.clip, cfg.optimizer.lr(), 1);
     if trains {
-        be.step(&graph, &mut run.state, &data[0].0, &data[0].1, &h)
+        run.raw_step(&mut *be, &data[0].0, &data[0].1)
             .map_err(anyhow::Error::msg)?;
     } else {
         let roots: Vec<_> = p.forward.outputs.iter().map(|(_, n)| *n).collect();
@@ -174,10 +179,11 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     }
     let compile_ms = (front_end + t_first.elapsed()).as_secs_f64() * 1e3;
     let train_steps = if trains {
-        let state = &mut run.state;
         rate(a.seconds, |i| {
             let (x, y) = &data[i % data.len()];
-            be.step(&graph, state, x, y, &h).map(|_| ()).map_err(fail)
+            run.raw_step(&mut *be, x, y)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })
         .map_err(anyhow::Error::msg)?
     } else {
@@ -200,6 +206,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         backend: format!("{:?}", a.m.backend).to_lowercase(),
         threads: a.m.thread_count(),
         batch,
+        shards: run.shards(),
         compile_ms,
         train_steps_per_s: train_steps,
         train_samples_per_s: train_steps * batch as f64,
@@ -210,11 +217,13 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         outln!("{}", serde_json::to_string(&f)?);
     } else {
         outln!(
-            "model {} on {} (batch {batch}, {} thread{})",
+            "model {} on {} (batch {batch}, {} thread{}, {} shard{})",
             f.model,
             f.backend,
             f.threads,
-            if f.threads == 1 { "" } else { "s" }
+            if f.threads == 1 { "" } else { "s" },
+            f.shards,
+            if f.shards == 1 { "" } else { "s" }
         );
         outln!("compile (source to first step): {:.1} ms", f.compile_ms);
         if trains {

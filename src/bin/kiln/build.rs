@@ -63,7 +63,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<u8> {
         None
     };
     let (state, st) = match &run {
-        Some(r) => (r.state().clone(), r.standardizer().cloned()),
+        Some(r) => (r.state.clone(), r.standardizer().cloned()),
         None => match weights::load_weights(p, &a.weights) {
             Ok(w) => w,
             Err(e) => return Ok(fail(&e, &loaded.sources, color)),

@@ -91,6 +91,11 @@ pub struct TrainArgs {
     /// Standardize inputs with the training set's mean and standard deviation.
     #[arg(long)]
     pub standardize: bool,
+    /// Shards each training step is split into, computed in parallel by the threads (a
+    /// power of two; default 1). The weights depend on it, never on the threads
+    /// (docs/SCALING.md).
+    #[arg(long, value_parser = shards)]
+    pub shards: Option<u64>,
     /// Checkpoint written after every epoch (default: MODEL.safetensors).
     #[arg(long)]
     pub save: Option<PathBuf>,
@@ -388,6 +393,16 @@ pub fn count() -> clap::builder::RangedI64ValueParser<u64> {
     clap::builder::RangedI64ValueParser::<u64>::new().range(1..=MAX_DIM as i64)
 }
 
+/// A clap value parser for a shard count: a power of two from 1 to 1024.
+pub fn shards(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_power_of_two() && v <= 1024 {
+        Ok(v)
+    } else {
+        Err("must be a power of two from 1 to 1024".into())
+    }
+}
+
 /// A clap value parser for a learning rate or a duration: a positive finite number.
 pub fn positive(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
@@ -413,6 +428,9 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
     }
     if a.standardize {
         cfg.standardize = true;
+    }
+    if a.shards.is_some() {
+        cfg.shards = a.shards;
     }
 }
 

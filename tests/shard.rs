@@ -1,0 +1,135 @@
+//! Training steps split into shards (docs/SCALING.md): the same bits for any number of
+//! threads; the same step as the unsplit one up to rounding, dropout included (each row's
+//! noise is drawn at its place in the batch, whichever shard computes it); on the JIT as
+//! on the interpreter; and the models that cannot be split (batch statistics) are not.
+
+use kiln::check::train::TrainConfig;
+use kiln::check::{check_file, LintLevels};
+use kiln::exec::Backend;
+use kiln::interp::Interpreter;
+use kiln::jit::Jit;
+use kiln::runtime::program::{self, Program};
+use kiln::runtime::shard::separable;
+use kiln::runtime::train::Run;
+use kiln::span::Sources;
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn program(src: &str) -> (Program, TrainConfig) {
+    let mut sources = Sources::new();
+    let id = sources.add("t.kiln", None, src.to_string());
+    let c = check_file(&mut sources, id, &LintLevels::default());
+    let msgs: Vec<String> = c.diagnostics.iter().map(|d| d.message.clone()).collect();
+    let p = c.program.unwrap_or_else(|| panic!("{msgs:?}"));
+    let m = &p.models[0];
+    let cfg = p.train(&m.name).cloned().unwrap();
+    (program::prepare(m), cfg)
+}
+
+/// An MLP with dropout, L2 regularization, Adam and clipping by norm.
+const MLP: &str = "model m {
+  input  x: [N, 12]
+  target y: class[N] of 5
+  logits = x |> dense(32) |> relu |> dropout(0.3) |> dense(16) |> tanh |> dense(5)
+  output logits
+  loss cross_entropy(logits, y)
+  regularize l2(1e-3)
+}
+train m {
+  optimizer adam(lr: 0.01)
+  clip norm(1.0)
+  batch 37
+  seed 3
+}
+";
+
+fn batch(rows: usize, seed: u64) -> (Vec<ArrayD<f32>>, Vec<ArrayD<f32>>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let x: Vec<f32> = (0..rows * 12).map(|_| rng.gen_range(-2.0..2.0)).collect();
+    let y: Vec<f32> = (0..rows).map(|_| rng.gen_range(0..5) as f32).collect();
+    (
+        vec![ArrayD::from_shape_vec(IxDyn(&[rows, 12]), x).unwrap()],
+        vec![ArrayD::from_shape_vec(IxDyn(&[rows]), y).unwrap()],
+    )
+}
+
+/// The parameters after `steps` steps of 37 rows split into `shards`, on `backend`.
+fn train(shards: u64, backend: &mut dyn Backend, steps: u64) -> (Vec<f64>, Vec<ArrayD<f32>>) {
+    let (p, mut cfg) = program(MLP);
+    cfg.shards = Some(shards);
+    let mut run = Run::new(&p, &cfg);
+    assert_eq!(run.shards(), shards as usize);
+    let mut losses = Vec::new();
+    for s in 0..steps {
+        let (x, y) = batch(37, s);
+        losses.push(run.step_batch(backend, &x, &y).unwrap().loss);
+    }
+    (losses, run.state.params.clone())
+}
+
+fn bits(v: &[ArrayD<f32>]) -> Vec<Vec<u32>> {
+    v.iter()
+        .map(|a| a.iter().map(|x| x.to_bits()).collect())
+        .collect()
+}
+
+fn close(a: &[ArrayD<f32>], b: &[ArrayD<f32>], tol: f32) {
+    for (x, y) in a.iter().zip(b) {
+        for (u, v) in x.iter().zip(y.iter()) {
+            assert!(
+                (u - v).abs() <= tol * u.abs().max(v.abs()).max(1.0),
+                "{u} vs {v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_same_bits_for_any_thread_count() {
+    let (l1, p1) = train(4, &mut Jit::with_threads(1), 5);
+    for threads in [2, 3, 8] {
+        let (l, p) = train(4, &mut Jit::with_threads(threads), 5);
+        assert_eq!(l, l1, "losses at {threads} threads");
+        assert_eq!(bits(&p), bits(&p1), "parameters at {threads} threads");
+    }
+}
+
+#[test]
+fn a_split_step_is_the_whole_step_up_to_rounding() {
+    // One step from the same initial weights: the split step's gradient is the weighted
+    // sum of the shards' (dropout's masks included), so the updates agree closely; were
+    // the shards' noise the same, or the weights not their shares, they would not.
+    let (l1, whole) = train(1, &mut Jit::with_threads(1), 1);
+    for shards in [2, 4, 8, 64] {
+        let (l, split) = train(shards, &mut Jit::with_threads(2), 1);
+        assert!((l[0] - l1[0]).abs() < 1e-5 * l1[0].abs(), "{l:?} vs {l1:?}");
+        close(&split, &whole, 1e-5);
+        assert_ne!(
+            bits(&split),
+            bits(&whole),
+            "{shards} shards: rounded alike?"
+        );
+    }
+}
+
+#[test]
+fn the_interpreter_splits_steps_alike() {
+    let (la, a) = train(4, &mut Interpreter, 3);
+    let (lb, b) = train(4, &mut Jit::with_threads(2), 3);
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() < 1e-4 * x.abs().max(1.0), "{la:?} vs {lb:?}");
+    }
+    close(&a, &b, 1e-4);
+}
+
+#[test]
+fn batch_statistics_keep_a_step_whole() {
+    let bn = MLP.replace("|> relu |> dropout(0.3)", "|> batchnorm |> relu");
+    let (p, mut cfg) = program(&bn);
+    assert!(!separable(&p.train_forward(1)));
+    cfg.shards = Some(4);
+    assert_eq!(Run::new(&p, &cfg).shards(), 1);
+    let (p, _) = program(MLP);
+    assert!(separable(&p.train_forward(1)));
+}
