@@ -161,6 +161,29 @@ pub trait Backend {
         roots: &[NodeId],
     ) -> Result<Vec<ArrayD<f32>>, RunError>;
 
+    /// [`Backend::evaluate`], writing the values of the first `outputs.len()` roots into
+    /// `outputs` (each of its root's size) instead of returning them.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate_into(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+        roots: &[NodeId],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), RunError> {
+        let vals = self.evaluate(graph, state, inputs, targets, hyper, roots)?;
+        for (out, v) in outputs.iter_mut().zip(&vals) {
+            match v.as_slice() {
+                Some(v) if v.len() == out.len() => out.copy_from_slice(v),
+                _ => return Err(RunError::bug("a root does not fit its buffer")),
+            }
+        }
+        Ok(())
+    }
+
     /// Computes `graph`'s updates (a graph without a loss, such as
     /// `autodiff::update_graph`) from `inputs` and writes them into `state`.
     fn update(

@@ -22,6 +22,7 @@ use crate::runtime::program::Program;
 use crate::runtime::schedule::hyper;
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 /// The version of the metadata's layout: a library whose runtime expects another is
@@ -754,7 +755,15 @@ impl Library {
             sc.inputs = d.inputs;
         }
         sc.jit
-            .forward_into(&self.graph, state, &sc.inputs, &m.roots, outputs)
+            .evaluate_into(
+                &self.graph,
+                state,
+                &sc.inputs,
+                &[],
+                &HashMap::new(),
+                &m.roots,
+                outputs,
+            )
             .map_err(run_error)?;
         if let (Some(s), Some(k)) = (&self.standardizer, m.unstandardize) {
             s.unstandardize_rows(&mut outputs[k][..], m.outputs[k].size());

@@ -353,36 +353,6 @@ impl Jit {
         Ok(values)
     }
 
-    /// Runs `roots` of `g` (a forward graph) and copies the values of the first
-    /// `outputs.len()` roots into `outputs` (each of the root's size); the other roots
-    /// are computed but not read. Allocates nothing once the buffers have grown to the
-    /// batch.
-    pub fn forward_into(
-        &mut self,
-        g: &Graph,
-        state: &State,
-        inputs: &[ArrayD<f32>],
-        roots: &[NodeId],
-        outputs: &mut [&mut [f32]],
-    ) -> Result<(), RunError> {
-        let batch = batch_of(inputs);
-        let hyper = HashMap::new();
-        let call = (inputs, &[][..], &hyper, roots, batch);
-        self.call(g, Slots::read(state)?, call, &mut |r, root| {
-            let k = roots.iter().position(|&x| x == r).unwrap_or(usize::MAX);
-            match (outputs.get_mut(k), root) {
-                (None, _) => Ok(()),
-                (Some(out), Root::Values(v)) if out.len() == v.len() => {
-                    out.copy_from_slice(v);
-                    Ok(())
-                }
-                _ => Err(RunError::bug(format!(
-                    "output %{r} does not fit its buffer"
-                ))),
-            }
-        })
-    }
-
     /// Runs a call, handing each root's values to `sink` in order (with the arena and
     /// pointer buffers taken from `self` for the call and put back after).
     fn call(
@@ -745,6 +715,34 @@ impl Backend for Jit {
     ) -> Result<Vec<ArrayD<f32>>, RunError> {
         let vals = self.run(graph, Slots::read(state)?, inputs, targets, hyper, roots)?;
         vals.into_iter().map(Value::into_array).collect()
+    }
+
+    /// Copies the roots' values from the back end's buffers straight into `outputs`:
+    /// allocates nothing once the buffers have grown to the batch.
+    fn evaluate_into(
+        &mut self,
+        graph: &Graph,
+        state: &State,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        hyper: &HashMap<Hyper, f64>,
+        roots: &[NodeId],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), RunError> {
+        let call = (inputs, targets, hyper, roots, batch_of(inputs));
+        let mut k = 0;
+        self.call(graph, Slots::read(state)?, call, &mut |r, root| {
+            let out = outputs.get_mut(k);
+            k += 1;
+            match (out, root) {
+                (None, _) => Ok(()),
+                (Some(out), Root::Values(v)) if out.len() == v.len() => {
+                    out.copy_from_slice(v);
+                    Ok(())
+                }
+                _ => Err(RunError::bug(format!("root %{r} does not fit its buffer"))),
+            }
+        })
     }
 
     fn update(

@@ -9,7 +9,7 @@ use crate::autodiff::{gradient_graph, update_graph};
 use crate::exec::{batch_of, Backend, RunError, State, StepResult};
 use crate::ir::{Binary, Clip, Graph, Hyper, NodeId, Op, Optimizer, Reduce};
 use crate::ops::Elem;
-use ndarray::{ArrayD, Axis, Slice};
+use ndarray::{ArrayD, Axis, IxDyn, Slice};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -81,11 +81,47 @@ pub struct Sharded {
     workers: Vec<Mutex<Box<dyn Backend + Send>>>,
     /// The threads beside the caller's that run them.
     pool: Option<rayon::ThreadPool>,
+    /// Each shard's rows and results, reused from step to step.
+    parts: Vec<Mutex<Part>>,
 }
 
-/// What a shard computes: its loss, objective and gradients, each weighted by the
-/// shard's share of the rows (the gradients by the gradient graph itself).
-type Part = (f64, f64, Vec<ArrayD<f32>>);
+/// One shard's rows and what it computes: its loss, objective and gradients, each
+/// weighted by the shard's share of the rows (the gradients by the gradient graph
+/// itself). Empty when the shard has no rows.
+#[derive(Default)]
+struct Part {
+    inputs: Vec<ArrayD<f32>>,
+    targets: Vec<ArrayD<f32>>,
+    /// Loss and objective (one value each), then the gradients.
+    values: Vec<ArrayD<f32>>,
+    empty: bool,
+}
+
+impl Part {
+    /// Copies rows `lo..hi` of `from` into `to`, reusing its arrays when they fit.
+    fn rows(to: &mut Vec<ArrayD<f32>>, from: &[ArrayD<f32>], lo: usize, hi: usize) {
+        to.truncate(from.len());
+        for (k, a) in from.iter().enumerate() {
+            let rows = a.slice_axis(Axis(0), Slice::from(lo..hi));
+            match to.get_mut(k) {
+                Some(t) if t.shape() == rows.shape() => t.assign(&rows),
+                Some(t) => *t = rows.to_owned(),
+                None => to.push(rows.to_owned()),
+            }
+        }
+    }
+
+    /// The weighted loss and objective.
+    fn scalars(&self) -> (f64, f64) {
+        let v = |k: usize| {
+            self.values
+                .get(k)
+                .and_then(|a| a.iter().next())
+                .map_or(f64::NAN, |&x| f64::from(x))
+        };
+        (v(0), v(1))
+    }
+}
 
 impl Sharded {
     /// The step of `forward` (a training-mode forward graph) split into `shards` shards,
@@ -109,6 +145,25 @@ impl Sharded {
         }
         let mut roots = vec![loss, objective];
         roots.extend(grads.grads.iter().map(|(_, n)| *n));
+        // Room for each shard's loss, objective and gradients.
+        let values: Vec<ArrayD<f32>> = [IxDyn(&[]), IxDyn(&[])]
+            .into_iter()
+            .chain(
+                grads
+                    .grads
+                    .iter()
+                    .map(|(p, _)| IxDyn(&crate::interp::dims(&grads.params[*p].tensor.shape, 1))),
+            )
+            .map(ArrayD::zeros)
+            .collect();
+        let parts = (0..shards)
+            .map(|_| {
+                Mutex::new(Part {
+                    values: values.clone(),
+                    ..Part::default()
+                })
+            })
+            .collect();
         Some(Sharded {
             shards,
             grads,
@@ -116,6 +171,7 @@ impl Sharded {
             update,
             workers: Vec::new(),
             pool: None,
+            parts,
         })
     }
 
@@ -125,8 +181,8 @@ impl Sharded {
     }
 
     /// One training step on a batch, updating `state`: each shard's gradient on a
-    /// back end of its own (`backend` or one forked from it, as many as its threads),
-    /// then the update on `backend`.
+    /// back end of its own (forked from `backend`, as many as its threads, or `backend`
+    /// itself with one thread), then the update on `backend`.
     pub fn step(
         &mut self,
         backend: &mut dyn Backend,
@@ -135,12 +191,9 @@ impl Sharded {
         targets: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
     ) -> Result<StepResult, RunError> {
-        let rows = batch_of(inputs);
-        let bounds: Vec<(usize, usize)> = (0..self.shards)
-            .map(|k| (k * rows / self.shards, (k + 1) * rows / self.shards))
-            .collect();
+        let (rows, shards) = (batch_of(inputs), self.shards);
         let threads = backend.threads().max(1);
-        let parallel = threads.min(self.shards);
+        let parallel = threads.min(shards);
         if parallel > 1 && self.workers.len() != parallel {
             self.workers = (0..parallel)
                 .map(|_| Mutex::new(backend.fork((threads / parallel).max(1))))
@@ -152,37 +205,60 @@ impl Sharded {
                 .map_err(|e| RunError::bug(format!("no threads for the shards: {e}")))?;
             self.pool = Some(pool);
         }
-        let (grads, roots, shards) = (&self.grads, &self.roots, self.shards);
+        let (grads, roots, parts) = (&self.grads, &self.roots, &self.parts);
         let read: &State = state;
-        let shard = |b: &mut dyn Backend, k: usize| -> Option<Result<Part, RunError>> {
-            let (lo, hi) = bounds[k];
-            (hi > lo).then(|| {
-                let part = |a: &ArrayD<f32>| a.slice_axis(Axis(0), Slice::from(lo..hi)).to_owned();
-                let ins: Vec<_> = inputs.iter().map(part).collect();
-                let tgts: Vec<_> = targets.iter().map(part).collect();
-                let w = (hi - lo) as f64 / rows as f64;
-                let mut h = hyper.clone();
-                h.insert(Hyper::RowOffset, lo as f64);
-                h.insert(Hyper::ShardWeight, w);
-                let mut vals = b.evaluate(grads, read, &ins, &tgts, &h, roots)?;
-                let scalar = |a: &ArrayD<f32>| a.iter().next().map_or(f64::NAN, |&v| f64::from(v));
-                let (loss, objective) = (scalar(&vals[0]) * w, scalar(&vals[1]) * w);
-                Ok((loss, objective, vals.split_off(2)))
-            })
+        // Shard k: rows ⌊kN/S⌋ to ⌊(k+1)N/S⌋.
+        let shard = |b: &mut dyn Backend, k: usize| -> Result<(), RunError> {
+            let (lo, hi) = (k * rows / shards, (k + 1) * rows / shards);
+            let mut part = lock(&parts[k]);
+            let part = &mut *part;
+            part.empty = hi == lo;
+            if part.empty {
+                return Ok(());
+            }
+            Part::rows(&mut part.inputs, inputs, lo, hi);
+            Part::rows(&mut part.targets, targets, lo, hi);
+            let w = (hi - lo) as f64 / rows as f64;
+            let mut h = hyper.clone();
+            h.insert(Hyper::RowOffset, lo as f64);
+            h.insert(Hyper::ShardWeight, w);
+            let mut outs: Vec<&mut [f32]> = Vec::with_capacity(part.values.len());
+            for v in &mut part.values {
+                outs.push(
+                    v.as_slice_mut()
+                        .ok_or_else(|| RunError::bug("a part's buffer"))?,
+                );
+            }
+            b.evaluate_into(
+                grads,
+                read,
+                &part.inputs,
+                &part.targets,
+                &h,
+                roots,
+                &mut outs,
+            )?;
+            // The loss and objective are the shard's means: weighted here.
+            for v in part.values.iter_mut().take(2) {
+                v.mapv_inplace(|x| (f64::from(x) * w) as f32);
+            }
+            Ok(())
         };
-        let mut parts: Vec<Option<Result<Part, RunError>>> = Vec::with_capacity(self.shards);
         if parallel <= 1 {
-            parts.extend((0..self.shards).map(|k| shard(backend, k)));
+            for k in 0..shards {
+                shard(backend, k)?;
+            }
         } else {
             // Shard k on worker k mod `parallel`, each with its share of the threads (the
             // caller's back end, with all of them, runs the update).
-            let slots: Vec<Mutex<Option<Result<Part, RunError>>>> =
-                (0..self.shards).map(|_| Mutex::new(None)).collect();
-            let (slots_ref, shard_ref) = (&slots, &shard);
+            let errors: Mutex<Vec<(usize, RunError)>> = Mutex::new(Vec::new());
+            let (errors_ref, shard_ref) = (&errors, &shard);
             let run = |w: usize, worker: &Mutex<Box<dyn Backend + Send>>| {
                 let mut b = lock(worker);
                 for k in (w..shards).step_by(parallel) {
-                    *lock(&slots_ref[k]) = shard_ref(&mut **b, k);
+                    if let Err(e) = shard_ref(&mut **b, k) {
+                        lock(errors_ref).push((k, e));
+                    }
                 }
             };
             let run = &run;
@@ -197,15 +273,17 @@ impl Sharded {
                 }
                 run(0, &self.workers[0]);
             });
-            parts.extend(slots.into_iter().map(|m| m.into_inner().unwrap_or(None)));
+            let mut errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
+            errors.sort_by_key(|(k, _)| *k);
+            if let Some((_, e)) = errors.into_iter().next() {
+                return Err(e);
+            }
         }
-        let mut present = Vec::with_capacity(parts.len());
-        for p in parts {
-            present.push(p.transpose()?);
-        }
-        let (loss, objective, grads) = tree(present)
+        let at = tree(&self.parts)
             .ok_or_else(|| RunError::input("a training step needs at least one row"))?;
-        backend.update(&self.update, state, &grads, hyper)?;
+        let sum = lock(&self.parts[at]);
+        let (loss, objective) = sum.scalars();
+        backend.update(&self.update, state, &sum.values[2..], hyper)?;
         Ok(StepResult { loss, objective })
     }
 }
@@ -214,49 +292,60 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The shards' parts summed in a fixed pairwise tree: 0+1, 2+3, … then (0+1)+(2+3), …
-/// (a missing part, of an empty shard, adds nothing). The same sums in the same order
-/// for any number of threads (or processes holding aligned blocks of shards).
-fn tree(mut parts: Vec<Option<Part>>) -> Option<Part> {
+/// Sums the parts in a fixed pairwise tree: 0+1, 2+3, … then (0+1)+(2+3), … (an empty
+/// part adds nothing); returns which part holds the sum (None when all are empty). The
+/// same sums in the same order for any number of threads (or processes holding aligned
+/// blocks of shards). The loss and objective are summed as the gradients are.
+fn tree(parts: &[Mutex<Part>]) -> Option<usize> {
     let mut width = 1;
     while width < parts.len() {
         for i in (0..parts.len()).step_by(2 * width) {
-            let Some(right) = parts.get_mut(i + width).and_then(Option::take) else {
+            let Some(r) = parts.get(i + width) else {
                 continue;
             };
-            parts[i] = Some(match parts[i].take() {
-                None => right,
-                Some((l, o, mut g)) => {
-                    for (a, b) in g.iter_mut().zip(&right.2) {
-                        *a += b;
-                    }
-                    (l + right.0, o + right.1, g)
-                }
-            });
+            let (mut left, mut right) = (lock(&parts[i]), lock(r));
+            if right.empty {
+                continue;
+            }
+            if left.empty {
+                std::mem::swap(&mut *left, &mut *right);
+                right.empty = true;
+                continue;
+            }
+            for (a, b) in left.values.iter_mut().zip(&right.values) {
+                *a += b;
+            }
         }
         width *= 2;
     }
-    parts.into_iter().next().flatten()
+    (!lock(&parts[0]).empty).then_some(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::IxDyn;
 
-    fn part(v: f32) -> Option<Part> {
-        Some((f64::from(v), 0.0, vec![ArrayD::from_elem(IxDyn(&[1]), v)]))
+    fn part(v: Option<f32>) -> Mutex<Part> {
+        Mutex::new(Part {
+            values: vec![ArrayD::from_elem(IxDyn(&[1]), v.unwrap_or(0.0))],
+            empty: v.is_none(),
+            ..Part::default()
+        })
+    }
+
+    fn sum(values: &[Option<f32>]) -> Option<f32> {
+        let parts: Vec<_> = values.iter().map(|&v| part(v)).collect();
+        tree(&parts).map(|at| lock(&parts[at]).values[0][0])
     }
 
     #[test]
     fn the_tree_sums_pairs_first() {
-        // ((a + b) + (c + d)), not (((a + b) + c) + d): 1e8 + 1 - 1e8 + 1 differs.
-        let sum = tree(vec![part(1e8), part(1.0), part(-1e8), part(1.0)]).unwrap();
-        assert_eq!(sum.2[0][0], (1e8f32 + 1.0) + (-1e8f32 + 1.0));
-        assert_eq!(sum.2[0][0], 0.0);
-        let empty = tree(vec![part(2.0), None, None, part(3.0)]).unwrap();
-        assert_eq!(empty.0, 5.0);
-        assert!(tree(vec![None, None]).is_none());
+        // ((a + b) + (c + d)), not (((a + b) + c) + d): they differ here.
+        let got = sum(&[Some(1e8), Some(1.0), Some(-1e8), Some(1.0)]);
+        assert_eq!(got, Some((1e8f32 + 1.0) + (-1e8f32 + 1.0)));
+        assert_ne!(got, Some(((1e8f32 + 1.0) + -1e8f32) + 1.0));
+        assert_eq!(sum(&[None, Some(2.0), None, Some(3.0)]), Some(5.0));
+        assert_eq!(sum(&[None, None]), None);
     }
 
     #[test]
