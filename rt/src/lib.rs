@@ -65,17 +65,20 @@ fn library(desc: &'static Descriptor) -> Result<&'static Library, Status> {
     if desc.version != DESCRIPTOR_VERSION {
         return Err(Status::Mismatch);
     }
-    let (meta, weights, func, train) = descriptor_parts(desc);
-    let lib: &'static Library = Box::leak(Box::new(Library::load(meta, weights, func, train)?));
+    let (meta, weights, func, train, update) = descriptor_parts(desc);
+    let lib = Library::load(meta, weights, func, train, update)?;
+    let lib: &'static Library = Box::leak(Box::new(lib));
     all.push((key, lib));
     Ok(lib)
 }
 
-/// The parts of a library: its metadata, weights, evaluation function and training step.
+/// The parts of a library: its metadata, weights, evaluation function, training step
+/// and a split step's update function.
 type Parts = (
     &'static [u8],
     &'static [u8],
     Precompiled,
+    Option<Precompiled>,
     Option<Precompiled>,
 );
 
@@ -84,8 +87,8 @@ type Parts = (
 fn descriptor_parts(d: &'static Descriptor) -> Parts {
     // SAFETY: the descriptor was written by `kiln build` into the same object file as
     // the data it points to (`meta_len` and `weights_len` bytes, in the program's image
-    // for as long as it runs, never written) and as the functions `step` and `train`
-    // (when not null), compiled for the graphs, roots and this CPU family the metadata
+    // for as long as it runs, never written) and as the functions `step`, `train` and
+    // `update` (when not null), compiled for the graphs, roots and this CPU family the metadata
     // names, by the same Kiln as this runtime (the metadata names the version, which
     // `Library::load` checks before anything runs).
     unsafe {
@@ -94,6 +97,7 @@ fn descriptor_parts(d: &'static Descriptor) -> Parts {
             slice(d.weights, d.weights_len as usize),
             Precompiled::new(d.step),
             (!d.train.is_null()).then(|| Precompiled::new(d.train)),
+            (!d.update.is_null()).then(|| Precompiled::new(d.update)),
         )
     }
 }

@@ -20,6 +20,7 @@ use crate::jit::{step_roots, Jit, Precompiled};
 use crate::runtime::data::{Dataset, Standardizer, TargetScale};
 use crate::runtime::program::Program;
 use crate::runtime::schedule::hyper;
+use crate::runtime::shard::Sharded;
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use std::sync::{Mutex, PoisonError};
 
 /// The version of the metadata's layout: a library whose runtime expects another is
 /// refused ([`Status::Mismatch`]).
-pub const META_VERSION: u32 = 2;
+pub const META_VERSION: u32 = 3;
 
 /// An input, output or target of the C API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -111,9 +112,13 @@ pub struct Meta {
 /// A library's training step.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainMeta {
-    /// The training graph (training behaviour, backward pass, clipping, update).
+    /// The shards a step is split into, as `kiln train` splits it (docs/SCALING.md).
+    pub shards: usize,
+    /// One shard: the training graph (training behaviour, backward pass, clipping,
+    /// update); more: the gradient graph each shard runs.
     pub graph: GraphData,
-    /// The roots its compiled function computes ([`step_roots`]).
+    /// The roots its compiled function computes ([`step_roots`], or
+    /// [`Sharded::roots`]).
     pub roots: Vec<NodeId>,
     /// The digest of the plan its code was generated for.
     pub plan: String,
@@ -129,6 +134,8 @@ pub struct TrainMeta {
     pub lr: f64,
     /// Steps taken before the first (the checkpoint's, when it holds optimizer state).
     pub step: u64,
+    /// A split step's update graph, its roots (its updates) and plan digest.
+    pub update: Option<(GraphData, Vec<NodeId>, String)>,
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -200,6 +207,26 @@ pub struct TrainStart<'a> {
     pub lr: f64,
     /// Steps taken before.
     pub step: u64,
+    /// The step split into shards, when the run splits it.
+    pub split: Option<&'a Sharded>,
+}
+
+/// The roots of an update graph's call: its updates.
+fn update_roots(g: &Graph) -> Vec<NodeId> {
+    g.updates.iter().map(|(_, n)| *n).collect()
+}
+
+/// The graph a library's training function computes, and its roots: the training graph,
+/// or a split step's gradient graph.
+fn train_function<'a>(t: &TrainStart<'a>) -> Result<(&'a Graph, Vec<NodeId>), BuildError> {
+    Ok(match t.split {
+        Some(s) => {
+            let g = s.graphs().0;
+            let roots = Sharded::roots(g).ok_or_else(|| bug("a gradient graph without a loss"))?;
+            (g, roots)
+        }
+        None => (t.graph, step_roots(t.graph).map_err(bug)?.to_vec()),
+    })
 }
 
 fn bug(e: impl std::fmt::Display) -> BuildError {
@@ -230,17 +257,26 @@ fn meta(
         _ => None,
     };
     let train = match train {
-        Some(t) => Some(TrainMeta {
-            graph: (**t.graph).clone(),
-            roots: step_roots(t.graph).map_err(bug)?.to_vec(),
-            plan: object::plan_digest(t.graph, &step_roots(t.graph).map_err(bug)?),
-            targets: g.targets.iter().map(Port::of).collect(),
-            states: t.graph.states.iter().map(|s| dims(&s.shape, 1)).collect(),
-            optimizer: t.cfg.optimizer.clone(),
-            clip: t.cfg.clip,
-            lr: t.lr,
-            step: t.step,
-        }),
+        Some(t) => {
+            let (graph, roots) = train_function(t)?;
+            Some(TrainMeta {
+                shards: t.split.map_or(1, Sharded::shards),
+                graph: (**graph).clone(),
+                plan: object::plan_digest(graph, &roots),
+                roots,
+                targets: g.targets.iter().map(Port::of).collect(),
+                states: t.graph.states.iter().map(|s| dims(&s.shape, 1)).collect(),
+                optimizer: t.cfg.optimizer.clone(),
+                clip: t.cfg.clip,
+                lr: t.lr,
+                step: t.step,
+                update: t.split.map(|s| {
+                    let u = s.graphs().1;
+                    let roots = update_roots(u);
+                    ((**u).clone(), roots.clone(), object::plan_digest(u, &roots))
+                }),
+            })
+        }
         None => None,
     };
     Ok(Meta {
@@ -296,7 +332,14 @@ pub fn build(
     let back: Meta = serde_json::from_slice(&json)
         .map_err(|e| BuildError::Bug(format!("the graphs do not survive JSON: {e}")))?;
     let same_train = match (&back.train, train) {
-        (Some(b), Some(t)) => b.graph == **t.graph,
+        (Some(b), Some(t)) => {
+            let same_update = match (&b.update, t.split) {
+                (Some((u, _, _)), Some(s)) => *u == **s.graphs().1,
+                (None, None) => true,
+                _ => false,
+            };
+            b.graph == **train_function(t)?.0 && same_update
+        }
         (None, None) => true,
         _ => false,
     };
@@ -316,8 +359,21 @@ pub fn build(
     }
     let train_fn = match (train, &meta.train) {
         (Some(t), Some(m)) => Some(Function {
-            graph: t.graph,
+            graph: train_function(t)?.0,
             roots: &m.roots,
+        }),
+        _ => None,
+    };
+    let update_fn = match (train.and_then(|t| t.split), &meta.train) {
+        (
+            Some(s),
+            Some(TrainMeta {
+                update: Some((_, roots, _)),
+                ..
+            }),
+        ) => Some(Function {
+            graph: s.graphs().1,
+            roots,
         }),
         _ => None,
     };
@@ -328,6 +384,7 @@ pub fn build(
             roots: &meta.roots,
         },
         train: train_fn,
+        update: update_fn,
         meta: &json,
         weights: &weights,
     })
@@ -584,6 +641,8 @@ struct TrainPart {
     meta: TrainMeta,
     graph: Graph,
     func: Precompiled,
+    /// A split step's update graph and function.
+    update: Option<(Graph, Precompiled)>,
     states: Vec<ArrayD<f32>>,
 }
 
@@ -616,12 +675,14 @@ fn read_arrays(
 
 impl Library {
     /// Reads a library's metadata and weights; `func` is its compiled evaluation
-    /// function, `train` its training step's (when it has one).
+    /// function, `train` its training step's (when it has one: a split step's gradient
+    /// function, with `update` its update function).
     pub fn load(
         meta: &[u8],
         weights: &[u8],
         func: Precompiled,
         train: Option<Precompiled>,
+        update: Option<Precompiled>,
     ) -> Result<Library, Status> {
         let meta: Meta = serde_json::from_slice(meta).map_err(|_| Status::Mismatch)?;
         if meta.version != META_VERSION || meta.kiln != env!("CARGO_PKG_VERSION") {
@@ -669,10 +730,22 @@ impl Library {
                 if object::plan_digest(&graph, &t.roots) != t.plan {
                     return Err(Status::Mismatch);
                 }
+                let update = match (&t.update, update) {
+                    (Some((g, roots, plan)), Some(f)) => {
+                        let g = Graph::from(g.clone());
+                        if object::plan_digest(&g, roots) != *plan || update_roots(&g) != *roots {
+                            return Err(Status::Mismatch);
+                        }
+                        Some((g, f))
+                    }
+                    (None, None) => None,
+                    _ => return Err(Status::Mismatch),
+                };
                 Some(TrainPart {
                     meta: t.clone(),
                     graph,
                     func,
+                    update,
                     states,
                 })
             }
@@ -779,6 +852,15 @@ impl Library {
             params: self.state.params.clone(),
             states: t.states.clone(),
         };
+        let mut jit = Jit::precompiled(&t.graph, &t.meta.roots, t.func, self.threads);
+        let split = match &t.update {
+            Some((u, f)) => {
+                jit.link(u, &update_roots(u), *f);
+                let s = Sharded::from_graphs(t.graph.clone(), u.clone(), t.meta.shards);
+                Some(s.ok_or(Status::Mismatch)?)
+            }
+            None => None,
+        };
         Ok(Trainer {
             lib: self,
             inner: Mutex::new(Training {
@@ -786,12 +868,8 @@ impl Library {
                 state,
                 step: t.meta.step,
                 lr: t.meta.lr,
-                train: Scratch::new(Jit::precompiled(
-                    &t.graph,
-                    &t.meta.roots,
-                    t.func,
-                    self.threads,
-                )),
+                train: Scratch::new(jit),
+                split,
                 eval: self.scratch(),
             }),
         })
@@ -812,6 +890,8 @@ struct Training {
     step: u64,
     lr: f64,
     train: Scratch,
+    /// The step split into shards, as `kiln train` splits it.
+    split: Option<Sharded>,
     eval: Scratch,
 }
 
@@ -847,10 +927,13 @@ impl Trainer<'_> {
         }
         tr.before.clone_from(&tr.state);
         let h = hyper(&t.meta.optimizer, t.meta.clip, tr.lr, tr.step + 1);
-        let r = sc
-            .jit
-            .step(&t.graph, &mut tr.state, &sc.inputs, &sc.targets, &h)
-            .map_err(run_error)?;
+        let r = match &mut tr.split {
+            Some(s) => s.step(&mut sc.jit, &mut tr.state, &sc.inputs, &sc.targets, &h),
+            None => sc
+                .jit
+                .step(&t.graph, &mut tr.state, &sc.inputs, &sc.targets, &h),
+        }
+        .map_err(run_error)?;
         if !r.objective.is_finite() {
             tr.state.clone_from(&tr.before);
             return Err(Status::Diverged);

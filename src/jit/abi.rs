@@ -165,6 +165,9 @@ unsafe impl Sync for Precompiled {}
 // unmap). `func` points into that read-only, executable memory, which any thread may run;
 // the function itself keeps no state between calls (every call gets its own `Ctx`).
 unsafe impl Send for Compiled {}
+// SAFETY: as for `Send`: neither the code nor `func` is ever written after finalizing, so
+// back ends on several threads may share one compiled function.
+unsafe impl Sync for Compiled {}
 
 /// The buffer pointers of a call, kept between calls only to reuse their allocation.
 #[derive(Default)]

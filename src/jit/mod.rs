@@ -31,6 +31,7 @@ use ndarray::{ArrayD, IxDyn};
 use plan::{Kind, Plan};
 use smallvec::SmallVec;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What a call is given: inputs, targets, hyperparameters, the roots wanted, the batch
 /// size.
@@ -43,11 +44,13 @@ type Call<'a> = (
 );
 
 /// A compiled entry point.
+#[derive(Clone)]
 struct Entry {
     /// The graph's id and the roots: what this entry was compiled for.
     key: GraphId,
     plan: Plan,
-    code: emit::Compiled,
+    /// The code, shared by the back ends forked from the one that compiled it.
+    code: Arc<emit::Compiled>,
     roots: Vec<NodeId>,
     /// Buffer layouts by batch size (a few; searched in order).
     layouts: Vec<(usize, Layout)>,
@@ -70,7 +73,7 @@ impl Entry {
         Entry {
             key: g.id(),
             plan,
-            code,
+            code: Arc::new(code),
             roots: roots.to_vec(),
             layouts: Vec::new(),
             inplace,
@@ -132,6 +135,7 @@ fn sources(g: &Graph, plan: &Plan, inplace: &[(NodeId, Slot)]) -> Vec<Source> {
 }
 
 /// Where each node's values live for one batch size.
+#[derive(Clone)]
 struct Layout {
     /// Dimensions of every node.
     dims: Vec<Vec<usize>>,
@@ -269,10 +273,15 @@ impl Jit {
     /// one; other graphs or roots are compiled as usual.
     pub fn precompiled(g: &Graph, roots: &[NodeId], func: Precompiled, threads: usize) -> Jit {
         let mut jit = Jit::with_threads(threads);
-        let plan = plan::plan(g, roots);
-        jit.cache
-            .push(Entry::new(g, roots, plan, emit::Compiled::linked(func)));
+        jit.link(g, roots, func);
         jit
+    }
+
+    /// Runs `roots` of `g` with `func` (as [`Jit::precompiled`]) from now on.
+    pub fn link(&mut self, g: &Graph, roots: &[NodeId], func: Precompiled) {
+        let plan = plan::plan(g, roots);
+        self.cache
+            .push(Entry::new(g, roots, plan, emit::Compiled::linked(func)));
     }
 
     /// The number of native functions compiled so far (one per graph and entry point).
@@ -761,7 +770,10 @@ impl Backend for Jit {
         self.threads
     }
 
+    /// Shares the code compiled (or linked) so far: a fork compiles nothing again.
     fn fork(&self, threads: usize) -> Box<dyn Backend + Send> {
-        Box::new(Jit::with_threads(threads))
+        let mut jit = Jit::with_threads(threads);
+        jit.cache.clone_from(&self.cache);
+        Box::new(jit)
     }
 }

@@ -3,8 +3,9 @@
 //! and the C entry points that hand both to the runtime.
 //!
 //! Symbols (all local but the entry points):
-//! - `kiln_<name>_step`, `kiln_<name>_train`: the compiled functions of the evaluation
-//!   graph and of the training step, `extern "C" fn(*const Ctx)`;
+//! - `kiln_<name>_step`, `kiln_<name>_train`, `kiln_<name>_update`: the compiled
+//!   functions of the evaluation graph, of the training step (or of a split step's
+//!   gradient graph) and of a split step's update graph, `extern "C" fn(*const Ctx)`;
 //! - `kiln_<name>_meta`, `kiln_<name>_weights`: the bytes the runtime is given;
 //! - `kiln_<name>_desc`: the [`Descriptor`] pointing at them;
 //! - the C API ([`ENTRIES`]): each `<name>_<entry>(args…)` returns
@@ -20,10 +21,10 @@ use cranelift_module::{default_libcall_names, DataDescription, DataId, Linkage, 
 use cranelift_object::{ObjectBuilder, ObjectModule};
 
 /// The version of the descriptor's layout, its first word: the runtime refuses another.
-pub const DESCRIPTOR_VERSION: u64 = 2;
+pub const DESCRIPTOR_VERSION: u64 = 3;
 
 /// The descriptor a library's entry points pass to the runtime, as the runtime reads
-/// it: seven pointer-sized words.
+/// it: eight pointer-sized words.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct Descriptor {
@@ -40,8 +41,11 @@ pub struct Descriptor {
     pub weights: *const u8,
     /// Length of `weights`.
     pub weights_len: u64,
-    /// The compiled training step, or null for a model without one.
+    /// The compiled training step (a split step's gradient function), or null for a
+    /// model without one.
     pub train: *const u8,
+    /// A split step's compiled update function, or null.
+    pub update: *const u8,
 }
 
 /// A function to compile: the roots of a graph.
@@ -59,8 +63,10 @@ pub struct ObjectSpec<'a> {
     pub name: &'a str,
     /// The evaluation function.
     pub predict: Function<'a>,
-    /// The training step, when the model has a loss.
+    /// The training step, when the model has a loss (a split step's gradient function).
     pub train: Option<Function<'a>>,
+    /// A split step's update function.
+    pub update: Option<Function<'a>>,
     /// The runtime's metadata.
     pub meta: &'a [u8],
     /// The weights.
@@ -151,6 +157,7 @@ pub fn write(spec: &ObjectSpec) -> Result<Vec<u8>, Bug> {
     };
     let step = function(spec.predict, "step")?;
     let train = spec.train.map(|f| function(f, "train")).transpose()?;
+    let update = spec.update.map(|f| function(f, "update")).transpose()?;
 
     let mut blob = |what: &str, bytes: &[u8]| {
         let id = module
@@ -170,7 +177,7 @@ pub fn write(spec: &ObjectSpec) -> Result<Vec<u8>, Bug> {
         .map_err(err)?;
     let mut d = DataDescription::new();
     let word = std::mem::size_of::<u64>();
-    let mut bytes = vec![0u8; 7 * word];
+    let mut bytes = vec![0u8; 8 * word];
     bytes[..word].copy_from_slice(&DESCRIPTOR_VERSION.to_ne_bytes());
     bytes[3 * word..4 * word].copy_from_slice(&(spec.meta.len() as u64).to_ne_bytes());
     bytes[5 * word..6 * word].copy_from_slice(&(spec.weights.len() as u64).to_ne_bytes());
@@ -182,9 +189,11 @@ pub fn write(spec: &ObjectSpec) -> Result<Vec<u8>, Bug> {
     d.write_data_addr(2 * word as u32, m, 0);
     let w = module.declare_data_in_data(weights, &mut d);
     d.write_data_addr(4 * word as u32, w, 0);
-    if let Some(train) = train {
-        let t = module.declare_func_in_data(train, &mut d);
-        d.write_function_addr(6 * word as u32, t);
+    for (at, f) in [(6, train), (7, update)] {
+        if let Some(f) = f {
+            let f = module.declare_func_in_data(f, &mut d);
+            d.write_function_addr((at * word) as u32, f);
+        }
     }
     module.define_data(desc, &d).map_err(err)?;
 

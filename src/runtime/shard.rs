@@ -13,10 +13,18 @@ use ndarray::{ArrayD, Axis, IxDyn, Slice};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// The number of shards a step is split into: `requested` (a power of two), else one
-/// (docs/SCALING.md says why, for now).
-pub fn shards_for(requested: Option<u64>) -> usize {
-    requested.map_or(1, |s| s.max(1) as usize)
+/// The shards of a batch of this many rows or more when the run does not say: two
+/// shards of at least 16 rows (docs/SCALING.md).
+const AUTO_ROWS: u64 = 32;
+
+/// The number of shards a step of batch `batch` is split into: `requested` (a power of
+/// two), or two for a batch of [`AUTO_ROWS`] rows or more, else one.
+pub fn shards_for(requested: Option<u64>, batch: u64) -> usize {
+    match requested {
+        Some(s) => s.max(1) as usize,
+        None if batch >= AUTO_ROWS => 2,
+        None => 1,
+    }
 }
 
 /// Whether a training-mode forward graph's step can be split by rows: no value that
@@ -138,13 +146,25 @@ impl Sharded {
             return None;
         }
         let grads = gradient_graph(forward);
-        let (loss, objective) = (grads.loss?, grads.objective?);
         let update = update_graph(&grads.params, &grads.grads, opt, clip);
         if update.states != train.states {
             return None;
         }
-        let mut roots = vec![loss, objective];
+        Sharded::from_graphs(grads, update, shards)
+    }
+
+    /// The roots a shard computes of a gradient graph: loss, objective, then each
+    /// trainable parameter's gradient.
+    pub fn roots(grads: &Graph) -> Option<Vec<NodeId>> {
+        let mut roots = vec![grads.loss?, grads.objective?];
         roots.extend(grads.grads.iter().map(|(_, n)| *n));
+        Some(roots)
+    }
+
+    /// A step split into `shards` shards from its gradient graph and update graph (as
+    /// [`Sharded::new`] makes them; a built library reads them back).
+    pub fn from_graphs(grads: Graph, update: Graph, shards: usize) -> Option<Sharded> {
+        let roots = Sharded::roots(&grads)?;
         // Room for each shard's loss, objective and gradients.
         let values: Vec<ArrayD<f32>> = [IxDyn(&[]), IxDyn(&[])]
             .into_iter()
@@ -178,6 +198,11 @@ impl Sharded {
     /// The number of shards.
     pub fn shards(&self) -> usize {
         self.shards
+    }
+
+    /// The gradient graph and the update graph.
+    pub fn graphs(&self) -> (&Graph, &Graph) {
+        (&self.grads, &self.update)
     }
 
     /// One training step on a batch, updating `state`: each shard's gradient on a
@@ -349,8 +374,10 @@ mod tests {
     }
 
     #[test]
-    fn steps_are_whole_unless_asked() {
-        assert_eq!(shards_for(None), 1);
-        assert_eq!(shards_for(Some(8)), 8);
+    fn automatic_shards_need_sixteen_rows_each() {
+        assert_eq!(shards_for(None, 31), 1);
+        assert_eq!(shards_for(None, 32), 2);
+        assert_eq!(shards_for(Some(8), 32), 8);
+        assert_eq!(shards_for(Some(1), 128), 1);
     }
 }

@@ -195,7 +195,7 @@ impl Run {
 
     /// Splits the step into the shards the configuration asks for (or none).
     fn reshard(&mut self) {
-        let shards = shards_for(self.cfg.shards);
+        let shards = shards_for(self.cfg.shards, self.cfg.batch);
         if self.sharded.as_ref().map_or(1, Sharded::shards) == shards {
             return;
         }
@@ -211,6 +211,11 @@ impl Run {
     /// The number of shards each step is split into (1: not split).
     pub fn shards(&self) -> usize {
         self.sharded.as_ref().map_or(1, Sharded::shards)
+    }
+
+    /// The split step, when steps are split.
+    pub fn sharded(&self) -> Option<&Sharded> {
+        self.sharded.as_ref()
     }
 
     /// The program being trained.
@@ -231,6 +236,7 @@ impl Run {
     /// Sets the batch size of [`Run::fit`].
     pub fn set_batch_size(&mut self, batch: u64) {
         self.cfg.batch = batch.max(1);
+        self.reshard();
     }
 
     /// Sets the number of epochs [`Run::fit`] trains to (counting those done).

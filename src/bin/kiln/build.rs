@@ -74,6 +74,7 @@ pub fn build(a: BuildArgs) -> anyhow::Result<u8> {
         cfg: r.config(),
         lr: r.learning_rate(),
         step: r.progress().1,
+        split: r.sharded(),
     });
     let built = match native::build(p, &state, st.as_ref(), start.as_ref()) {
         Ok(b) => b,

@@ -92,8 +92,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub standardize: bool,
     /// Shards each training step is split into, computed in parallel by the threads (a
-    /// power of two; default 1). The weights depend on it, never on the threads
-    /// (docs/SCALING.md).
+    /// power of two; default: 2 from a batch of 32, else 1). The weights depend on it,
+    /// never on the threads (docs/SCALING.md).
     #[arg(long, value_parser = shards)]
     pub shards: Option<u64>,
     /// Checkpoint written after every epoch (default: MODEL.safetensors).
@@ -313,8 +313,12 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
     let mut run = Run::new(&loaded.program, &cfg);
     let mut be = a.m.backend();
     if !a.quiet {
+        let shards = match run.shards() {
+            1 => String::new(),
+            s => format!(" in {s} shards"),
+        };
         outln!(
-            "training `{}`: {} parameters, {} epochs, batch {}, seed {}",
+            "training `{}`: {} parameters, {} epochs, batch {}{shards}, seed {}",
             loaded.program.model.name,
             kiln::summary::thousands(loaded.program.model.trainable_count()),
             cfg.epochs,
