@@ -89,8 +89,11 @@ pub struct Sharded {
     workers: Vec<Mutex<Box<dyn Backend + Send>>>,
     /// The threads beside the caller's that run them.
     pool: Option<rayon::ThreadPool>,
-    /// Each shard's rows and results, reused from step to step.
+    /// Each shard's rows and results, reused from step to step (allocated by its first
+    /// step: a run that never steps, as `kiln build`'s, allocates nothing).
     parts: Vec<Mutex<Part>>,
+    /// The shapes of a part's `values`.
+    shapes: Vec<IxDyn>,
 }
 
 /// One shard's rows and what it computes: its loss, objective and gradients, each
@@ -165,8 +168,8 @@ impl Sharded {
     /// [`Sharded::new`] makes them; a built library reads them back).
     pub fn from_graphs(grads: Graph, update: Graph, shards: usize) -> Option<Sharded> {
         let roots = Sharded::roots(&grads)?;
-        // Room for each shard's loss, objective and gradients.
-        let values: Vec<ArrayD<f32>> = [IxDyn(&[]), IxDyn(&[])]
+        // The shapes of each shard's loss, objective and gradients.
+        let shapes = [IxDyn(&[]), IxDyn(&[])]
             .into_iter()
             .chain(
                 grads
@@ -174,17 +177,10 @@ impl Sharded {
                     .iter()
                     .map(|(p, _)| IxDyn(&crate::interp::dims(&grads.params[*p].tensor.shape, 1))),
             )
-            .map(ArrayD::zeros)
             .collect();
-        let parts = (0..shards)
-            .map(|_| {
-                Mutex::new(Part {
-                    values: values.clone(),
-                    ..Part::default()
-                })
-            })
-            .collect();
+        let parts = (0..shards).map(|_| Mutex::new(Part::default())).collect();
         Some(Sharded {
+            shapes,
             shards,
             grads,
             roots,
@@ -230,7 +226,7 @@ impl Sharded {
                 .map_err(|e| RunError::bug(format!("no threads for the shards: {e}")))?;
             self.pool = Some(pool);
         }
-        let (grads, roots, parts) = (&self.grads, &self.roots, &self.parts);
+        let (grads, roots, parts, shapes) = (&self.grads, &self.roots, &self.parts, &self.shapes);
         let read: &State = state;
         // Shard k: rows ⌊kN/S⌋ to ⌊(k+1)N/S⌋.
         let shard = |b: &mut dyn Backend, k: usize| -> Result<(), RunError> {
@@ -240,6 +236,9 @@ impl Sharded {
             part.empty = hi == lo;
             if part.empty {
                 return Ok(());
+            }
+            if part.values.is_empty() {
+                part.values = shapes.iter().cloned().map(ArrayD::zeros).collect();
             }
             Part::rows(&mut part.inputs, inputs, lo, hi);
             Part::rows(&mut part.targets, targets, lo, hi);
