@@ -10,7 +10,10 @@
 use ndarray::ArrayD;
 use ndarray_npy::NpzReader;
 use std::path::Path;
+mod tools;
+
 use std::process::{Command, Output};
+use tools::run;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
@@ -21,34 +24,15 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn run(cmd: &mut Command) -> Output {
-    let o = cmd.output().expect("the command runs");
-    assert!(
-        o.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
 fn kiln(args: &[&str]) -> Output {
     run(Command::new(KILN)
         .args(args)
         .current_dir(root().join("examples")))
 }
 
-/// Whether a C compiler is there: when not, CI fails and a developer's run skips.
+/// Whether `cc` runs: when not, CI fails and a developer's run skips.
 fn have_cc() -> bool {
-    let found = Command::new("cc").arg("--version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "`cc` is missing: tests/build.rs needs a C compiler in CI"
-        );
-        eprintln!("skipped: no `cc` to compile the C programs with");
-    }
-    found
+    tools::have("cc", "tests/build.rs needs a C compiler in CI")
 }
 
 /// Builds `libkiln_rt.a` beside the kiln binary, once per test run (the tests of this file

@@ -8,13 +8,16 @@ use kiln::check::{check_file, LintLevels};
 use kiln::exec::Backend;
 use kiln::interp::Interpreter;
 use kiln::jit::Jit;
+use kiln::runtime::cluster::Peers;
+use kiln::runtime::data::Dataset;
 use kiln::runtime::program::{self, Program};
 use kiln::runtime::shard::separable;
-use kiln::runtime::train::Run;
+use kiln::runtime::train::{Observer, Run};
 use kiln::span::Sources;
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::sync::mpsc::{channel, Receiver, Sender};
 
 fn program(src: &str) -> (Program, TrainConfig) {
     let mut sources = Sources::new();
@@ -132,4 +135,143 @@ fn batch_statistics_keep_a_step_whole() {
     assert_eq!(Run::new(&p, &cfg).shards(), 1);
     let (p, _) = program(MLP);
     assert!(separable(&p.train_forward(1)));
+}
+
+/// Processes of a data-parallel job played by threads: a channel each way between
+/// every two, messages in order (as MPI's between two processes).
+struct Threads {
+    rank: usize,
+    to: Vec<Sender<(u16, Vec<f32>)>>,
+    from: Vec<Receiver<(u16, Vec<f32>)>>,
+}
+
+/// A broadcast's tag.
+const BROADCAST: u16 = u16::MAX;
+
+impl Threads {
+    fn job(size: usize) -> Vec<Threads> {
+        let mut to: Vec<Vec<_>> = (0..size).map(|_| Vec::new()).collect();
+        let mut from: Vec<Vec<_>> = (0..size).map(|_| Vec::new()).collect();
+        for (a, senders) in to.iter_mut().enumerate() {
+            for receivers in from.iter_mut() {
+                // a → b
+                let (s, r) = channel();
+                senders.push(s);
+                receivers.push((a, r));
+            }
+        }
+        to.into_iter()
+            .zip(from)
+            .enumerate()
+            .map(|(rank, (to, mut from))| {
+                from.sort_by_key(|(a, _)| *a);
+                Threads {
+                    rank,
+                    to,
+                    from: from.into_iter().map(|(_, r)| r).collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Peers for Threads {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.to.len()
+    }
+    fn send(&self, to: usize, tag: u16, data: &[f32]) {
+        assert_ne!(to, self.rank);
+        self.to[to].send((tag, data.to_vec())).unwrap();
+    }
+    fn receive(&self, from: usize, tag: u16, data: &mut [f32]) {
+        let (t, v) = self.from[from].recv().unwrap();
+        assert_eq!((t, v.len()), (tag, data.len()), "message from {from}");
+        data.copy_from_slice(&v);
+    }
+    fn broadcast(&self, data: &mut [f32]) {
+        if self.rank == 0 {
+            for to in 1..self.size() {
+                self.send(to, BROADCAST, data);
+            }
+        } else {
+            self.receive(0, BROADCAST, data);
+        }
+    }
+}
+
+struct Silent;
+impl Observer for Silent {}
+
+/// 150 rows of the MLP's data.
+fn data() -> Dataset {
+    let (inputs, targets) = batch(150, 99);
+    Dataset {
+        inputs,
+        targets,
+        rows: 150,
+    }
+}
+
+/// The parameters after 3 epochs in steps of 37 rows split into `shards` by `peers`
+/// (one process without), with early stopping on the validation loss.
+fn fit(shards: u64, peers: Option<Threads>) -> (u64, Vec<Vec<u32>>) {
+    let src = MLP.replace(
+        "seed 3",
+        "seed 3\n  epochs 3\n  validation 0.2\n  early_stop(monitor: val_loss, patience: 1)",
+    );
+    let (p, mut cfg) = program(&src);
+    cfg.shards = Some(shards);
+    let mut run = Run::new(&p, &cfg);
+    if let Some(peers) = peers {
+        run.set_peers(Box::new(peers)).unwrap();
+    }
+    run.fit(&mut Jit::with_threads(1), &data(), None, &mut Silent)
+        .unwrap();
+    (run.progress().1, bits(&run.state.params))
+}
+
+#[test]
+fn processes_sharing_a_step_train_the_same_bits() {
+    for (processes, shards) in [(2, 2), (2, 8), (4, 4), (3, 4)] {
+        let one = fit(shards, None);
+        let each = std::thread::scope(|s| {
+            let jobs: Vec<_> = Threads::job(processes)
+                .into_iter()
+                .map(|p| s.spawn(move || fit(shards, Some(p))))
+                .collect();
+            jobs.into_iter()
+                .map(|j| j.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        for (rank, got) in each.iter().enumerate() {
+            assert_eq!(
+                got, &one,
+                "{processes} processes, {shards} shards: process {rank}"
+            );
+        }
+    }
+}
+
+#[test]
+fn more_processes_than_shards_split_steps_finer() {
+    // Four processes need four shards: the step is split so whatever the train block says.
+    let (p, mut cfg) = program(MLP);
+    cfg.shards = Some(1);
+    let mut run = Run::new(&p, &cfg);
+    let peers = Threads::job(4).into_iter().next().unwrap();
+    run.set_peers(Box::new(peers)).unwrap();
+    assert_eq!(run.shards(), 4);
+}
+
+#[test]
+fn a_step_that_cannot_be_split_is_refused_across_processes() {
+    let bn = MLP.replace("|> relu |> dropout(0.3)", "|> batchnorm |> relu");
+    let (p, cfg) = program(&bn);
+    let mut run = Run::new(&p, &cfg);
+    let peers = Threads::job(2).into_iter().next().unwrap();
+    let e = run.set_peers(Box::new(peers)).unwrap_err().to_string();
+    assert!(e.contains("cannot be trained by 2 processes"), "{e}");
 }

@@ -928,7 +928,15 @@ impl Trainer<'_> {
         tr.before.clone_from(&tr.state);
         let h = hyper(&t.meta.optimizer, t.meta.clip, tr.lr, tr.step + 1);
         let r = match &mut tr.split {
-            Some(s) => s.step(&mut sc.jit, &mut tr.state, &sc.inputs, &sc.targets, &h),
+            Some(s) => s.step(
+                &mut sc.jit,
+                &mut tr.state,
+                &sc.inputs,
+                &sc.targets,
+                batch,
+                &h,
+                None,
+            ),
             None => sc
                 .jit
                 .step(&t.graph, &mut tr.state, &sc.inputs, &sc.targets, &h),

@@ -2,6 +2,7 @@
 //! checkpoints and NaN tracing. Execution itself is a backend's job ([`crate::exec`]).
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -5,11 +5,12 @@
 //! optimizer update then run once on the combined gradient. The result depends on the
 //! batch and the number of shards, never on the number of threads that computed it.
 
+use super::cluster::{self, Peers};
 use crate::autodiff::{gradient_graph, update_graph};
-use crate::exec::{batch_of, Backend, RunError, State, StepResult};
+use crate::exec::{Backend, RunError, State, StepResult};
 use crate::ir::{Binary, Clip, Graph, Hyper, NodeId, Op, Optimizer, Reduce};
 use crate::ops::Elem;
-use ndarray::{ArrayD, Axis, IxDyn, Slice};
+use ndarray::{ArrayD, Axis, Dimension, IxDyn, Slice};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -94,6 +95,8 @@ pub struct Sharded {
     parts: Vec<Mutex<Part>>,
     /// The shapes of a part's `values`.
     shapes: Vec<IxDyn>,
+    /// A part as it travels between processes ([`Part::pack`]).
+    wire: Vec<f32>,
 }
 
 /// One shard's rows and what it computes: its loss, objective and gradients, each
@@ -119,6 +122,50 @@ impl Part {
                 Some(t) => *t = rows.to_owned(),
                 None => to.push(rows.to_owned()),
             }
+        }
+    }
+
+    /// Makes its value buffers (zeros) when it has none.
+    fn allocate(&mut self, shapes: &[IxDyn]) {
+        if self.values.is_empty() {
+            self.values = shapes.iter().cloned().map(ArrayD::zeros).collect();
+        }
+    }
+
+    /// The length of a part on the wire: a flag (1: it has rows), then its values.
+    fn wire_len(shapes: &[IxDyn]) -> usize {
+        1 + shapes.iter().map(|s| s.size()).sum::<usize>()
+    }
+
+    /// Writes the part into `wire` as [`Part::wire_len`] describes.
+    fn pack(&self, wire: &mut Vec<f32>, shapes: &[IxDyn]) {
+        wire.clear();
+        wire.push(if self.empty { 0.0 } else { 1.0 });
+        if self.empty {
+            wire.resize(Part::wire_len(shapes), 0.0);
+            return;
+        }
+        for v in &self.values {
+            wire.extend(v.iter());
+        }
+    }
+
+    /// Adds a part read from `wire` (as [`Part::pack`] wrote it) to this one.
+    fn add_wire(&mut self, wire: &[f32], shapes: &[IxDyn]) {
+        if wire.first() != Some(&1.0) {
+            return;
+        }
+        let was_empty = self.empty;
+        self.allocate(shapes);
+        self.empty = false;
+        let mut at = 1;
+        for v in &mut self.values {
+            let n = v.len();
+            let from = &wire[at..at + n];
+            for (a, &b) in v.iter_mut().zip(from) {
+                *a = if was_empty { b } else { *a + b };
+            }
+            at += n;
         }
     }
 
@@ -188,6 +235,7 @@ impl Sharded {
             workers: Vec::new(),
             pool: None,
             parts,
+            wire: Vec::new(),
         })
     }
 
@@ -203,18 +251,27 @@ impl Sharded {
 
     /// One training step on a batch, updating `state`: each shard's gradient on a
     /// back end of its own (forked from `backend`, as many as its threads, or `backend`
-    /// itself with one thread), then the update on `backend`.
+    /// itself with one thread), then the update on `backend`. With `peers`, this
+    /// process computes only its block of the shards ([`cluster::block`]): `inputs` and
+    /// `targets` hold that block's rows of a batch of `rows` rows, and the blocks' sums
+    /// meet up the same tree.
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         backend: &mut dyn Backend,
         state: &mut State,
         inputs: &[ArrayD<f32>],
         targets: &[ArrayD<f32>],
+        rows: usize,
         hyper: &HashMap<Hyper, f64>,
+        peers: Option<&dyn Peers>,
     ) -> Result<StepResult, RunError> {
-        let (rows, shards) = (batch_of(inputs), self.shards);
+        let shards = self.shards;
+        let mine = peers.map_or(0..shards, |p| cluster::block(p.rank(), p.size(), shards));
+        // The first row of this process's block.
+        let base = mine.start * rows / shards;
         let threads = backend.threads().max(1);
-        let parallel = threads.min(shards);
+        let parallel = threads.min(mine.len());
         if parallel > 1 && self.workers.len() != parallel {
             self.workers = (0..parallel)
                 .map(|_| Mutex::new(backend.fork((threads / parallel).max(1))))
@@ -237,11 +294,9 @@ impl Sharded {
             if part.empty {
                 return Ok(());
             }
-            if part.values.is_empty() {
-                part.values = shapes.iter().cloned().map(ArrayD::zeros).collect();
-            }
-            Part::rows(&mut part.inputs, inputs, lo, hi);
-            Part::rows(&mut part.targets, targets, lo, hi);
+            part.allocate(shapes);
+            Part::rows(&mut part.inputs, inputs, lo - base, hi - base);
+            Part::rows(&mut part.targets, targets, lo - base, hi - base);
             let w = (hi - lo) as f64 / rows as f64;
             let mut h = hyper.clone();
             h.insert(Hyper::RowOffset, lo as f64);
@@ -269,17 +324,17 @@ impl Sharded {
             Ok(())
         };
         if parallel <= 1 {
-            for k in 0..shards {
+            for k in mine.clone() {
                 shard(backend, k)?;
             }
         } else {
             // Shard k on worker k mod `parallel`, each with its share of the threads (the
             // caller's back end, with all of them, runs the update).
             let errors: Mutex<Vec<(usize, RunError)>> = Mutex::new(Vec::new());
-            let (errors_ref, shard_ref) = (&errors, &shard);
+            let (errors_ref, shard_ref, mine_ref) = (&errors, &shard, &mine);
             let run = |w: usize, worker: &Mutex<Box<dyn Backend + Send>>| {
                 let mut b = lock(worker);
-                for k in (w..shards).step_by(parallel) {
+                for k in mine_ref.clone().skip(w).step_by(parallel) {
                     if let Err(e) = shard_ref(&mut **b, k) {
                         lock(errors_ref).push((k, e));
                     }
@@ -303,7 +358,7 @@ impl Sharded {
                 return Err(e);
             }
         }
-        let at = tree(&self.parts)
+        let at = tree(&self.parts, &self.shapes, peers, &mut self.wire)
             .ok_or_else(|| RunError::input("a training step needs at least one row"))?;
         let sum = lock(&self.parts[at]);
         let (loss, objective) = sum.scalars();
@@ -317,32 +372,72 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Sums the parts in a fixed pairwise tree: 0+1, 2+3, … then (0+1)+(2+3), … (an empty
-/// part adds nothing); returns which part holds the sum (None when all are empty). The
-/// same sums in the same order for any number of threads (or processes holding aligned
-/// blocks of shards). The loss and objective are summed as the gradients are.
-fn tree(parts: &[Mutex<Part>]) -> Option<usize> {
-    let mut width = 1;
+/// part adds nothing). The same sums in the same order for any number of threads, or of
+/// processes each holding an aligned block of the parts (`peers`): a pair held by two
+/// processes is summed by the left one's, which receives the right one's part. Every
+/// process ends with the sum (process 0 broadcasts it); returns which part holds it
+/// (None when all are empty). The loss and objective are summed as the gradients are.
+fn tree(
+    parts: &[Mutex<Part>],
+    shapes: &[IxDyn],
+    peers: Option<&dyn Peers>,
+    wire: &mut Vec<f32>,
+) -> Option<usize> {
+    let (me, size) = peers.map_or((0, 1), |p| (p.rank(), p.size()));
+    let own = |k: usize| cluster::owner(k, size, parts.len());
+    let (mut width, mut level) = (1, 0u16);
     while width < parts.len() {
         for i in (0..parts.len()).step_by(2 * width) {
-            let Some(r) = parts.get(i + width) else {
-                continue;
-            };
-            let (mut left, mut right) = (lock(&parts[i]), lock(r));
-            if right.empty {
+            let j = i + width;
+            if j >= parts.len() {
                 continue;
             }
-            if left.empty {
-                std::mem::swap(&mut *left, &mut *right);
-                right.empty = true;
-                continue;
-            }
-            for (a, b) in left.values.iter_mut().zip(&right.values) {
-                *a += b;
+            match (peers, own(i) == me, own(j) == me) {
+                (_, true, true) => {
+                    let (mut left, mut right) = (lock(&parts[i]), lock(&parts[j]));
+                    if right.empty {
+                        continue;
+                    }
+                    if left.empty {
+                        std::mem::swap(&mut *left, &mut *right);
+                        right.empty = true;
+                        continue;
+                    }
+                    for (a, b) in left.values.iter_mut().zip(&right.values) {
+                        *a += b;
+                    }
+                }
+                (Some(p), false, true) => {
+                    lock(&parts[j]).pack(wire, shapes);
+                    p.send(own(i), level, wire);
+                }
+                (Some(p), true, false) => {
+                    wire.resize(Part::wire_len(shapes), 0.0);
+                    p.receive(own(j), level, wire);
+                    lock(&parts[i]).add_wire(wire, shapes);
+                }
+                _ => {}
             }
         }
         width *= 2;
+        level += 1;
     }
-    (!lock(&parts[0]).empty).then_some(0)
+    let mut at = 0;
+    if let Some(p) = peers.filter(|p| p.size() > 1) {
+        if me == 0 {
+            lock(&parts[0]).pack(wire, shapes);
+        } else {
+            wire.resize(Part::wire_len(shapes), 0.0);
+            at = cluster::block(me, size, parts.len()).start;
+        }
+        p.broadcast(wire);
+        if me != 0 {
+            let mut sum = lock(&parts[at]);
+            sum.empty = true;
+            sum.add_wire(wire, shapes);
+        }
+    }
+    (!lock(&parts[at]).empty).then_some(at)
 }
 
 #[cfg(test)]
@@ -359,7 +454,7 @@ mod tests {
 
     fn sum(values: &[Option<f32>]) -> Option<f32> {
         let parts: Vec<_> = values.iter().map(|&v| part(v)).collect();
-        tree(&parts).map(|at| lock(&parts[at]).values[0][0])
+        tree(&parts, &[IxDyn(&[1])], None, &mut Vec::new()).map(|at| lock(&parts[at]).values[0][0])
     }
 
     #[test]

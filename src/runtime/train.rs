@@ -2,6 +2,7 @@
 //! its checkpoints.
 
 use super::checkpoint::Checkpoint;
+use super::cluster::{self, Peers};
 use super::data::{self, Dataset, Standardizer};
 use super::error::RuntimeError;
 use super::eval::{evaluate, Evaluation};
@@ -17,9 +18,9 @@ use super::verdict;
 use super::weights::{get_standardizer, load_for, params_from};
 use crate::check::train::TrainConfig;
 use crate::diag::{Code, Diagnostic};
-use crate::exec::{Backend, State, StepResult};
+use crate::exec::{batch_of, Backend, RunError, State, StepResult};
 use crate::ir::Graph;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, Axis, IxDyn, Slice};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -152,6 +153,8 @@ pub struct Run {
     checkpoint: Option<PathBuf>,
     /// The step split into shards, when it is (docs/SCALING.md).
     sharded: Option<Sharded>,
+    /// The other processes training this model with this one, if any.
+    peers: Option<Box<dyn Peers>>,
 }
 
 impl Run {
@@ -188,14 +191,17 @@ impl Run {
             prev: None,
             checkpoint: None,
             sharded: None,
+            peers: None,
         };
         run.reshard();
         run
     }
 
-    /// Splits the step into the shards the configuration asks for (or none).
+    /// Splits the step into the shards the configuration asks for (or none); at least
+    /// one shard per process (the next power of two) when there are peers.
     fn reshard(&mut self) {
-        let shards = shards_for(self.cfg.shards, self.cfg.batch);
+        let processes = self.processes().next_power_of_two();
+        let shards = shards_for(self.cfg.shards, self.cfg.batch).max(processes);
         if self.sharded.as_ref().map_or(1, Sharded::shards) == shards {
             return;
         }
@@ -206,6 +212,33 @@ impl Run {
             self.cfg.clip,
             shards,
         );
+    }
+
+    /// Trains with `peers`, the processes of a data-parallel job: each step's shards are
+    /// divided among them ([`super::cluster`]). An error when the step cannot be split
+    /// (docs/SCALING.md says which models).
+    pub fn set_peers(&mut self, peers: Box<dyn Peers>) -> Result<(), RuntimeError> {
+        self.peers = Some(peers);
+        self.reshard();
+        if self.processes() > 1 && self.sharded.is_none() {
+            return Err(RuntimeError::Run(RunError::input(format!(
+                "`{}` cannot be trained by {} processes: its training step cannot be split into shards (a batch statistic, as batch normalization's, is not combined across processes yet)",
+                self.program.model.name,
+                self.processes()
+            ))));
+        }
+        Ok(())
+    }
+
+    /// The number of processes training this model together (1 without peers).
+    pub fn processes(&self) -> usize {
+        self.peers.as_ref().map_or(1, |p| p.size())
+    }
+
+    /// Whether this process leads the run: it prints, evaluates and writes checkpoints
+    /// (always, without peers).
+    pub fn leads(&self) -> bool {
+        self.peers.as_ref().is_none_or(|p| p.rank() == 0)
     }
 
     /// The number of shards each step is split into (1: not split).
@@ -275,20 +308,67 @@ impl Run {
         Err(self.diverged(inputs, targets, r.objective))
     }
 
-    /// A step without any check (a loss that is not finite is returned, not undone).
+    /// A step without any check (a loss that is not finite is returned, not undone). With
+    /// peers, every process passes the whole batch and computes its rows.
     pub fn raw_step(
         &mut self,
         backend: &mut dyn Backend,
         inputs: &[ArrayD<f32>],
         targets: &[ArrayD<f32>],
     ) -> Result<StepResult, RuntimeError> {
+        let rows = batch_of(inputs);
+        let mine = self.rows(rows);
+        if mine == (0..rows) {
+            return self.part_step(backend, inputs, targets, rows);
+        }
+        let slice = |v: &[ArrayD<f32>]| -> Vec<ArrayD<f32>> {
+            v.iter()
+                .map(|a| a.slice_axis(Axis(0), Slice::from(mine.clone())).to_owned())
+                .collect()
+        };
+        self.part_step(backend, &slice(inputs), &slice(targets), rows)
+    }
+
+    /// A step of a batch of `rows` rows of which `inputs` and `targets` hold this
+    /// process's ([`Run::rows`]; all of them without peers).
+    fn part_step(
+        &mut self,
+        backend: &mut dyn Backend,
+        inputs: &[ArrayD<f32>],
+        targets: &[ArrayD<f32>],
+        rows: usize,
+    ) -> Result<StepResult, RuntimeError> {
         let lr = self.learning_rate();
         self.step += 1;
         let h = hyper(&self.cfg.optimizer, self.cfg.clip, lr, self.step);
+        let peers = self.peers.as_deref();
         Ok(match &mut self.sharded {
-            Some(s) => s.step(backend, &mut self.state, inputs, targets, &h)?,
+            Some(s) => s.step(backend, &mut self.state, inputs, targets, rows, &h, peers)?,
             None => backend.step(&self.train_graph, &mut self.state, inputs, targets, &h)?,
         })
+    }
+
+    /// Which of a batch's `rows` rows this process computes: its block of the shards'.
+    fn rows(&self, rows: usize) -> std::ops::Range<usize> {
+        match (&self.peers, &self.sharded) {
+            (Some(p), Some(s)) => {
+                let b = cluster::block(p.rank(), p.size(), s.shards());
+                b.start * rows / s.shards()..b.end * rows / s.shards()
+            }
+            _ => 0..rows,
+        }
+    }
+
+    /// Process 0's decision, on every process.
+    fn agree(&self, yes: bool) -> bool {
+        match &self.peers {
+            Some(p) => {
+                let mut v = [f32::from(u8::from(yes))];
+                p.broadcast(&mut v);
+                v[0] != 0.0
+            }
+            None => yes,
+        }
     }
 
     /// Copies the state into the snapshot (reusing its allocation).
@@ -349,7 +429,9 @@ impl Run {
         let spec = data_spec(&self.program.forward);
         let all = data::load(&paths.train, &spec, true)?;
         for w in sanity::check(&all, &spec, &paths.train)? {
-            observer.data_warning(&w);
+            if self.leads() {
+                observer.data_warning(&w);
+            }
         }
         let test = match &paths.test {
             Some(t) => {
@@ -420,19 +502,21 @@ impl Run {
             let first_step = self.step;
             let mut before_last = None;
             for (k, chunk) in order.chunks(batch.max(1)).enumerate() {
-                let b = train.select(chunk);
+                // This process's rows of the batch (all of them without peers).
+                let b = train.select(&chunk[self.rows(chunk.len())]);
                 if self.diagnose && k + 1 == batches {
                     before_last = Some(self.state.clone());
                 }
-                let r = self.raw_step(backend, &b.inputs, &b.targets)?;
+                let r = self.part_step(backend, &b.inputs, &b.targets, chunk.len())?;
                 if !r.objective.is_finite() {
                     self.restore_snapshot();
                     self.step = first_step;
                     for c in order.chunks(batch.max(1)).take(k) {
-                        let replay = train.select(c);
-                        self.raw_step(backend, &replay.inputs, &replay.targets)?;
+                        let replay = train.select(&c[self.rows(c.len())]);
+                        self.part_step(backend, &replay.inputs, &replay.targets, c.len())?;
                     }
-                    return Err(self.diverged(&b.inputs, &b.targets, r.objective));
+                    let whole = train.select(chunk);
+                    return Err(self.diverged(&whole.inputs, &whole.targets, r.objective));
                 }
                 total += r.loss * chunk.len() as f64;
                 seen += chunk.len();
@@ -444,11 +528,12 @@ impl Run {
                     loss: total / seen as f64,
                     samples_per_s: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                 });
-                last = Some(b);
+                last = Some(chunk);
             }
             let steps_seconds = t0.elapsed().as_secs_f64();
-            let health = match (&last, self.diagnose) {
-                (Some(b), true) => {
+            let health = match (last, self.diagnose && self.leads()) {
+                (Some(chunk), true) => {
+                    let b = train.select(chunk);
                     let h = hyper(&self.cfg.optimizer, self.cfg.clip, lr, self.step);
                     let m = health::measure(
                         &self.program,
@@ -472,7 +557,7 @@ impl Run {
                 _ => None,
             };
             self.epoch += 1;
-            let ev = if val.rows > 0 {
+            let ev = if val.rows > 0 && self.leads() {
                 Some(evaluate(
                     &self.program,
                     backend,
@@ -498,27 +583,26 @@ impl Run {
             };
             observer.epoch(&rec);
             self.history.push(rec.clone());
-            if self.early_stop(&rec, backend, &train)? {
+            let stop = self.early_stop(&rec, backend, &train)?;
+            if self.agree(stop) {
                 stopped_early = Some(format!(
                     "no improvement of `{}` for {} epochs",
                     self.cfg.early_stop.as_ref().map_or("", |e| &e.monitor),
                     self.early.wait
                 ));
-                if let Some(s) = &save {
-                    self.save(s)?;
-                }
+                self.save_led(save.as_deref())?;
                 break;
             }
-            if let Some(s) = &save {
-                self.save(s)?;
-            }
+            self.save_led(save.as_deref())?;
         }
         let restore = self.cfg.early_stop.as_ref().is_some_and(|e| e.restore_best);
         if let (true, Some(best)) = (restore, self.early.best_params.clone()) {
             self.state.params = best;
-            if let Some(s) = &save {
-                self.save(s)?;
-            }
+            self.save_led(save.as_deref())?;
+        }
+        if !self.leads() {
+            // Process 0 evaluates and reports.
+            return Ok(self.report(start, None, Evaluation::default(), stopped_early, save));
         }
         let test_eval = match &test {
             Some(t) => Some(evaluate(
@@ -553,18 +637,38 @@ impl Run {
         ) {
             observer.warning(&w);
         }
-        Ok(Report {
+        Ok(self.report(start, test_eval, train_eval, stopped_early, save))
+    }
+
+    fn report(
+        &self,
+        start: Instant,
+        test: Option<Evaluation>,
+        train: Evaluation,
+        stopped_early: Option<String>,
+        checkpoint: Option<PathBuf>,
+    ) -> Report {
+        let restore = self.cfg.early_stop.as_ref().is_some_and(|e| e.restore_best);
+        Report {
             model: self.program.model.name.clone(),
             epochs: self.epoch,
             steps: self.step,
             history: self.history.clone(),
             best_epoch: self.early.best_epoch.filter(|_| restore),
             stopped_early,
-            test: test_eval,
-            train: train_eval,
-            checkpoint: save,
+            test,
+            train,
+            checkpoint,
             seconds: start.elapsed().as_secs_f64(),
-        })
+        }
+    }
+
+    /// Writes the checkpoint to `path`, if any, when this process leads the run.
+    fn save_led(&self, path: Option<&Path>) -> Result<(), RuntimeError> {
+        match path {
+            Some(p) if self.leads() => self.save(p),
+            _ => Ok(()),
+        }
     }
 
     /// Updates early stopping; true when training should stop.
@@ -574,7 +678,7 @@ impl Run {
         backend: &mut dyn Backend,
         train: &Dataset,
     ) -> Result<bool, RuntimeError> {
-        let Some(es) = self.cfg.early_stop.clone() else {
+        let Some(es) = self.cfg.early_stop.clone().filter(|_| self.leads()) else {
             return Ok(false);
         };
         let (value, higher_better) = match es.monitor.as_str() {

@@ -47,6 +47,8 @@ struct Figures {
     threads: usize,
     batch: usize,
     shards: usize,
+    /// The processes of an MPI job that split each step (1 without).
+    processes: usize,
     compile_ms: f64,
     train_steps_per_s: f64,
     train_samples_per_s: f64,
@@ -97,11 +99,17 @@ fn pool(p: &Program, batch: usize, rng: &mut ChaCha8Rng) -> Vec<Batch> {
         .collect()
 }
 
-/// Median over 3 repetitions of calls per second, each repetition at least `secs` long.
-fn rate(secs: f64, mut call: impl FnMut(usize) -> Result<(), String>) -> Result<f64, String> {
+/// Median over 3 repetitions of calls per second, each repetition at least `secs` long;
+/// `go` turns "the clock says go on" into the decision every process of the run takes
+/// (its own without peers).
+fn rate(
+    secs: f64,
+    go: &dyn Fn(bool) -> bool,
+    mut call: impl FnMut(usize) -> Result<(), String>,
+) -> Result<f64, String> {
     let warm = Instant::now();
     let mut i = 0;
-    while warm.elapsed() < Duration::from_secs_f64((secs / 2.0).min(1.0)) {
+    while go(warm.elapsed() < Duration::from_secs_f64((secs / 2.0).min(1.0))) {
         call(i)?;
         i += 1;
     }
@@ -111,7 +119,7 @@ fn rate(secs: f64, mut call: impl FnMut(usize) -> Result<(), String>) -> Result<
         let mut n = 0u64;
         // The clock is read every 16 calls: read every call, it was 3–4 % of the xor
         // benchmark's profile (`perf record`), whose step is about a microsecond.
-        while t0.elapsed().as_secs_f64() < secs {
+        while go(t0.elapsed().as_secs_f64() < secs) {
             for _ in 0..16 {
                 call(i)?;
                 i += 1;
@@ -159,6 +167,17 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     cfg.batch = batch as u64;
     cfg.shards = a.shards.or(cfg.shards);
     let mut run = Run::new(&p, &cfg);
+    // Under mpirun (built with the `mpi` feature): the processes split each training
+    // step; process 0 measures inference alone and reports.
+    let job = crate::run::Job::start();
+    if let Some(peers) = job.peers() {
+        if let Err(e) = run.set_peers(peers) {
+            if run.leads() {
+                eprintln!("error: {e}");
+            }
+            return Ok(EXIT_INPUT);
+        }
+    }
     let mut be = a.m.backend();
     // Synthetic data is made outside the timed compile.
     let front_end = t_source.elapsed();
@@ -179,7 +198,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     }
     let compile_ms = (front_end + t_first.elapsed()).as_secs_f64() * 1e3;
     let train_steps = if trains {
-        rate(a.seconds, |i| {
+        rate(a.seconds, &|go| job.agree(go), |i| {
             let (x, y) = &data[i % data.len()];
             run.raw_step(&mut *be, x, y)
                 .map(|_| ())
@@ -191,8 +210,11 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     };
     let roots: Vec<_> = p.forward.outputs.iter().map(|(_, n)| *n).collect();
     let state = &run.state;
+    if !run.leads() {
+        return Ok(0);
+    }
     let mut infer = |d: &[Batch]| {
-        rate(a.seconds, |i| {
+        rate(a.seconds, &|go| go, |i| {
             let (x, _) = &d[i % d.len()];
             be.forward(&p.forward, state, x, &[], &roots)
                 .map(|_| ())
@@ -207,6 +229,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         threads: a.m.thread_count(),
         batch,
         shards: run.shards(),
+        processes: run.processes(),
         compile_ms,
         train_steps_per_s: train_steps,
         train_samples_per_s: train_steps * batch as f64,
@@ -216,8 +239,12 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     if a.json {
         outln!("{}", serde_json::to_string(&f)?);
     } else {
+        let processes = match f.processes {
+            1 => String::new(),
+            k => format!(", {k} processes"),
+        };
         outln!(
-            "model {} on {} (batch {batch}, {} thread{}, {} shard{})",
+            "model {} on {} (batch {batch}, {} thread{}, {} shard{}{processes})",
             f.model,
             f.backend,
             f.threads,

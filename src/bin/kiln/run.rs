@@ -11,6 +11,8 @@ use kiln::exec::Backend;
 use kiln::interp::Interpreter;
 use kiln::ir::shape::MAX_DIM;
 use kiln::ir::Graph;
+#[cfg(feature = "mpi")]
+use kiln::runtime::cluster::Peers;
 use kiln::runtime::data::{self, Dataset};
 use kiln::runtime::error::RuntimeError;
 use kiln::runtime::eval::{self, Evaluation};
@@ -247,10 +249,14 @@ fn pick<'a>(p: &'a Checked, name: Option<&str>, file: &Path) -> Option<&'a Check
 }
 
 impl ModelArgs {
-    /// The thread count: `--threads`, else every core.
+    /// The thread count: `--threads`, else every core (shared among the processes an
+    /// MPI launcher started on this machine).
     pub fn thread_count(&self) -> usize {
         self.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            || {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                (cores / kiln::runtime::cluster::local_processes()).max(1)
+            },
             |t| t as usize,
         )
     }
@@ -274,10 +280,68 @@ pub fn fail(e: &RuntimeError, sources: &Sources, color: ColorChoice) -> u8 {
             diag::render_unplaced(Severity::Error, None, &other.to_string(), None, color)
         ),
     }
+    exit_code(e)
+}
+
+/// The exit code of a runtime error.
+fn exit_code(e: &RuntimeError) -> u8 {
     match e {
         RuntimeError::Io(_) => crate::EXIT_IO,
         RuntimeError::Data(d) if d.code == diag::Code::E0500 => crate::EXIT_IO,
         _ => EXIT_INPUT,
+    }
+}
+
+/// The processes of this `kiln train`: one, or (built with the `mpi` feature and started
+/// by `mpirun`) those of an MPI job.
+pub struct Job {
+    #[cfg(feature = "mpi")]
+    mpi: Option<std::sync::Arc<kiln::runtime::cluster::Mpi>>,
+}
+
+impl Job {
+    pub fn start() -> Job {
+        Job {
+            #[cfg(feature = "mpi")]
+            mpi: kiln::runtime::cluster::Mpi::launched().map(std::sync::Arc::new),
+        }
+    }
+
+    /// The peers of a job of more than one process.
+    pub fn peers(&self) -> Option<Box<dyn kiln::runtime::cluster::Peers>> {
+        #[cfg(feature = "mpi")]
+        if let Some(m) = self.mpi.as_ref().filter(|m| m.size() > 1) {
+            return Some(Box::new(m.clone()));
+        }
+        None
+    }
+
+    /// Process 0's decision, on every process of the job.
+    pub fn agree(&self, yes: bool) -> bool {
+        #[cfg(feature = "mpi")]
+        if let Some(m) = &self.mpi {
+            let mut v = [f32::from(u8::from(yes))];
+            m.broadcast(&mut v);
+            return v[0] != 0.0;
+        }
+        yes
+    }
+
+    /// Prints a runtime error (process 0 in full, the others in one line naming their
+    /// rank) and returns its exit code; in a job of several processes, ends them all
+    /// with it, so that none waits for this one.
+    fn fail(&self, e: &RuntimeError, sources: &Sources, color: ColorChoice) -> u8 {
+        #[cfg(feature = "mpi")]
+        if let Some(m) = self.mpi.as_ref().filter(|m| m.size() > 1) {
+            let code = if m.rank() == 0 {
+                fail(e, sources, color)
+            } else {
+                eprintln!("error: process {} of {}: {e}", m.rank(), m.size());
+                exit_code(e)
+            };
+            m.abort(i32::from(code));
+        }
+        fail(e, sources, color)
     }
 }
 
@@ -311,8 +375,19 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         resume: a.resume.clone(),
     };
     let mut run = Run::new(&loaded.program, &cfg);
+    let job = Job::start();
+    if let Some(peers) = job.peers() {
+        if let Err(e) = run.set_peers(peers) {
+            // Every process finds it: process 0 says so, none waits for another.
+            return Ok(match run.leads() {
+                true => fail(&e, &loaded.sources, color(a.m.lints.color)),
+                false => exit_code(&e),
+            });
+        }
+    }
+    let quiet = a.quiet || !run.leads();
     let mut be = a.m.backend();
-    if !a.quiet {
+    if !quiet {
         let shards = match run.shards() {
             1 => String::new(),
             s => format!(" in {s} shards"),
@@ -328,15 +403,16 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
     }
     run.diagnose = a.diagnose;
     let mut console = crate::progress::Console::new(
-        a.quiet,
+        quiet,
         &loaded.sources,
         color(a.m.lints.color),
         a.m.lints.allow.clone(),
     );
     let report = run.train(be.as_mut(), &paths, &mut console);
     let report = match report {
-        Ok(r) => r,
-        Err(e) => return Ok(fail(&e, &loaded.sources, color(a.m.lints.color))),
+        Ok(r) if run.leads() => r,
+        Ok(_) => return Ok(0),
+        Err(e) => return Ok(job.fail(&e, &loaded.sources, color(a.m.lints.color))),
     };
     if let Some(reason) = &report.stopped_early {
         outln!("stopped early: {reason}");
