@@ -1,7 +1,8 @@
 //! Training steps split into shards (docs/SCALING.md): the same bits for any number of
 //! threads; the same step as the unsplit one up to rounding, dropout included (each row's
 //! noise is drawn at its place in the batch, whichever shard computes it); on the JIT as
-//! on the interpreter; and the models that cannot be split (batch statistics) are not.
+//! on the interpreter; batch statistics each shard's own; and processes sharing a step
+//! (played by threads) train the same bits as one.
 
 use kiln::check::train::TrainConfig;
 use kiln::check::{check_file, LintLevels};
@@ -126,15 +127,76 @@ fn the_interpreter_splits_steps_alike() {
     close(&a, &b, 1e-4);
 }
 
+/// An MLP with batch normalization and plain SGD (its update is linear in the gradient).
+const BN: &str = "model m {
+  input  x: [N, 12]
+  target y: class[N] of 5
+  logits = x |> dense(32) |> batchnorm |> relu |> dense(16) |> batchnorm |> tanh |> dense(5)
+  output logits
+  loss cross_entropy(logits, y)
+  regularize l2(1e-3)
+}
+train m {
+  optimizer sgd(lr: 0.1)
+  batch 36
+  seed 3
+}
+";
+
+/// The parameters (running statistics included) after one step on `x`, `y` in `shards`.
+fn bn_step(shards: u64, x: &[ArrayD<f32>], y: &[ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+    let (p, mut cfg) = program(BN);
+    cfg.shards = Some(shards);
+    let mut run = Run::new(&p, &cfg);
+    assert_eq!(run.shards(), shards as usize);
+    run.step_batch(&mut Jit::with_threads(2), x, y).unwrap();
+    run.state.params.clone()
+}
+
 #[test]
-fn batch_statistics_keep_a_step_whole() {
-    let bn = MLP.replace("|> relu |> dropout(0.3)", "|> batchnorm |> relu");
-    let (p, mut cfg) = program(&bn);
-    assert!(!separable(&p.train_forward(1)));
-    cfg.shards = Some(4);
-    assert_eq!(Run::new(&p, &cfg).shards(), 1);
-    let (p, _) = program(MLP);
+fn batch_statistics_are_each_shards_own() {
+    // Each shard normalizes with its own rows' statistics (as each replica does in
+    // PyTorch's DistributedDataParallel) and the running statistics are the shards'
+    // averaged: with SGD, a step split in two is the mean of the two halves' steps.
+    let (p, _) = program(BN);
     assert!(separable(&p.train_forward(1)));
+    let (x, y) = batch(36, 7);
+    let half = |v: &[ArrayD<f32>], k: usize| -> Vec<ArrayD<f32>> {
+        v.iter()
+            .map(|a| {
+                a.slice_axis(ndarray::Axis(0), ndarray::Slice::from(k * 18..(k + 1) * 18))
+                    .to_owned()
+            })
+            .collect()
+    };
+    let split = bn_step(2, &x, &y);
+    let (a, b) = (
+        bn_step(1, &half(&x, 0), &half(&y, 0)),
+        bn_step(1, &half(&x, 1), &half(&y, 1)),
+    );
+    let mean: Vec<ArrayD<f32>> = a.iter().zip(&b).map(|(u, v)| (u + v) / 2.0).collect();
+    close(&split, &mean, 1e-5);
+    // Not the whole batch's statistics: those give another step.
+    let whole = bn_step(1, &x, &y);
+    let far = split
+        .iter()
+        .zip(&whole)
+        .flat_map(|(u, v)| u.iter().zip(v.iter()).map(|(p, q)| (p - q).abs()))
+        .fold(0.0f32, f32::max);
+    assert!(
+        far > 1e-3,
+        "the split step used the whole batch's statistics?"
+    );
+    // And the same bits for any thread count.
+    let (p, mut cfg) = program(BN);
+    cfg.shards = Some(4);
+    let bits_at = |threads| {
+        let mut run = Run::new(&p, &cfg);
+        run.step_batch(&mut Jit::with_threads(threads), &x, &y)
+            .unwrap();
+        bits(&run.state.params)
+    };
+    assert_eq!(bits_at(1), bits_at(3));
 }
 
 /// Processes of a data-parallel job played by threads: a channel each way between
@@ -217,8 +279,8 @@ fn data() -> Dataset {
 
 /// The parameters after 3 epochs in steps of 37 rows split into `shards` by `peers`
 /// (one process without), with early stopping on the validation loss.
-fn fit(shards: u64, peers: Option<Threads>) -> (u64, Vec<Vec<u32>>) {
-    let src = MLP.replace(
+fn fit(model: &str, shards: u64, peers: Option<Threads>) -> (u64, Vec<Vec<u32>>) {
+    let src = model.replace(
         "seed 3",
         "seed 3\n  epochs 3\n  validation 0.2\n  early_stop(monitor: val_loss, patience: 1)",
     );
@@ -235,12 +297,19 @@ fn fit(shards: u64, peers: Option<Threads>) -> (u64, Vec<Vec<u32>>) {
 
 #[test]
 fn processes_sharing_a_step_train_the_same_bits() {
-    for (processes, shards) in [(2, 2), (2, 8), (4, 4), (3, 4)] {
-        let one = fit(shards, None);
+    let cases = [
+        (MLP, 2, 2),
+        (MLP, 2, 8),
+        (MLP, 4, 4),
+        (MLP, 3, 4),
+        (BN, 2, 2),
+    ];
+    for (model, processes, shards) in cases {
+        let one = fit(model, shards, None);
         let each = std::thread::scope(|s| {
             let jobs: Vec<_> = Threads::job(processes)
                 .into_iter()
-                .map(|p| s.spawn(move || fit(shards, Some(p))))
+                .map(|p| s.spawn(move || fit(model, shards, Some(p))))
                 .collect();
             jobs.into_iter()
                 .map(|j| j.join().unwrap())
@@ -264,14 +333,4 @@ fn more_processes_than_shards_split_steps_finer() {
     let peers = Threads::job(4).into_iter().next().unwrap();
     run.set_peers(Box::new(peers)).unwrap();
     assert_eq!(run.shards(), 4);
-}
-
-#[test]
-fn a_step_that_cannot_be_split_is_refused_across_processes() {
-    let bn = MLP.replace("|> relu |> dropout(0.3)", "|> batchnorm |> relu");
-    let (p, cfg) = program(&bn);
-    let mut run = Run::new(&p, &cfg);
-    let peers = Threads::job(2).into_iter().next().unwrap();
-    let e = run.set_peers(Box::new(peers)).unwrap_err().to_string();
-    assert!(e.contains("cannot be trained by 2 processes"), "{e}");
 }

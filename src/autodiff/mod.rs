@@ -268,15 +268,19 @@ pub fn optimizer_update(g: &mut Graph, opt: &Optimizer) {
 pub fn gradient_graph(forward: &Graph) -> Graph {
     let mut g = forward.clone();
     differentiate_scaled(&mut g, Some(Hyper::ShardWeight));
+    // Nothing is written back by a shard: its running statistics are averaged.
+    g.averaged = std::mem::take(&mut g.updates);
     g
 }
 
 /// The rest of a split training step: clipping and the optimizer update of `grads`'s
-/// parameters (those of `params`), whose gradients are this graph's inputs, in order. Its
-/// optimizer state is the training graph's, in the same order.
+/// parameters (those of `params`), whose gradients are this graph's first inputs, in
+/// order; then the values of `averaged` (a gradient graph's), the next inputs, written
+/// into their slots. Its optimizer state is the training graph's, in the same order.
 pub fn update_graph(
     params: &[crate::ir::Param],
     grads: &[(usize, NodeId)],
+    averaged: &[(Slot, crate::ir::Shape)],
     opt: &Optimizer,
     clip_by: Option<Clip>,
 ) -> Graph {
@@ -298,6 +302,16 @@ pub fn update_graph(
         clip(&mut g, c);
     }
     optimizer_update(&mut g, opt);
+    for (slot, shape) in averaged {
+        let k = g.inputs.len();
+        g.inputs.push(Tensor {
+            name: format!("{slot:?}"),
+            shape: shape.clone(),
+            dtype: DType::F32,
+        });
+        let node = Builder::new(&mut g).push(Op::Input(k), vec![], shape.clone());
+        g.updates.push((*slot, node));
+    }
     g
 }
 

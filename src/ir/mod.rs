@@ -115,6 +115,12 @@ pub struct GraphData {
     pub grads: Vec<(usize, NodeId)>,
     /// Values written back after a training step.
     pub updates: Vec<(Slot, NodeId)>,
+    /// A split step's gradient graph: the values each shard computes for a slot that is
+    /// not updated by a gradient (batch normalization's running statistics), written
+    /// back, weighted by the shards' shares and summed, after the update
+    /// (docs/SCALING.md).
+    #[serde(default)]
+    pub averaged: Vec<(Slot, NodeId)>,
 }
 
 impl From<GraphData> for Graph {

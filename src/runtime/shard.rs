@@ -8,7 +8,7 @@
 use super::cluster::{self, Peers};
 use crate::autodiff::{gradient_graph, update_graph};
 use crate::exec::{Backend, RunError, State, StepResult};
-use crate::ir::{Binary, Clip, Graph, Hyper, NodeId, Op, Optimizer, Reduce};
+use crate::ir::{Binary, Clip, Graph, Hyper, NodeId, Op, Optimizer, Reduce, Slot};
 use crate::ops::Elem;
 use ndarray::{ArrayD, Axis, Dimension, IxDyn, Slice};
 use std::collections::HashMap;
@@ -18,24 +18,49 @@ use std::sync::Mutex;
 /// shards of at least 16 rows (docs/SCALING.md).
 const AUTO_ROWS: u64 = 32;
 
+/// The same for a model with batch statistics, which each shard computes on its own
+/// rows: two shards of at least 64 rows.
+const AUTO_ROWS_STATISTICS: u64 = 128;
+
 /// The number of shards a step of batch `batch` is split into: `requested` (a power of
-/// two), or two for a batch of [`AUTO_ROWS`] rows or more, else one.
-pub fn shards_for(requested: Option<u64>, batch: u64) -> usize {
+/// two), or two for a batch of [`AUTO_ROWS`] rows or more ([`AUTO_ROWS_STATISTICS`] when
+/// the model has batch `statistics`), else one.
+pub fn shards_for(requested: Option<u64>, batch: u64, statistics: bool) -> usize {
+    let auto = if statistics {
+        AUTO_ROWS_STATISTICS
+    } else {
+        AUTO_ROWS
+    };
     match requested {
         Some(s) => s.max(1) as usize,
-        None if batch >= AUTO_ROWS => 2,
+        None if batch >= auto => 2,
         None => 1,
     }
 }
 
+/// Whether a graph computes batch statistics (batch normalization's, in training).
+pub fn has_statistics(g: &Graph) -> bool {
+    g.nodes.iter().any(|n| matches!(n.op, Op::BatchStats))
+}
+
+/// Values that combine a shard's rows and that its per-row values use: batch
+/// normalization's statistics and the sums of its backward pass, each shard's own (as
+/// every replica's in PyTorch's DistributedDataParallel).
+fn per_shard(op: &Op) -> bool {
+    matches!(op, Op::BatchStats | Op::BatchNormSums { .. })
+}
+
 /// Whether a training-mode forward graph's step can be split by rows: no value that
-/// combines rows (a batch statistic) flows back into per-row values, nothing is updated
-/// but by gradients (batch normalization's running statistics are), and every value that
-/// combines rows does so linearly (sums, means, products contracting the batch, losses,
-/// and sums and differences of those), so that the weighted sum of the shards' values is
-/// the batch's.
+/// combines rows flows back into per-row values but the shard's own batch statistics
+/// ([`per_shard`]), only parameters are updated but by gradients (batch normalization's
+/// running statistics, averaged over the shards), and every value that combines rows
+/// does so linearly (sums, means, products contracting the batch, losses, and sums and
+/// differences of those), so that the weighted sum of the shards' values is the batch's.
 pub fn separable(g: &Graph) -> bool {
-    if !g.updates.is_empty() {
+    if g.updates
+        .iter()
+        .any(|(slot, _)| !matches!(slot, Slot::Param(_)))
+    {
         return false;
     }
     let n = g.nodes.len();
@@ -46,7 +71,11 @@ pub fn separable(g: &Graph) -> bool {
         let depends = node.args.iter().any(|&a| rows[a] || combined[a]);
         rows[i] = node.shape.has_batch();
         if rows[i] {
-            if node.args.iter().any(|&a| combined[a]) {
+            if node
+                .args
+                .iter()
+                .any(|&a| combined[a] && !per_shard(&g.nodes[a].op))
+            {
                 return false;
             }
             continue;
@@ -62,7 +91,10 @@ pub fn separable(g: &Graph) -> bool {
             | Op::ConvGradWeight(_)
             | Op::GatherGrad
             | Op::SumTo
-            | Op::Reshape => true,
+            | Op::Reshape
+            | Op::Slice { .. }
+            | Op::BatchStats
+            | Op::BatchNormSums { .. } => true,
             Op::Reduce { kind, .. } => matches!(kind, Reduce::Sum | Reduce::Mean),
             Op::Binary(Binary::Add | Binary::Sub) => true,
             Op::Binary(Binary::Mul) => !(dep(0) && dep(1)),
@@ -97,6 +129,8 @@ pub struct Sharded {
     shapes: Vec<IxDyn>,
     /// A part as it travels between processes ([`Part::pack`]).
     wire: Vec<f32>,
+    /// How many values at the end of a part are averaged, not gradients.
+    averaged: usize,
 }
 
 /// One shard's rows and what it computes: its loss, objective and gradients, each
@@ -196,18 +230,24 @@ impl Sharded {
             return None;
         }
         let grads = gradient_graph(forward);
-        let update = update_graph(&grads.params, &grads.grads, opt, clip);
+        let averaged: Vec<_> = grads
+            .averaged
+            .iter()
+            .map(|&(slot, n)| (slot, grads.nodes[n].shape.clone()))
+            .collect();
+        let update = update_graph(&grads.params, &grads.grads, &averaged, opt, clip);
         if update.states != train.states {
             return None;
         }
         Sharded::from_graphs(grads, update, shards)
     }
 
-    /// The roots a shard computes of a gradient graph: loss, objective, then each
-    /// trainable parameter's gradient.
+    /// The roots a shard computes of a gradient graph: loss, objective, each trainable
+    /// parameter's gradient, then the values it averages.
     pub fn roots(grads: &Graph) -> Option<Vec<NodeId>> {
         let mut roots = vec![grads.loss?, grads.objective?];
         roots.extend(grads.grads.iter().map(|(_, n)| *n));
+        roots.extend(grads.averaged.iter().map(|(_, n)| *n));
         Some(roots)
     }
 
@@ -215,7 +255,7 @@ impl Sharded {
     /// [`Sharded::new`] makes them; a built library reads them back).
     pub fn from_graphs(grads: Graph, update: Graph, shards: usize) -> Option<Sharded> {
         let roots = Sharded::roots(&grads)?;
-        // The shapes of each shard's loss, objective and gradients.
+        // The shapes of each shard's loss, objective, gradients and averaged values.
         let shapes = [IxDyn(&[]), IxDyn(&[])]
             .into_iter()
             .chain(
@@ -224,7 +264,14 @@ impl Sharded {
                     .iter()
                     .map(|(p, _)| IxDyn(&crate::interp::dims(&grads.params[*p].tensor.shape, 1))),
             )
+            .chain(
+                grads
+                    .averaged
+                    .iter()
+                    .map(|(_, n)| IxDyn(&crate::interp::dims(&grads.nodes[*n].shape, 1))),
+            )
             .collect();
+        let averaged = grads.averaged.len();
         let parts = (0..shards).map(|_| Mutex::new(Part::default())).collect();
         Some(Sharded {
             shapes,
@@ -236,6 +283,7 @@ impl Sharded {
             pool: None,
             parts,
             wire: Vec::new(),
+            averaged,
         })
     }
 
@@ -284,6 +332,7 @@ impl Sharded {
             self.pool = Some(pool);
         }
         let (grads, roots, parts, shapes) = (&self.grads, &self.roots, &self.parts, &self.shapes);
+        let averaged = self.averaged;
         let read: &State = state;
         // Shard k: rows ⌊kN/S⌋ to ⌊(k+1)N/S⌋.
         let shard = |b: &mut dyn Backend, k: usize| -> Result<(), RunError> {
@@ -317,9 +366,13 @@ impl Sharded {
                 roots,
                 &mut outs,
             )?;
-            // The loss and objective are the shard's means: weighted here.
-            for v in part.values.iter_mut().take(2) {
-                v.mapv_inplace(|x| (f64::from(x) * w) as f32);
+            // The loss and objective are the shard's means, and the averaged values its
+            // own: weighted here.
+            let n = part.values.len();
+            for (k, v) in part.values.iter_mut().enumerate() {
+                if k < 2 || k >= n - averaged {
+                    v.mapv_inplace(|x| (f64::from(x) * w) as f32);
+                }
             }
             Ok(())
         };
@@ -468,10 +521,14 @@ mod tests {
     }
 
     #[test]
-    fn automatic_shards_need_sixteen_rows_each() {
-        assert_eq!(shards_for(None, 31), 1);
-        assert_eq!(shards_for(None, 32), 2);
-        assert_eq!(shards_for(Some(8), 32), 8);
-        assert_eq!(shards_for(Some(1), 128), 1);
+    fn automatic_shards_need_sixteen_rows_each_or_sixty_four_with_statistics() {
+        assert_eq!(shards_for(None, 31, false), 1);
+        assert_eq!(shards_for(None, 32, false), 2);
+        assert_eq!(shards_for(Some(8), 32, false), 8);
+        assert_eq!(shards_for(Some(1), 128, false), 1);
+        // Batch statistics want 64 rows a shard.
+        assert_eq!(shards_for(None, 127, true), 1);
+        assert_eq!(shards_for(None, 128, true), 2);
+        assert_eq!(shards_for(Some(4), 32, true), 4);
     }
 }

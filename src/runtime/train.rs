@@ -12,7 +12,7 @@ use super::init::init_params;
 use super::program::{data_spec, Program};
 use super::sanity::{self, DataWarning};
 use super::schedule::{hyper, learning_rate};
-use super::shard::{shards_for, Sharded};
+use super::shard::{has_statistics, shards_for, Sharded};
 use super::trace;
 use super::verdict;
 use super::weights::{get_standardizer, load_for, params_from};
@@ -201,12 +201,14 @@ impl Run {
     /// one shard per process (the next power of two) when there are peers.
     fn reshard(&mut self) {
         let processes = self.processes().next_power_of_two();
-        let shards = shards_for(self.cfg.shards, self.cfg.batch).max(processes);
+        let forward = self.program.train_forward(self.cfg.seed);
+        let shards =
+            shards_for(self.cfg.shards, self.cfg.batch, has_statistics(&forward)).max(processes);
         if self.sharded.as_ref().map_or(1, Sharded::shards) == shards {
             return;
         }
         self.sharded = Sharded::new(
-            &self.program.train_forward(self.cfg.seed),
+            &forward,
             &self.train_graph,
             &self.cfg.optimizer,
             self.cfg.clip,
@@ -222,7 +224,7 @@ impl Run {
         self.reshard();
         if self.processes() > 1 && self.sharded.is_none() {
             return Err(RuntimeError::Run(RunError::input(format!(
-                "`{}` cannot be trained by {} processes: its training step cannot be split into shards (a batch statistic, as batch normalization's, is not combined across processes yet)",
+                "`{}` cannot be trained by {} processes: its training step cannot be split into shards",
                 self.program.model.name,
                 self.processes()
             ))));
@@ -360,14 +362,14 @@ impl Run {
     }
 
     /// Process 0's decision, on every process.
-    fn agree(&self, yes: bool) -> bool {
+    fn agree(&self, value: u8) -> u8 {
         match &self.peers {
             Some(p) => {
-                let mut v = [f32::from(u8::from(yes))];
+                let mut v = [f32::from(value)];
                 p.broadcast(&mut v);
-                v[0] != 0.0
+                v[0] as u8
             }
-            None => yes,
+            None => value,
         }
     }
 
@@ -583,8 +585,7 @@ impl Run {
             };
             observer.epoch(&rec);
             self.history.push(rec.clone());
-            let stop = self.early_stop(&rec, backend, &train)?;
-            if self.agree(stop) {
+            if self.early_stop(&rec, backend, &train)? {
                 stopped_early = Some(format!(
                     "no improvement of `{}` for {} epochs",
                     self.cfg.early_stop.as_ref().map_or("", |e| &e.monitor),
@@ -678,9 +679,45 @@ impl Run {
         backend: &mut dyn Backend,
         train: &Dataset,
     ) -> Result<bool, RuntimeError> {
-        let Some(es) = self.cfg.early_stop.clone().filter(|_| self.leads()) else {
+        let Some(es) = self.cfg.early_stop.clone() else {
             return Ok(false);
         };
+        // Process 0 evaluates and decides; every process keeps the same best weights.
+        const NO_VALUE: u8 = 0;
+        const IMPROVED: u8 = 1;
+        const NOT: u8 = 2;
+        let mut verdict = NO_VALUE;
+        if self.leads() {
+            verdict = match self.improved(&es, rec, backend, train)? {
+                None => NO_VALUE,
+                Some(true) => IMPROVED,
+                Some(false) => NOT,
+            };
+        }
+        match self.agree(verdict) {
+            IMPROVED => {
+                self.early.best_epoch = Some(rec.epoch);
+                self.early.wait = 0;
+                self.early.best_params = Some(self.state.params.clone());
+                Ok(false)
+            }
+            NOT => {
+                self.early.wait += 1;
+                Ok(self.early.wait >= es.patience.max(1))
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Whether the monitored value improved this epoch (None: there is none), keeping
+    /// the best value.
+    fn improved(
+        &mut self,
+        es: &crate::check::train::EarlyStop,
+        rec: &EpochRecord,
+        backend: &mut dyn Backend,
+        train: &Dataset,
+    ) -> Result<Option<bool>, RuntimeError> {
         let (value, higher_better) = match es.monitor.as_str() {
             "val_loss" => (rec.val_loss, false),
             "val_accuracy" => (rec.val_accuracy, true),
@@ -697,7 +734,7 @@ impl Run {
                 (ev.classification.map(|c| c.accuracy), true)
             }
         };
-        let Some(v) = value else { return Ok(false) };
+        let Some(v) = value else { return Ok(None) };
         let improved = match self.early.best {
             None => true,
             Some(b) if higher_better => v > b + es.min_delta,
@@ -705,14 +742,8 @@ impl Run {
         };
         if improved {
             self.early.best = Some(v);
-            self.early.best_epoch = Some(rec.epoch);
-            self.early.wait = 0;
-            self.early.best_params = Some(self.state.params.clone());
-            Ok(false)
-        } else {
-            self.early.wait += 1;
-            Ok(self.early.wait >= es.patience.max(1))
         }
+        Ok(Some(improved))
     }
 
     /// Writes the run's checkpoint atomically.
