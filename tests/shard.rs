@@ -334,3 +334,50 @@ fn more_processes_than_shards_split_steps_finer() {
     run.set_peers(Box::new(peers)).unwrap();
     assert_eq!(run.shards(), 4);
 }
+
+/// A convolution and a GRU side by side, for inference.
+const CONV_GRU: &str = "model m {
+  input  x: [N, 12]
+  target y: class[N] of 5
+  image = x |> reshape([N, 1, 3, 4])
+  c = image |> conv2d(4, 2, pad: 1) |> relu |> maxpool2d(2) |> flatten
+  r = x |> reshape([N, 3, 4]) |> gru(6, sequence: false)
+  logits = concat(c, r, axis: 1) |> batchnorm |> dense(5)
+  output logits
+  loss cross_entropy(logits, y)
+}
+train m {
+  batch 32
+}
+";
+
+#[test]
+fn inference_split_by_rows_is_the_same_for_any_thread_count() {
+    use kiln::jit::rows_independent;
+    for src in [MLP, BN, CONV_GRU] {
+        let (p, cfg) = program(src);
+        let g = &p.forward;
+        let outputs: Vec<_> = g.outputs.iter().map(|(_, n)| *n).collect();
+        assert!(rows_independent(g, &outputs));
+        // A loss combines rows: such a call is never split.
+        let loss = [g.loss.unwrap()];
+        assert!(!rows_independent(g, &loss));
+        let state = Run::new(&p, &cfg).state;
+        // 130 rows: blocks of 65, 43–44, 32–33 rows at 2, 3 and 4 threads.
+        let (x, _) = batch(130, 11);
+        let at = |threads| {
+            let mut jit = Jit::with_threads(threads);
+            bits(&jit.forward(g, &state, &x, &[], &outputs).unwrap())
+        };
+        let one = at(1);
+        for threads in [2, 3, 4] {
+            assert_eq!(at(threads), one, "{threads} threads");
+        }
+        // And the interpreter's values.
+        let want = Interpreter.forward(g, &state, &x, &[], &outputs).unwrap();
+        let got = Jit::with_threads(2)
+            .forward(g, &state, &x, &[], &outputs)
+            .unwrap();
+        close(&got, &want, 1e-4);
+    }
+}

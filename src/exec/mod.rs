@@ -103,6 +103,20 @@ pub fn gradient_roots(graph: &Graph) -> Result<Vec<NodeId>, RunError> {
         .collect())
 }
 
+/// Copies rows `lo..hi` (axis 0) of each array of `from` into `to`, reusing its arrays
+/// when they fit.
+pub fn copy_rows(to: &mut Vec<ArrayD<f32>>, from: &[ArrayD<f32>], lo: usize, hi: usize) {
+    to.truncate(from.len());
+    for (k, a) in from.iter().enumerate() {
+        let rows = a.slice_axis(ndarray::Axis(0), ndarray::Slice::from(lo..hi));
+        match to.get_mut(k) {
+            Some(t) if t.shape() == rows.shape() => t.assign(&rows),
+            Some(t) => *t = rows.to_owned(),
+            None => to.push(rows.to_owned()),
+        }
+    }
+}
+
 /// Stores the new value of an updated slot.
 pub fn write_back(state: &mut State, slot: Slot, v: ArrayD<f32>) {
     match slot {

@@ -15,9 +15,11 @@ mod kernel;
 mod layers;
 mod movement;
 pub mod object;
+pub use rows::rows_independent;
 pub mod plan;
 mod pool;
 mod recurrent;
+mod rows;
 
 pub use abi::{kiln_kernel, kiln_prim, Ctx, Precompiled};
 
@@ -243,6 +245,8 @@ pub struct Jit {
     bufs: abi::Pointers,
     /// Threads the kernels may use (at least 1).
     threads: usize,
+    /// The back ends of a batch evaluated by rows on several threads ([`rows`]).
+    workers: rows::Workers,
 }
 
 impl Default for Jit {
@@ -265,6 +269,7 @@ impl Jit {
             arena: Vec::new(),
             bufs: abi::Pointers::default(),
             threads: threads.max(1),
+            workers: rows::Workers::default(),
         }
     }
 
@@ -722,6 +727,10 @@ impl Backend for Jit {
         hyper: &HashMap<Hyper, f64>,
         roots: &[NodeId],
     ) -> Result<Vec<ArrayD<f32>>, RunError> {
+        let blocks = self.row_blocks(graph, roots, batch_of(inputs));
+        if blocks > 1 {
+            return self.evaluate_rows_owned(blocks, graph, state, inputs, targets, hyper, roots);
+        }
         let vals = self.run(graph, Slots::read(state)?, inputs, targets, hyper, roots)?;
         vals.into_iter().map(Value::into_array).collect()
     }
@@ -738,6 +747,11 @@ impl Backend for Jit {
         roots: &[NodeId],
         outputs: &mut [&mut [f32]],
     ) -> Result<(), RunError> {
+        let blocks = self.row_blocks(graph, roots, batch_of(inputs));
+        if blocks > 1 && outputs.len() == roots.len() {
+            return self
+                .evaluate_rows(blocks, graph, state, inputs, targets, hyper, roots, outputs);
+        }
         let call = (inputs, targets, hyper, roots, batch_of(inputs));
         let mut k = 0;
         self.call(graph, Slots::read(state)?, call, &mut |r, root| {

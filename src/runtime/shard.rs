@@ -7,10 +7,10 @@
 
 use super::cluster::{self, Peers};
 use crate::autodiff::{gradient_graph, update_graph};
-use crate::exec::{Backend, RunError, State, StepResult};
+use crate::exec::{copy_rows, Backend, RunError, State, StepResult};
 use crate::ir::{Binary, Clip, Graph, Hyper, NodeId, Op, Optimizer, Reduce, Slot};
 use crate::ops::Elem;
-use ndarray::{ArrayD, Axis, Dimension, IxDyn, Slice};
+use ndarray::{ArrayD, Dimension, IxDyn};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -146,19 +146,6 @@ struct Part {
 }
 
 impl Part {
-    /// Copies rows `lo..hi` of `from` into `to`, reusing its arrays when they fit.
-    fn rows(to: &mut Vec<ArrayD<f32>>, from: &[ArrayD<f32>], lo: usize, hi: usize) {
-        to.truncate(from.len());
-        for (k, a) in from.iter().enumerate() {
-            let rows = a.slice_axis(Axis(0), Slice::from(lo..hi));
-            match to.get_mut(k) {
-                Some(t) if t.shape() == rows.shape() => t.assign(&rows),
-                Some(t) => *t = rows.to_owned(),
-                None => to.push(rows.to_owned()),
-            }
-        }
-    }
-
     /// Makes its value buffers (zeros) when it has none.
     fn allocate(&mut self, shapes: &[IxDyn]) {
         if self.values.is_empty() {
@@ -344,8 +331,8 @@ impl Sharded {
                 return Ok(());
             }
             part.allocate(shapes);
-            Part::rows(&mut part.inputs, inputs, lo - base, hi - base);
-            Part::rows(&mut part.targets, targets, lo - base, hi - base);
+            copy_rows(&mut part.inputs, inputs, lo - base, hi - base);
+            copy_rows(&mut part.targets, targets, lo - base, hi - base);
             let w = (hi - lo) as f64 / rows as f64;
             let mut h = hyper.clone();
             h.insert(Hyper::RowOffset, lo as f64);
