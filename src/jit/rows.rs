@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// The fewest rows a thread's block holds.
-const ROWS: usize = 32;
+const ROWS: usize = 16;
 
 /// The back ends of the blocks and their reused rows.
 #[derive(Default)]
