@@ -21,6 +21,13 @@ pub trait Peers: Send {
     fn receive(&self, from: usize, tag: u16, data: &mut [f32]);
     /// Process 0's `data`, on every process.
     fn broadcast(&self, data: &mut [f32]);
+
+    /// Process 0's `value` (a decision), on every process.
+    fn agree(&self, value: u8) -> u8 {
+        let mut v = [f32::from(value)];
+        self.broadcast(&mut v);
+        v[0] as u8
+    }
 }
 
 impl<P: Peers + Sync + ?Sized> Peers for std::sync::Arc<P> {

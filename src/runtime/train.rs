@@ -18,9 +18,9 @@ use super::verdict;
 use super::weights::{get_standardizer, load_for, params_from};
 use crate::check::train::TrainConfig;
 use crate::diag::{Code, Diagnostic};
-use crate::exec::{batch_of, Backend, RunError, State, StepResult};
+use crate::exec::{batch_of, copy_rows, Backend, RunError, State, StepResult};
 use crate::ir::Graph;
-use ndarray::{ArrayD, Axis, IxDyn, Slice};
+use ndarray::{ArrayD, IxDyn};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -201,14 +201,14 @@ impl Run {
     /// one shard per process (the next power of two) when there are peers.
     fn reshard(&mut self) {
         let processes = self.processes().next_power_of_two();
-        let forward = self.program.train_forward(self.cfg.seed);
-        let shards =
-            shards_for(self.cfg.shards, self.cfg.batch, has_statistics(&forward)).max(processes);
+        // The training graph holds the forward pass's batch statistics, if any.
+        let statistics = has_statistics(&self.train_graph);
+        let shards = shards_for(self.cfg.shards, self.cfg.batch, statistics).max(processes);
         if self.sharded.as_ref().map_or(1, Sharded::shards) == shards {
             return;
         }
         self.sharded = Sharded::new(
-            &forward,
+            &self.program.train_forward(self.cfg.seed),
             &self.train_graph,
             &self.cfg.optimizer,
             self.cfg.clip,
@@ -323,12 +323,10 @@ impl Run {
         if mine == (0..rows) {
             return self.part_step(backend, inputs, targets, rows);
         }
-        let slice = |v: &[ArrayD<f32>]| -> Vec<ArrayD<f32>> {
-            v.iter()
-                .map(|a| a.slice_axis(Axis(0), Slice::from(mine.clone())).to_owned())
-                .collect()
-        };
-        self.part_step(backend, &slice(inputs), &slice(targets), rows)
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        copy_rows(&mut x, inputs, mine.start, mine.end);
+        copy_rows(&mut y, targets, mine.start, mine.end);
+        self.part_step(backend, &x, &y, rows)
     }
 
     /// A step of a batch of `rows` rows of which `inputs` and `targets` hold this
@@ -363,14 +361,7 @@ impl Run {
 
     /// Process 0's decision, on every process.
     fn agree(&self, value: u8) -> u8 {
-        match &self.peers {
-            Some(p) => {
-                let mut v = [f32::from(value)];
-                p.broadcast(&mut v);
-                v[0] as u8
-            }
-            None => value,
-        }
+        self.peers.as_ref().map_or(value, |p| p.agree(value))
     }
 
     /// Copies the state into the snapshot (reusing its allocation).

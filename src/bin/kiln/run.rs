@@ -320,9 +320,7 @@ impl Job {
     pub fn agree(&self, yes: bool) -> bool {
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
-            let mut v = [f32::from(u8::from(yes))];
-            m.broadcast(&mut v);
-            return v[0] != 0.0;
+            return m.agree(u8::from(yes)) != 0;
         }
         yes
     }
