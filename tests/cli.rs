@@ -613,6 +613,28 @@ fn every_command_ends_quietly_when_stdout_is_closed() {
     }
 }
 
+#[test]
+fn bench_reports_compile_set_up_and_first_step_apart() {
+    let o = kiln(&["bench", "benches/mlp.kiln", "--seconds", "0.01", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let f: Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    for key in [
+        "compile_ms",
+        "init_ms",
+        "data_ms",
+        "first_step_ms",
+        "train_samples_per_s",
+    ] {
+        let v = f[key].as_f64().unwrap_or(-1.0);
+        assert!(v > 0.0 && v.is_finite(), "{key}: {f}");
+    }
+    let o = kiln(&["bench", "benches/mlp.kiln", "--seconds", "0.01"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("compile (source to code): "), "{text}");
+    assert!(text.contains("set-up: parameters "), "{text}");
+    assert!(text.contains("; first step: "), "{text}");
+}
+
 /// A file that cannot be read is an I/O error, exit 2, whichever flag names it; a file
 /// that is read but wrong is the input's fault, exit 1.
 #[test]

@@ -60,7 +60,17 @@ fn batch(rows: usize, seed: u64) -> (Vec<ArrayD<f32>>, Vec<ArrayD<f32>>) {
 
 /// The parameters after `steps` steps of 37 rows split into `shards`, on `backend`.
 fn train(shards: u64, backend: &mut dyn Backend, steps: u64) -> (Vec<f64>, Vec<ArrayD<f32>>) {
-    let (p, mut cfg) = program(MLP);
+    train_model(MLP, shards, backend, steps)
+}
+
+/// [`train`] for the model and train block `src` (whose input is `x: [N, 12]`).
+fn train_model(
+    src: &str,
+    shards: u64,
+    backend: &mut dyn Backend,
+    steps: u64,
+) -> (Vec<f64>, Vec<ArrayD<f32>>) {
+    let (p, mut cfg) = program(src);
     cfg.shards = Some(shards);
     let mut run = Run::new(&p, &cfg);
     assert_eq!(run.shards(), shards as usize);
@@ -96,6 +106,75 @@ fn the_same_bits_for_any_thread_count() {
         let (l, p) = train(4, &mut Jit::with_threads(threads), 5);
         assert_eq!(l, l1, "losses at {threads} threads");
         assert_eq!(bits(&p), bits(&p1), "parameters at {threads} threads");
+    }
+}
+
+/// An MLP of tensors of 4,800 and 6,400 elements (cut into ranges on two or more
+/// threads), trained as `train` says.
+fn wide(train: &str) -> String {
+    format!(
+        "model m {{
+  input  x: [N, 12]
+  target y: class[N] of 5
+  logits = x |> dense(400) |> relu |> dense(16) |> tanh |> dense(5)
+  output logits
+  loss cross_entropy(logits, y)
+}}
+train m {{
+  {train}
+  batch 37
+  seed 3
+}}
+"
+    )
+}
+
+#[test]
+fn updates_cut_into_ranges_give_the_same_bits() {
+    // On two or more threads every optimizer's update runs on a range of each tensor
+    // on every thread, which must not change a bit.
+    for train in [
+        "optimizer adam(lr: 0.01)\n  clip value(0.5)",
+        "optimizer adamw(lr: 0.01)",
+        "optimizer sgd(lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 0.001)",
+        "optimizer rmsprop(lr: 0.01)",
+    ] {
+        let src = wide(train);
+        let (l1, p1) = train_model(&src, 4, &mut Jit::with_threads(1), 3);
+        for threads in [2, 3] {
+            let (l, p) = train_model(&src, 4, &mut Jit::with_threads(threads), 3);
+            assert_eq!(l, l1, "{train}: losses at {threads} threads");
+            assert_eq!(
+                bits(&p),
+                bits(&p1),
+                "{train}: parameters at {threads} threads"
+            );
+        }
+        assert_ne!(
+            bits(&p1),
+            bits(&train_model(&src, 4, &mut Jit::with_threads(1), 2).1)
+        );
+    }
+}
+
+#[test]
+fn a_prepared_step_compiles_nothing_more() {
+    // `kiln bench`'s compile time: every function a step runs is compiled by
+    // `Run::prepare`, the update's ranges included.
+    let momentum = wide("optimizer sgd(lr: 0.05, momentum: 0.9)");
+    for (src, threads, functions) in [(MLP, 1, 2), (&momentum, 1, 2), (&momentum, 2, 3)] {
+        let (p, cfg) = program(src);
+        let mut run = Run::new(&p, &cfg);
+        let mut jit = Jit::with_threads(threads);
+        run.prepare(&mut jit).unwrap();
+        assert_eq!(
+            jit.compiled(),
+            functions,
+            "gradients and each range's update"
+        );
+        let (x, y) = batch(37, 0);
+        run.step_batch(&mut jit, &x, &y).unwrap();
+        assert_eq!(jit.compiled(), functions, "{threads} threads");
     }
 }
 
@@ -280,6 +359,16 @@ fn data() -> Dataset {
 /// The parameters after 3 epochs in steps of 37 rows split into `shards` by `peers`
 /// (one process without), with early stopping on the validation loss.
 fn fit(model: &str, shards: u64, peers: Option<Threads>) -> (u64, Vec<Vec<u32>>) {
+    fit_on(model, shards, peers, 1)
+}
+
+/// [`fit`] with `threads` threads in each process.
+fn fit_on(
+    model: &str,
+    shards: u64,
+    peers: Option<Threads>,
+    threads: usize,
+) -> (u64, Vec<Vec<u32>>) {
     let src = model.replace(
         "seed 3",
         "seed 3\n  epochs 3\n  validation 0.2\n  early_stop(monitor: val_loss, patience: 1)",
@@ -290,26 +379,29 @@ fn fit(model: &str, shards: u64, peers: Option<Threads>) -> (u64, Vec<Vec<u32>>)
     if let Some(peers) = peers {
         run.set_peers(Box::new(peers)).unwrap();
     }
-    run.fit(&mut Jit::with_threads(1), &data(), None, &mut Silent)
+    run.fit(&mut Jit::with_threads(threads), &data(), None, &mut Silent)
         .unwrap();
     (run.progress().1, bits(&run.state.params))
 }
 
 #[test]
 fn processes_sharing_a_step_train_the_same_bits() {
+    // Two threads in each process of the last: its sum updated by ranges.
+    let momentum = wide("optimizer sgd(lr: 0.05, momentum: 0.9)");
     let cases = [
-        (MLP, 2, 2),
-        (MLP, 2, 8),
-        (MLP, 4, 4),
-        (MLP, 3, 4),
-        (BN, 2, 2),
+        (MLP, 2, 2, 1),
+        (MLP, 2, 8, 1),
+        (MLP, 4, 4, 1),
+        (MLP, 3, 4, 1),
+        (BN, 2, 2, 1),
+        (&momentum, 2, 8, 2),
     ];
-    for (model, processes, shards) in cases {
+    for (model, processes, shards, threads) in cases {
         let one = fit(model, shards, None);
         let each = std::thread::scope(|s| {
             let jobs: Vec<_> = Threads::job(processes)
                 .into_iter()
-                .map(|p| s.spawn(move || fit(model, shards, Some(p))))
+                .map(|p| s.spawn(move || fit_on(model, shards, Some(p), threads)))
                 .collect();
             jobs.into_iter()
                 .map(|j| j.join().unwrap())

@@ -7,6 +7,7 @@ pub mod rng;
 
 use crate::ir::{Graph, Hyper, NodeId, Slot};
 use ndarray::ArrayD;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -17,6 +18,15 @@ pub struct State {
     pub params: Vec<ArrayD<f32>>,
     /// State tensors (optimizer state), in the training graph's order.
     pub states: Vec<ArrayD<f32>>,
+}
+
+/// A model's parameters and state tensors borrowed, or ranges of their elements (a
+/// split step updates a range of every tensor on each thread: `runtime::shard`).
+pub struct Slices<'a> {
+    /// Each parameter's elements (or its range of them), in the graph's order.
+    pub params: Vec<&'a mut [f32]>,
+    /// Each state tensor's.
+    pub states: Vec<&'a mut [f32]>,
 }
 
 /// A violated invariant of Kiln: a bug in Kiln, never a mistake in a model or its data.
@@ -93,6 +103,20 @@ pub fn loss_nodes(graph: &Graph) -> Result<(NodeId, NodeId), RunError> {
         (Some(l), Some(o)) => Ok((l, o)),
         _ => Err(RunError::input("the graph has no loss")),
     }
+}
+
+/// The roots of a training step's call: the loss, the objective, then every update.
+pub fn step_roots(graph: &Graph) -> Result<SmallVec<[NodeId; 32]>, RunError> {
+    let (loss, objective) = loss_nodes(graph)?;
+    let mut roots: SmallVec<[NodeId; 32]> = SmallVec::from_slice(&[loss, objective]);
+    roots.extend(graph.updates.iter().map(|(_, n)| *n));
+    Ok(roots)
+}
+
+/// The roots of an update's call (a graph without a loss, such as
+/// `autodiff::update_graph`'s): its updates.
+pub fn update_roots(graph: &Graph) -> SmallVec<[NodeId; 32]> {
+    graph.updates.iter().map(|(_, n)| *n).collect()
 }
 
 /// The roots of a gradients call: the loss, then every trainable parameter's gradient.
@@ -207,6 +231,22 @@ pub trait Backend {
         inputs: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
     ) -> Result<(), RunError>;
+
+    /// [`Backend::update`] on borrowed buffers: `slices` holds each parameter's and
+    /// state's elements, `inputs` each input's, as many as the graph's shapes say.
+    fn update_slices(
+        &mut self,
+        graph: &Graph,
+        slices: &mut Slices,
+        inputs: &[&[f32]],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<(), RunError>;
+
+    /// Prepares a call of `roots` of `graph` without making it: the JIT compiles its
+    /// code (a back end that compiles nothing has nothing to do).
+    fn prepare(&mut self, _graph: &Graph, _roots: &[NodeId]) -> Result<(), RunError> {
+        Ok(())
+    }
 
     /// The threads its kernels may use.
     fn threads(&self) -> usize;

@@ -12,11 +12,11 @@
 //! the results are the same.
 
 use crate::check::train::TrainConfig;
-use crate::exec::{Backend, RunError, State};
+use crate::exec::{step_roots, update_roots, Backend, RunError, State};
 use crate::interp::dims;
 use crate::ir::{Clip, DType, Graph, GraphData, NodeId, Optimizer, Tensor};
 use crate::jit::object::{self, Function, ObjectSpec};
-use crate::jit::{step_roots, Jit, Precompiled};
+use crate::jit::{Jit, Precompiled};
 use crate::runtime::data::{Dataset, Standardizer, TargetScale};
 use crate::runtime::program::Program;
 use crate::runtime::schedule::hyper;
@@ -211,11 +211,6 @@ pub struct TrainStart<'a> {
     pub split: Option<&'a Sharded>,
 }
 
-/// The roots of an update graph's call: its updates.
-fn update_roots(g: &Graph) -> Vec<NodeId> {
-    g.updates.iter().map(|(_, n)| *n).collect()
-}
-
 /// The graph a library's training function computes, and its roots: the training graph,
 /// or a split step's gradient graph.
 fn train_function<'a>(t: &TrainStart<'a>) -> Result<(&'a Graph, Vec<NodeId>), BuildError> {
@@ -273,7 +268,11 @@ fn meta(
                 update: t.split.map(|s| {
                     let u = s.graphs().1;
                     let roots = update_roots(u);
-                    ((**u).clone(), roots.clone(), object::plan_digest(u, &roots))
+                    (
+                        (**u).clone(),
+                        roots.to_vec(),
+                        object::plan_digest(u, &roots),
+                    )
                 }),
             })
         }
@@ -733,7 +732,9 @@ impl Library {
                 let update = match (&t.update, update) {
                     (Some((g, roots, plan)), Some(f)) => {
                         let g = Graph::from(g.clone());
-                        if object::plan_digest(&g, roots) != *plan || update_roots(&g) != *roots {
+                        if object::plan_digest(&g, roots) != *plan
+                            || update_roots(&g)[..] != roots[..]
+                        {
                             return Err(Status::Mismatch);
                         }
                         Some((g, f))

@@ -2,11 +2,11 @@
 
 use crate::exec::{
     batch_of, gradient_roots, loss_nodes, scalar, write_back, Backend, LossAndGrads, RunError,
-    State, StepResult,
+    Slices, State, StepResult,
 };
-use crate::interp::{self, Env};
-use crate::ir::{Graph, Hyper, NodeId};
-use ndarray::ArrayD;
+use crate::interp::{self, dims, Env};
+use crate::ir::{Graph, Hyper, NodeId, Shape, Slot};
+use ndarray::{ArrayD, IxDyn};
 use std::collections::HashMap;
 
 /// The reference interpreter as a backend (f32).
@@ -103,6 +103,58 @@ impl Backend for Interpreter {
         let mut vals = run(graph, state, inputs, &[], hyper, &roots)?;
         for (slot, n) in &graph.updates {
             write_back(state, *slot, take(&mut vals, *n)?);
+        }
+        Ok(())
+    }
+
+    /// Copies the slices into arrays, updates them and copies the updates back.
+    fn update_slices(
+        &mut self,
+        graph: &Graph,
+        slices: &mut Slices,
+        inputs: &[&[f32]],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<(), RunError> {
+        fn arrays<'a>(
+            shapes: impl Iterator<Item = &'a Shape>,
+            xs: impl Iterator<Item = &'a [f32]>,
+        ) -> Result<Vec<ArrayD<f32>>, RunError> {
+            shapes
+                .zip(xs)
+                .map(|(s, x)| {
+                    ArrayD::from_shape_vec(IxDyn(&dims(s, 1)), x.to_vec())
+                        .map_err(|e| RunError::input(format!("a slice of the wrong size: {e}")))
+                })
+                .collect()
+        }
+        let mut state = State {
+            params: arrays(
+                graph.params.iter().map(|p| &p.tensor.shape),
+                slices.params.iter().map(|x| &**x),
+            )?,
+            states: arrays(
+                graph.states.iter().map(|t| &t.shape),
+                slices.states.iter().map(|x| &**x),
+            )?,
+        };
+        let inputs = arrays(
+            graph.inputs.iter().map(|t| &t.shape),
+            inputs.iter().copied(),
+        )?;
+        self.update(graph, &mut state, &inputs, hyper)?;
+        for (slot, _) in &graph.updates {
+            let (to, from) = match *slot {
+                Slot::Param(p) => (slices.params.get_mut(p), state.params.get(p)),
+                Slot::State(s) => (slices.states.get_mut(s), state.states.get(s)),
+            };
+            match (to, from.and_then(|a| a.as_slice())) {
+                (Some(to), Some(from)) if to.len() == from.len() => to.copy_from_slice(from),
+                _ => {
+                    return Err(RunError::bug(format!(
+                        "no buffer for the update of {slot:?}"
+                    )))
+                }
+            }
         }
         Ok(())
     }

@@ -24,12 +24,12 @@ mod rows;
 pub use abi::{kiln_kernel, kiln_prim, Ctx, Precompiled};
 
 use crate::exec::{
-    batch_of, gradient_roots, loss_nodes, scalar, write_back, Backend, LossAndGrads, RunError,
-    State, StepResult,
+    batch_of, gradient_roots, scalar, step_roots, update_roots, write_back, Backend, LossAndGrads,
+    RunError, Slices, State, StepResult,
 };
 use crate::interp::dims;
 use crate::ir::{Dim, Graph, GraphId, Hyper, NodeId, Op, Slot};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use plan::{Kind, Plan};
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -38,8 +38,8 @@ use std::sync::Arc;
 /// What a call is given: inputs, targets, hyperparameters, the roots wanted, the batch
 /// size.
 type Call<'a> = (
-    &'a [ArrayD<f32>],
-    &'a [ArrayD<f32>],
+    &'a [ArrayViewD<'a, f32>],
+    &'a [ArrayViewD<'a, f32>],
     &'a HashMap<Hyper, f64>,
     &'a [NodeId],
     usize,
@@ -345,10 +345,11 @@ impl Jit {
     ) -> Result<Vec<Value>, RunError> {
         let batch = batch_of(inputs);
         let mut values = Vec::with_capacity(roots.len());
+        let (inputs, targets) = (views(inputs), views(targets));
         self.call(
             g,
             state,
-            (inputs, targets, hyper, roots, batch),
+            (&inputs, &targets, hyper, roots, batch),
             &mut |r, root| {
                 values.push(match root {
                     Root::InPlace => Value::InPlace,
@@ -413,7 +414,7 @@ impl Jit {
             };
         }
         let base = arena.as_mut_ptr();
-        let contiguous = |a: &ArrayD<f32>, what: &str| -> Result<*mut f32, RunError> {
+        let contiguous = |a: &ArrayViewD<f32>, what: &str| -> Result<*mut f32, RunError> {
             a.as_slice()
                 .map(|s| s.as_ptr().cast_mut())
                 .ok_or_else(|| RunError::input(format!("{what} is not contiguous")))
@@ -603,23 +604,24 @@ fn inplace_updates(g: &Graph, plan: &Plan, roots: &[NodeId]) -> Vec<(NodeId, Slo
         .collect()
 }
 
-/// The roots of a training step's call: the loss, the objective, then every update.
-pub fn step_roots(graph: &Graph) -> Result<SmallVec<[NodeId; 32]>, RunError> {
-    let (loss, objective) = loss_nodes(graph)?;
-    let mut roots: SmallVec<[NodeId; 32]> = SmallVec::from_slice(&[loss, objective]);
-    roots.extend(graph.updates.iter().map(|(_, n)| *n));
-    Ok(roots)
-}
-
-fn get<'a>(xs: &'a [ArrayD<f32>], k: usize, what: &str) -> Result<&'a ArrayD<f32>, RunError> {
+fn get<'a, 'v>(
+    xs: &'a [ArrayViewD<'v, f32>],
+    k: usize,
+    what: &str,
+) -> Result<&'a ArrayViewD<'v, f32>, RunError> {
     xs.get(k)
         .ok_or_else(|| RunError::input(format!("missing {what} #{k}")))
 }
 
+/// Arrays as a call reads them.
+fn views(xs: &[ArrayD<f32>]) -> SmallVec<[ArrayViewD<'_, f32>; 4]> {
+    xs.iter().map(|a| a.view()).collect()
+}
+
 fn check_shapes(
     g: &Graph,
-    inputs: &[ArrayD<f32>],
-    targets: &[ArrayD<f32>],
+    inputs: &[ArrayViewD<f32>],
+    targets: &[ArrayViewD<f32>],
     batch: usize,
 ) -> Result<(), RunError> {
     if inputs.len() != g.inputs.len() {
@@ -752,7 +754,8 @@ impl Backend for Jit {
             return self
                 .evaluate_rows(blocks, graph, state, inputs, targets, hyper, roots, outputs);
         }
-        let call = (inputs, targets, hyper, roots, batch_of(inputs));
+        let (batch, inputs, targets) = (batch_of(inputs), views(inputs), views(targets));
+        let call = (&inputs[..], &targets[..], hyper, roots, batch);
         let mut k = 0;
         self.call(graph, Slots::read(state)?, call, &mut |r, root| {
             let out = outputs.get_mut(k);
@@ -775,9 +778,66 @@ impl Backend for Jit {
         inputs: &[ArrayD<f32>],
         hyper: &HashMap<Hyper, f64>,
     ) -> Result<(), RunError> {
-        let roots: SmallVec<[NodeId; 32]> = graph.updates.iter().map(|(_, n)| *n).collect();
+        let roots = update_roots(graph);
         self.apply(graph, state, inputs, &[], hyper, &roots)?;
         Ok(())
+    }
+
+    /// Runs the update on the slices themselves: writes in place what it can, copies
+    /// the rest.
+    fn update_slices(
+        &mut self,
+        graph: &Graph,
+        slices: &mut Slices,
+        inputs: &[&[f32]],
+        hyper: &HashMap<Hyper, f64>,
+    ) -> Result<(), RunError> {
+        let roots = update_roots(graph);
+        let views = graph
+            .inputs
+            .iter()
+            .zip(inputs)
+            .map(|(t, x)| {
+                ArrayViewD::from_shape(IxDyn(&dims(&t.shape, 1)), x)
+                    .map_err(|e| RunError::input(format!("a slice of the wrong size: {e}")))
+            })
+            .collect::<Result<SmallVec<[_; 16]>, _>>()?;
+        let state = Slots {
+            params: slices.params.iter_mut().map(|x| x.as_mut_ptr()).collect(),
+            states: slices.states.iter_mut().map(|x| x.as_mut_ptr()).collect(),
+        };
+        let mut k = 0;
+        self.call(
+            graph,
+            state,
+            (&views, &[], hyper, &roots, 1),
+            &mut |_, root| {
+                let slot = graph.updates.get(k).map(|(s, _)| *s);
+                k += 1;
+                let Root::Values(v) = root else {
+                    return Ok(());
+                };
+                let to = match slot {
+                    Some(Slot::Param(p)) => slices.params.get_mut(p),
+                    Some(Slot::State(s)) => slices.states.get_mut(s),
+                    None => None,
+                };
+                match to {
+                    Some(to) if to.len() == v.len() => {
+                        to.copy_from_slice(v);
+                        Ok(())
+                    }
+                    _ => Err(RunError::bug(format!(
+                        "no buffer for the update of {slot:?}"
+                    ))),
+                }
+            },
+        )
+    }
+
+    /// Compiles the entry point of the call (its layout for one row).
+    fn prepare(&mut self, graph: &Graph, roots: &[NodeId]) -> Result<(), RunError> {
+        self.entry(graph, roots, 1).map(|_| ())
     }
 
     fn threads(&self) -> usize {

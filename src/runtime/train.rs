@@ -18,7 +18,7 @@ use super::verdict;
 use super::weights::{get_standardizer, load_for, params_from};
 use crate::check::train::TrainConfig;
 use crate::diag::{Code, Diagnostic};
-use crate::exec::{batch_of, copy_rows, Backend, RunError, State, StepResult};
+use crate::exec::{batch_of, copy_rows, step_roots, Backend, RunError, State, StepResult};
 use crate::ir::Graph;
 use ndarray::{ArrayD, IxDyn};
 use serde::Serialize;
@@ -171,6 +171,17 @@ impl Run {
     /// is already built: runs of one model share the graph, and so the JIT's code for it.
     pub fn shared(program: Arc<Program>, train_graph: Arc<Graph>, cfg: &TrainConfig) -> Run {
         let params = init_params(&program.model, cfg.seed);
+        Run::with_params(program, train_graph, cfg, params)
+    }
+
+    /// [`Run::shared`] from parameters initialized already (`init::init_params`: `kiln
+    /// bench` times it apart).
+    pub fn with_params(
+        program: Arc<Program>,
+        train_graph: Arc<Graph>,
+        cfg: &TrainConfig,
+        params: Vec<ArrayD<f32>>,
+    ) -> Run {
         let states = train_graph
             .states
             .iter()
@@ -230,6 +241,16 @@ impl Run {
             ))));
         }
         Ok(())
+    }
+
+    /// Compiles the functions a training step runs on `backend`, running none (a first
+    /// step then only runs them).
+    pub fn prepare(&mut self, backend: &mut dyn Backend) -> Result<(), RunError> {
+        let peers = self.peers.as_deref();
+        match &mut self.sharded {
+            Some(s) => s.prepare(backend, peers),
+            None => backend.prepare(&self.train_graph, &step_roots(&self.train_graph)?),
+        }
     }
 
     /// The number of processes training this model together (1 without peers).

@@ -10,6 +10,7 @@ use kiln::check::train::TrainConfig;
 use kiln::check::LintLevels;
 use kiln::interp::dims;
 use kiln::ir::DType;
+use kiln::runtime::init::init_params;
 use kiln::runtime::program::{self, Program};
 use kiln::runtime::train::Run;
 use kiln::span::Sources;
@@ -17,6 +18,7 @@ use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `kiln bench`.
@@ -49,7 +51,14 @@ struct Figures {
     shards: usize,
     /// The processes of an MPI job that split each step (1 without).
     processes: usize,
+    /// Source to callable code: checking, lowering, differentiation, code generation.
     compile_ms: f64,
+    /// The parameters' initialization.
+    init_ms: f64,
+    /// Making the synthetic batches.
+    data_ms: f64,
+    /// The first training step (or inference call, for a model without a loss).
+    first_step_ms: f64,
     train_steps_per_s: f64,
     train_samples_per_s: f64,
     infer_samples_per_s: f64,
@@ -99,6 +108,11 @@ fn pool(p: &Program, batch: usize, rng: &mut ChaCha8Rng) -> Vec<Batch> {
         .collect()
 }
 
+/// Milliseconds since `t`.
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
 /// Median over 3 repetitions of calls per second, each repetition at least `secs` long;
 /// `go` turns "the clock says go on" into the decision every process of the run takes
 /// (its own without peers).
@@ -134,6 +148,9 @@ fn rate(
 
 /// `kiln bench`.
 pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
+    // Under mpirun (built with the `mpi` feature): the processes split each training
+    // step; process 0 measures inference alone and reports.
+    let job = crate::run::Job::start();
     let t_source = Instant::now();
     let mut sources = Sources::new();
     let levels = LintLevels {
@@ -153,7 +170,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         .train(&m.name)
         .cloned()
         .unwrap_or_else(|| TrainConfig::defaults(&m.name, m.span));
-    let p = program::prepare(m);
+    let p = Arc::new(program::prepare(m));
     let batch = a.batch.unwrap_or(cfg.batch) as usize;
     if pool_bytes(&p, batch).is_none_or(|b| b > POOL_BYTES) {
         eprintln!(
@@ -166,10 +183,13 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     let mut cfg = cfg;
     cfg.batch = batch as u64;
     cfg.shards = a.shards.or(cfg.shards);
-    let mut run = Run::new(&p, &cfg);
-    // Under mpirun (built with the `mpi` feature): the processes split each training
-    // step; process 0 measures inference alone and reports.
-    let job = crate::run::Job::start();
+    let graph = Arc::new(p.training_graph(&cfg));
+    let front_end = t_source.elapsed();
+    let t_init = Instant::now();
+    let params = init_params(&p.model, cfg.seed);
+    let init_ms = ms(t_init);
+    let t_build = Instant::now();
+    let mut run = Run::with_params(p.clone(), graph, &cfg, params);
     if let Some(peers) = job.peers() {
         if let Err(e) = run.set_peers(peers) {
             if run.leads() {
@@ -179,24 +199,28 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         }
     }
     let mut be = a.m.backend();
-    // Synthetic data is made outside the timed compile.
-    let front_end = t_source.elapsed();
+    let trains = p.forward.loss.is_some();
+    let roots: Vec<_> = p.forward.outputs.iter().map(|(_, n)| *n).collect();
+    if trains {
+        run.prepare(&mut *be).map_err(anyhow::Error::msg)?;
+    }
+    be.prepare(&p.forward, &roots).map_err(anyhow::Error::msg)?;
+    let compile_ms = (front_end + t_build.elapsed()).as_secs_f64() * 1e3;
+    let t_data = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let data = pool(&p, batch, &mut rng);
     let data1 = pool(&p, 1, &mut rng);
+    let data_ms = ms(t_data);
     let t_first = Instant::now();
-    let trains = p.forward.loss.is_some();
     let fail = |e: kiln::exec::RunError| e.to_string();
-    // Source to the end of the first step: check, lower, differentiate, compile, run.
     if trains {
         run.raw_step(&mut *be, &data[0].0, &data[0].1)
             .map_err(anyhow::Error::msg)?;
     } else {
-        let roots: Vec<_> = p.forward.outputs.iter().map(|(_, n)| *n).collect();
         be.forward(&p.forward, &run.state, &data[0].0, &[], &roots)
             .map_err(anyhow::Error::msg)?;
     }
-    let compile_ms = (front_end + t_first.elapsed()).as_secs_f64() * 1e3;
+    let first_step_ms = ms(t_first);
     let train_steps = if trains {
         rate(a.seconds, &|go| job.agree(go), |i| {
             let (x, y) = &data[i % data.len()];
@@ -208,7 +232,6 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     } else {
         0.0
     };
-    let roots: Vec<_> = p.forward.outputs.iter().map(|(_, n)| *n).collect();
     let state = &run.state;
     if !run.leads() {
         return Ok(0);
@@ -231,6 +254,9 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
         shards: run.shards(),
         processes: run.processes(),
         compile_ms,
+        init_ms,
+        data_ms,
+        first_step_ms,
         train_steps_per_s: train_steps,
         train_samples_per_s: train_steps * batch as f64,
         infer_samples_per_s: infer_calls * batch as f64,
@@ -252,7 +278,14 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
             f.shards,
             if f.shards == 1 { "" } else { "s" }
         );
-        outln!("compile (source to first step): {:.1} ms", f.compile_ms);
+        outln!("compile (source to code): {:.1} ms", f.compile_ms);
+        outln!(
+            "set-up: parameters {:.1} ms, synthetic data {:.1} ms; first {}: {:.1} ms",
+            f.init_ms,
+            f.data_ms,
+            if trains { "step" } else { "call" },
+            f.first_step_ms
+        );
         if trains {
             outln!(
                 "train: {:.0} steps/s, {:.0} samples/s",
