@@ -563,7 +563,8 @@ fn fused_recurrence_is_deterministic_across_threads() {
 
 /// Every way the JIT computes a matrix product — generated loops for tiny products (each
 /// combination of transposes), the run-time choice for GEMV-like ones (at most 4 rows
-/// inline, more through the GEMM) with its epilogue, and the library GEMM — against the
+/// inline, more through the GEMM) with its epilogue, the kernel for GEMV-like ones with a
+/// large right operand, and the library GEMM — against the
 /// interpreter, at batch sizes around the 4-row boundary.
 #[test]
 fn every_product_path_matches_the_interpreter() {
@@ -608,6 +609,22 @@ fn every_product_path_matches_the_interpreter() {
         (vec![n, f(40)], vec![f(40), f(53)], false, false, Kind::Gemv),
         (vec![n, f(37)], vec![f(30), f(37)], false, true, Kind::Gemv),
         (vec![n, f(40)], vec![n, f(30)], true, false, Kind::Kernel),
+        // GEMV-like with a right operand past an L2 cache: the kernel's row-streaming loops
+        // up to 4 rows.
+        (
+            vec![n, f(300)],
+            vec![f(300), f(900)],
+            false,
+            false,
+            Kind::Kernel,
+        ),
+        (
+            vec![n, f(300)],
+            vec![f(900), f(300)],
+            false,
+            true,
+            Kind::Kernel,
+        ),
     ];
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for (sa, sb, ta, tb, kind) in cases {

@@ -54,6 +54,12 @@ pub struct Plan {
 /// batch of one) for a row-times-matrix loop up to this many rows.
 pub const GEMV_ROWS: usize = 4;
 
+/// GEMV-like products whose right operand has more elements than this (1 MiB of f32,
+/// an L2 cache) are left to the kernel: the generated loops walk the operand in tiles of
+/// 24 columns, one row of a tile at a time, a stride the prefetchers do not follow across
+/// pages once the operand outgrows the cache, where the kernel streams it row by row.
+pub const GEMV_WEIGHTS: u64 = 1 << 18;
+
 /// Products of at most this many multiply-adds (per row, when the rows depend on the
 /// batch: this many per 16 rows) are generated loops; the kernel computes products this
 /// small (at a batch size the plan could not know) by textbook loops.
@@ -119,7 +125,7 @@ fn product_kind(g: &Graph, n: NodeId) -> Kind {
         (Some(m), Some(k), Some(c)) if m * k * c <= TINY_MACS as u64 => Kind::Product,
         (None, Some(k), Some(c)) if k * c * 16 <= TINY_MACS as u64 => Kind::Product,
         (Some(m), None, Some(c)) if m * c * 16 <= TINY_MACS as u64 => Kind::Product,
-        (None, Some(_), Some(_)) if !ta => Kind::Gemv,
+        (None, Some(k), Some(c)) if !ta && k * c <= GEMV_WEIGHTS => Kind::Gemv,
         _ => Kind::Kernel,
     }
 }
