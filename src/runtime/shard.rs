@@ -624,9 +624,10 @@ fn update_ranges(
     let Some((_, first)) = tasks.next() else {
         return Ok(());
     };
-    let Some(pool) = pool.filter(|_| r > 1) else {
+    if r == 1 {
         return task(backend, 0, first);
-    };
+    }
+    let pool = pool.ok_or_else(|| RunError::bug("no thread pool"))?;
     let errors: Mutex<Vec<(usize, RunError)>> = Mutex::new(Vec::new());
     let (task, errors_ref) = (&task, &errors);
     let mut result = Ok(());
