@@ -7,7 +7,7 @@ pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = kiln::compile_file("examples/xor.kiln")?;
     println!("{}", model.summary());
     // The seed of the example's train block: two ReLU units train with it.
-    let mut session = model.session(8);
+    let mut session = model.session(8)?;
     let x: ArrayD<f32> = array![[0., 0.], [0., 1.], [1., 0.], [1., 1.]].into_dyn();
     let y: ArrayD<f32> = array![[0.], [1.], [1.], [0.]].into_dyn();
     let report = session.train(&[("x", &x)], &[("y", &y)], |epoch| {

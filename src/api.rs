@@ -277,8 +277,8 @@ impl Model {
     }
 
     /// A session with parameters initialized from `seed` and the model's train block
-    /// (its seed replaced).
-    pub fn session(&self, seed: u64) -> Session {
+    /// (its seed replaced); an error when they do not fit in this machine's memory.
+    pub fn session(&self, seed: u64) -> Result<Session, Error> {
         let mut cfg = self.shared.cfg.clone();
         cfg.seed = seed;
         let p = &self.shared.program;
@@ -295,10 +295,11 @@ impl Model {
                 .or_insert_with(|| Arc::new(p.training_graph(&cfg)))
                 .clone()
         };
-        Session {
+        let run = Run::shared(p.clone(), graph, &cfg).map_err(|e| Error::Runtime(e.into()))?;
+        Ok(Session {
             model: self.clone(),
-            run: Run::shared(p.clone(), graph, &cfg),
-        }
+            run,
+        })
     }
 }
 

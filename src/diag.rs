@@ -690,3 +690,16 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("clipnorm", "clip"),
     ("weight_decay", "l2"),
 ];
+
+/// Groups digits by thousands: 1234567 → "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

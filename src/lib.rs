@@ -18,7 +18,7 @@
 //!      }
 //!      train xor { optimizer sgd(lr: 0.1, momentum: 0.9) }",
 //! )?;
-//! let mut session = model.session(7);
+//! let mut session = model.session(7)?;
 //! let x: ArrayD<f32> = array![[0., 0.], [0., 1.], [1., 0.], [1., 1.]].into_dyn();
 //! let y: ArrayD<f32> = array![[0.], [1.], [1.], [0.]].into_dyn();
 //! let first = session.train_step(&[("x", &x)], &[("y", &y)])?;

@@ -1,6 +1,7 @@
 //! `kiln summary`: a Keras-style table of a checked model.
 
 use crate::check::graph::{CheckedModel, Op, ParamRole, Ty};
+pub use crate::diag::thousands;
 use crate::ir::shape::matmul;
 use crate::syntax::ast::BinOp;
 use std::collections::HashSet;
@@ -80,19 +81,6 @@ pub fn summarize(m: &CheckedModel) -> (Vec<Row>, Totals) {
         }
     }
     (rows, totals)
-}
-
-/// Groups digits by thousands: 1234567 → "1,234,567".
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Renders the summary table.

@@ -43,7 +43,7 @@ fn train_with_a_callback_then_predict_evaluate_and_classify() {
     assert_eq!(model.inputs(), vec![("x".to_string(), vec![None, Some(2)])]);
     assert_eq!(model.outputs(), vec!["out".to_string()]);
     assert!(model.summary().contains("dense"));
-    let mut s = model.session(3);
+    let mut s = model.session(3).unwrap();
     let (x, y) = data();
     let mut epochs = Vec::new();
     let report = s
@@ -72,7 +72,7 @@ fn same_seed_same_training_and_different_seeds_differ() {
     let (x, y) = data();
     let mut losses = Vec::new();
     for seed in [1, 1, 2] {
-        let mut s = model.session(seed);
+        let mut s = model.session(seed).unwrap();
         let mut l = 0.0;
         for _ in 0..20 {
             l = s.train_step(&[("x", &x)], &[("y", &y)]).unwrap();
@@ -87,14 +87,14 @@ fn same_seed_same_training_and_different_seeds_differ() {
 fn sessions_share_compiled_code_and_move_between_threads() {
     let model = kiln::compile_str(XOR).unwrap();
     let (x, y) = data();
-    let mut a = model.session(1);
+    let mut a = model.session(1).unwrap();
     a.train_step(&[("x", &x)], &[("y", &y)]).unwrap();
     a.predict(&[("x", &x)]).unwrap();
     let compiled = model.compiled_functions();
     assert_eq!(compiled, 2, "a training step and a forward pass");
     let handle = std::thread::spawn(move || {
         let (x, y) = data();
-        let mut b = model.session(2);
+        let mut b = model.session(2).unwrap();
         b.train_step(&[("x", &x)], &[("y", &y)]).unwrap();
         b.predict(&[("x", &x)]).unwrap();
         model.compiled_functions()
@@ -105,7 +105,7 @@ fn sessions_share_compiled_code_and_move_between_threads() {
 #[test]
 fn wrong_inputs_are_errors_naming_the_input_and_both_shapes() {
     let model = kiln::compile_str(XOR).unwrap();
-    let mut s = model.session(1);
+    let mut s = model.session(1).unwrap();
     let (x, y) = data();
     let bad: ArrayD<f32> = ArrayD::zeros(ndarray::IxDyn(&[4, 3]));
     let e = s.predict(&[("x", &bad)]).unwrap_err().to_string();
@@ -141,7 +141,7 @@ fn wrong_inputs_are_errors_naming_the_input_and_both_shapes() {
 fn parameters_by_name_save_and_load() {
     let model = kiln::compile_str(XOR).unwrap();
     let (x, y) = data();
-    let mut s = model.session(4);
+    let mut s = model.session(4).unwrap();
     assert_eq!(
         s.parameter_names(),
         [
@@ -170,7 +170,7 @@ fn parameters_by_name_save_and_load() {
     let path = dir.path().join("s.safetensors");
     s.save(&path).unwrap();
     let next_a = s.train_step(&[("x", &x)], &[("y", &y)]).unwrap();
-    let mut t = model.session(99);
+    let mut t = model.session(99).unwrap();
     t.load(&path).unwrap();
     assert_eq!(t.progress(), (0, 5));
     let next_b = t.train_step(&[("x", &x)], &[("y", &y)]).unwrap();
@@ -182,7 +182,7 @@ fn parameters_by_name_save_and_load() {
 fn hyperparameter_setters_change_the_steps() {
     let model = kiln::compile_str(XOR).unwrap();
     let (x, y) = data();
-    let (mut a, mut b) = (model.session(5), model.session(5));
+    let (mut a, mut b) = (model.session(5).unwrap(), model.session(5).unwrap());
     b.set_learning_rate(0.0);
     let before = b.parameter("h.dense.weight").unwrap().to_owned();
     a.train_step(&[("x", &x)], &[("y", &y)]).unwrap();
@@ -227,7 +227,7 @@ fn bad_values_are_errors_or_numbers_never_panics() {
 ",
     )
     .unwrap();
-    let mut s = model.session(1);
+    let mut s = model.session(1).unwrap();
     // A bad id or label is the user's mistake, never reported as Kiln's bug.
     fn user_error<T>(r: Result<T, kiln::Error>) -> bool {
         matches!(
@@ -275,7 +275,7 @@ fn standardized_regression_predicts_in_the_targets_units() {
          }",
     )
     .unwrap();
-    let mut s = model.session(2);
+    let mut s = model.session(2).unwrap();
     let xs: Vec<f32> = (0..20).map(|i| i as f32 / 19.0).collect();
     let x = ArrayD::from_shape_vec(vec![20, 1], xs.clone()).unwrap();
     let y = x.mapv(|v| 300.0 * v + 1000.0);

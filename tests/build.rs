@@ -432,7 +432,7 @@ fn train(example: &str, d: &Path, header: &str, weights: &Path) {
 
     // The JIT's steps from the same checkpoint, through the library API.
     let model = kiln::compile_file(root().join(format!("examples/{example}.kiln"))).unwrap();
-    let mut session = model.session(model.train_config().seed);
+    let mut session = model.session(model.train_config().seed).unwrap();
     session.load(weights).unwrap();
     let (input, shape) = model.inputs().remove(0);
     let target = model.targets().remove(0).0;

@@ -613,7 +613,7 @@ fn a_legacy_checkpoint_carries_no_scheme_and_an_older_digest() {
 #[test]
 fn a_legacy_checkpoint_still_resumes_and_predicts() {
     let model = kiln::compile_file(manifest("examples/xor.kiln")).unwrap();
-    let mut session = model.session(8);
+    let mut session = model.session(8).unwrap();
     session.load(legacy()).unwrap();
     assert_eq!(session.progress(), (500, 500));
     let x = array![[0., 0.], [0., 1.], [1., 0.], [1., 1.]].into_dyn();
@@ -707,7 +707,7 @@ fn a_new_checkpoint_carries_the_scheme_and_the_digest() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("xor.safetensors");
     let model = kiln::compile_file(manifest("examples/xor.kiln")).unwrap();
-    model.session(8).save(&path).unwrap();
+    model.session(8).unwrap().save(&path).unwrap();
     let c = Checkpoint::load(&path).unwrap();
     assert_eq!(c.meta[identity::SCHEME_KEY], "kiln-model-1");
     assert_eq!(

@@ -244,6 +244,38 @@ fn a_bench_batch_too_large_for_memory_exits_2() {
     assert_eq!(stdout(&o), "");
 }
 
+/// A model whose parameters outgrow the machine's memory (2⁴⁰ of them, 4 TiB) is the
+/// input's fault: exit 1 with a message that says how large they are, before anything
+/// is allocated — never an abort.
+#[test]
+fn a_model_too_large_for_memory_exits_1() {
+    let huge = "model huge {\n  input  x: [N, 1048576]\n  target y: [N, 1048576]\n  \
+                out = x |> dense(1048576)\n  output out\n  loss mse(out, y)\n}\n";
+    let f = temp("too_large", "huge.kiln", huge.as_bytes());
+    let onnx = f.with_extension("onnx");
+    for args in [
+        &["bench", s(&f), "--batch", "1", "--seconds", "0.01"][..],
+        &["train", s(&f), "--train", "examples/data/xor.csv"],
+        &["export", s(&f), "-o", s(&onnx)],
+    ] {
+        let o = kiln(args);
+        assert_eq!(code(&o), 1, "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("`huge`'s parameters hold 1,099,512,676,352 values"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let model = kiln::compile_file(&f).expect("the model checks");
+    let Err(err) = model.session(1) else {
+        panic!("a session of 4 TiB of parameters");
+    };
+    assert!(
+        err.to_string().contains("more than this machine's memory"),
+        "{err}"
+    );
+}
+
 #[test]
 fn help_and_version_exit_0() {
     let o = kiln(&["--help"]);

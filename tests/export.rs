@@ -1350,6 +1350,7 @@ fn without_weights_the_seeded_initialization_matches_onnx_runtime() {
         let saved = dir.path(&format!("{}.seeded.safetensors", stem(ex)));
         model
             .session(seed)
+            .expect("a session")
             .save(&saved)
             .expect("save the initialization");
         targets.push(Target {
@@ -1533,6 +1534,7 @@ fn weights_that_do_not_fit_are_refused_like_predict() {
     kiln::compile_file(root().join("examples/iris.kiln"))
         .unwrap()
         .session(1)
+        .unwrap()
         .save(&iris)
         .unwrap();
     let keep = [

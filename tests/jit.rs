@@ -69,7 +69,7 @@ fn compare(src: &str) {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     for batch in [1, 7, 64] {
         let (inputs, targets) = random_batch(&p, batch, &mut rng);
-        let run = Run::new(&p, &cfg);
+        let run = Run::new(&p, &cfg).unwrap();
         let state: State = run.state.clone();
         let (mut interp, mut jit) = (Interpreter, Jit::new());
         // Forward: every output and the loss.
@@ -536,7 +536,7 @@ fn fused_recurrence_is_deterministic_across_threads() {
     let (p, cfg) = program(&src);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (inputs, targets) = random_batch(&p, 48, &mut rng);
-    let run = Run::new(&p, &cfg);
+    let run = Run::new(&p, &cfg).unwrap();
     let g = run.graph();
     let h = schedule::hyper(&cfg.optimizer, cfg.clip, 0.01, 1);
     let grads = |threads: usize| {

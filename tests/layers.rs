@@ -66,6 +66,7 @@ impl Net {
     fn new(src: &str) -> Net {
         let (p, cfg) = program(src);
         let params = init_params(&p.model, 1)
+            .unwrap()
             .iter()
             .map(|a| a.mapv(f64::from))
             .collect();
@@ -560,7 +561,7 @@ fn normalized(
 
 /// One training step through the runtime (interpreter backend): the state after it.
 fn one_step(net: &Net, inputs: &[ArrayD<f64>], targets: &[ArrayD<f64>]) -> State {
-    let run = Run::new(&net.p, &net.cfg);
+    let run = Run::new(&net.p, &net.cfg).unwrap();
     let mut state = net.state();
     assert_eq!(run.state.params.len(), state.params.len());
     state.states = run.state.states.clone();
@@ -1290,7 +1291,7 @@ fn evaluation_is_repeatable_and_leaves_running_statistics_alone() {
     let y = uniform(&mut r, &[6, 3], -1.0, 1.0);
     let inputs = [to_f32(&img), to_f32(&x)];
     let targets = [to_f32(&y)];
-    let run = Run::new(&p, &cfg);
+    let run = Run::new(&p, &cfg).unwrap();
     let mut state = run.state.clone();
     let stats = running_stats(&p.forward);
     // Make the running statistics unlike the batch's so that reading them shows.

@@ -322,7 +322,7 @@ model line {
 #[test]
 fn a_regression_model_is_evaluated_with_mae_rmse_and_r2() {
     let model = kiln::compile_str(LINE).unwrap();
-    let mut s = model.session(0);
+    let mut s = model.session(0).unwrap();
     // h = 1·x + 0.5
     s.set_parameter(
         "h.dense.weight",
@@ -349,7 +349,7 @@ fn a_classifier_has_no_regression_metrics() {
         "model c {\n  input x: [N, 2]\n  target y: class[N] of 2\n  s = x |> dense(2)\n  output s\n  loss cross_entropy(s, y)\n}\n",
     )
     .unwrap();
-    let mut s = model.session(0);
+    let mut s = model.session(0).unwrap();
     let x = ndarray::arr2(&[[1.0f32, 0.0]]).into_dyn();
     let y = ndarray::arr1(&[1.0f32]).into_dyn();
     let ev = s.evaluate(&[("x", &x)], &[("y", &y)]).unwrap();

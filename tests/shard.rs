@@ -72,7 +72,7 @@ fn train_model(
 ) -> (Vec<f64>, Vec<ArrayD<f32>>) {
     let (p, mut cfg) = program(src);
     cfg.shards = Some(shards);
-    let mut run = Run::new(&p, &cfg);
+    let mut run = Run::new(&p, &cfg).unwrap();
     assert_eq!(run.shards(), shards as usize);
     let mut losses = Vec::new();
     for s in 0..steps {
@@ -164,7 +164,7 @@ fn a_prepared_step_compiles_nothing_more() {
     let momentum = wide("optimizer sgd(lr: 0.05, momentum: 0.9)");
     for (src, threads, functions) in [(MLP, 1, 2), (&momentum, 1, 2), (&momentum, 2, 3)] {
         let (p, cfg) = program(src);
-        let mut run = Run::new(&p, &cfg);
+        let mut run = Run::new(&p, &cfg).unwrap();
         let mut jit = Jit::with_threads(threads);
         run.prepare(&mut jit).unwrap();
         assert_eq!(
@@ -226,7 +226,7 @@ train m {
 fn bn_step(shards: u64, x: &[ArrayD<f32>], y: &[ArrayD<f32>]) -> Vec<ArrayD<f32>> {
     let (p, mut cfg) = program(BN);
     cfg.shards = Some(shards);
-    let mut run = Run::new(&p, &cfg);
+    let mut run = Run::new(&p, &cfg).unwrap();
     assert_eq!(run.shards(), shards as usize);
     run.step_batch(&mut Jit::with_threads(2), x, y).unwrap();
     run.state.params.clone()
@@ -270,7 +270,7 @@ fn batch_statistics_are_each_shards_own() {
     let (p, mut cfg) = program(BN);
     cfg.shards = Some(4);
     let bits_at = |threads| {
-        let mut run = Run::new(&p, &cfg);
+        let mut run = Run::new(&p, &cfg).unwrap();
         run.step_batch(&mut Jit::with_threads(threads), &x, &y)
             .unwrap();
         bits(&run.state.params)
@@ -375,7 +375,7 @@ fn fit_on(
     );
     let (p, mut cfg) = program(&src);
     cfg.shards = Some(shards);
-    let mut run = Run::new(&p, &cfg);
+    let mut run = Run::new(&p, &cfg).unwrap();
     if let Some(peers) = peers {
         run.set_peers(Box::new(peers)).unwrap();
     }
@@ -421,7 +421,7 @@ fn more_processes_than_shards_split_steps_finer() {
     // Four processes need four shards: the step is split so whatever the train block says.
     let (p, mut cfg) = program(MLP);
     cfg.shards = Some(1);
-    let mut run = Run::new(&p, &cfg);
+    let mut run = Run::new(&p, &cfg).unwrap();
     let peers = Threads::job(4).into_iter().next().unwrap();
     run.set_peers(Box::new(peers)).unwrap();
     assert_eq!(run.shards(), 4);
@@ -454,7 +454,7 @@ fn inference_split_by_rows_is_the_same_for_any_thread_count() {
         // A loss combines rows: such a call is never split.
         let loss = [g.loss.unwrap()];
         assert!(!rows_independent(g, &loss));
-        let state = Run::new(&p, &cfg).state;
+        let state = Run::new(&p, &cfg).unwrap().state;
         // 130 rows: blocks of 65, 43–44, 32–33 rows at 2, 3 and 4 threads.
         let (x, _) = batch(130, 11);
         let at = |threads| {

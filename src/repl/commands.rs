@@ -174,7 +174,7 @@ impl Session {
             cfg.seed
         );
         let mut records = Vec::new();
-        let mut run = Run::new(&program, &cfg);
+        let mut run = Run::new(&program, &cfg)?;
         let report = {
             let mut jit = Jit::new();
             let mut observe = |r: &EpochRecord| records.push(r.clone());
@@ -297,7 +297,7 @@ impl Session {
         let mut note = String::new();
         if !self.trained.contains_key(model) {
             let (program, cfg) = self.model(model)?;
-            let params = init_params(&program.model, cfg.seed);
+            let params = init_params(&program.model, cfg.seed)?;
             note = format!("note: `{model}` is not trained: its parameters are the initial ones (`:train {model}`)\n");
             self.trained.insert(
                 model.to_string(),

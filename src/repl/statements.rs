@@ -317,7 +317,7 @@ impl Session {
                 "the expression has no output",
             )));
         };
-        let init = init_params(&program.model, self.seed);
+        let init = init_params(&program.model, self.seed)?;
         let mut params = Vec::new();
         let mut fresh = Vec::new();
         for (p, v) in program.forward.params.iter().zip(init) {

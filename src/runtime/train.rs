@@ -8,7 +8,7 @@ use super::error::RuntimeError;
 use super::eval::{evaluate, Evaluation};
 use super::health::{self, Health};
 use super::identity;
-use super::init::init_params;
+use super::init::{fits_memory, init_params};
 use super::program::{data_spec, Program};
 use super::sanity::{self, DataWarning};
 use super::schedule::{hyper, learning_rate};
@@ -158,8 +158,9 @@ pub struct Run {
 }
 
 impl Run {
-    /// A fresh run: parameters initialized from the seed, optimizer state zero.
-    pub fn new(program: &Program, cfg: &TrainConfig) -> Run {
+    /// A fresh run: parameters initialized from the seed, optimizer state zero; an error
+    /// when they do not fit in this machine's memory.
+    pub fn new(program: &Program, cfg: &TrainConfig) -> Result<Run, RunError> {
         Run::shared(
             Arc::new(program.clone()),
             Arc::new(program.training_graph(cfg)),
@@ -169,8 +170,12 @@ impl Run {
 
     /// A fresh run of a program whose training graph for `cfg` (`Program::training_graph`)
     /// is already built: runs of one model share the graph, and so the JIT's code for it.
-    pub fn shared(program: Arc<Program>, train_graph: Arc<Graph>, cfg: &TrainConfig) -> Run {
-        let params = init_params(&program.model, cfg.seed);
+    pub fn shared(
+        program: Arc<Program>,
+        train_graph: Arc<Graph>,
+        cfg: &TrainConfig,
+    ) -> Result<Run, RunError> {
+        let params = init_params(&program.model, cfg.seed)?;
         Run::with_params(program, train_graph, cfg, params)
     }
 
@@ -181,12 +186,21 @@ impl Run {
         train_graph: Arc<Graph>,
         cfg: &TrainConfig,
         params: Vec<ArrayD<f32>>,
-    ) -> Run {
-        let states = train_graph
+    ) -> Result<Run, RunError> {
+        let dims: Vec<Vec<usize>> = train_graph
             .states
             .iter()
-            .map(|t| ArrayD::zeros(IxDyn(&crate::interp::dims(&t.shape, 1))))
+            .map(|t| crate::interp::dims(&t.shape, 1))
             .collect();
+        let values = params
+            .iter()
+            .map(|p| p.len())
+            .chain(dims.iter().map(|d| d.iter().product()));
+        fits_memory(
+            values.map(|n| n as u128).sum(),
+            &format!("`{}`'s parameters and optimizer state", program.model.name),
+        )?;
+        let states = dims.iter().map(|d| ArrayD::zeros(IxDyn(d))).collect();
         let mut run = Run {
             program,
             train_graph,
@@ -205,7 +219,7 @@ impl Run {
             peers: None,
         };
         run.reshard();
-        run
+        Ok(run)
     }
 
     /// Splits the step into the shards the configuration asks for (or none); at least

@@ -186,10 +186,21 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<u8> {
     let graph = Arc::new(p.training_graph(&cfg));
     let front_end = t_source.elapsed();
     let t_init = Instant::now();
-    let params = init_params(&p.model, cfg.seed);
-    let init_ms = ms(t_init);
+    let run = init_params(&p.model, cfg.seed).map(|params| (ms(t_init), params));
     let t_build = Instant::now();
-    let mut run = Run::with_params(p.clone(), graph, &cfg, params);
+    let run = run.and_then(|(init_ms, params)| {
+        Ok((init_ms, Run::with_params(p.clone(), graph, &cfg, params)?))
+    });
+    let (init_ms, mut run) = match run {
+        Ok(run) => run,
+        Err(e) => {
+            return Ok(crate::run::fail(
+                &e.into(),
+                &sources,
+                crate::color(a.m.lints.color),
+            ))
+        }
+    };
     if let Some(peers) = job.peers() {
         if let Err(e) = run.set_peers(peers) {
             if run.leads() {

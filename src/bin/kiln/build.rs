@@ -54,7 +54,10 @@ pub fn build(a: BuildArgs) -> anyhow::Result<u8> {
     // A model with a loss gets its training step, starting where the checkpoint left off
     // when it holds this train block's optimizer state.
     let run = if p.forward.loss.is_some() {
-        let mut run = Run::new(p, &loaded.cfg);
+        let mut run = match Run::new(p, &loaded.cfg) {
+            Ok(run) => run,
+            Err(e) => return Ok(fail(&e.into(), &loaded.sources, color)),
+        };
         if let Err(e) = run.restore_weights(&a.weights) {
             return Ok(fail(&e, &loaded.sources, color));
         }

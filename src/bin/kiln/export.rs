@@ -41,7 +41,10 @@ pub fn export(a: ExportArgs) -> anyhow::Result<u8> {
             Ok((state, st)) => (state.params, st),
             Err(e) => return Ok(fail(&e, &loaded.sources, color)),
         },
-        None => (init_params(&p.model, loaded.cfg.seed), None),
+        None => match init_params(&p.model, loaded.cfg.seed) {
+            Ok(params) => (params, None),
+            Err(e) => return Ok(fail(&e.into(), &loaded.sources, color)),
+        },
     };
     let bytes = match onnx::export(p, &params, st.as_ref(), a.opset) {
         Ok(b) => b,

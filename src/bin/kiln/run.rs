@@ -372,7 +372,10 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
         save: Some(save),
         resume: a.resume.clone(),
     };
-    let mut run = Run::new(&loaded.program, &cfg);
+    let mut run = match Run::new(&loaded.program, &cfg) {
+        Ok(run) => run,
+        Err(e) => return Ok(fail(&e.into(), &loaded.sources, color(a.m.lints.color))),
+    };
     let job = Job::start();
     if let Some(peers) = job.peers() {
         if let Err(e) = run.set_peers(peers) {
@@ -700,7 +703,7 @@ pub fn grad(a: GradArgs) -> anyhow::Result<u8> {
     let result = (|| {
         let (state, st) = match &a.weights {
             Some(w) => weights::load_weights(p, w)?,
-            None => (Run::new(p, cfg).state, None),
+            None => (Run::new(p, cfg)?.state, None),
         };
         // Without a checkpoint's statistics, a train block that standardizes fits them on
         // this data, as training would.
