@@ -18,6 +18,7 @@ use crate::runtime::error::RuntimeError;
 use crate::runtime::eval::{self, Evaluation};
 use crate::runtime::program::{self, Program};
 use crate::runtime::train::{EpochRecord, Observer, Report, Run};
+pub use crate::runtime::weights::Pretrained;
 use crate::span::Sources;
 use ndarray::{ArrayD, ArrayViewD};
 use std::collections::HashMap;
@@ -502,6 +503,14 @@ impl Session {
     /// `kiln train`.
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<(), Error> {
         Ok(self.run.restore(path.as_ref())?)
+    }
+
+    /// Replaces the parameters whose names and shapes are in the safetensors file at
+    /// `path` (a checkpoint of any model, or weights written elsewhere under Kiln's
+    /// names), as `kiln train --pretrained` does: what was loaded, what was not, and the
+    /// file's tensors that name no parameter.
+    pub fn load_pretrained(&mut self, path: impl AsRef<Path>) -> Result<Pretrained, Error> {
+        Ok(self.run.load_pretrained(path.as_ref())?)
     }
 
     /// Parameter names, in the model's order.

@@ -269,7 +269,8 @@ codes! {
         "The model has no `loss` statement, or its loss is `zero_one`, a metric whose gradient \
          is zero almost everywhere.";
     E0405 "" "data file not found"
-        "A `data` path of a train block does not exist. Paths are relative to the model file.";
+        "A `data` or `pretrained` path of a train block does not exist. Paths are relative to \
+         the model file.";
     E0406 "" "metric does not fit the model"
         "Classification metrics (accuracy, precision, recall, f1, confusion) need a classifier: a \
          model whose loss compares scores with class labels (or bce / focal with 0/1 targets). \

@@ -42,7 +42,7 @@
 #![deny(unsafe_code)]
 
 mod api;
-pub use api::{compile_file, compile_str, Diagnostics, Error, Model, Named, Session};
+pub use api::{compile_file, compile_str, Diagnostics, Error, Model, Named, Pretrained, Session};
 
 pub mod autodiff;
 pub mod check;

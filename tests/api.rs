@@ -294,3 +294,39 @@ fn standardized_regression_predicts_in_the_targets_units() {
     let r = ev.regression.expect("regression metrics");
     assert!(r.r2 > 0.999 && r.mae < 2.0, "{r:?}");
 }
+
+/// `Session::load_pretrained`: the parameters of another model's checkpoint whose names
+/// and shapes match are loaded exactly, the rest stay as initialized and are named.
+#[test]
+fn pretrained_parameters_load_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("xor.safetensors");
+    let mut s = kiln::compile_str(XOR).unwrap().session(3).unwrap();
+    let (x, y) = data();
+    s.train(&[("x", &x)], &[("y", &y)], |_| {}).unwrap();
+    s.save(&saved).unwrap();
+    let other = XOR
+        .replace("out = h |> dense(1)", "out = h |> dense(1) as head")
+        .replace("xor", "tuned");
+    let model = kiln::compile_str(&other).unwrap();
+    let mut t = model.session(5).unwrap();
+    let fresh = t.parameter("head.weight").unwrap().to_owned();
+    let p = t.load_pretrained(&saved).unwrap();
+    assert_eq!(p.loaded, ["h.dense.weight", "h.dense.bias"]);
+    assert_eq!(p.values, 24);
+    assert_eq!(p.fresh, ["head.weight", "head.bias"]);
+    assert_eq!(p.unused, ["out.dense.bias", "out.dense.weight"]);
+    assert_eq!(
+        t.parameter("h.dense.weight").unwrap(),
+        s.parameter("h.dense.weight").unwrap()
+    );
+    assert_eq!(t.parameter("head.weight").unwrap(), fresh);
+    // A file that holds none of the parameters is a mistake, not a fresh start.
+    let renamed = other.replace("x |> dense(8)", "x |> dense(8) as body");
+    let mut u = kiln::compile_str(&renamed).unwrap().session(5).unwrap();
+    let err = u.load_pretrained(&saved).unwrap_err().to_string();
+    assert!(
+        err.contains("holds none of model `tuned`'s parameters"),
+        "{err}"
+    );
+}

@@ -276,6 +276,107 @@ fn a_model_too_large_for_memory_exits_1() {
     );
 }
 
+/// `pretrained` (the flag, and the train-block setting relative to the model file): the
+/// parameters whose names and shapes match load, the others start fresh and are named,
+/// the file's other tensors are a warning; fine-tuning from them starts far below a
+/// fresh run's loss; a tensor of another shape is an error naming both shapes.
+#[test]
+fn pretrained_weights_load_by_name_and_start_training_ahead() {
+    let digits = s(&root().join("examples/data/digits_train.csv")).to_string();
+    let base = temp("pretrained", "base.safetensors", b"");
+    let o = kiln(&[
+        "train",
+        "examples/digits_mlp.kiln",
+        "--epochs",
+        "2",
+        "--quiet",
+        "--save",
+        s(&base),
+        "--train",
+        &digits,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let src = std::fs::read_to_string(root().join("examples/digits_mlp.kiln"))
+        .unwrap()
+        .replace(
+            "  data train: \"data/digits_train.csv\", test: \"data/digits_test.csv\"\n",
+            "",
+        );
+    let head = src
+        .replace("    |> dense(10)\n", "    |> dense(10) as head\n")
+        .replace("digits_mlp", "tuned")
+        .replace("epochs 60", "epochs 1");
+    let tuned = temp("pretrained", "tuned.kiln", head.as_bytes());
+    let epoch_one_loss = |extra: &[&str]| {
+        let report = tuned.with_extension("json");
+        let mut args = vec![
+            "train",
+            s(&tuned),
+            "--train",
+            &digits,
+            "--report",
+            s(&report),
+            "--save",
+        ];
+        let save = tuned.with_extension("safetensors");
+        args.push(s(&save));
+        args.extend_from_slice(extra);
+        let o = kiln(&args);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        (r["history"][0]["train_loss"].as_f64().unwrap(), o)
+    };
+    let (scratch, _) = epoch_one_loss(&[]);
+    let (ahead, o) = epoch_one_loss(&["--pretrained", s(&base)]);
+    assert!(
+        ahead < scratch / 3.0,
+        "pretrained {ahead} vs scratch {scratch}"
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("pretrained: 4 of 6 parameters (16,576 values) from ")
+            && out.contains("; initialized: head.weight, head.bias"),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("(a renamed layer?): logits.dense.2.bias, logits.dense.2.weight"),
+        "{}",
+        stderr(&o)
+    );
+    // The setting, relative to the model file, gives the same run.
+    let set = head.replace(
+        "  seed   42\n",
+        "  seed   42\n  pretrained \"base.safetensors\"\n",
+    );
+    std::fs::write(&tuned, set).unwrap();
+    let (from_setting, _) = epoch_one_loss(&[]);
+    assert_eq!(from_setting.to_bits(), ahead.to_bits());
+    // Another shape under a parameter's name.
+    let wider = src.replace(
+        "    |> dense(10)\n",
+        "    |> dense(32) |> relu |> dense(10) as head\n",
+    );
+    let wider = temp("pretrained", "wider.kiln", wider.as_bytes());
+    let o = kiln(&[
+        "train",
+        s(&wider),
+        "--train",
+        &digits,
+        "--pretrained",
+        s(&base),
+        "--epochs",
+        "1",
+        "--save",
+        s(&wider.with_extension("safetensors")),
+    ]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`logits.dense.2.weight`: [64, 10] in the file, [64, 32] in the model"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn help_and_version_exit_0() {
     let o = kiln(&["--help"]);

@@ -179,6 +179,9 @@ pub struct TrainConfig {
     /// The shards each training step is split into (a power of two), or None for the
     /// automatic choice (docs/SCALING.md).
     pub shards: Option<u64>,
+    /// Weights a fresh run starts from, where their names and shapes match the model's
+    /// (`pretrained "FILE"`, resolved against the model file's folder).
+    pub pretrained: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -207,6 +210,7 @@ impl TrainConfig {
             seed: 0,
             standardize: false,
             shards: None,
+            pretrained: None,
         }
     }
 }
@@ -223,6 +227,7 @@ const SETTINGS: &[&str] = &[
     "metrics",
     "seed",
     "standardize",
+    "pretrained",
 ];
 
 /// Validates one train block. `base` is the model file's folder, for `data` paths; `task`
@@ -350,31 +355,19 @@ fn apply(
             let b = bound_one(key, single(s, "`true` or `false`")?)?;
             cfg.standardize = b.boolean("value").map_err(|d| rename(d, key))?;
         }
+        "pretrained" => {
+            let c = single(s, "a path in quotes")?;
+            let example = "pretrained \"weights.safetensors\"";
+            cfg.pretrained = Some(file(&c, base, "pretrained", example, "weights file")?);
+        }
         "data" => {
             let (pos, named) = consts(s)?;
             let params: &'static [(&'static str, Def)] = &[("train", Required), ("test", Optional)];
             let b = bind("data", params, pos, named, s.span)?;
             for (slot, name) in [(&mut cfg.train_data, "train"), (&mut cfg.test_data, "test")] {
                 let Some(c) = b.get(name) else { continue };
-                let CVal::Str(p) = &c.v else {
-                    return Err(Diagnostic::error(
-                        Code::E0206,
-                        format!("`{name}` must be a path in quotes"),
-                        c.span,
-                    )
-                    .with_help(format!("data {name}: \"data/file.csv\"")));
-                };
-                let path = base.map_or_else(|| PathBuf::from(p), |b| b.join(p));
-                if let (Some(b), false) = (base, path.exists()) {
-                    return Err(Diagnostic::error(
-                        Code::E0405,
-                        format!("data file `{}` does not exist", resolve(b, p).display()),
-                        c.span,
-                    )
-                    .primary_label("this path, relative to the model file")
-                    .with_note("data paths are relative to the model file"));
-                }
-                *slot = Some(path);
+                let example = format!("data {name}: \"data/file.csv\"");
+                *slot = Some(file(c, base, name, &example, "data file")?);
             }
         }
         "optimizer" => {
@@ -780,6 +773,37 @@ fn schedule(c: &Const, diags: &mut Vec<Diagnostic>) -> Result<Schedule, Diagnost
         out = Some(s);
     }
     Ok(out.unwrap_or(Schedule::Constant))
+}
+
+/// The file a setting's value `c` names, relative to `base` (the model file's folder):
+/// E0206 unless a string (`name` and an `example` in the message), E0405 when it does not
+/// exist (`what` it is).
+fn file(
+    c: &Const,
+    base: Option<&Path>,
+    name: &str,
+    example: &str,
+    what: &str,
+) -> Result<PathBuf, Diagnostic> {
+    let CVal::Str(p) = &c.v else {
+        return Err(Diagnostic::error(
+            Code::E0206,
+            format!("`{name}` must be a path in quotes"),
+            c.span,
+        )
+        .with_help(example.to_string()));
+    };
+    let path = base.map_or_else(|| PathBuf::from(p), |b| b.join(p));
+    if let (Some(b), false) = (base, path.exists()) {
+        return Err(Diagnostic::error(
+            Code::E0405,
+            format!("{what} `{}` does not exist", resolve(b, p).display()),
+            c.span,
+        )
+        .primary_label("this path, relative to the model file")
+        .with_note("paths in a train block are relative to the model file"));
+    }
+    Ok(path)
 }
 
 /// `path` joined to `base` with `.` and `..` resolved in the text (`examples/../d.csv` is

@@ -175,6 +175,16 @@ impl Session {
         );
         let mut records = Vec::new();
         let mut run = Run::new(&program, &cfg)?;
+        if let Some(file) = &cfg.pretrained {
+            let p = run.load_pretrained(file)?;
+            let _ = writeln!(
+                text,
+                "pretrained: {} of {} parameters from {}",
+                p.loaded.len(),
+                p.loaded.len() + p.fresh.len(),
+                file.display()
+            );
+        }
         let report = {
             let mut jit = Jit::new();
             let mut observe = |r: &EpochRecord| records.push(r.clone());

@@ -15,7 +15,7 @@ use super::schedule::{hyper, learning_rate};
 use super::shard::{has_statistics, shards_for, Sharded};
 use super::trace;
 use super::verdict;
-use super::weights::{get_standardizer, load_for, params_from};
+use super::weights::{get_standardizer, load_for, params_from, pretrained, Pretrained};
 use crate::check::train::TrainConfig;
 use crate::diag::{Code, Diagnostic};
 use crate::exec::{batch_of, copy_rows, step_roots, Backend, RunError, State, StepResult};
@@ -820,6 +820,13 @@ impl Run {
                 path.display()
             ))),
         }
+    }
+
+    /// Starts from the parameters of `path` whose names and shapes are this model's
+    /// (`pretrained`, [`pretrained`]): a fresh run's, the others kept as
+    /// initialized.
+    pub fn load_pretrained(&mut self, path: &Path) -> Result<Pretrained, RuntimeError> {
+        pretrained(&self.program, &mut self.state.params, path)
     }
 
     /// Starts from the parameters (and standardization) of a checkpoint or weights file

@@ -35,14 +35,18 @@ pub fn get_standardizer(c: &Checkpoint, p: &Program) -> Option<Standardizer> {
     Some(Standardizer { mean, std, target })
 }
 
-/// Loads a checkpoint and refuses one written for another model.
-pub fn load_for(p: &Program, path: &Path) -> Result<Checkpoint, RuntimeError> {
-    // A file that cannot be read is an I/O error (exit 2); one that is not a checkpoint
-    // Kiln can load, or of another model, is the input's fault (exit 1).
-    let c = Checkpoint::load(path).map_err(|e| match e {
+/// Reads a safetensors file: one that cannot be read is an I/O error (exit 2), one Kiln
+/// cannot load the input's fault (exit 1).
+fn read(path: &Path) -> Result<Checkpoint, RuntimeError> {
+    Checkpoint::load(path).map_err(|e| match e {
         CheckpointError::Io { .. } => RuntimeError::Io(e.to_string()),
         CheckpointError::Format { .. } => RuntimeError::Checkpoint(e.to_string()),
-    })?;
+    })
+}
+
+/// Loads a checkpoint and refuses one written for another model (the input's fault).
+pub fn load_for(p: &Program, path: &Path) -> Result<Checkpoint, RuntimeError> {
+    let c = read(path)?;
     if identity::names_another_model(&c.meta, &p.hash) {
         let other = c
             .meta
@@ -107,6 +111,79 @@ pub fn params_from(
         .iter()
         .map(|(n, _)| view.tensors[n].clone())
         .collect())
+}
+
+/// What starting from pretrained weights did ([`pretrained`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pretrained {
+    /// The parameters read from the file, in the model's order.
+    pub loaded: Vec<String>,
+    /// How many values they hold.
+    pub values: u64,
+    /// The model's parameters the file does not hold: initialized as a fresh run's.
+    pub fresh: Vec<String>,
+    /// The file's tensors that name none of the model's parameters (a renamed layer?),
+    /// leaving out a Kiln checkpoint's optimizer state, standardization and best weights.
+    pub unused: Vec<String>,
+}
+
+/// Replaces the parameters of `p` in `params` by the tensors of the safetensors file at
+/// `path` of the same names (a Kiln checkpoint of any model, or a file written elsewhere
+/// under Kiln's names): a tensor of another shape is an error naming it and both
+/// shapes, and so is a file that holds none of the parameters.
+pub fn pretrained(
+    p: &Program,
+    params: &mut [ArrayD<f32>],
+    path: &Path,
+) -> Result<Pretrained, RuntimeError> {
+    let c = read(path)?;
+    let mut out = Pretrained::default();
+    let mut wrong = Vec::new();
+    for (t, slot) in p.forward.params.iter().zip(params.iter_mut()) {
+        let name = &t.tensor.name;
+        match c.tensors.get(name) {
+            Some(v) if v.shape() == slot.shape() => {
+                *slot = v.clone();
+                out.values += v.len() as u64;
+                out.loaded.push(name.clone());
+            }
+            Some(v) => wrong.push(format!(
+                "`{name}`: {:?} in the file, {:?} in the model",
+                v.shape(),
+                slot.shape()
+            )),
+            None => out.fresh.push(name.clone()),
+        }
+    }
+    if !wrong.is_empty() {
+        return Err(RuntimeError::Checkpoint(format!(
+            "`{}` has tensors of other shapes than model `{}`'s parameters:\n  {}",
+            path.display(),
+            p.model.name,
+            wrong.join("\n  ")
+        )));
+    }
+    if out.loaded.is_empty() {
+        return Err(RuntimeError::Checkpoint(format!(
+            "`{}` holds none of model `{}`'s parameters (its first: `{}`)",
+            path.display(),
+            p.model.name,
+            out.fresh.first().map_or("", String::as_str)
+        )));
+    }
+    let kiln = c.meta.contains_key(identity::DIGEST_KEY);
+    let bookkeeping = |k: &str| {
+        kiln && ["optimizer.", "standardize.", "best."]
+            .iter()
+            .any(|prefix| k.starts_with(prefix))
+    };
+    out.unused = c
+        .tensors
+        .keys()
+        .filter(|k| !bookkeeping(k) && !out.loaded.contains(k))
+        .cloned()
+        .collect();
+    Ok(out)
 }
 
 /// Parameters (and standardization) for evaluation or prediction from `--weights`.

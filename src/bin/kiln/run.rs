@@ -104,6 +104,11 @@ pub struct TrainArgs {
     /// Continue the run saved in this checkpoint.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Start from the parameters of this safetensors file whose names and shapes are the
+    /// model's (a checkpoint of another model, or weights written elsewhere under Kiln's
+    /// names); the others start as initialized. Overrides the train block's `pretrained`.
+    #[arg(long, value_name = "FILE")]
+    pub pretrained: Option<PathBuf>,
     /// Write a JSON report: final metrics, per-epoch history, wall time.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -402,6 +407,17 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
             cfg.seed
         );
     }
+    match (&cfg.pretrained, &a.resume) {
+        (Some(_), Some(_)) if !quiet => {
+            outln!("note: `--resume` continues its checkpoint's run; the pretrained weights are not read")
+        }
+        (Some(file), None) => match run.load_pretrained(file) {
+            Ok(p) if !quiet => report_pretrained(&p, file, &loaded.program.model.name),
+            Ok(_) => {}
+            Err(e) => return Ok(job.fail(&e, &loaded.sources, color(a.m.lints.color))),
+        },
+        _ => {}
+    }
     run.diagnose = a.diagnose;
     let mut console = crate::progress::Console::new(
         quiet,
@@ -512,6 +528,32 @@ fn apply_overrides(cfg: &mut TrainConfig, a: &TrainArgs) {
     }
     if a.shards.is_some() {
         cfg.shards = a.shards;
+    }
+    if a.pretrained.is_some() {
+        cfg.pretrained.clone_from(&a.pretrained);
+    }
+}
+
+/// What starting from pretrained weights loaded, and the file's tensors it did not use.
+fn report_pretrained(p: &weights::Pretrained, file: &Path, model: &str) {
+    let total = p.loaded.len() + p.fresh.len();
+    let fresh = if p.fresh.is_empty() {
+        String::new()
+    } else {
+        format!("; initialized: {}", p.fresh.join(", "))
+    };
+    outln!(
+        "pretrained: {} of {total} parameters ({} values) from {}{fresh}",
+        p.loaded.len(),
+        kiln::summary::thousands(p.values),
+        file.display()
+    );
+    if !p.unused.is_empty() {
+        eprintln!(
+            "warning: `{}` holds tensors that name no parameter of `{model}` (a renamed layer?): {}",
+            file.display(),
+            p.unused.join(", ")
+        );
     }
 }
 
