@@ -238,7 +238,7 @@ impl Model {
 
     /// The table `kiln summary` prints: layers, shapes, parameters, multiply-adds.
     pub fn summary(&self) -> String {
-        crate::summary::render_summary(self.checked())
+        crate::summary::render_summary(self.checked(), &self.shared.cfg.freeze)
     }
 
     /// The training configuration of the model's `train` block (or the defaults).

@@ -277,6 +277,12 @@ codes! {
          Regression metrics (mae, rmse, r2) need a regression model: one whose loss compares \
          predictions with float targets by mse, mae or huber. Keep the metrics of the model's \
          kind, or leave `metrics` out to report all of them.";
+    E0407 "" "freeze names nothing to freeze"
+        "`freeze` takes names of the model's parameters as `kiln summary` lists their layers: \
+         a binding (`c1`), a layer (`logits.dense.0`, or a name given with `as`) freezes every \
+         parameter under it, a parameter's full name (`logits.dense.0.weight`) that one. A \
+         name that matches no parameter is this error, and so is a `freeze` that leaves \
+         nothing to train.";
     E0500 "" "cannot read data file"
         "The data file could not be opened or read. The message gives the operating system's \
          reason.";

@@ -35,8 +35,9 @@ pub struct Totals {
     pub macs: u64,
 }
 
-/// The rows and totals of a model's summary.
-pub fn summarize(m: &CheckedModel) -> (Vec<Row>, Totals) {
+/// The rows and totals of a model's summary; the parameters named in `frozen` (its train
+/// block's `freeze`) count as frozen.
+pub fn summarize(m: &CheckedModel, frozen: &[String]) -> (Vec<Row>, Totals) {
     let mut rows = Vec::new();
     let mut seen_layers = HashSet::new();
     let mut totals = Totals::default();
@@ -74,7 +75,7 @@ pub fn summarize(m: &CheckedModel) -> (Vec<Row>, Totals) {
         });
     }
     for p in &m.params {
-        match (p.role, p.trainable) {
+        match (p.role, p.trainable && !frozen.contains(&p.name)) {
             (ParamRole::State, _) => totals.state += p.numel(),
             (_, true) => totals.trainable += p.numel(),
             (_, false) => totals.frozen += p.numel(),
@@ -83,9 +84,10 @@ pub fn summarize(m: &CheckedModel) -> (Vec<Row>, Totals) {
     (rows, totals)
 }
 
-/// Renders the summary table.
-pub fn render_summary(m: &CheckedModel) -> String {
-    let (rows, totals) = summarize(m);
+/// Renders the summary table; the parameters named in `frozen` (its train block's
+/// `freeze`) count as frozen.
+pub fn render_summary(m: &CheckedModel, frozen: &[String]) -> String {
+    let (rows, totals) = summarize(m, frozen);
     let headers = ["Layer", "Kind", "Output shape", "Params", "MACs/sample"];
     let cells: Vec<[String; 5]> = rows
         .iter()

@@ -330,3 +330,56 @@ fn pretrained_parameters_load_by_name() {
         "{err}"
     );
 }
+
+/// `freeze h`: every parameter under `h` — batch normalization's running statistics
+/// included — is bit-identical after training, carries no optimizer state, and the rest
+/// trains; the summary counts the frozen apart.
+#[test]
+fn frozen_parameters_never_change() {
+    let src = XOR
+        .replace(
+            "x |> dense(8) |> tanh",
+            "x |> dense(8) |> batchnorm |> tanh",
+        )
+        .replace("epochs 200", "epochs 20\n  freeze h");
+    let model = kiln::compile_str(&src).unwrap();
+    assert!(
+        model.summary().contains("Trainable params: 9\n"),
+        "{}",
+        model.summary()
+    );
+    assert!(
+        model.summary().contains("Frozen params:    40\n"),
+        "{}",
+        model.summary()
+    );
+    let mut s = model.session(3).unwrap();
+    let names = s.parameter_names();
+    let before: Vec<ArrayD<f32>> = names
+        .iter()
+        .map(|n| s.parameter(n).unwrap().to_owned())
+        .collect();
+    let (x, y) = data();
+    s.train(&[("x", &x)], &[("y", &y)], |_| {}).unwrap();
+    for (n, b) in names.iter().zip(&before) {
+        let after = s.parameter(n).unwrap();
+        let same = after.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert_eq!(same, n.starts_with("h."), "{n}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("frozen.safetensors");
+    s.save(&path).unwrap();
+    let c = kiln::runtime::checkpoint::Checkpoint::load(&path).unwrap();
+    let state: Vec<&String> = c
+        .tensors
+        .keys()
+        .filter(|k| k.starts_with("optimizer."))
+        .collect();
+    assert_eq!(
+        state,
+        [
+            "optimizer.out.dense.bias.momentum_buffer",
+            "optimizer.out.dense.weight.momentum_buffer"
+        ]
+    );
+}

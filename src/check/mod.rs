@@ -187,7 +187,8 @@ pub fn check_file_with(
         };
         let model = program.models.iter().find(|m| m.name == decl.model.name);
         let task = model.and_then(train::Task::of);
-        let cfg = train::check_train(decl, base.as_deref(), task, &mut diags);
+        let params = model.map_or(&[][..], |m| m.params.as_slice());
+        let cfg = train::check_train(decl, base.as_deref(), task, params, &mut diags);
         match model {
             None => {
                 let names: Vec<&str> = program.models.iter().map(|m| m.name.as_str()).collect();

@@ -2,7 +2,7 @@
 
 use super::args::{bind, bind_call, eval, every, Bound, CVal, Const};
 use super::catalog::Def::{self, *};
-use super::graph::{CheckedModel, LossKind, Op, Ty};
+use super::graph::{CheckedModel, LossKind, Op, ParamSpec, Ty};
 use crate::diag::{did_you_mean, Code, Diagnostic};
 use crate::ir::{Clip, Optimizer};
 use crate::span::Span;
@@ -182,6 +182,8 @@ pub struct TrainConfig {
     /// Weights a fresh run starts from, where their names and shapes match the model's
     /// (`pretrained "FILE"`, resolved against the model file's folder).
     pub pretrained: Option<PathBuf>,
+    /// The parameters `freeze` names, in the model's order: never changed by training.
+    pub freeze: Vec<String>,
 }
 
 impl TrainConfig {
@@ -211,6 +213,7 @@ impl TrainConfig {
             standardize: false,
             shards: None,
             pretrained: None,
+            freeze: Vec::new(),
         }
     }
 }
@@ -228,14 +231,17 @@ const SETTINGS: &[&str] = &[
     "seed",
     "standardize",
     "pretrained",
+    "freeze",
 ];
 
 /// Validates one train block. `base` is the model file's folder, for `data` paths; `task`
-/// is the trained model's ([`Task::of`]), against which the `metrics` are checked.
+/// is the trained model's ([`Task::of`]), against which the `metrics` are checked, and
+/// `params` its parameters, which `freeze` names.
 pub fn check_train(
     decl: &TrainDecl,
     base: Option<&Path>,
     task: Option<Task>,
+    params: &[ParamSpec],
     diags: &mut Vec<Diagnostic>,
 ) -> TrainConfig {
     let mut cfg = TrainConfig::defaults(&decl.model.name, decl.model.span);
@@ -266,6 +272,8 @@ pub fn check_train(
         }
         if known == "metrics" {
             metrics(&mut cfg, s, task, diags);
+        } else if known == "freeze" {
+            freeze(&mut cfg, s, params, diags);
         } else if let Err(d) = apply(&mut cfg, known, s, base, diags) {
             diags.push(d);
         }
@@ -428,27 +436,93 @@ fn apply(
     Ok(())
 }
 
-/// Reads `metrics m, ...` into `cfg.metrics`: every unknown name is reported in one
-/// diagnostic (E0402), every metric of the other task in its own (E0406).
-fn metrics(cfg: &mut TrainConfig, s: &Setting, task: Option<Task>, diags: &mut Vec<Diagnostic>) {
-    let (pos, named) = match consts(s) {
-        Ok(c) => c,
-        Err(d) => return diags.push(d),
-    };
+/// The values of a setting that takes a list of names (`key`: at least one `what`, none
+/// of them named): E0206 for a named value, E0205 for none.
+fn names(s: &Setting, key: &str, what: &str) -> Result<Vec<Const>, Diagnostic> {
+    let (pos, named) = consts(s)?;
     if let Some((n, _)) = named.first() {
-        return diags.push(Diagnostic::error(
+        return Err(Diagnostic::error(
             Code::E0206,
-            "`metrics` takes a list of names",
+            format!("`{key}` takes a list of names"),
             n.span,
         ));
     }
     if pos.is_empty() {
-        return diags.push(Diagnostic::error(
+        return Err(Diagnostic::error(
             Code::E0205,
-            "`metrics` needs at least one metric",
+            format!("`{key}` needs at least one {what}"),
             s.span,
         ));
     }
+    Ok(pos)
+}
+
+/// Reads `freeze name, ...` into `cfg.freeze`: each name a parameter's, or a prefix of
+/// parameters' names up to a dot (a binding, a layer); one that matches none is E0407,
+/// with a guess among the names and prefixes, and so is freezing every trainable one.
+fn freeze(cfg: &mut TrainConfig, s: &Setting, params: &[ParamSpec], diags: &mut Vec<Diagnostic>) {
+    let pos = match names(s, "freeze", "name") {
+        Ok(pos) => pos,
+        Err(d) => return diags.push(d),
+    };
+    let under = |p: &str, w: &str| p == w || p.strip_prefix(w).is_some_and(|r| r.starts_with('.'));
+    let mut frozen = vec![false; params.len()];
+    for c in pos {
+        let w = match &c.v {
+            CVal::Word(w) | CVal::Str(w) => w.as_str(),
+            _ => "",
+        };
+        let mut any = false;
+        for (f, p) in frozen.iter_mut().zip(params) {
+            if under(&p.name, w) {
+                *f = true;
+                any = true;
+            }
+        }
+        if !any {
+            let names: Vec<&str> = params
+                .iter()
+                .flat_map(|p| {
+                    p.name
+                        .match_indices('.')
+                        .map(|(i, _)| &p.name[..i])
+                        .chain([p.name.as_str()])
+                })
+                .collect();
+            let d = Diagnostic::error(
+                Code::E0407,
+                format!("`{w}` names no parameter of `{}`", cfg.model),
+                c.span,
+            )
+            .primary_label("no parameter is named so or under it");
+            diags.push(match did_you_mean(w, names.iter().copied()) {
+                Some(m) => d.with_help(format!("did you mean `{m}`?")),
+                None => d.with_note("`kiln summary` lists the layers; a parameter's name is its layer's and `.weight`, `.bias`, …"),
+            });
+        }
+    }
+    let left = params.iter().zip(&frozen).any(|(p, &f)| p.trainable && !f);
+    if !left && params.iter().any(|p| p.trainable) {
+        diags.push(
+            Diagnostic::error(Code::E0407, "`freeze` leaves no parameter to train", s.span)
+                .primary_label("every trainable parameter is named here"),
+        );
+    }
+    cfg.freeze = params
+        .iter()
+        .zip(&frozen)
+        .filter(|(_, &f)| f)
+        .map(|(p, _)| p.name.clone())
+        .collect();
+}
+
+/// Reads `metrics m, ...` into `cfg.metrics`: every unknown name is reported in one
+/// diagnostic (E0402), every metric of the other task in its own (E0406).
+fn metrics(cfg: &mut TrainConfig, s: &Setting, task: Option<Task>, diags: &mut Vec<Diagnostic>) {
+    let pos = match names(s, "metrics", "metric") {
+        Ok(pos) => pos,
+        Err(d) => return diags.push(d),
+    };
     let names = METRICS.iter().map(|(n, _, _)| *n);
     let mut unknown: Vec<(String, Span)> = Vec::new();
     let mut chosen = Vec::new();

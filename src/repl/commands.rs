@@ -59,7 +59,7 @@ impl Session {
             "summary" => {
                 needs("MODEL")?;
                 let (p, _) = self.model(rest)?;
-                out.text = crate::summary::render_summary(&p.model);
+                out.text = crate::summary::render_summary(&p.model, &[]);
             }
             "train" => {
                 needs("MODEL [EPOCHS] [PORT: TENSOR, ...]")?;

@@ -6,7 +6,7 @@ use super::identity;
 use crate::autodiff::training_graph;
 use crate::check::graph::CheckedModel;
 use crate::check::train::TrainConfig;
-use crate::ir::{DType, Graph, LossKind, NodeId, Op};
+use crate::ir::{DType, Graph, LossKind, NodeId, Op, Slot};
 use crate::lower::{lower_model, Mode};
 
 /// How a classifier's predictions are read.
@@ -66,13 +66,40 @@ impl Program {
     /// The training graph for `cfg`: the forward pass with training behaviour (noise from
     /// the run's seed, batch statistics), backward pass, clipping and optimizer update.
     pub fn training_graph(&self, cfg: &TrainConfig) -> Graph {
-        training_graph(&self.train_forward(cfg.seed), &cfg.optimizer, cfg.clip)
+        training_graph(&self.step_forward(cfg), &cfg.optimizer, cfg.clip)
+    }
+
+    /// The forward graph a training step of `cfg` differentiates: training behaviour,
+    /// noise from its seed, its `freeze` applied.
+    pub fn step_forward(&self, cfg: &TrainConfig) -> Graph {
+        let mut forward = self.train_forward(cfg.seed);
+        if !cfg.freeze.is_empty() {
+            freeze(&mut forward, &cfg.freeze);
+        }
+        forward
     }
 
     /// The forward graph with training behaviour, its noise drawn from `seed`.
     pub fn train_forward(&self, seed: u64) -> Graph {
         lower_model(&self.model, Mode::Train { seed })
     }
+}
+
+/// Freezes the parameters of `g` named in `names` (a train block's `freeze`): not
+/// trainable, so they get no gradient and no optimizer state and the backward pass stops
+/// where nothing trainable needs it, and their running statistics (batch normalization's)
+/// are not updated either.
+fn freeze(g: &mut Graph, names: &[String]) {
+    let frozen: Vec<bool> = g
+        .params
+        .iter()
+        .map(|p| names.contains(&p.tensor.name))
+        .collect();
+    for (p, &f) in g.params.iter_mut().zip(&frozen) {
+        p.trainable &= !f;
+    }
+    g.updates
+        .retain(|(slot, _)| !matches!(slot, Slot::Param(i) if frozen[*i]));
 }
 
 /// The first loss of the graph in argument order, when it compares a prediction with a

@@ -233,7 +233,7 @@ impl Run {
             return;
         }
         self.sharded = Sharded::new(
-            &self.program.train_forward(self.cfg.seed),
+            &self.program.step_forward(&self.cfg),
             &self.train_graph,
             &self.cfg.optimizer,
             self.cfg.clip,

@@ -413,6 +413,14 @@ impl Builder {
                         for x in a.into_inner() {
                             match x.as_rule() {
                                 Rule::arg_name => name = Some(self.ident(x)),
+                                Rule::dotted_name => {
+                                    let span = self.span(&x);
+                                    let name = x.as_str().to_string();
+                                    value = Some(Expr {
+                                        kind: ExprKind::Name(Ident { name, span }),
+                                        span,
+                                    });
+                                }
                                 _ => value = Some(self.then_expr(x)?),
                             }
                         }

@@ -267,7 +267,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 return Ok(EXIT_INPUT);
             };
-            out!("{}", kiln::summary::render_summary(m));
+            let frozen = program
+                .train(&m.name)
+                .map_or(&[][..], |c| c.freeze.as_slice());
+            out!("{}", kiln::summary::render_summary(m, frozen));
             Ok(0)
         }
         Command::Explain { code } => {

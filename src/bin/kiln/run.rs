@@ -398,10 +398,15 @@ pub fn train(a: TrainArgs) -> anyhow::Result<u8> {
             1 => String::new(),
             s => format!(" in {s} shards"),
         };
+        let (_, totals) = kiln::summary::summarize(&loaded.program.model, &cfg.freeze);
+        let frozen = match totals.frozen {
+            0 => String::new(),
+            n => format!(" ({} frozen)", kiln::summary::thousands(n)),
+        };
         outln!(
-            "training `{}`: {} parameters, {} epochs, batch {}{shards}, seed {}",
+            "training `{}`: {} parameters{frozen}, {} epochs, batch {}{shards}, seed {}",
             loaded.program.model.name,
-            kiln::summary::thousands(loaded.program.model.trainable_count()),
+            kiln::summary::thousands(totals.trainable),
             cfg.epochs,
             cfg.batch,
             cfg.seed
@@ -823,7 +828,7 @@ pub fn ir(a: IrArgs) -> anyhow::Result<u8> {
     let g = match a.after {
         Pass::Lower => p.forward.clone(),
         Pass::Autodiff => {
-            let mut g = p.train_forward(loaded.cfg.seed);
+            let mut g = p.step_forward(&loaded.cfg);
             kiln::autodiff::differentiate(&mut g);
             g
         }
