@@ -436,6 +436,10 @@ const EXAMPLE_DIGESTS: &[(&str, &str)] = &[
         "59c5b0aa48ed206473834a34ee9f5d5017bdea2cf55a27fda0881c6a0f57b828",
     ),
     (
+        "digits_finetune.kiln",
+        "a7d5518a332e44dabc7ca9058e7cfe3ae730e518efcb9b1aa1380d5e54e604bb",
+    ),
+    (
         "digits_gru.kiln",
         "4cd3f27a4a48a20ec5f00c8147b57833102c1a3bef172090e7f9d3bc55cdabe7",
     ),
